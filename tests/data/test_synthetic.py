@@ -1,0 +1,204 @@
+import collections
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+
+import datasets
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from verl.data.format_prompt import load_format_prompt
+from verl.data.synthetic import (
+    COLORS,
+    QUESTION_TYPES,
+    SLOTS,
+    SyntheticTaskSpec,
+    describe,
+    generate_split,
+    render_image,
+    sft_response,
+    write_synthetic_dataset,
+)
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SR1_PROMPT = os.path.join(REPO_ROOT, "configs", "format_prompt", "sr1.jinja")
+SPEC = SyntheticTaskSpec()
+OPTIONS_PER_TYPE = {"color": 4, "shape": 3, "count": 3, "position": 2}
+
+
+@pytest.fixture(scope="module")
+def train_rows():
+    return generate_split(2000, seed=0, split="train")
+
+
+@pytest.fixture(scope="module")
+def val_rows():
+    return generate_split(400, seed=0, split="val")
+
+
+def answer_from_scene(sample) -> str:
+    """Answers the question from the shapes alone (the image), independently of the generator."""
+    if sample.question_type == "count":
+        return str(len(sample.shapes))
+    if sample.question_type == "color":
+        kind = re.fullmatch(r"What color is the (\w+)\?", sample.question).group(1)
+        return next(shape.color for shape in sample.shapes if shape.kind == kind)
+    if sample.question_type == "shape":
+        color = re.fullmatch(r"What shape is the (\w+) object\?", sample.question).group(1)
+        return next(shape.kind for shape in sample.shapes if shape.color == color)
+    color, kind = re.fullmatch(r"Is the (\w+) (\w+) on the left or on the right\?", sample.question).groups()
+    return next(shape.slot for shape in sample.shapes if (shape.color, shape.kind) == (color, kind))
+
+
+def test_same_seed_same_rows_other_seed_other_rows():
+    assert generate_split(50, seed=3, split="train") == generate_split(50, seed=3, split="train")
+    assert generate_split(50, seed=3, split="train") != generate_split(50, seed=4, split="train")
+    assert generate_split(50, seed=3, split="train") != generate_split(50, seed=3, split="val")
+
+
+def test_question_types_exactly_balanced(train_rows, val_rows):
+    for rows in (train_rows, val_rows):
+        counts = collections.Counter(sample.question_type for sample in rows)
+        assert counts == {question_type: len(rows) // 4 for question_type in QUESTION_TYPES}
+
+
+def test_scenes_are_unambiguous_and_answer_the_question(train_rows):
+    for sample in train_rows:
+        kinds = [shape.kind for shape in sample.shapes]
+        colors = [shape.color for shape in sample.shapes]
+        slots = [shape.slot for shape in sample.shapes]
+        assert 1 <= len(sample.shapes) <= 3
+        assert len(set(kinds)) == len(kinds) and len(set(colors)) == len(colors)
+        assert slots == sorted(set(slots), key=SLOTS.index)
+        assert answer_from_scene(sample) == sample.answer
+
+
+def test_rendered_image_shows_the_scene(train_rows):
+    for sample in train_rows[:200]:
+        image = render_image(sample, SPEC.image_size)
+        assert image.size == (SPEC.image_size, SPEC.image_size) and image.mode == "RGB"
+        pixels = np.asarray(image)
+        outside_shapes = np.ones(pixels.shape[:2], dtype=bool)
+        slot_width = SPEC.image_size // 3
+        for shape in sample.shapes:
+            # The centre lies inside every kind (for the triangle, half-way down its axis).
+            assert image.getpixel((shape.center_x, shape.center_y)) == COLORS[shape.color]
+            assert shape.center_x // slot_width == SLOTS.index(shape.slot)
+            top, left = shape.center_y - shape.size // 2, shape.center_x - shape.size // 2
+            assert top >= 0 and left >= 0 and top + shape.size <= SPEC.image_size
+            outside_shapes[top : top + shape.size, left : left + shape.size] = False
+        assert (pixels[outside_shapes] == 255).all(), "background must be white"
+
+
+def test_train_prior_is_the_majority_for_every_question_text(train_rows):
+    answers_by_question = collections.defaultdict(collections.Counter)
+    for sample in train_rows:
+        answers_by_question[sample.question][sample.answer] += 1
+        assert sample.distractor == (sample.answer != sample.prior_answer)
+    for question, answers in answers_by_question.items():
+        prior = next(sample.prior_answer for sample in train_rows if sample.question == question)
+        assert answers.most_common(1)[0][0] == prior, question
+        assert len(answers) >= 2, f"{question}: a single answer would not need the image"
+    prior_share = sum(not sample.distractor for sample in train_rows) / len(train_rows)
+    assert abs(prior_share - SPEC.prior_strength) < 0.03
+
+
+def test_val_answers_uniform_so_distractors_defeat_the_text_prior(train_rows, val_rows):
+    majority = {}
+    counts = collections.defaultdict(collections.Counter)
+    for sample in train_rows:
+        counts[sample.question][sample.answer] += 1
+    for question, answers in counts.items():
+        majority[question] = answers.most_common(1)[0][0]
+    for question_type in QUESTION_TYPES:
+        rows = [sample for sample in val_rows if sample.question_type == question_type]
+        distractor_rate = sum(sample.distractor for sample in rows) / len(rows)
+        uniform_rate = 1 - 1 / OPTIONS_PER_TYPE[question_type]
+        assert abs(distractor_rate - uniform_rate) < 0.12, question_type
+    for sample in val_rows:
+        # A model answering from the question text alone (train majority) is wrong on every distractor.
+        assert sample.distractor == (majority[sample.question] != sample.answer)
+
+
+def test_sft_response_is_sr1_formatted_and_description_is_self_contained(train_rows):
+    pattern = re.compile(r"<description> (.*) </description> <think> (.*) </think> \\boxed\{(\w+)\}")
+    for sample in train_rows[:100]:
+        description, _, boxed = pattern.fullmatch(sft_response(sample)).groups()
+        assert boxed == sample.answer
+        assert description == describe(sample)
+        for shape in sample.shapes:
+            assert f"a {shape.color} {shape.kind} " in description
+    two_shapes = next(sample for sample in train_rows if len(sample.shapes) == 2)
+    first, second = two_shapes.shapes
+    phrases = {"left": "on the left", "middle": "in the middle", "right": "on the right"}
+    assert describe(two_shapes) == (
+        f"The image shows a {first.color} {first.kind} {phrases[first.slot]} "
+        f"and a {second.color} {second.kind} {phrases[second.slot]}."
+    )
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    out_dir = str(tmp_path_factory.mktemp("synthetic"))
+    files = write_synthetic_dataset(out_dir, SR1_PROMPT, seed=1, train_size=40, val_size=20, sft_size=12)
+    return out_dir, files
+
+
+def test_rl_parquet_layout_and_hf_image_feature(written):
+    out_dir, files = written
+    table = pd.read_parquet(files.train)
+    assert list(table.columns) == ["problem", "answer", "images", "distractor", "question_type"]
+    assert len(table) == 40
+    samples = generate_split(40, seed=1, split="train")
+    for row, sample in zip(table.itertuples(), samples):
+        assert row.problem == f"<image>{sample.question}"
+        assert row.answer == sample.answer and row.distractor == sample.distractor
+        assert len(row.images) == 1 and row.images[0]["path"] is None
+        image = Image.open(io.BytesIO(row.images[0]["bytes"]))
+        assert image.convert("RGB").tobytes() == render_image(sample, SPEC.image_size).tobytes()
+    # HF datasets reads the column as a list of Image features (decoded to PIL).
+    loaded = datasets.Dataset.from_parquet(files.val)
+    assert isinstance(loaded.features["images"].feature, datasets.Image)
+    assert isinstance(loaded[0]["images"][0], Image.Image)
+
+
+def test_sft_json_is_sharegpt_with_relative_images(written):
+    out_dir, files = written
+    records = json.load(open(files.sft, encoding="utf-8"))
+    assert len(records) == 12
+    template = load_format_prompt(SR1_PROMPT)
+    for record, sample in zip(records, generate_split(12, seed=1, split="sft")):
+        user, assistant = record["messages"]
+        assert user == {"role": "user", "content": template.render(content=f"<image>{sample.question}")}
+        assert assistant == {"role": "assistant", "content": sft_response(sample)}
+        (image_path,) = record["images"]
+        assert not os.path.isabs(image_path)
+        image = Image.open(os.path.join(out_dir, image_path)).convert("RGB")
+        assert image.tobytes() == render_image(sample, SPEC.image_size).tobytes()
+
+
+def test_files_are_byte_identical_for_the_same_seed(written, tmp_path):
+    out_dir, files = written
+    again = write_synthetic_dataset(str(tmp_path), SR1_PROMPT, seed=1, train_size=40, val_size=20, sft_size=12)
+    for first, second in [(files.train, again.train), (files.val, again.val), (files.sft, again.sft)]:
+        assert open(first, "rb").read() == open(second, "rb").read()
+    for name in os.listdir(os.path.join(out_dir, "images")):
+        assert open(os.path.join(out_dir, "images", name), "rb").read() == (tmp_path / "images" / name).read_bytes()
+
+
+def test_cli_writes_the_three_files(tmp_path):
+    out_dir = tmp_path / "shapes"
+    command = [
+        sys.executable, os.path.join(REPO_ROOT, "scripts", "make_synthetic_dataset.py"),
+        "--out", str(out_dir), "--seed", "2", "--train", "8", "--val", "4", "--sft", "4",
+    ]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True, cwd=REPO_ROOT)
+    assert len(pd.read_parquet(out_dir / "train.parquet")) == 8
+    assert len(pd.read_parquet(out_dir / "val.parquet")) == 4
+    assert len(json.load(open(out_dir / "sft.json"))) == 4
+    assert len(os.listdir(out_dir / "images")) == 4

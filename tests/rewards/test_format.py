@@ -1,0 +1,109 @@
+import pytest
+
+from verl.rewards.format import cot_format_ok, extract_description, r1v_format_ok, sr1_format_ok
+
+GOOD_SR1 = r"<description>A red ball on a table.</description><think>The ball is red.</think>\boxed{red}"
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        GOOD_SR1,
+        "\n  " + GOOD_SR1 + "\n\n",  # surrounding whitespace
+        "<description>\nA red ball.\n</description>\n\n<think>\nRed.\n</think>\n\\boxed{red}",
+        r"<description>a</description> <think>b</think> \boxed{\frac{1}{2}}",  # nested braces
+        r"< description >a</ description ><think >b</think>\boxed{c}",  # spaces inside tags
+        r"<description>a</description><think>try \boxed{1}</think>\boxed{2}",  # box inside think is fine
+        r"<description>a</description><think>b</think>\boxed {c}",
+    ],
+)
+def test_sr1_format_accepts(response: str) -> None:
+    assert sr1_format_ok(response) is True
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        r"<think>b</think><description>a</description>\boxed{c}",  # wrong order
+        r"<think>b</think>\boxed{c}",  # no description
+        r"<description>a</description>\boxed{c}",  # no think
+        r"<description>a</description><think>b</think>",  # no answer
+        r"<description>a</description><think>b</think>c",  # answer not boxed
+        r"<description>a</description><think>b</think>\boxed{c}.",  # trailing text, even a period
+        r"<description>a</description><think>b</think>\boxed{c} because b",
+        r"Sure! <description>a</description><think>b</think>\boxed{c}",  # leading text
+        r"<description>a</description>x<think>b</think>\boxed{c}",  # text between blocks
+        r"<description>a</description><think>b</think>\boxed{c}\boxed{d}",  # two answers
+        r"<description>a</description><think>b</think>\boxed{}",  # empty answer
+        r"<description>a</description><think>b</think>\boxed{c",  # unclosed box
+        r"<description>a</description><think>b</think>\boxed{c}}",  # unbalanced box
+        r"<description> </description><think>b</think>\boxed{c}",  # blank description
+        r"<description>a</description><think></think>\boxed{c}",  # empty think
+        r"<description>a<think>x</think></description><think>b</think>\boxed{c}",  # tags nested
+        r"<description>a</description><think>b</think><think>c</think>\boxed{d}",  # two thinks
+        r"<description>a</description><think>b\boxed{c}",  # unclosed think
+        "",
+    ],
+)
+def test_sr1_format_rejects(response: str) -> None:
+    assert sr1_format_ok(response) is False
+
+
+def test_sr1_format_of_non_string_is_false() -> None:
+    assert sr1_format_ok(None) is False  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("response", "ok"),
+    [
+        (r"<think>b</think>\boxed{c}", True),
+        (r" <think>b</think>  \boxed{c} ", True),
+        (r"<think>b</think> The answer is \boxed{c}.", False),
+        (r"<description>a</description><think>b</think>\boxed{c}", False),
+        (r"<think></think>\boxed{c}", False),
+    ],
+)
+def test_cot_format(response: str, ok: bool) -> None:
+    assert cot_format_ok(response) is ok
+
+
+@pytest.mark.parametrize(
+    ("response", "ok"),
+    [
+        (r"<think>b</think>\boxed{c}", True),
+        (r"<think>b</think> The answer is \boxed{c}.", True),
+        (r"<think>b</think><answer>\boxed{c}</answer>", True),
+        (r"<think>b</think> The answer is c.", False),  # no box
+        (r"<think>b \boxed{c}</think> done", False),  # box only inside think
+        (r"<think>b</think>\boxed{}", False),
+        (r"intro <think>b</think>\boxed{c}", False),
+        (r"<think>b</think>\boxed{c}<think>again</think>", False),
+        (r"<description>a</description><think>b</think>\boxed{c}", False),
+    ],
+)
+def test_r1v_format(response: str, ok: bool) -> None:
+    assert r1v_format_ok(response) is ok
+
+
+@pytest.mark.parametrize(
+    ("response", "description"),
+    [
+        (GOOD_SR1, "A red ball on a table."),
+        ("<description>\n  padded  \n</description>", "padded"),
+        ("<description></description><think>x</think>", ""),  # empty: "" (caller treats as missing)
+        ("<description>first</description> <description>second</description>", "first"),
+        ("<description>a<description>b</description>c</description>", "a<description>b"),  # up to first close
+        ("< description >spaced</description >", "spaced"),
+        ("</description>stray<description>real</description>", "real"),
+        ("no tags at all", None),
+        ("<description>never closed", None),
+        ("<think>x</think>\\boxed{1}", None),
+        ("", None),
+    ],
+)
+def test_extract_description(response: str, description: str | None) -> None:
+    assert extract_description(response) == description
+
+
+def test_extract_description_of_non_string_is_none() -> None:
+    assert extract_description(None) is None  # type: ignore[arg-type]

@@ -1,0 +1,356 @@
+"""A synthetic visual question-answering task with a measurable language prior.
+
+Each image (white background, ``image_size`` x ``image_size`` pixels) holds 1-3 large shapes
+(circle / square / triangle) in saturated colours (red / green / blue / yellow), one per
+horizontal slot (left / middle / right). Shapes in one image differ in both kind and colour,
+so every question below has exactly one answer:
+
+    color     "What color is the circle?"                         -> "red"
+    shape     "What shape is the green object?"                   -> "square"
+    count     "How many shapes are in the image?"                 -> "2"
+    position  "Is the blue triangle on the left or on the right?" -> "left"
+
+Every question text occurs with several answers, so the answer needs the image. The training
+distribution carries a language prior: for each question text one "prior answer" (fixed by
+``prior_answer``) is the answer with probability ``prior_strength``. Validation answers are
+uniform, and rows whose answer differs from the prior are flagged ``distractor=True``: a model
+that answers from the text alone is wrong on all of them, which makes the language-shortcut
+rate measurable.
+
+Question types are assigned round-robin (each split is exactly balanced across types), the
+random stream of each split depends only on (seed, split), and images are drawn without
+anti-aliasing, so a seed always gives the same rows and the same PNG bytes.
+"""
+
+import io
+import json
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from datasets import Features, Image as ImageFeature, List, Value
+from PIL import Image, ImageDraw
+
+from verl.data.format_prompt import load_format_prompt
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 20, 20),
+    "green": (20, 160, 40),
+    "blue": (30, 60, 230),
+    "yellow": (240, 200, 0),
+}
+SHAPES = ("circle", "square", "triangle")
+SLOTS = ("left", "middle", "right")
+SLOT_PHRASES = {"left": "on the left", "middle": "in the middle", "right": "on the right"}
+SIDES = ("left", "right")
+COUNTS = ("1", "2", "3")
+QUESTION_TYPES = ("color", "shape", "count", "position")
+
+# The language prior of the training split, one answer per question text.
+PRIOR_COLOR_OF_SHAPE = {"circle": "red", "square": "green", "triangle": "blue"}
+PRIOR_SHAPE_OF_COLOR = {"red": "circle", "green": "square", "blue": "triangle", "yellow": "circle"}
+PRIOR_SIDE_OF_COLOR = {"red": "left", "green": "right", "blue": "left", "yellow": "right"}
+PRIOR_COUNT = "2"
+
+Split = Literal["train", "val", "sft"]
+# Independent random streams per split: changing the val size never changes the train rows.
+_SPLIT_STREAMS: dict[str, int] = {"train": 0, "val": 1, "sft": 2}
+# Splits drawn with the language prior; val is drawn uniformly to expose shortcut answers.
+_PRIOR_SPLITS = ("train", "sft")
+
+RL_FEATURES = Features(
+    {
+        "problem": Value("string"),
+        "answer": Value("string"),
+        "images": List(ImageFeature()),
+        "distractor": Value("bool"),
+        "question_type": Value("string"),
+    }
+)
+
+
+@dataclass(frozen=True)
+class SyntheticTaskSpec:
+    """Knobs of the synthetic task."""
+
+    image_size: int = 84
+    """Side of the square images in pixels (84 = 3x3 merged visual tokens for Qwen2.5-VL)."""
+    prior_strength: float = 0.7
+    """Probability that a train/sft row's answer is the prior answer of its question text."""
+
+
+@dataclass(frozen=True)
+class PlacedShape:
+    """One shape of a scene: what it is and where it is drawn (pixels)."""
+
+    kind: str
+    color: str
+    slot: str
+    center_x: int
+    center_y: int
+    size: int
+
+
+@dataclass(frozen=True)
+class SyntheticSample:
+    """One question about one scene; ``shapes`` are ordered left to right."""
+
+    shapes: tuple[PlacedShape, ...]
+    subject: PlacedShape | None
+    """The shape the question is about (None for count questions)."""
+    question_type: str
+    question: str
+    answer: str
+    prior_answer: str
+
+    @property
+    def distractor(self) -> bool:
+        """True when the answer contradicts the training prior for this question text."""
+        return self.answer != self.prior_answer
+
+
+def prior_answer(question_type: str, subject_color: str | None, subject_kind: str | None) -> str:
+    """The training split's majority answer for a question about this subject."""
+    if question_type == "color":
+        return PRIOR_COLOR_OF_SHAPE[subject_kind]
+    if question_type == "shape":
+        return PRIOR_SHAPE_OF_COLOR[subject_color]
+    if question_type == "count":
+        return PRIOR_COUNT
+    if question_type == "position":
+        return PRIOR_SIDE_OF_COLOR[subject_color]
+    raise ValueError(f"unknown question type {question_type!r}; expected one of {QUESTION_TYPES}")
+
+
+def _draw_answer(
+    rng: np.random.Generator, options: tuple[str, ...], prior: str, use_prior: bool, strength: float
+) -> str:
+    """Prior answer with probability ``strength`` (else another option) when ``use_prior``; else uniform."""
+    if not use_prior:
+        return options[rng.integers(len(options))]
+    if rng.random() < strength:
+        return prior
+    others = [option for option in options if option != prior]
+    return others[rng.integers(len(others))]
+
+
+def _place_shapes(
+    rng: np.random.Generator,
+    num_shapes: int,
+    target: tuple[str, str] | None,
+    target_slot: str | None,
+    image_size: int,
+) -> tuple[tuple[PlacedShape, ...], PlacedShape]:
+    """Random scene of ``num_shapes`` shapes with distinct kinds, colours and slots.
+
+    ``target`` (kind, colour) is always in the scene, in ``target_slot`` when given. Returns the
+    shapes ordered left to right and the target shape (an arbitrary one without a target).
+    """
+    kinds = list(rng.permutation(SHAPES))
+    colors = list(rng.permutation(list(COLORS)))
+    slots = list(rng.permutation(SLOTS))
+    if target is not None:
+        kinds.remove(target[0])
+        colors.remove(target[1])
+        kinds.insert(0, target[0])
+        colors.insert(0, target[1])
+    if target_slot is not None:
+        slots.remove(target_slot)
+        slots.insert(0, target_slot)
+    slot_width = image_size // len(SLOTS)
+    shapes = []
+    for kind, color, slot in zip(kinds[:num_shapes], colors[:num_shapes], slots[:num_shapes]):
+        size = int(rng.integers(int(0.7 * slot_width), int(0.85 * slot_width) + 1))
+        margin = size // 2 + 1
+        center_x = SLOTS.index(slot) * slot_width + slot_width // 2 + int(rng.integers(-1, 2))
+        center_y = int(rng.integers(margin, image_size - margin + 1))
+        shapes.append(PlacedShape(str(kind), str(color), str(slot), center_x, center_y, size))
+    return tuple(sorted(shapes, key=lambda shape: SLOTS.index(shape.slot))), shapes[0]
+
+
+def make_sample(
+    rng: np.random.Generator, question_type: str, split: Split, spec: SyntheticTaskSpec
+) -> SyntheticSample:
+    """Draws one question of ``question_type`` and a scene that answers it."""
+    use_prior = split in _PRIOR_SPLITS
+    num_shapes = int(rng.integers(1, len(SHAPES) + 1))
+    if question_type == "color":
+        kind = SHAPES[rng.integers(len(SHAPES))]
+        prior = prior_answer("color", None, kind)
+        answer = _draw_answer(rng, tuple(COLORS), prior, use_prior, spec.prior_strength)
+        shapes, subject = _place_shapes(rng, num_shapes, (kind, answer), None, spec.image_size)
+        question = f"What color is the {kind}?"
+    elif question_type == "shape":
+        color = list(COLORS)[rng.integers(len(COLORS))]
+        prior = prior_answer("shape", color, None)
+        answer = _draw_answer(rng, SHAPES, prior, use_prior, spec.prior_strength)
+        shapes, subject = _place_shapes(rng, num_shapes, (answer, color), None, spec.image_size)
+        question = f"What shape is the {color} object?"
+    elif question_type == "count":
+        prior = prior_answer("count", None, None)
+        answer = _draw_answer(rng, COUNTS, prior, use_prior, spec.prior_strength)
+        shapes, _ = _place_shapes(rng, int(answer), None, None, spec.image_size)
+        subject = None
+        question = "How many shapes are in the image?"
+    elif question_type == "position":
+        kind = SHAPES[rng.integers(len(SHAPES))]
+        color = list(COLORS)[rng.integers(len(COLORS))]
+        prior = prior_answer("position", color, kind)
+        answer = _draw_answer(rng, SIDES, prior, use_prior, spec.prior_strength)
+        shapes, subject = _place_shapes(rng, num_shapes, (kind, color), answer, spec.image_size)
+        question = f"Is the {color} {kind} on the left or on the right?"
+    else:
+        raise ValueError(f"unknown question type {question_type!r}; expected one of {QUESTION_TYPES}")
+    return SyntheticSample(shapes, subject, question_type, question, answer, prior)
+
+
+def generate_split(
+    num_rows: int, seed: int, split: Split, spec: SyntheticTaskSpec = SyntheticTaskSpec()
+) -> list[SyntheticSample]:
+    """``num_rows`` samples; question types round-robin, so each type gets num_rows/4 (+-1) rows."""
+    if split not in _SPLIT_STREAMS:
+        raise ValueError(f"unknown split {split!r}; expected one of {sorted(_SPLIT_STREAMS)}")
+    rng = np.random.default_rng([seed, _SPLIT_STREAMS[split]])
+    return [make_sample(rng, QUESTION_TYPES[i % len(QUESTION_TYPES)], split, spec) for i in range(num_rows)]
+
+
+def render_image(sample: SyntheticSample, image_size: int) -> Image.Image:
+    """RGB image of the sample's scene on a white background."""
+    image = Image.new("RGB", (image_size, image_size), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    for shape in sample.shapes:
+        half = shape.size // 2
+        left, top = shape.center_x - half, shape.center_y - half
+        right, bottom = left + shape.size - 1, top + shape.size - 1
+        fill = COLORS[shape.color]
+        if shape.kind == "circle":
+            draw.ellipse((left, top, right, bottom), fill=fill)
+        elif shape.kind == "square":
+            draw.rectangle((left, top, right, bottom), fill=fill)
+        else:
+            draw.polygon([(shape.center_x, top), (left, bottom), (right, bottom)], fill=fill)
+    return image
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """PNG encoding of ``image`` (deterministic for a given Pillow version)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def describe(sample: SyntheticSample) -> str:
+    """Ground-truth description of the scene, e.g. "The image shows a red circle on the left."."""
+    parts = [f"a {shape.color} {shape.kind} {SLOT_PHRASES[shape.slot]}" for shape in sample.shapes]
+    listing = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return f"The image shows {listing}."
+
+
+def reasoning(sample: SyntheticSample) -> str:
+    """Short reasoning from the description to the answer."""
+    subject = sample.subject
+    if sample.question_type == "color":
+        return f"The question asks for the color of the {subject.kind}. The {subject.kind} is {sample.answer}."
+    if sample.question_type == "shape":
+        return f"The question asks which shape is {subject.color}. The {subject.color} shape is a {sample.answer}."
+    if sample.question_type == "count":
+        noun = "shape" if sample.answer == "1" else "shapes"
+        return f"The question asks how many shapes there are. I count {sample.answer} {noun}."
+    return (
+        f"The question asks where the {subject.color} {subject.kind} is. "
+        f"The {subject.color} {subject.kind} is on the {sample.answer}."
+    )
+
+
+def sft_response(sample: SyntheticSample) -> str:
+    """Assistant turn in the Vision-SR1 format: description, reasoning, boxed answer."""
+    return (
+        f"<description> {describe(sample)} </description> "
+        f"<think> {reasoning(sample)} </think> \\boxed{{{sample.answer}}}"
+    )
+
+
+def problem_text(sample: SyntheticSample) -> str:
+    """The RL ``problem`` column: image placeholder then question."""
+    return f"<image>{sample.question}"
+
+
+def write_rl_split(samples: list[SyntheticSample], path: str, image_size: int) -> None:
+    """Parquet in the EasyR1 layout; ``images`` is a ``List(Image())`` column (PNG bytes, no path)."""
+    table = pa.Table.from_pydict(
+        {
+            "problem": [problem_text(sample) for sample in samples],
+            "answer": [sample.answer for sample in samples],
+            "images": [[{"bytes": png_bytes(render_image(sample, image_size)), "path": None}] for sample in samples],
+            "distractor": [sample.distractor for sample in samples],
+            "question_type": [sample.question_type for sample in samples],
+        },
+        schema=RL_FEATURES.arrow_schema,
+    )
+    pq.write_table(table, path)
+
+
+def write_sft_file(
+    samples: list[SyntheticSample], out_dir: str, format_prompt_path: str, image_size: int
+) -> str:
+    """LLaMA-Factory sharegpt ``out_dir/sft.json``; images saved under ``out_dir/images/``.
+
+    The user turn is the format prompt rendered on the problem, exactly what the RL rollout
+    sees; image paths are relative to the json file.
+    """
+    format_prompt = load_format_prompt(format_prompt_path)
+    os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
+    records = []
+    for index, sample in enumerate(samples):
+        relative_path = f"images/sft_{index:05d}.png"
+        with open(os.path.join(out_dir, relative_path), "wb") as file:
+            file.write(png_bytes(render_image(sample, image_size)))
+        records.append(
+            {
+                "messages": [
+                    {"role": "user", "content": format_prompt.render(content=problem_text(sample))},
+                    {"role": "assistant", "content": sft_response(sample)},
+                ],
+                "images": [relative_path],
+            }
+        )
+    sft_path = os.path.join(out_dir, "sft.json")
+    with open(sft_path, "w", encoding="utf-8") as file:
+        json.dump(records, file, ensure_ascii=False, indent=1)
+    return sft_path
+
+
+@dataclass(frozen=True)
+class SyntheticDatasetFiles:
+    """Paths written by ``write_synthetic_dataset``."""
+
+    train: str
+    val: str
+    sft: str
+
+
+def write_synthetic_dataset(
+    out_dir: str,
+    format_prompt_path: str,
+    seed: int = 0,
+    train_size: int = 2000,
+    val_size: int = 200,
+    sft_size: int = 1000,
+    spec: SyntheticTaskSpec = SyntheticTaskSpec(),
+) -> SyntheticDatasetFiles:
+    """Writes ``train.parquet``, ``val.parquet`` (RL) and ``sft.json`` + ``images/`` (cold start)."""
+    if not 0.0 <= spec.prior_strength <= 1.0:
+        raise ValueError(f"prior_strength must be in [0, 1], got {spec.prior_strength}")
+    os.makedirs(out_dir, exist_ok=True)
+    files = SyntheticDatasetFiles(
+        train=os.path.join(out_dir, "train.parquet"),
+        val=os.path.join(out_dir, "val.parquet"),
+        sft=os.path.join(out_dir, "sft.json"),
+    )
+    write_rl_split(generate_split(train_size, seed, "train", spec), files.train, spec.image_size)
+    write_rl_split(generate_split(val_size, seed, "val", spec), files.val, spec.image_size)
+    write_sft_file(generate_split(sft_size, seed, "sft", spec), out_dir, format_prompt_path, spec.image_size)
+    return files

@@ -1,0 +1,71 @@
+"""What the trainer needs to know about Qwen2.5-VL: loading, mrope position ids, and how the
+per-sample multi-modal tensors of a batch are put together for one forward."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from transformers import AutoModelForImageTextToText, PreTrainedModel
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`auto` = bf16 on GPU, fp32 on CPU (CPU bf16 matmuls are slow and lossy)."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}[name]
+
+
+def resolve_attn_implementation(name: str, device: torch.device) -> str:
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        try:
+            import flash_attn  # noqa: F401
+
+            return "flash_attention_2"
+        except ImportError:
+            return "sdpa"
+    return "sdpa"
+
+
+def load_policy(model_path: str, dtype: torch.dtype, attn_implementation: str) -> PreTrainedModel:
+    """Loads the policy exactly as a user's checkpoint is loaded (`from_pretrained`)."""
+    return AutoModelForImageTextToText.from_pretrained(
+        model_path, dtype=dtype, attn_implementation=attn_implementation
+    )
+
+
+def merge_multi_modal_inputs(per_sample: np.ndarray | list) -> dict[str, torch.Tensor]:
+    """Concatenates per-sample `{pixel_values, image_grid_thw}` dicts (empty for text-only rows)
+    into the batch-level tensors the model takes; {} when no row has an image."""
+    pixel_values = [s["pixel_values"] for s in per_sample if s and "pixel_values" in s]
+    if not pixel_values:
+        return {}
+    grids = [s["image_grid_thw"] for s in per_sample if s and "pixel_values" in s]
+    return {"pixel_values": torch.cat(pixel_values, dim=0), "image_grid_thw": torch.cat(grids, dim=0)}
+
+
+def position_ids_for(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    image_grid_thw: torch.Tensor | None,
+) -> torch.Tensor:
+    """mrope position ids (3, bs, L) for a left/right padded batch. Computed explicitly because
+    transformers 5 caches `rope_deltas` between calls and otherwise infers text positions
+    without looking at the padding."""
+    config = model.config
+    mm_token_type_ids = (input_ids == config.image_token_id).int()
+    position_ids, _ = model.model.get_rope_index(
+        input_ids,
+        mm_token_type_ids=mm_token_type_ids,
+        image_grid_thw=image_grid_thw,
+        attention_mask=attention_mask,
+    )
+    return position_ids
+
+
+def decoder_layers(model: PreTrainedModel) -> list[torch.nn.Module]:
+    """The blocks FSDP shards one by one: vision blocks and language decoder layers."""
+    inner = model.model
+    return list(inner.visual.blocks) + list(inner.language_model.layers)

@@ -1,0 +1,135 @@
+"""Ray worker groups: start one actor per rank, broadcast calls, split a batch across ranks and
+gather the results. The trainer calls these; it never talks to an actor directly."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+
+from verl.protocol import DataProto, pad_to_divisor, unpad
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerDiedError(RuntimeError):
+    """A Ray worker died or raised; the message names the rank and the method."""
+
+
+@dataclass
+class ResourcePool:
+    """Where the ranks run: `nnodes` x `procs_per_node` processes, each holding `gpus_per_proc`
+    GPUs (0 on CPU) and `cpus_per_proc` CPUs."""
+
+    nnodes: int
+    procs_per_node: int
+    gpus_per_proc: float
+    cpus_per_proc: float
+
+    @property
+    def world_size(self) -> int:
+        return self.nnodes * self.procs_per_node
+
+
+def find_free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+@ray.remote
+def _node_address() -> tuple[str, int]:
+    return ray.util.get_node_ip_address(), find_free_port()
+
+
+class RayWorkerGroup:
+    """One Ray actor per rank of `worker_cls` (a plain class; it is wrapped with `ray.remote`).
+    Ranks are packed node by node through a placement group, so rank r sits on node
+    r // procs_per_node, as torch.distributed expects."""
+
+    def __init__(self, worker_cls: type, pool: ResourcePool, *init_args: Any, **init_kwargs: Any):
+        self.pool = pool
+        bundle = {"CPU": pool.cpus_per_proc}
+        if pool.gpus_per_proc > 0:
+            bundle["GPU"] = pool.gpus_per_proc
+        self.placement_group = ray.util.placement_group([bundle] * pool.world_size, strategy="PACK")
+        ray.get(self.placement_group.ready())
+        strategy = ray.util.scheduling_strategies.PlacementGroupSchedulingStrategy(
+            placement_group=self.placement_group, placement_group_bundle_index=0
+        )
+        master_addr, master_port = ray.get(_node_address.options(scheduling_strategy=strategy, num_cpus=0).remote())
+        remote_cls = ray.remote(worker_cls)
+        self.workers = []
+        for rank in range(pool.world_size):
+            strategy = ray.util.scheduling_strategies.PlacementGroupSchedulingStrategy(
+                placement_group=self.placement_group, placement_group_bundle_index=rank
+            )
+            env = {
+                "RANK": str(rank),
+                "WORLD_SIZE": str(pool.world_size),
+                "LOCAL_RANK": "0" if pool.gpus_per_proc > 0 else str(rank % pool.procs_per_node),
+                "MASTER_ADDR": master_addr,
+                "MASTER_PORT": str(master_port),
+            }
+            worker = remote_cls.options(
+                num_cpus=pool.cpus_per_proc,
+                num_gpus=pool.gpus_per_proc,
+                scheduling_strategy=strategy,
+                runtime_env={"env_vars": env},
+                name=None,
+            ).remote(*init_args, **init_kwargs)
+            self.workers.append(worker)
+
+    @property
+    def world_size(self) -> int:
+        return len(self.workers)
+
+    def _gather(self, method: str, refs: list) -> list:
+        try:
+            return ray.get(refs)
+        except RayActorError as error:
+            rank = self._failed_rank(refs)
+            raise WorkerDiedError(f"worker rank {rank} died during '{method}': {error}") from error
+        except RayTaskError as error:
+            rank = self._failed_rank(refs)
+            raise WorkerDiedError(f"worker rank {rank} raised in '{method}':\n{error}") from error
+
+    @staticmethod
+    def _failed_rank(refs: list) -> int | str:
+        for rank, ref in enumerate(refs):
+            try:
+                ray.get(ref, timeout=0)
+            except (RayActorError, RayTaskError):
+                return rank
+            except Exception:  # still running or other failure: not the culprit we can name
+                continue
+        return "?"
+
+    def execute_all(self, method: str, *args: Any, **kwargs: Any) -> list:
+        """Calls `method` on every rank with the same arguments; returns each rank's result."""
+        refs = [getattr(worker, method).remote(*args, **kwargs) for worker in self.workers]
+        return self._gather(method, refs)
+
+    def dispatch_each(self, method: str, data: DataProto, *args: Any, **kwargs: Any) -> tuple[list, int]:
+        """Splits `data` evenly across ranks (padding with repeated leading rows), calls `method`
+        on each chunk; returns each rank's result and the number of padding rows added."""
+        padded, pad_size = pad_to_divisor(data, self.world_size)
+        chunks = padded.chunk(self.world_size)
+        refs = [getattr(w, method).remote(chunk, *args, **kwargs) for w, chunk in zip(self.workers, chunks)]
+        return self._gather(method, refs), pad_size
+
+    def dispatch(self, method: str, data: DataProto, *args: Any, rows_per_item: int = 1, **kwargs: Any) -> DataProto:
+        """`dispatch_each` for methods returning rows: concatenates results in rank order and
+        drops the padding. `rows_per_item` is how many output rows one input row yields
+        (rollout.n for generation)."""
+        results, pad_size = self.dispatch_each(method, data, *args, **kwargs)
+        return unpad(DataProto.concat(results), pad_size * rows_per_item)
+
+    def shutdown(self) -> None:
+        for worker in self.workers:
+            ray.kill(worker)
+        ray.util.remove_placement_group(self.placement_group)

@@ -1,0 +1,443 @@
+"""Typed configuration for every section of a run.
+
+A run's config is `PPOConfig`: YAML (`config=file.yaml`) merged onto these defaults, then dotted
+CLI overrides (`trainer.max_steps=2`). Unknown keys and wrong types are errors that name the key
+(and the closest valid key); derived batch sizes are checked up front by `PPOConfig.validate`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message written for the user."""
+
+
+@dataclass
+class DataConfig:
+    train_files: str = ""
+    """Training set: parquet/jsonl/json file, `datasets` dir, or `name@split`."""
+    val_files: str = ""
+    """Validation set, same forms as train_files; empty disables validation."""
+    prompt_key: str = "problem"
+    """Column holding the question (with `<image>` placeholders)."""
+    answer_key: str = "answer"
+    """Column holding the ground-truth answer."""
+    image_key: str = "images"
+    """Column holding the list of images (paths, bytes or {bytes, path} structs)."""
+    format_prompt: str | None = None
+    """Jinja file rendered with `content=question` (e.g. configs/format_prompt/sr1.jinja)."""
+    system_prompt: str | None = None
+    """Optional system message."""
+    max_prompt_length: int = 512
+    """Prompt tokens after image-token expansion; longer prompts are filtered or rejected."""
+    max_response_length: int = 512
+    """Tokens generated per response in the first (rollout) pass."""
+    filter_overlong_prompts: bool = True
+    """True: drop over-long prompts at load time (count logged); False: error naming the row."""
+    rollout_batch_size: int = 512
+    """Prompts per step (each sampled worker.rollout.n times)."""
+    val_batch_size: int = -1
+    """Prompts per validation generation call; -1 = the whole validation set at once."""
+    shuffle: bool = True
+    """Shuffle training prompts each epoch (seeded)."""
+    seed: int = 1
+    """Seed of the training-data order."""
+    min_pixels: int = 262144
+    """Images are resized to at least this many pixels (shared by trainer and rollout engines)."""
+    max_pixels: int = 4194304
+    """...and at most this many."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-6
+    """Peak learning rate."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    weight_decay: float = 1e-2
+    """AdamW decoupled weight decay."""
+    lr_warmup_ratio: float = 0.0
+    """Fraction of training steps spent warming up linearly from 0."""
+    lr_scheduler: str = "constant"
+    """`constant` or `cosine` (after warm-up)."""
+    min_lr_ratio: float = 0.0
+    """Cosine floor as a fraction of lr."""
+
+
+@dataclass
+class FSDPConfig:
+    param_offload: bool = False
+    """Offload parameters to CPU between phases (GPU only)."""
+    optimizer_offload: bool = False
+    """Offload optimizer states to CPU between updates (GPU only)."""
+    torch_dtype: str = "auto"
+    """Parameter dtype: `auto` = bf16 on GPU, fp32 on CPU; or float32/bfloat16."""
+
+
+@dataclass
+class ModelConfig:
+    model_path: str = ""
+    """Hugging Face folder (or hub id on a machine with internet) of the policy."""
+    tokenizer_path: str | None = None
+    """Defaults to model_path."""
+    attn_implementation: str = "auto"
+    """`auto` = flash_attention_2 where installed on GPU, else sdpa."""
+    enable_gradient_checkpointing: bool = False
+    """Recompute activations in backward (saves memory on long responses)."""
+    freeze_vision_tower: bool = False
+    """Train only the language model and merger."""
+
+
+@dataclass
+class ActorConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    fsdp: FSDPConfig = field(default_factory=FSDPConfig)
+    global_batch_size: int = 128
+    """Prompts per optimizer step (x rollout.n responses); rollout_batch_size must be a multiple."""
+    micro_batch_size_per_device_for_update: int = 4
+    """Responses per forward/backward on one device (gradient accumulation fills the rest)."""
+    micro_batch_size_per_device_for_experience: int = 16
+    """Responses per forward when computing old/ref log-probs."""
+    ppo_epochs: int = 1
+    """Passes over each rollout batch."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
+    clip_ratio_low: float = 0.2
+    """PPO lower clip (1 - eps_low)."""
+    clip_ratio_high: float = 0.3
+    """PPO upper clip (1 + eps_high); > low is DAPO's clip-higher."""
+    clip_ratio_dual: float = 3.0
+    """Dual-clip bound c for negative advantages (Ye et al. 2020)."""
+    loss_agg_mode: str = "token-mean"
+    """token-mean | seq-mean-token-sum | seq-mean-token-mean | seq-mean-token-sum-norm."""
+    use_kl_loss: bool = True
+    """Add KL(actor || ref) as a loss term (GRPO); False puts KL in the reward if kl_coef > 0."""
+    kl_loss_coef: float = 1e-2
+    """Weight of the KL loss."""
+    kl_loss_type: str = "low_var_kl"
+    """kl | abs | mse | low_var_kl | full."""
+    entropy_coeff: float = 0.0
+    """Entropy bonus weight (entropy is always logged)."""
+
+
+@dataclass
+class RefConfig:
+    fsdp: FSDPConfig = field(default_factory=FSDPConfig)
+    micro_batch_size_per_device_for_experience: int = 16
+    """Responses per forward when computing reference log-probs."""
+
+
+@dataclass
+class RolloutConfig:
+    name: str = "hf"
+    """Engine: `hf` (transformers generate, always available) or `vllm`."""
+    n: int = 8
+    """Responses sampled per prompt (the GRPO group size)."""
+    temperature: float = 1.0
+    """Sampling temperature; 0 = greedy."""
+    top_p: float = 0.99
+    """Nucleus sampling."""
+    top_k: int = -1
+    """Top-k sampling; -1 = off."""
+    seed: int = 1
+    """Base sampling seed (step and rank are mixed in)."""
+    dtype: str = "auto"
+    """Engine dtype: auto = bf16 on GPU, fp32 on CPU."""
+    val_temperature: float = 0.0
+    """Validation sampling temperature (0 = greedy)."""
+    val_n: int = 1
+    """Validation responses per prompt."""
+    max_batch_size: int = 64
+    """HF engine: prompts per generate call (vLLM schedules by itself)."""
+    gpu_memory_utilization: float = 0.6
+    """vLLM: fraction of GPU memory for weights + KV cache."""
+    enforce_eager: bool = False
+    """vLLM: disable CUDA graphs (always eager on CPU)."""
+    max_model_len: int | None = None
+    """vLLM: context length; default max_prompt_length + max_response_length."""
+    max_num_batched_tokens: int = 8192
+    """vLLM: tokens per scheduler step."""
+    enable_chunked_prefill: bool = False
+    """vLLM: split long prefills across steps."""
+    tensor_parallel_size: int = 1
+    """vLLM: tensor-parallel ranks per engine (1 on CPU)."""
+    free_cache_engine: bool = True
+    """vLLM on GPU: sleep (free KV cache and weights) outside generation."""
+    cpu_kvcache_space_gib: int = 1
+    """vLLM on CPU: KV-cache size in GiB."""
+    limit_images: int = 1
+    """Images per prompt the engine reserves memory for."""
+
+
+@dataclass
+class WorkerConfig:
+    actor: ActorConfig = field(default_factory=ActorConfig)
+    ref: RefConfig = field(default_factory=RefConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+
+
+@dataclass
+class AlgorithmConfig:
+    adv_estimator: str = "grpo"
+    """grpo | rloo | reinforce_plus_plus | reinforce_plus_plus_baseline."""
+    norm_adv_by_std_in_grpo: bool = True
+    """False = Dr. GRPO (mean-centred advantages)."""
+    gamma: float = 1.0
+    """Discount for REINFORCE++ returns."""
+    reward_weights: dict[str, float] = field(default_factory=dict)
+    """Multi-reward mode: component -> weight, each component group-normalised separately and
+    summed (e.g. {accuracy: 0.5, visual: 0.5}); empty = one advantage from `overall`."""
+    kl_penalty: str = "low_var_kl"
+    """KL-in-reward estimator when worker.actor.use_kl_loss is False."""
+    kl_coef: float = 0.0
+    """KL-in-reward coefficient (0 disables it)."""
+    kl_type: str = "fixed"
+    """fixed | adaptive KL-in-reward controller."""
+    kl_target: float = 0.1
+    """Adaptive controller target KL."""
+    kl_horizon: float = 10000.0
+    """Adaptive controller horizon."""
+
+
+@dataclass
+class RewardConfig:
+    reward_function: str = "sr1"
+    """Built-in name (sr1, r1v, see_think, cot) or `path/to/file.py:function`."""
+    reward_function_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the reward function (e.g. accuracy_weight, format_weight)."""
+
+
+@dataclass
+class SelfRewardConfig:
+    enable: bool = False
+    """Run the Vision-SR1 re-prompt pass (perception -> text-only re-answer)."""
+    n: int = 1
+    """Re-answers per response; the visual reward is their mean accuracy."""
+    temperature: float = 1.0
+    """Re-answer sampling temperature; 0 = greedy."""
+    top_p: float = 1.0
+    """Re-answer nucleus sampling."""
+    max_response_length: int = 256
+    """Tokens per re-answer."""
+    max_prompt_length: int = 1024
+    """Re-prompt token budget; a longer description is truncated (counted in metrics)."""
+    missing_description: str = "zero"
+    """zero: no perception -> visual reward 0, no re-prompt; whole_response: the reference's
+    fallback (re-prompt with the whole response)."""
+    objective: str = "summed"
+    """summed: the reference code (visual added to one reward); separate: the paper's two
+    group-normalised advantages, pass-2 tokens trained with the visual advantage."""
+    answer_advantage_weight: float = 0.5
+    """separate objective: weight of the answer (accuracy+format) advantage."""
+    visual_advantage_weight: float = 0.5
+    """separate objective: weight of the visual advantage (also the pass-2 tokens' advantage)."""
+    judge: str = "policy"
+    """policy: the same policy re-answers through the rollout engine; openai: an
+    OpenAI-compatible server re-answers (external perception judge)."""
+    judge_base_url: str = ""
+    """openai judge: server URL, e.g. http://127.0.0.1:8000/v1."""
+    judge_model: str = ""
+    """openai judge: model name."""
+    judge_api_key_env: str = "OPENAI_API_KEY"
+    """openai judge: environment variable holding the key (never put keys in config files)."""
+    judge_timeout_s: float = 30.0
+    """openai judge: per-request timeout."""
+    judge_max_retries: int = 2
+    """openai judge: retries per request before the sample counts as a judge error."""
+    judge_max_workers: int = 16
+    """openai judge: concurrent requests."""
+
+
+@dataclass
+class TrainerConfig:
+    project_name: str = "vision_sr1"
+    """Logger project."""
+    experiment_name: str = "run"
+    """Logger run name."""
+    logger: list[str] = field(default_factory=lambda: ["console", "file"])
+    """console, file (JSONL, always on), wandb, tensorboard."""
+    nnodes: int = 1
+    """Nodes in the Ray cluster."""
+    n_gpus_per_node: int = 8
+    """Worker processes per node (GPUs; on CPU, processes)."""
+    device: str = "auto"
+    """auto | cuda | cpu."""
+    ray_address: str | None = None
+    """Existing Ray cluster address; None = start a local one."""
+    ray_num_cpus: int | None = None
+    """CPUs for a local Ray (None = all)."""
+    total_epochs: int = 1
+    """Passes over the training set."""
+    max_steps: int | None = None
+    """Stop after this many steps (overrides epochs when smaller)."""
+    val_freq: int = -1
+    """Validate every N steps (-1: never during training)."""
+    val_before_train: bool = True
+    """Validate once before the first step."""
+    val_only: bool = False
+    """Only validate, then exit."""
+    val_generations_to_log: int = 0
+    """Validation samples printed per validation."""
+    save_freq: int = -1
+    """Checkpoint every N steps (-1: only at the end)."""
+    save_limit: int = -1
+    """Keep the newest N checkpoints (-1: all)."""
+    save_checkpoint_path: str | None = None
+    """Checkpoint root; default checkpoints/{project_name}/{experiment_name}."""
+    load_checkpoint_path: str | None = None
+    """Resume from this global_step_N dir; None = the latest under save_checkpoint_path."""
+    find_last_checkpoint: bool = True
+    """Resume automatically from the latest complete checkpoint."""
+    seed: int = 1
+    """Model-side seed (init of randomness in workers)."""
+
+
+@dataclass
+class PPOConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    self_reward: SelfRewardConfig = field(default_factory=SelfRewardConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    @property
+    def world_size(self) -> int:
+        return self.trainer.nnodes * self.trainer.n_gpus_per_node
+
+    def validate(self) -> None:
+        """Checks derived values before anything starts; each message names the clashing numbers."""
+        data, actor, rollout, trainer = self.data, self.worker.actor, self.worker.rollout, self.trainer
+        _choice("worker.rollout.name", rollout.name, ("hf", "vllm"))
+        _choice("trainer.device", trainer.device, ("auto", "cuda", "cpu"))
+        _choice("self_reward.missing_description", self.self_reward.missing_description, ("zero", "whole_response"))
+        _choice("self_reward.objective", self.self_reward.objective, ("summed", "separate"))
+        _choice("self_reward.judge", self.self_reward.judge, ("policy", "openai"))
+        _choice("algorithm.kl_type", self.algorithm.kl_type, ("fixed", "adaptive"))
+        _choice("worker.actor.optim.lr_scheduler", actor.optim.lr_scheduler, ("constant", "cosine"))
+        if not actor.model.model_path:
+            raise ConfigError("worker.actor.model.model_path is empty: set it to a Hugging Face model folder")
+        if not data.train_files and not trainer.val_only:
+            raise ConfigError("data.train_files is empty: set it to a parquet/jsonl file or name@split")
+        for key, value in (
+            ("data.rollout_batch_size", data.rollout_batch_size),
+            ("worker.actor.global_batch_size", actor.global_batch_size),
+            ("worker.rollout.n", rollout.n),
+            ("worker.actor.micro_batch_size_per_device_for_update", actor.micro_batch_size_per_device_for_update),
+            ("worker.actor.micro_batch_size_per_device_for_experience", actor.micro_batch_size_per_device_for_experience),
+            ("trainer.n_gpus_per_node", trainer.n_gpus_per_node),
+            ("trainer.nnodes", trainer.nnodes),
+            ("self_reward.n", self.self_reward.n),
+        ):
+            if value < 1:
+                raise ConfigError(f"{key}={value} must be >= 1")
+        if data.rollout_batch_size % actor.global_batch_size != 0:
+            raise ConfigError(
+                f"data.rollout_batch_size={data.rollout_batch_size} is not a multiple of "
+                f"worker.actor.global_batch_size={actor.global_batch_size}"
+            )
+        responses_per_update = actor.global_batch_size * rollout.n
+        if responses_per_update % self.world_size != 0:
+            raise ConfigError(
+                f"worker.actor.global_batch_size={actor.global_batch_size} x worker.rollout.n={rollout.n} "
+                f"= {responses_per_update} responses per update do not split over world size "
+                f"{self.world_size} (trainer.nnodes={trainer.nnodes} x trainer.n_gpus_per_node={trainer.n_gpus_per_node})"
+            )
+        per_device = responses_per_update // self.world_size
+        if per_device % actor.micro_batch_size_per_device_for_update != 0:
+            raise ConfigError(
+                f"{responses_per_update} responses per update / world size {self.world_size} = {per_device} per "
+                f"device, not a multiple of worker.actor.micro_batch_size_per_device_for_update="
+                f"{actor.micro_batch_size_per_device_for_update}"
+            )
+        if rollout.tensor_parallel_size > 1 and self.world_size % rollout.tensor_parallel_size != 0:
+            raise ConfigError(
+                f"worker.rollout.tensor_parallel_size={rollout.tensor_parallel_size} does not divide "
+                f"world size {self.world_size}"
+            )
+        if data.min_pixels > data.max_pixels:
+            raise ConfigError(f"data.min_pixels={data.min_pixels} > data.max_pixels={data.max_pixels}")
+        if self.self_reward.objective == "separate" and not self.self_reward.enable:
+            raise ConfigError("self_reward.objective=separate needs self_reward.enable=true")
+        if self.self_reward.judge == "openai" and not (self.self_reward.judge_base_url and self.self_reward.judge_model):
+            raise ConfigError("self_reward.judge=openai needs self_reward.judge_base_url and self_reward.judge_model")
+
+
+def _choice(key: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ConfigError(f"{key}={value!r} is not one of {', '.join(valid)}")
+
+
+ConfigT = TypeVar("ConfigT")
+
+
+def _all_keys(schema: type, prefix: str = "") -> list[str]:
+    keys = []
+    for f in fields(schema):
+        key = f"{prefix}{f.name}"
+        keys.append(key)
+        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+        if is_dataclass(default):
+            keys.extend(_all_keys(type(default), key + "."))
+    return keys
+
+
+def _explain(error: OmegaConfBaseException, schema: type, source: str) -> ConfigError:
+    key = getattr(error, "full_key", None) or ""
+    if isinstance(error, (ConfigKeyError, ConfigAttributeError)):
+        close = difflib.get_close_matches(key, _all_keys(schema), n=1, cutoff=0.5)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return ConfigError(f"{source}: unknown config key '{key}'{hint}")
+    detail = str(error).splitlines()[0]
+    return ConfigError(f"{source}: bad value for '{key}': {detail}")
+
+
+def load_config(schema: type[ConfigT], yaml_path: str | None, overrides: list[str]) -> ConfigT:
+    """Defaults of `schema` <- YAML file <- `key=value` overrides, type-checked; returns the
+    dataclass instance. Errors name the offending key and where it came from."""
+    config: DictConfig = OmegaConf.structured(schema)
+    if yaml_path:
+        if not os.path.isfile(yaml_path):
+            raise ConfigError(f"config file {yaml_path} does not exist")
+        try:
+            config = OmegaConf.merge(config, OmegaConf.load(yaml_path))
+        except OmegaConfBaseException as error:
+            raise _explain(error, schema, yaml_path) from None
+    for override in overrides:
+        if "=" not in override:
+            raise ConfigError(f"command-line override {override!r} is not of the form key=value")
+        try:
+            config = OmegaConf.merge(config, OmegaConf.from_dotlist([override]))
+        except OmegaConfBaseException as error:
+            raise _explain(error, schema, f"command line '{override}'") from None
+    try:
+        return OmegaConf.to_object(config)  # type: ignore[return-value]
+    except OmegaConfBaseException as error:
+        raise _explain(error, schema, "config") from None
+
+
+def parse_cli(schema: type[ConfigT], argv: list[str]) -> ConfigT:
+    """`config=path.yaml key=value ...` as EasyR1's CLI takes them."""
+    yaml_path = None
+    overrides = []
+    for arg in argv:
+        if arg.startswith("config="):
+            yaml_path = arg.split("=", 1)[1]
+        else:
+            overrides.append(arg)
+    return load_config(schema, yaml_path, overrides)
+
+
+def to_yaml(config: Any) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(config))

@@ -1,0 +1,107 @@
+"""`python3 -m verl.trainer.main config=configs/x.yaml key=value ...`: GRPO training."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from verl.trainer.config import ConfigError, PPOConfig, parse_cli, to_yaml
+
+USAGE = """usage: python3 -m verl.trainer.main config=CONFIG.yaml [section.key=value ...]
+
+Trains a vision-language policy with GRPO (and the Vision-SR1 self-reward when
+self_reward.enable=true). Every key of verl/trainer/config.py can be overridden, e.g.
+  trainer.max_steps=2 worker.rollout.n=4 worker.rollout.name=vllm self_reward.enable=true
+"""
+
+
+def build_dataloaders(config: PPOConfig, tokenizer, processor):
+    from verl.data.rl_dataset import RLDataset, make_rl_dataloader
+
+    data = config.data
+
+    def dataset(path: str) -> RLDataset:
+        return RLDataset(
+            data_path=path,
+            tokenizer=tokenizer,
+            processor=processor,
+            prompt_key=data.prompt_key,
+            answer_key=data.answer_key,
+            image_key=data.image_key,
+            format_prompt=data.format_prompt,
+            max_prompt_length=data.max_prompt_length,
+            min_pixels=data.min_pixels,
+            max_pixels=data.max_pixels,
+            filter_overlong_prompts=data.filter_overlong_prompts,
+            system_prompt=data.system_prompt,
+        )
+
+    train = None
+    if data.train_files and not config.trainer.val_only:
+        train_set = dataset(data.train_files)
+        if len(train_set) < data.rollout_batch_size:
+            raise ConfigError(
+                f"data.train_files={data.train_files} has {len(train_set)} usable prompts, fewer than "
+                f"data.rollout_batch_size={data.rollout_batch_size}"
+            )
+        train = make_rl_dataloader(
+            train_set, data.rollout_batch_size, data.shuffle, data.seed, True, tokenizer.pad_token_id,
+            data.max_prompt_length,
+        )
+    val = None
+    if data.val_files:
+        val_set = dataset(data.val_files)
+        batch_size = len(val_set) if data.val_batch_size < 0 else data.val_batch_size
+        val = make_rl_dataloader(val_set, batch_size, False, data.seed, False, tokenizer.pad_token_id, data.max_prompt_length)
+    return train, val
+
+
+def run(config: PPOConfig) -> dict[str, float]:
+    import ray
+    from transformers import AutoProcessor, AutoTokenizer
+
+    from verl.rewards.loader import load_reward_function
+    from verl.trainer.perception_judge import make_judge
+    from verl.trainer.ray_trainer import RayPPOTrainer
+
+    config.validate()
+    model_cfg = config.worker.actor.model
+    tokenizer = AutoTokenizer.from_pretrained(model_cfg.tokenizer_path or model_cfg.model_path)
+    processor = AutoProcessor.from_pretrained(model_cfg.tokenizer_path or model_cfg.model_path)
+    train, val = build_dataloaders(config, tokenizer, processor)
+    reward_fn = load_reward_function(config.reward.reward_function, config.reward.reward_function_kwargs)
+    judge = make_judge(config.self_reward) if config.self_reward.enable else None
+    if not ray.is_initialized():
+        ray.init(
+            address=config.trainer.ray_address,
+            num_cpus=config.trainer.ray_num_cpus,
+            include_dashboard=False,
+            runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}},
+        )
+    trainer = RayPPOTrainer(config, tokenizer, train, val, reward_fn, judge)
+    try:
+        trainer.init_workers()
+        return trainer.fit()
+    finally:
+        if trainer.workers is not None:
+            trainer.workers.shutdown()
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return
+    try:
+        config = parse_cli(PPOConfig, argv)
+        config.validate()
+    except ConfigError as error:
+        print(f"config error: {error}", file=sys.stderr)
+        sys.exit(2)
+    print(to_yaml(config), flush=True)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    run(config)
+
+
+if __name__ == "__main__":
+    main()

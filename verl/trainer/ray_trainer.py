@@ -1,0 +1,395 @@
+"""The single controller: one GRPO step is the list of stage calls in `RayPPOTrainer.step`.
+
+    generate -> self-reward -> reward -> old log-probs -> ref log-probs -> advantages
+             -> actor update -> weight sync            (validate) (checkpoint)
+
+The trainer decides the algorithm and moves batches; workers (verl/workers) hold parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import asdict
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from verl.protocol import DataProto
+from verl.single_controller.worker_group import RayWorkerGroup, ResourcePool
+from verl.trainer import core_algos
+from verl.trainer.config import PPOConfig
+from verl.trainer.scoring import decode_responses, score_responses
+from verl.trainer.self_reward import SelfRewardOutput, SelfRewardStage
+from verl.utils import checkpoint
+from verl.utils.tracking import Tracker
+from verl.workers.fsdp_worker import FSDPWorker
+from verl.workers.rollout.base import SamplingConfig
+
+logger = logging.getLogger(__name__)
+
+
+@contextmanager
+def timed(name: str, timing: dict[str, float]):
+    start = time.perf_counter()
+    yield
+    timing[name] = timing.get(name, 0.0) + time.perf_counter() - start
+
+
+def group_index_of(uids: np.ndarray) -> torch.Tensor:
+    _, inverse = np.unique(uids.astype(str), return_inverse=True)
+    return torch.as_tensor(inverse, dtype=torch.long)
+
+
+def last_token_scores(scores: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """(bs,) outcome scores placed on each response's last valid token -> (bs, R)."""
+    token_scores = torch.zeros(response_mask.shape, dtype=torch.float32)
+    last = (response_mask.sum(-1) - 1).clamp(min=0)
+    token_scores[torch.arange(len(scores)), last] = scores
+    return token_scores
+
+
+def pad_rows(data: DataProto, prompt_length: int, response_length: int, pad_token_id: int) -> DataProto:
+    """Pads prompt (left) and response (right) widths of rollout rows so rows of both passes can
+    share one batch."""
+    prompts, responses = data.batch["prompts"], data.batch["responses"]
+    p_pad, r_pad = prompt_length - prompts.shape[1], response_length - responses.shape[1]
+    if p_pad == 0 and r_pad == 0:
+        return data
+    prompt_mask = data.batch["attention_mask"][:, : prompts.shape[1]]
+    left = lambda t, value: torch.nn.functional.pad(t, (p_pad, 0), value=value)  # noqa: E731
+    right = lambda t, value: torch.nn.functional.pad(t, (0, r_pad), value=value)  # noqa: E731
+    tensors = dict(data.batch)
+    tensors["prompts"] = left(prompts, pad_token_id)
+    tensors["responses"] = right(responses, pad_token_id)
+    tensors["response_mask"] = right(data.batch["response_mask"], 0)
+    for key in ("rollout_log_probs", "old_log_probs", "ref_log_probs", "advantages", "entropy"):
+        if key in tensors:
+            tensors[key] = right(tensors[key], 0)
+    tensors["input_ids"] = torch.cat([tensors["prompts"], tensors["responses"]], dim=1)
+    tensors["attention_mask"] = torch.cat([left(prompt_mask, 0), tensors["response_mask"]], dim=1)
+    return DataProto.from_dict(tensors=tensors, non_tensors=dict(data.non_tensor_batch), meta_info=dict(data.meta_info))
+
+
+class RayPPOTrainer:
+    def __init__(self, config: PPOConfig, tokenizer, train_dataloader, val_dataloader, reward_fn, judge=None):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.train_dataloader = train_dataloader
+        self.val_dataloader = val_dataloader
+        self.reward_fn = reward_fn
+        self.global_step = 0
+        self.checkpoint_root = config.trainer.save_checkpoint_path or os.path.join(
+            "checkpoints", config.trainer.project_name, config.trainer.experiment_name
+        )
+        steps_per_epoch = len(train_dataloader) if train_dataloader is not None else 0
+        self.total_steps = steps_per_epoch * config.trainer.total_epochs
+        if config.trainer.max_steps is not None:
+            self.total_steps = min(self.total_steps, config.trainer.max_steps) if self.total_steps else config.trainer.max_steps
+        self.mini_batches_per_step = config.data.rollout_batch_size // config.worker.actor.global_batch_size
+        self.kl_controller = None
+        if config.algorithm.kl_coef > 0 and not config.worker.actor.use_kl_loss:
+            if config.algorithm.kl_type == "adaptive":
+                self.kl_controller = core_algos.AdaptiveKLController(
+                    config.algorithm.kl_coef, config.algorithm.kl_target, config.algorithm.kl_horizon
+                )
+            else:
+                self.kl_controller = core_algos.FixedKLController(config.algorithm.kl_coef)
+        self.workers: RayWorkerGroup | None = None
+        self.self_reward: SelfRewardStage | None = None
+        self.judge = judge
+        self.tracker = Tracker(
+            config.trainer.logger,
+            config.trainer.project_name,
+            config.trainer.experiment_name,
+            self.checkpoint_root,
+            asdict(config),
+        )
+
+    # ---- set-up ------------------------------------------------------------------------------
+    def init_workers(self) -> None:
+        cfg = self.config
+        use_gpu = cfg.trainer.device == "cuda" or (cfg.trainer.device == "auto" and torch.cuda.is_available())
+        pool = ResourcePool(
+            nnodes=cfg.trainer.nnodes,
+            procs_per_node=cfg.trainer.n_gpus_per_node,
+            gpus_per_proc=1 if use_gpu else 0,
+            cpus_per_proc=1,
+        )
+        total_optimizer_steps = max(1, self.total_steps * self.mini_batches_per_step * cfg.worker.actor.ppo_epochs)
+        self.workers = RayWorkerGroup(FSDPWorker, pool, cfg, total_optimizer_steps)
+        self.workers.execute_all("init_model")
+        if cfg.self_reward.enable:
+            generate = None if self.judge is not None else self._generate
+            self.self_reward = SelfRewardStage(cfg.self_reward, self.tokenizer, generate, self.judge)
+
+    def _generate(self, prompts: DataProto, sampling: SamplingConfig, max_response_length: int) -> DataProto:
+        prompts.meta_info["pad_token_id"] = self.tokenizer.pad_token_id
+        return self.workers.dispatch(
+            "generate_sequences", prompts, sampling, max_response_length, rows_per_item=sampling.n
+        )
+
+    def train_sampling(self) -> SamplingConfig:
+        r = self.config.worker.rollout
+        return SamplingConfig(
+            n=r.n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+            max_tokens=self.config.data.max_response_length, seed=r.seed + 1000 * self.global_step,
+        )
+
+    def val_sampling(self) -> SamplingConfig:
+        r = self.config.worker.rollout
+        return SamplingConfig(
+            n=r.val_n, temperature=r.val_temperature, top_p=r.top_p if r.val_temperature > 0 else 1.0,
+            max_tokens=self.config.data.max_response_length, seed=r.seed,
+        )
+
+    # ---- stages ------------------------------------------------------------------------------
+    def generate_and_score(self, batch: DataProto, sampling: SamplingConfig, timing: dict, validation: bool):
+        """Rollout, self-reward and reward stages: the part shared by training and validation."""
+        with timed("gen", timing):
+            rollout = self._generate(batch, sampling, self.config.data.max_response_length)
+        responses = decode_responses(rollout, self.tokenizer)
+        sr_output: SelfRewardOutput | None = None
+        if self.self_reward is not None:
+            with timed("self_reward", timing):
+                sr_output = self.self_reward.run(
+                    responses, [str(q) for q in rollout.non_tensor_batch["problem"]], validation=validation
+                )
+        with timed("reward", timing):
+            scores = score_responses(
+                self.reward_fn,
+                responses,
+                rollout,
+                sr_output.reanswers if sr_output else None,
+                sr_output.descriptions if sr_output else None,
+            )
+        return rollout, responses, scores, sr_output
+
+    def compute_advantages(self, rollout: DataProto, scores: dict[str, torch.Tensor], metrics: dict) -> torch.Tensor:
+        cfg = self.config.algorithm
+        mask = rollout.batch["response_mask"]
+        groups = group_index_of(rollout.non_tensor_batch["uid"])
+        sr = self.config.self_reward
+        weights = dict(cfg.reward_weights)
+        if sr.enable and sr.objective == "separate":
+            weights = {"answer": sr.answer_advantage_weight, "visual": sr.visual_advantage_weight}
+        if weights:
+            missing = set(weights) - set(scores)
+            if missing:
+                raise KeyError(f"reward components {sorted(missing)} in the advantage weights are not returned by "
+                               f"the reward function (it returns {sorted(scores)})")
+            return core_algos.compute_multi_reward_advantages(
+                {name: scores[name] for name in weights}, weights, groups, mask, cfg.norm_adv_by_std_in_grpo
+            )
+        token_rewards = last_token_scores(scores["overall"], mask)
+        if self.kl_controller is not None:
+            token_rewards, mean_kl = core_algos.apply_kl_penalty(
+                token_rewards, rollout.batch["old_log_probs"], rollout.batch["ref_log_probs"], mask,
+                self.kl_controller.kl_coef, cfg.kl_penalty,
+            )
+            self.kl_controller.update(mean_kl, len(rollout))
+            metrics["actor/reward_kl_penalty"] = mean_kl
+            metrics["actor/reward_kl_coef"] = self.kl_controller.kl_coef
+        advantages, _ = core_algos.compute_advantages(
+            cfg.adv_estimator, token_rewards, mask, groups, cfg.gamma, cfg.norm_adv_by_std_in_grpo
+        )
+        return advantages
+
+    def step(self, batch: DataProto) -> dict[str, float]:
+        """One GRPO step on a batch of prompts."""
+        cfg = self.config
+        timing: dict[str, float] = {}
+        metrics: dict[str, float] = {}
+        batch.non_tensor_batch["uid"] = np.array([uuid.uuid4().hex for _ in range(len(batch))], dtype=object)
+        rollout, responses, scores, sr_output = self.generate_and_score(batch, self.train_sampling(), timing, False)
+        train_rows = rollout
+        separate = cfg.self_reward.enable and cfg.self_reward.objective == "separate"
+        need_ref = cfg.worker.actor.use_kl_loss or self.kl_controller is not None
+        with timed("old_log_prob", timing):
+            train_rows = train_rows.union(self.workers.dispatch("compute_log_probs", train_rows))
+        if need_ref:
+            with timed("ref", timing):
+                train_rows = train_rows.union(self.workers.dispatch("compute_ref_log_probs", train_rows))
+        with timed("adv", timing):
+            advantages = self.compute_advantages(train_rows, scores, metrics)
+        train_rows.batch["advantages"] = advantages.float()
+        if separate and sr_output is not None and sr_output.pass2 is not None:
+            with timed("pass2_log_prob", timing):
+                train_rows = self._with_pass2_rows(train_rows, sr_output, scores, need_ref)
+        with timed("update_actor", timing):
+            metrics.update(self._update(train_rows))
+        with timed("sync", timing):
+            sync = self.workers.execute_all("sync_rollout_weights")
+        metrics["perf/sync_bytes"] = sync[0]["bytes"]
+        metrics["actor/entropy"] = core_algos.masked_mean(
+            train_rows.batch["entropy"][: len(rollout)], rollout.batch["response_mask"].float()
+        ).item()
+        metrics.update(self._rollout_metrics(rollout, scores, sr_output, "train"))
+        metrics.update(logprob_gap_metrics(train_rows[: len(rollout)]))
+        metrics.update({f"timing_s/{k}": v for k, v in timing.items()})
+        step_time = sum(timing.values())
+        tokens = rollout.batch["attention_mask"].sum().item()
+        metrics["timing_s/step"] = step_time
+        metrics["perf/tokens_per_s"] = tokens / step_time
+        metrics["perf/tokens_per_s_per_worker"] = tokens / step_time / self.workers.world_size
+        return metrics
+
+    def _update(self, train_rows: DataProto) -> dict[str, float]:
+        keys = ["input_ids", "attention_mask", "responses", "response_mask", "old_log_probs", "advantages"]
+        if self.config.worker.actor.use_kl_loss:
+            keys.append("ref_log_probs")
+        update_batch = train_rows.select(batch_keys=keys, non_tensor_batch_keys=["multi_modal_inputs"])
+        per_rank, _ = self.workers.dispatch_each(
+            "update_actor", update_batch, self.mini_batches_per_step, self.global_step
+        )
+        return {key: float(np.mean([m[key] for m in per_rank])) for key in per_rank[0]}
+
+    def _with_pass2_rows(
+        self, train_rows: DataProto, sr_output: SelfRewardOutput, scores: dict[str, torch.Tensor], need_ref: bool
+    ) -> DataProto:
+        """The paper's objective: re-answer (pass-2) rows join the update batch, each carrying
+        its parent response's visual advantage (weighted) on its own tokens."""
+        cfg = self.config
+        pass2 = sr_output.pass2
+        pass2 = pass2.union(self.workers.dispatch("compute_log_probs", pass2))
+        if need_ref:
+            pass2 = pass2.union(self.workers.dispatch("compute_ref_log_probs", pass2))
+        groups = group_index_of(train_rows.non_tensor_batch["uid"])
+        visual_advantage = core_algos.compute_multi_reward_advantages(
+            {"visual": scores["visual"]}, {"visual": cfg.self_reward.visual_advantage_weight}, groups,
+            torch.ones(len(train_rows), 1), cfg.algorithm.norm_adv_by_std_in_grpo,
+        )[:, 0]
+        parents = torch.as_tensor(pass2.non_tensor_batch["parent_row"].astype(np.int64))
+        pass2.batch["advantages"] = (visual_advantage[parents][:, None] * pass2.batch["response_mask"]).float()
+        prompt_len = max(train_rows.batch["prompts"].shape[1], pass2.batch["prompts"].shape[1])
+        response_len = max(train_rows.batch["responses"].shape[1], pass2.batch["responses"].shape[1])
+        pad = self.tokenizer.pad_token_id
+        keys = ["prompts", "responses", "response_mask", "input_ids", "attention_mask", "old_log_probs", "advantages", "entropy"]
+        if need_ref:
+            keys.append("ref_log_probs")
+        parts = [
+            pad_rows(rows.select(batch_keys=keys, non_tensor_batch_keys=["multi_modal_inputs"]), prompt_len, response_len, pad)
+            for rows in (train_rows, pass2)
+        ]
+        return DataProto.concat(parts)
+
+    # ---- metrics -----------------------------------------------------------------------------
+    def _rollout_metrics(
+        self, rollout: DataProto, scores: dict[str, torch.Tensor], sr_output: SelfRewardOutput | None, prefix: str
+    ) -> dict[str, float]:
+        metrics = {f"{prefix}/reward/{name}": values.mean().item() for name, values in scores.items()}
+        lengths = rollout.batch["response_mask"].sum(-1).float()
+        max_length = rollout.batch["responses"].shape[1]
+        metrics[f"{prefix}/response_length/mean"] = lengths.mean().item()
+        metrics[f"{prefix}/response_length/max"] = lengths.max().item()
+        metrics[f"{prefix}/response_length/clip_ratio"] = (lengths >= max_length).float().mean().item()
+        if sr_output is not None:
+            metrics.update({f"{prefix}/{k}": v for k, v in sr_output.metrics.items()})
+        return metrics
+
+    # ---- validation --------------------------------------------------------------------------
+    def validate(self) -> dict[str, float]:
+        timing: dict[str, float] = {}
+        all_scores: dict[str, list[torch.Tensor]] = {}
+        lengths, samples = [], []
+        sr_metrics: dict[str, list[float]] = {}
+        for batch_dict in self.val_dataloader:
+            batch = DataProto.from_dict(*batch_dict)
+            batch.non_tensor_batch["uid"] = np.array([uuid.uuid4().hex for _ in range(len(batch))], dtype=object)
+            rollout, responses, scores, sr_output = self.generate_and_score(batch, self.val_sampling(), timing, True)
+            for name, values in scores.items():
+                all_scores.setdefault(name, []).append(values)
+            lengths.append(rollout.batch["response_mask"].sum(-1).float())
+            if sr_output is not None:
+                for key, value in sr_output.metrics.items():
+                    sr_metrics.setdefault(key, []).append(value)
+            samples.extend(zip(responses, rollout.non_tensor_batch["ground_truth"]))
+        metrics = {f"val/reward/{name}": torch.cat(values).mean().item() for name, values in all_scores.items()}
+        metrics["val/response_length/mean"] = torch.cat(lengths).mean().item()
+        metrics.update({f"val/{k}": float(np.mean(v)) for k, v in sr_metrics.items()})
+        metrics.update({f"timing_s/val_{k}": v for k, v in timing.items()})
+        for response, truth in samples[: self.config.trainer.val_generations_to_log]:
+            print(f"[val sample] ground truth: {truth!r}\n{response}\n", flush=True)
+        return metrics
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def save_checkpoint(self) -> str:
+        root = self.checkpoint_root
+        os.makedirs(root, exist_ok=True)
+        tmp_dir = checkpoint.temporary_step_dir(root, self.global_step)
+        self.workers.execute_all("save_checkpoint", tmp_dir, self.config.worker.actor.model.model_path)
+        torch.save(self.train_dataloader.state_dict(), os.path.join(tmp_dir, "dataloader.pt"))
+        return checkpoint.commit_checkpoint(root, self.global_step, tmp_dir, self.config.trainer.save_limit)
+
+    def maybe_resume(self) -> None:
+        path = self.config.trainer.load_checkpoint_path
+        if path is None and self.config.trainer.find_last_checkpoint:
+            path = checkpoint.find_latest_checkpoint(self.checkpoint_root)
+        if path is None:
+            return
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"trainer.load_checkpoint_path={path} does not exist")
+        self.global_step = checkpoint.step_of(path)
+        self.workers.execute_all("load_checkpoint", path)
+        dataloader_state = os.path.join(path, "dataloader.pt")
+        if not os.path.isfile(dataloader_state):
+            raise FileNotFoundError(f"checkpoint {path} lacks dataloader.pt")
+        self.train_dataloader.load_state_dict(torch.load(dataloader_state, weights_only=False))
+        print(f"resumed from {path} (step {self.global_step})", flush=True)
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def fit(self) -> dict[str, float]:
+        cfg = self.config.trainer
+        self.maybe_resume()
+        last_val: dict[str, float] = {}
+        if self.val_dataloader is not None and (cfg.val_before_train or cfg.val_only) and self.global_step == 0:
+            last_val = self.validate()
+            self.tracker.log(last_val, step=self.global_step)
+            if cfg.val_only:
+                return last_val
+        progress = tqdm(total=self.total_steps, initial=self.global_step, desc="GRPO", dynamic_ncols=True)
+        epoch_iter = self._batches()
+        while self.global_step < self.total_steps:
+            batch = next(epoch_iter)
+            self.global_step += 1
+            metrics = self.step(batch)
+            is_last = self.global_step >= self.total_steps
+            if self.val_dataloader is not None and cfg.val_freq > 0 and (self.global_step % cfg.val_freq == 0 or is_last):
+                last_val = self.validate()
+                metrics.update(last_val)
+            if (cfg.save_freq > 0 and self.global_step % cfg.save_freq == 0) or is_last:
+                with timed("save_checkpoint", metrics_timing := {}):
+                    self.save_checkpoint()
+                metrics["timing_s/save_checkpoint"] = metrics_timing["save_checkpoint"]
+            self.tracker.log(metrics, step=self.global_step)
+            progress.update(1)
+            progress.set_postfix(
+                reward=f"{metrics['train/reward/overall']:.3f}", tok_s=f"{metrics['perf/tokens_per_s']:.0f}"
+            )
+        progress.close()
+        self.tracker.close()
+        return last_val
+
+    def _batches(self):
+        epoch = 0
+        while True:
+            for batch_dict in self.train_dataloader:
+                yield DataProto.from_dict(*batch_dict)
+            epoch += 1
+            if epoch >= self.config.trainer.total_epochs and self.config.trainer.max_steps is None:
+                return
+
+
+def logprob_gap_metrics(rows: DataProto) -> dict[str, float]:
+    """Rollout engine log-probs vs the trainer's old log-probs of the same tokens: peers' users
+    hit silent mismatches here (different kernels, dtypes, or a stale weight sync)."""
+    mask = rows.batch["response_mask"].bool()
+    gap = (rows.batch["rollout_log_probs"] - rows.batch["old_log_probs"]).abs()[mask]
+    if gap.numel() == 0:
+        return {}
+    return {"rollout/logprob_gap_mean": gap.mean().item(), "rollout/logprob_gap_max": gap.max().item()}

@@ -1,0 +1,187 @@
+"""Checkpoints in EasyR1's layout, written crash-safe.
+
+    ROOT/
+      latest_global_step.txt            written last, atomically (os.replace)
+      global_step_N/
+        actor/model_world_size_W_rank_R.pt     this rank's parameter shards (dim-0 pieces)
+        actor/optim_world_size_W_rank_R.pt     this rank's optimizer state (local pieces)
+        actor/extra_state_world_size_W_rank_R.pt  lr scheduler, RNG states
+        actor/huggingface/                     config, tokenizer, processor (no weights)
+        dataloader.pt                          sampler position
+
+Every rank writes into `global_step_N.tmp`; the driver renames it to `global_step_N` only once
+all ranks have finished, then replaces `latest_global_step.txt`. A crash at any point leaves
+either the previous complete checkpoint or a `.tmp` directory that resume ignores.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+
+import numpy as np
+import torch
+
+LATEST_FILE = "latest_global_step.txt"
+STEP_DIR = re.compile(r"^global_step_(\d+)$")
+
+
+def shard_file(kind: str, world_size: int, rank: int) -> str:
+    return f"{kind}_world_size_{world_size}_rank_{rank}.pt"
+
+
+def to_local(value):
+    """DTensor -> its local piece (plain tensor); recurses through dicts/lists."""
+    if hasattr(value, "to_local"):
+        return value.to_local().detach().cpu().clone()
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()
+    if isinstance(value, dict):
+        return {k: to_local(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_local(v) for v in value)
+    return value
+
+
+def rng_state() -> dict:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_rank_state(
+    actor_dir: str, world_size: int, rank: int, model: torch.nn.Module, optimizer, extra: dict
+) -> None:
+    """Writes this rank's model shards, optimizer state and extra state into `actor_dir`."""
+    os.makedirs(actor_dir, exist_ok=True)
+    torch.save(to_local(model.state_dict()), os.path.join(actor_dir, shard_file("model", world_size, rank)))
+    torch.save(to_local(optimizer.state_dict()), os.path.join(actor_dir, shard_file("optim", world_size, rank)))
+    torch.save({**extra, "rng": rng_state()}, os.path.join(actor_dir, shard_file("extra_state", world_size, rank)))
+
+
+def _like(local: torch.Tensor, reference) -> torch.Tensor:
+    """Wraps a saved local piece back into the DTensor layout of `reference` (a live parameter
+    or state tensor); plain tensors pass through."""
+    if hasattr(reference, "device_mesh"):
+        from torch.distributed.tensor import DTensor
+
+        return DTensor.from_local(
+            local.to(reference.to_local().device), reference.device_mesh, reference.placements,
+            shape=reference.shape, stride=reference.stride(),
+        )
+    return local.to(reference.device)
+
+
+def load_rank_state(actor_dir: str, world_size: int, rank: int, model: torch.nn.Module, optimizer) -> dict:
+    """Restores what save_rank_state wrote; returns the extra state (RNG already restored).
+    Errors name the missing file and the world size the checkpoint was written with."""
+    paths = {kind: os.path.join(actor_dir, shard_file(kind, world_size, rank)) for kind in ("model", "optim", "extra_state")}
+    for kind, path in paths.items():
+        if not os.path.isfile(path):
+            found = sorted(f for f in os.listdir(actor_dir) if f.endswith(".pt")) if os.path.isdir(actor_dir) else []
+            raise FileNotFoundError(
+                f"checkpoint {actor_dir} lacks {os.path.basename(path)} (this run has world size {world_size}); "
+                f"found: {found[:6]}{' ...' if len(found) > 6 else ''}"
+            )
+    live = model.state_dict()
+    saved = torch.load(paths["model"], map_location="cpu", weights_only=False)
+    missing = set(live) - set(saved)
+    if missing:
+        raise KeyError(f"{paths['model']} lacks parameters: {sorted(missing)[:5]}")
+    model.load_state_dict({name: _like(saved[name], live[name]) for name in live})
+    optim_state = torch.load(paths["optim"], map_location="cpu", weights_only=False)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, state in optim_state["state"].items():
+        param = params[int(index)]
+        optim_state["state"][index] = {
+            k: (_like(v, param) if isinstance(v, torch.Tensor) and v.dim() > 0 else v) for k, v in state.items()
+        }
+    optimizer.load_state_dict(optim_state)
+    extra = torch.load(paths["extra_state"], map_location="cpu", weights_only=False)
+    set_rng_state(extra.pop("rng"))
+    return extra
+
+
+def step_dir(root: str, step: int) -> str:
+    return os.path.join(root, f"global_step_{step}")
+
+
+def temporary_step_dir(root: str, step: int) -> str:
+    """Fresh directory the ranks write into; a leftover from a crashed save is removed."""
+    path = step_dir(root, step) + ".tmp"
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path)
+    return path
+
+
+def commit_checkpoint(root: str, step: int, tmp_dir: str, save_limit: int) -> str:
+    """Publishes a fully written checkpoint: rename, then point latest_global_step.txt at it,
+    then prune old ones beyond `save_limit` (-1 keeps all)."""
+    final = step_dir(root, step)
+    if os.path.exists(final):
+        shutil.rmtree(final)
+    os.replace(tmp_dir, final)
+    latest_tmp = os.path.join(root, LATEST_FILE + ".tmp")
+    with open(latest_tmp, "w") as f:
+        f.write(str(step))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(latest_tmp, os.path.join(root, LATEST_FILE))
+    if save_limit > 0:
+        for old in list_checkpoints(root)[:-save_limit]:
+            shutil.rmtree(step_dir(root, old))
+    return final
+
+
+def list_checkpoints(root: str) -> list[int]:
+    """Steps of complete checkpoints under root, ascending (`.tmp` leftovers are not complete)."""
+    if not os.path.isdir(root):
+        return []
+    steps = [int(m.group(1)) for name in os.listdir(root) if (m := STEP_DIR.match(name))]
+    return sorted(steps)
+
+
+def find_latest_checkpoint(root: str) -> str | None:
+    """The checkpoint latest_global_step.txt names, or the newest complete one if that file is
+    missing or stale; None when there is none."""
+    latest = os.path.join(root, LATEST_FILE)
+    if os.path.isfile(latest):
+        with open(latest) as f:
+            text = f.read().strip()
+        if text.isdigit() and os.path.isdir(step_dir(root, int(text))):
+            return step_dir(root, int(text))
+    steps = list_checkpoints(root)
+    return step_dir(root, steps[-1]) if steps else None
+
+
+def step_of(checkpoint_dir: str) -> int:
+    match = STEP_DIR.match(os.path.basename(os.path.normpath(checkpoint_dir)))
+    if not match:
+        raise ValueError(f"{checkpoint_dir} is not a global_step_N checkpoint directory")
+    return int(match.group(1))
+
+
+WEIGHT_FILE = re.compile(r"\.(safetensors|bin|pt|pth)$|\.safetensors\.index\.json$|\.bin\.index\.json$")
+
+
+def save_hf_metadata(model_dir: str, target_dir: str) -> None:
+    """Copies everything of a Hugging Face folder except the weights (config, generation
+    config, tokenizer, processor, chat template) so a merge can rebuild a loadable folder."""
+    os.makedirs(target_dir, exist_ok=True)
+    for name in os.listdir(model_dir):
+        source = os.path.join(model_dir, name)
+        if os.path.isfile(source) and not WEIGHT_FILE.search(name):
+            shutil.copy2(source, os.path.join(target_dir, name))

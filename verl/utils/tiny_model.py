@@ -1,0 +1,308 @@
+"""A tiny, randomly initialised Qwen2.5-VL checkpoint built locally for tests and smoke runs.
+
+No model hub is reachable from the test machines, so the test suite builds its own checkpoint:
+a byte-level BPE tokenizer trained on a small corpus (the synthetic shapes task and the
+Vision-SR1 prompts), a real ``Qwen2_5_VLProcessor`` and a random
+``Qwen2_5_VLForConditionalGeneration`` (~0.4 M parameters). The folder is a normal Hugging Face
+checkpoint: ``AutoTokenizer``, ``AutoProcessor``, ``AutoModelForImageTextToText`` and vLLM load
+it exactly like a real Qwen2.5-VL, so the code under test takes the same path as on GPU nodes.
+"""
+
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from transformers import (
+    GenerationConfig,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
+    Qwen2Tokenizer,
+    Qwen2VLImageProcessor,
+    Qwen2VLVideoProcessor,
+)
+from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX as QWEN2_PRETOKENIZE_REGEX
+
+PAD_TOKEN = "<|endoftext|>"
+IM_START_TOKEN = "<|im_start|>"
+EOS_TOKEN = "<|im_end|>"
+VISION_START_TOKEN = "<|vision_start|>"
+VISION_END_TOKEN = "<|vision_end|>"
+IMAGE_PAD_TOKEN = "<|image_pad|>"
+VIDEO_PAD_TOKEN = "<|video_pad|>"
+SPECIAL_TOKENS = (
+    PAD_TOKEN,
+    IM_START_TOKEN,
+    EOS_TOKEN,
+    VISION_START_TOKEN,
+    VISION_END_TOKEN,
+    IMAGE_PAD_TOKEN,
+    VIDEO_PAD_TOKEN,
+)
+
+
+# Qwen2.5-VL's chat template: string or list content, image/video items become vision placeholders
+# that the processor later expands to one pad token per merged patch.
+CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}"
+    "{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}"
+    "{% endif %}"
+    "{% endfor %}<|im_end|>\n"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Vision-SR1 prompts (rollout format prompt and the self-reward re-prompt): training BPE on them
+# keeps tokenised prompts short, as they are for the real tokenizer.
+FORMAT_PROMPT = (
+    "You are tasked with analyzing an image/video to generate a detailed description to help you "
+    "answer the question. First analyze the image/video and produce a self-contained description"
+    "\u2014detailed enough that can lead to the correct answer. Wrap the entire description in "
+    "<description> </description> tags.\n Next, engage in an internal dialogue and include "
+    "self-reflection or verification in your reasoning process. Provide your detailed, step-by-step "
+    "reasoning based on the image/video description information and image/video, and enclose this "
+    "part within <think> </think> tags.\n Finally, provide a single word or phrase answer to the "
+    "question in \\boxed{}.\nThe output format should be: <description> image/video description "
+    "here </description> <think> reasoning process here </think> \\boxed{FINAL ANSWER here}."
+)
+REPROMPT = (
+    "Text description: {Description}\nQuestion: {Question}\nYou are provided a text description "
+    "of a problem and a question. Determine the answer to the question based on the text "
+    "description. First provide an internal step-by-step reasoning within <think> </think> tags, "
+    "then provide a single word or phrase answer in \\boxed{}."
+)
+COLORS = ("red", "green", "blue", "yellow", "purple", "orange")
+SHAPES = ("circle", "square", "triangle")
+POSITIONS = ("left", "right", "top", "bottom", "center")
+
+
+@dataclass(frozen=True)
+class TinyModelSpec:
+    """Sizes of the tiny checkpoint.
+
+    Text head_dim is hidden / heads = 64: vLLM's CPU attention kernel rejects 16, and Qwen2.5-VL's
+    multimodal rotary sections (temporal, height, width) must sum to head_dim / 2.
+    """
+
+    text_hidden_size: int = 128
+    text_intermediate_size: int = 256
+    text_num_layers: int = 2
+    text_num_heads: int = 2
+    text_num_kv_heads: int = 1
+    mrope_section: tuple[int, int, int] = (8, 12, 12)
+    vision_depth: int = 1
+    vision_hidden_size: int = 32
+    vision_intermediate_size: int = 64
+    vision_num_heads: int = 2
+    patch_size: int = 14
+    spatial_merge_size: int = 2
+    temporal_patch_size: int = 2
+    min_pixels: int = 56 * 56
+    max_pixels: int = 112 * 112
+    tokenizer_vocab_size: int = 1024
+    # 0.02 (Qwen's default) makes a random toy model greedily repeat one token; 0.1 gives
+    # varied greedy text and images that visibly change the output, which tests can observe.
+    initializer_range: float = 0.1
+
+    @property
+    def text_head_dim(self) -> int:
+        return self.text_hidden_size // self.text_num_heads
+
+
+def _training_corpus() -> list[str]:
+    """Shapes-task questions, answers and descriptions with the Vision-SR1 prompts, in a fixed order.
+
+    Lines are chat turns as the chat template renders them (role name, newline, content), each
+    question carrying the format prompt and each description the re-prompt, as in real rollouts,
+    so BPE merges the role names and the prompts' words into single tokens.
+    """
+    lines = []
+    for color in COLORS:
+        for shape in SHAPES:
+            for count in range(10):
+                position = POSITIONS[count % len(POSITIONS)]
+                question = f"How many {color} {shape}s are in the image?"
+                description = (
+                    f"The image shows {count} {color} {shape}s at the {position}; "
+                    f"the {shape} on the left is {color}."
+                )
+                reprompt = REPROMPT.replace("{Description}", description).replace("{Question}", question)
+                lines.append("system\nYou are a helpful assistant.")
+                lines.append(f"user\n{question}\n{FORMAT_PROMPT}")
+                lines.append(
+                    f"assistant\n<description> {description} </description> <think> Count the {color} "
+                    f"{shape}s: there are {count}. </think> \\boxed{{{count}}}"
+                )
+                lines.append(f"user\n{reprompt}")
+            lines.append(f"user\nWhat color is the {shape} at the top?")
+            lines.append(f"assistant\nThe answer is {color}. \\boxed{{{color}}}")
+            lines.append("user\nWhat shape is at the bottom of the image?")
+            lines.append(f"assistant\nThe answer is {shape}. \\boxed{{{shape}}}")
+    return lines
+
+
+def build_tokenizer(spec: TinyModelSpec) -> Qwen2Tokenizer:
+    """Trains a byte-level BPE on the local corpus and wraps it in ``Qwen2Tokenizer``.
+
+    The BPE is trained with Qwen2's own pre-tokenizer and normaliser (those ``Qwen2Tokenizer``
+    rebuilds on load), so the saved files reload to the same encoding. All 256 byte symbols are
+    in the alphabet: any text, real datasets included, encodes. Training is deterministic: the
+    BPE trainer breaks count ties by token id.
+    """
+    backend = Tokenizer(models.BPE())
+    backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec.tokenizer_vocab_size,
+        min_frequency=2,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(_training_corpus(), trainer=trainer)
+    bpe = json.loads(backend.to_str())["model"]
+    # Special tokens sit after the BPE vocabulary, in Qwen's order, as in the real checkpoint.
+    vocab = dict(bpe["vocab"])
+    vocab.update({token: len(bpe["vocab"]) + i for i, token in enumerate(SPECIAL_TOKENS)})
+    tokenizer = Qwen2Tokenizer(
+        vocab=vocab,
+        merges=[tuple(merge) for merge in bpe["merges"]],
+        unk_token=None,
+        bos_token=None,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        extra_special_tokens=[t for t in SPECIAL_TOKENS if t not in (EOS_TOKEN, PAD_TOKEN)],
+        model_max_length=32768,
+        clean_up_tokenization_spaces=False,
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_processor(spec: TinyModelSpec, tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLProcessor:
+    """Qwen2.5-VL processor with a small pixel budget: images become 2x2 to 4x4 merged patches."""
+    image_processor = Qwen2VLImageProcessor(
+        min_pixels=spec.min_pixels,
+        max_pixels=spec.max_pixels,
+        patch_size=spec.patch_size,
+        temporal_patch_size=spec.temporal_patch_size,
+        merge_size=spec.spatial_merge_size,
+    )
+    video_processor = Qwen2VLVideoProcessor(
+        min_pixels=spec.min_pixels,
+        max_pixels=spec.max_pixels,
+        patch_size=spec.patch_size,
+        temporal_patch_size=spec.temporal_patch_size,
+        merge_size=spec.spatial_merge_size,
+        cap_pixels_per_frame=True,
+    )
+    return Qwen2_5_VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=video_processor,
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def build_config(spec: TinyModelSpec, tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLConfig:
+    """Qwen2.5-VL config at toy size; every special token id comes from ``tokenizer``."""
+    if spec.text_hidden_size % spec.text_num_heads != 0:
+        raise ValueError(
+            f"text_hidden_size {spec.text_hidden_size} is not divisible by text_num_heads {spec.text_num_heads}"
+        )
+    if sum(spec.mrope_section) * 2 != spec.text_head_dim:
+        raise ValueError(
+            f"mrope_section {spec.mrope_section} sums to {sum(spec.mrope_section)}, "
+            f"but must sum to head_dim / 2 = {spec.text_head_dim // 2}"
+        )
+    token_id = tokenizer.convert_tokens_to_ids
+    text_config = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": spec.text_hidden_size,
+        "intermediate_size": spec.text_intermediate_size,
+        "num_hidden_layers": spec.text_num_layers,
+        "num_attention_heads": spec.text_num_heads,
+        "num_key_value_heads": spec.text_num_kv_heads,
+        "max_position_embeddings": tokenizer.model_max_length,
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 1000000.0,
+            "mrope_section": list(spec.mrope_section),
+        },
+        "tie_word_embeddings": True,
+        "initializer_range": spec.initializer_range,
+        "bos_token_id": token_id(PAD_TOKEN),
+        "eos_token_id": token_id(EOS_TOKEN),
+        "pad_token_id": token_id(PAD_TOKEN),
+    }
+    vision_config = {
+        "depth": spec.vision_depth,
+        "hidden_size": spec.vision_hidden_size,
+        "intermediate_size": spec.vision_intermediate_size,
+        "num_heads": spec.vision_num_heads,
+        "out_hidden_size": spec.text_hidden_size,
+        "patch_size": spec.patch_size,
+        "spatial_merge_size": spec.spatial_merge_size,
+        "temporal_patch_size": spec.temporal_patch_size,
+        "fullatt_block_indexes": [],
+        "initializer_range": spec.initializer_range,
+    }
+    return Qwen2_5_VLConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_id=token_id(IMAGE_PAD_TOKEN),
+        video_token_id=token_id(VIDEO_PAD_TOKEN),
+        vision_start_token_id=token_id(VISION_START_TOKEN),
+        vision_end_token_id=token_id(VISION_END_TOKEN),
+        tie_word_embeddings=True,
+        dtype="float32",
+    )
+
+
+def build_tiny_model(out_dir: str, seed: int = 0, spec: TinyModelSpec = TinyModelSpec()) -> str:
+    """Builds the tiny Qwen2.5-VL checkpoint into ``out_dir`` and returns ``out_dir``.
+
+    Writes tokenizer, processor (with chat template), config, generation config and fp32
+    safetensors weights. The same ``seed`` gives byte-identical files. The caller's global torch
+    RNG state is left untouched.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    tokenizer = build_tokenizer(spec)
+    processor = build_processor(spec, tokenizer)
+    config = build_config(spec, tokenizer)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32)
+    # Qwen's own generation config stops on both <|im_end|> and <|endoftext|>.
+    model.generation_config = GenerationConfig(
+        bos_token_id=config.text_config.bos_token_id,
+        eos_token_id=[config.text_config.eos_token_id, config.text_config.pad_token_id],
+        pad_token_id=config.text_config.pad_token_id,
+    )
+    model.save_pretrained(out_dir, safe_serialization=True)
+    processor.save_pretrained(out_dir)
+    return out_dir

@@ -1,0 +1,180 @@
+"""One rank of the hybrid engine: the FSDP actor, the frozen FSDP reference and the rollout
+engine live in one process (verl's colocated layout). The worker executes; it never decides
+the algorithm: every quantity it computes is asked for by the trainer."""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+from verl.models.qwen_vl import decoder_layers, load_policy, resolve_attn_implementation, resolve_dtype
+from verl.protocol import DataProto
+from verl.trainer.config import PPOConfig
+from verl.utils import checkpoint
+from verl.workers.actor import PPOActor, compute_log_probs
+from verl.workers.rollout import make_rollout_engine
+from verl.workers.rollout.base import SamplingConfig
+from verl.workers.rollout.batching import build_rollout_batch, requests_from_batch
+from verl.workers.weight_sync import sync_weights
+
+logger = logging.getLogger(__name__)
+
+
+def _device(config: PPOConfig) -> torch.device:
+    wanted = config.trainer.device
+    if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", 0)  # Ray exposes exactly one GPU per worker
+    return torch.device("cpu")
+
+
+def shard_model(model: torch.nn.Module, mesh, mp_policy: MixedPrecisionPolicy) -> torch.nn.Module:
+    """FSDP2: each vision block and decoder layer is its own unit, then the root (embeddings,
+    merger, norm, tied lm_head)."""
+    for layer in decoder_layers(model):
+        fully_shard(layer, mesh=mesh, mp_policy=mp_policy)
+    fully_shard(model, mesh=mesh, mp_policy=mp_policy)
+    return model
+
+
+class FSDPWorker:
+    """A Ray actor (wrapped by RayWorkerGroup); torch.distributed rank from the environment."""
+
+    def __init__(self, config: PPOConfig, total_optimizer_steps: int):
+        self.config = config
+        self.total_optimizer_steps = total_optimizer_steps
+        self.rank = int(os.environ["RANK"])
+        self.world_size = int(os.environ["WORLD_SIZE"])
+        self.device = _device(config)
+        if self.device.type == "cpu":
+            # Ray gives each CPU worker a slice of the cores; more threads only contend.
+            torch.set_num_threads(max(1, int(os.environ.get("VERL_CPU_THREADS_PER_WORKER", "1"))))
+        backend = "nccl" if self.device.type == "cuda" else "gloo"
+        if not dist.is_initialized():
+            dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+        self.mesh = init_device_mesh(self.device.type, (self.world_size,))
+        self.rollout_generate_calls = 0
+
+    def init_model(self) -> None:
+        cfg = self.config
+        torch.manual_seed(cfg.trainer.seed)
+        model_cfg = cfg.worker.actor.model
+        attn = resolve_attn_implementation(model_cfg.attn_implementation, self.device)
+        compute_dtype = resolve_dtype(cfg.worker.actor.fsdp.torch_dtype, self.device)
+        # fp32 master weights; compute in bf16 on GPU through FSDP mixed precision.
+        mp_policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
+        actor_model = load_policy(model_cfg.model_path, torch.float32, attn)
+        if model_cfg.freeze_vision_tower:
+            actor_model.model.visual.requires_grad_(False)
+        if model_cfg.enable_gradient_checkpointing:
+            actor_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        actor_model.config.use_cache = False
+        self.actor_module = shard_model(actor_model.to(self.device), self.mesh, mp_policy)
+        self.actor = PPOActor(
+            self.actor_module, cfg.worker.actor, self.total_optimizer_steps, cfg.worker.rollout.temperature
+        )
+        self.ref_module = None
+        if cfg.worker.actor.use_kl_loss or cfg.algorithm.kl_coef > 0:
+            ref_dtype = resolve_dtype(cfg.worker.ref.fsdp.torch_dtype, self.device)
+            ref_model = load_policy(model_cfg.model_path, ref_dtype, attn).to(self.device)
+            ref_model.requires_grad_(False)
+            self.ref_module = shard_model(ref_model, self.mesh, MixedPrecisionPolicy(param_dtype=ref_dtype))
+        self.rollout = make_rollout_engine(cfg.worker.rollout.name, model_cfg.model_path, **self._engine_kwargs())
+
+    def _engine_kwargs(self) -> dict:
+        cfg, rollout = self.config, self.config.worker.rollout
+        dtype = resolve_dtype(rollout.dtype, self.device)
+        kwargs = {
+            "min_pixels": cfg.data.min_pixels,
+            "max_pixels": cfg.data.max_pixels,
+            "dtype": {torch.float32: "float32", torch.bfloat16: "bfloat16"}[dtype],
+        }
+        if rollout.name == "hf":
+            return {**kwargs, "max_batch_size": rollout.max_batch_size, "device": str(self.device)}
+        longest = max(
+            cfg.data.max_prompt_length + cfg.data.max_response_length,
+            cfg.self_reward.max_prompt_length + cfg.self_reward.max_response_length,
+        )
+        return {
+            **kwargs,
+            "max_model_len": rollout.max_model_len or longest,
+            "gpu_memory_utilization": rollout.gpu_memory_utilization,
+            "enforce_eager": rollout.enforce_eager,
+            "max_num_batched_tokens": rollout.max_num_batched_tokens,
+            "enable_chunked_prefill": rollout.enable_chunked_prefill,
+            "tensor_parallel_size": rollout.tensor_parallel_size,
+            "free_cache_engine": rollout.free_cache_engine,
+            "seed": rollout.seed,
+            "cpu_kvcache_space_gib": rollout.cpu_kvcache_space_gib,
+            "limit_images": rollout.limit_images,
+        }
+
+    # ---- rollout ---------------------------------------------------------------------------
+    def generate_sequences(self, prompts: DataProto, sampling: SamplingConfig, max_response_length: int) -> DataProto:
+        """n responses per prompt row through the rollout engine, in one engine call."""
+        sampling = SamplingConfig(**{**sampling.__dict__, "seed": None if sampling.seed is None else sampling.seed + self.rank})
+        outputs = self.rollout.generate(requests_from_batch(prompts), sampling)
+        self.rollout_generate_calls += 1
+        return build_rollout_batch(prompts, outputs, max_response_length, prompts.meta_info["pad_token_id"])
+
+    def num_generate_calls(self) -> int:
+        return self.rollout_generate_calls
+
+    def sync_rollout_weights(self) -> dict[str, float]:
+        """Actor weights -> rollout engine (a collective: every rank streams the same order)."""
+        return sync_weights(self.actor_module, self.rollout)
+
+    # ---- log-probs and update ----------------------------------------------------------------
+    def compute_log_probs(self, data: DataProto) -> DataProto:
+        log_probs, entropy = self.actor.compute_log_probs(data)
+        return DataProto.from_dict(tensors={"old_log_probs": log_probs, "entropy": entropy})
+
+    def compute_ref_log_probs(self, data: DataProto) -> DataProto:
+        if self.ref_module is None:
+            raise RuntimeError("no reference model: enable worker.actor.use_kl_loss or algorithm.kl_coef > 0")
+        log_probs, _ = compute_log_probs(
+            self.ref_module,
+            data,
+            self.config.worker.ref.micro_batch_size_per_device_for_experience,
+            self.config.worker.rollout.temperature,
+            with_entropy=False,
+        )
+        return DataProto.from_dict(tensors={"ref_log_probs": log_probs})
+
+    def update_actor(self, data: DataProto, num_mini_batches: int, step: int) -> dict[str, float]:
+        return self.actor.update_policy(data, num_mini_batches, step)
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The actor's full (unsharded) state dict on rank 0, None elsewhere (a collective)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(self.actor_module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return state if self.rank == 0 else None
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def save_checkpoint(self, step_dir: str, hf_source_dir: str) -> None:
+        actor_dir = os.path.join(step_dir, "actor")
+        checkpoint.save_rank_state(
+            actor_dir,
+            self.world_size,
+            self.rank,
+            self.actor_module,
+            self.actor.optimizer,
+            {"scheduler": self.actor.scheduler.state_dict(), "optimizer_steps": self.actor.optimizer_steps},
+        )
+        if self.rank == 0:
+            checkpoint.save_hf_metadata(hf_source_dir, os.path.join(actor_dir, "huggingface"))
+        dist.barrier()
+
+    def load_checkpoint(self, step_dir: str) -> None:
+        extra = checkpoint.load_rank_state(
+            os.path.join(step_dir, "actor"), self.world_size, self.rank, self.actor_module, self.actor.optimizer
+        )
+        self.actor.scheduler.load_state_dict(extra["scheduler"])
+        self.actor.optimizer_steps = extra["optimizer_steps"]
+        self.sync_rollout_weights()

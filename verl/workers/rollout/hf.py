@@ -1,0 +1,209 @@
+"""Rollout on plain transformers `generate`, with its own full copy of the policy.
+
+It mirrors the vLLM engine's role (a separate inference copy, synced after every update) with no
+extra dependency: the reference the vLLM engine is tested against, and a fallback where vLLM does
+not run.
+
+Log-probs: each returned log-prob is `log_softmax(raw_logits)[sampled_token]`, the distribution at
+temperature 1 before any top-k/top-p/temperature or token suppression: exactly what the trainer
+recomputes, so the rollout/trainer log-prob gap measures numerics only. vLLM returns the same
+quantity with `logprobs_mode="raw_logprobs"`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterable
+
+import torch
+from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer, GenerationConfig
+
+from verl.data.vision import expand_image_tokens, multimodal_token_types, processor_size_kwargs
+from verl.workers.rollout import RolloutTokenIds
+from verl.workers.rollout.base import GenerationOutput, GenerationRequest, RolloutEngine, SamplingConfig
+
+logger = logging.getLogger(__name__)
+
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def truncate_at_stop(
+    token_ids: list[int], logprobs: list[float], stop_ids: tuple[int, ...]
+) -> GenerationOutput:
+    """Cuts a generated row after its first stop token (kept); `finished` says whether one occurred.
+
+    HF `generate` keeps emitting pad tokens for rows that stopped before the longest one.
+    """
+    for position, token in enumerate(token_ids):
+        if token in stop_ids:
+            return GenerationOutput(token_ids[: position + 1], logprobs[: position + 1], finished=True)
+    return GenerationOutput(token_ids, logprobs, finished=False)
+
+
+class HFRolloutEngine(RolloutEngine):
+    """`RolloutEngine` on `AutoModelForImageTextToText.generate` (sdpa attention, eval mode).
+
+    Requests are generated in micro-batches of at most `max_batch_size` sequences (prompts x n),
+    left-padded. Images go through the checkpoint's image processor pinned to
+    [`min_pixels`, `max_pixels`] (the trainer's range), prompt ids are expanded here, once.
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        min_pixels: int,
+        max_pixels: int,
+        dtype: str = "float32",
+        max_batch_size: int = 64,
+        device: str | None = None,
+    ) -> None:
+        if dtype not in TORCH_DTYPES:
+            raise ValueError(f"dtype {dtype!r} not supported; expected one of {sorted(TORCH_DTYPES)}")
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.max_batch_size = max_batch_size
+        self.image_size_kwargs = processor_size_kwargs(min_pixels, max_pixels)
+        self.image_processor = AutoImageProcessor.from_pretrained(model_path)
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.model = AutoModelForImageTextToText.from_pretrained(
+            model_path, dtype=TORCH_DTYPES[dtype], attn_implementation="sdpa"
+        ).to(self.device)
+        self.model.eval()
+        self.model.requires_grad_(False)
+        self.token_ids = RolloutTokenIds.from_tokenizer(tokenizer, self.model.config)
+        self.merge_size = self.model.config.vision_config.spatial_merge_size
+        # generate() fills every unset option from model.generation_config; a real checkpoint's
+        # (Qwen2.5-VL: repetition_penalty 1.05, top_k 1, ...) would silently change the sampler.
+        self.model.generation_config = GenerationConfig(
+            eos_token_id=list(self.token_ids.stop), pad_token_id=self.token_ids.pad
+        )
+        # Every parameter under each of its names (tied heads appear twice), for load_weights.
+        self._parameters = dict(self.model.named_parameters(remove_duplicate=False))
+
+    def generate(
+        self, requests: list[GenerationRequest], sampling: SamplingConfig
+    ) -> list[list[GenerationOutput]]:
+        """`sampling.n` outputs per request, in request order. A seed makes the call reproducible
+        (for the same requests and `max_batch_size`) without touching the caller's RNG state."""
+        prompts_per_batch = max(1, self.max_batch_size // (1 if sampling.greedy else sampling.n))
+        outputs: list[list[GenerationOutput]] = []
+        rng_devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=rng_devices), torch.no_grad():
+            if sampling.seed is not None:
+                torch.manual_seed(sampling.seed)
+            for start in range(0, len(requests), prompts_per_batch):
+                outputs.extend(self._generate_batch(requests[start : start + prompts_per_batch], sampling))
+        return outputs
+
+    def _generate_batch(
+        self, requests: list[GenerationRequest], sampling: SamplingConfig
+    ) -> list[list[GenerationOutput]]:
+        inputs = self._model_inputs(requests)
+        samples_per_prompt = 1 if sampling.greedy else sampling.n
+        config = GenerationConfig(
+            do_sample=not sampling.greedy,
+            temperature=None if sampling.greedy else sampling.temperature,
+            top_p=None if sampling.greedy else sampling.top_p,
+            top_k=None if sampling.greedy or sampling.top_k <= 0 else sampling.top_k,
+            repetition_penalty=1.0,
+            num_return_sequences=samples_per_prompt,
+            max_new_tokens=sampling.max_tokens,
+            eos_token_id=list(self.token_ids.stop),
+            pad_token_id=self.token_ids.pad,
+            bad_words_ids=[[token] for token in self.token_ids.forbidden],
+            return_dict_in_generate=True,
+            output_logits=True,
+        )
+        result = self.model.generate(**inputs, generation_config=config)
+        generated = result.sequences[:, inputs["input_ids"].shape[1] :]  # (rows, steps)
+        # result.logits: one (rows, vocab) tensor per step, raw (before any logits processor).
+        logprobs = torch.stack(
+            [
+                torch.log_softmax(step_logits.float(), dim=-1).gather(1, generated[:, step, None])[:, 0]
+                for step, step_logits in enumerate(result.logits)
+            ],
+            dim=1,
+        )  # (rows, steps)
+        rows = [
+            truncate_at_stop(token_ids, row_logprobs, self.token_ids.stop)
+            for token_ids, row_logprobs in zip(generated.tolist(), logprobs.tolist())
+        ]
+        if sampling.greedy:
+            # Greedy decoding is deterministic: the n samples are n copies of one.
+            return [[row] * sampling.n for row in rows]
+        return [rows[index : index + sampling.n] for index in range(0, len(rows), sampling.n)]
+
+    def _model_inputs(self, requests: list[GenerationRequest]) -> dict[str, torch.Tensor]:
+        """Left-padded `input_ids`/`attention_mask`/`mm_token_type_ids` (batch, max_len) and,
+        when any request has images, `pixel_values` (patches, dim) and `image_grid_thw` (images, 3)."""
+        images = [image for request in requests for image in request.images]
+        model_inputs: dict[str, torch.Tensor] = {}
+        image_grid_thw = torch.zeros((0, 3), dtype=torch.long)
+        if images:
+            processed = self.image_processor(images=images, return_tensors="pt", **self.image_size_kwargs)
+            image_grid_thw = processed["image_grid_thw"]
+            model_inputs["pixel_values"] = processed["pixel_values"].to(self.device, self.model.dtype)
+            model_inputs["image_grid_thw"] = image_grid_thw.to(self.device)
+        expanded: list[list[int]] = []
+        first_image = 0
+        for index, request in enumerate(requests):
+            if not request.prompt_ids:
+                raise ValueError(f"request {index}: empty prompt_ids")
+            grid = image_grid_thw[first_image : first_image + len(request.images)]
+            try:
+                expanded.append(
+                    expand_image_tokens(request.prompt_ids, grid, self.token_ids.image, self.merge_size)
+                )
+            except ValueError as error:
+                raise ValueError(f"request {index}: {error}") from error
+            first_image += len(request.images)
+        max_length = max(len(ids) for ids in expanded)
+        input_ids = torch.full((len(expanded), max_length), self.token_ids.pad, dtype=torch.long)
+        attention_mask = torch.zeros((len(expanded), max_length), dtype=torch.long)
+        for row, ids in enumerate(expanded):
+            input_ids[row, max_length - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, max_length - len(ids) :] = 1
+        model_inputs["input_ids"] = input_ids.to(self.device)
+        model_inputs["attention_mask"] = attention_mask.to(self.device)
+        model_inputs["mm_token_type_ids"] = multimodal_token_types(
+            input_ids, self.token_ids.image, self.model.config.video_token_id
+        ).to(self.device)
+        return model_inputs
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
+        """Copies each `(in-memory name, tensor)` into the existing parameter (no reallocation).
+
+        Every parameter must be covered (a tied head through either of its names); unknown
+        names, shape mismatches and missing parameters are errors. Returns the bytes received.
+        """
+        loaded_bytes = 0
+        loaded: set[int] = set()
+        with torch.no_grad():
+            for name, tensor in named_tensors:
+                parameter = self._parameters.get(name)
+                if parameter is None:
+                    raise KeyError(f"load_weights: {name!r} is not a parameter of the rollout model")
+                if parameter.shape != tensor.shape:
+                    raise ValueError(
+                        f"load_weights: {name!r} has shape {tuple(tensor.shape)}, "
+                        f"the rollout model expects {tuple(parameter.shape)}"
+                    )
+                parameter.copy_(tensor)
+                loaded.add(id(parameter))
+                loaded_bytes += tensor.numel() * tensor.element_size()
+        missing = sorted(name for name, parameter in self._parameters.items() if id(parameter) not in loaded)
+        if missing:
+            raise ValueError(f"load_weights: {len(missing)} parameters not provided, e.g. {missing[:5]}")
+        return loaded_bytes
+
+    def sleep(self) -> None:
+        """Moves the model to CPU between rollouts when it lives on an accelerator."""
+        if self.device.type != "cpu":
+            self.model.to("cpu")
+            torch.cuda.empty_cache()
+
+    def wake_up(self) -> None:
+        """Brings the model back to its device before the next weight load / rollout."""
+        if self.device.type != "cpu":
+            self.model.to(self.device)
