@@ -18,7 +18,9 @@ DEFAULT_FORMAT_PROMPT = os.path.join(REPO_ROOT, "configs", "format_prompt", "sr1
 
 def parse_args() -> argparse.Namespace:
     defaults = SyntheticTaskSpec()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files")
     parser.add_argument("--train", type=int, default=2000, help="rows in train.parquet")

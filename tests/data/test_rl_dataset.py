@@ -71,7 +71,9 @@ def test_items_match_the_hf_processor(shapes_dir, processor):
         row = table.iloc[item_index]
         source_image = Image.open(io.BytesIO(row["images"][0]["bytes"]))
         resized = resize_image(source_image, MIN_PIXELS, MAX_PIXELS)
-        messages = [{"role": "user", "content": split_image_placeholders(template.render(content=row["problem"]))}]
+        messages = [
+            {"role": "user", "content": split_image_placeholders(template.render(content=row["problem"]))}
+        ]
         prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         expected = processor(text=[prompt], images=[resized], return_tensors="pt")
 
@@ -121,7 +123,11 @@ def test_jsonl_and_json_with_relative_image_paths(tmp_path, processor):
 
 def test_save_to_disk_dirs_and_text_only_rows(tmp_path, processor):
     features = datasets.Features(
-        {"problem": datasets.Value("string"), "answer": datasets.Value("string"), "images": datasets.List(datasets.Image())}
+        {
+            "problem": datasets.Value("string"),
+            "answer": datasets.Value("string"),
+            "images": datasets.List(datasets.Image()),
+        }
     )
     rows = {
         "problem": ["<image>What is it?", "No image here."],
@@ -155,13 +161,19 @@ def test_text_only_dataset_and_system_prompt(tmp_path, processor):
     )
     item = dataset[0]
     text = processor.tokenizer.decode(item["raw_prompt_ids"])
-    assert text == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
+    assert text == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n"
+        "<|im_start|>user\nWhat is 2+2?<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
     assert item["ground_truth"] == "4" and item["multi_modal_inputs"] == {}
 
 
 def test_missing_column_names_file_and_found_columns(tmp_path, processor):
     write_jsonl(tmp_path / "bad.jsonl", [{"question": "<image>q", "answer": "a", "images": []}])
-    with pytest.raises(ValueError, match=r"bad.jsonl: missing column\(s\) \['problem'\]; columns found: .*question"):
+    with pytest.raises(
+        ValueError, match=r"bad.jsonl: missing column\(s\) \['problem'\]; columns found: .*question"
+    ):
         make_dataset(str(tmp_path / "bad.jsonl"), processor)
 
 
@@ -184,13 +196,17 @@ def test_placeholder_count_mismatch_names_row(tmp_path, processor):
             {"problem": "<image><image>two?", "answer": "b", "images": ["a.png"]},
         ],
     )
-    with pytest.raises(ValueError, match=r"mismatch.jsonl row 1 field 'problem': 2 <image> placeholder\(s\) but 1 image"):
+    with pytest.raises(
+        ValueError, match=r"mismatch.jsonl row 1 field 'problem': 2 <image> placeholder\(s\) but 1 image"
+    ):
         make_dataset(str(tmp_path / "mismatch.jsonl"), processor)
 
 
 def test_non_string_answer_names_row(tmp_path, processor):
     write_jsonl(tmp_path / "numeric.jsonl", [{"problem": "q", "answer": 4, "images": []}])
-    with pytest.raises(ValueError, match=r"numeric.jsonl row 0 field 'answer': expected a string answer, got int 4"):
+    with pytest.raises(
+        ValueError, match=r"numeric.jsonl row 0 field 'answer': expected a string answer, got int 4"
+    ):
         make_dataset(str(tmp_path / "numeric.jsonl"), processor)
 
 
@@ -203,7 +219,9 @@ def test_overlong_prompts_raise_or_are_filtered_with_a_count(tmp_path, processor
     write_jsonl(tmp_path / "lengths.jsonl", rows)
     path = str(tmp_path / "lengths.jsonl")
     common = dict(image_key=None, format_prompt=None, max_prompt_length=64)
-    with pytest.raises(ValueError, match=r"lengths.jsonl row 1: prompt is \d+ tokens .* over max_prompt_length=64"):
+    with pytest.raises(
+        ValueError, match=r"lengths.jsonl row 1: prompt is \d+ tokens .* over max_prompt_length=64"
+    ):
         make_dataset(path, processor, filter_overlong_prompts=False, **common)
     with caplog.at_level(logging.WARNING, logger="verl.data.rl_dataset"):
         dataset = make_dataset(path, processor, filter_overlong_prompts=True, **common)
@@ -215,11 +233,19 @@ def test_overlong_prompts_raise_or_are_filtered_with_a_count(tmp_path, processor
 def test_image_tokens_count_towards_prompt_length(tmp_path, processor):
     (tmp_path / "big.png").write_bytes(png_bytes(112, 112))  # 16 image tokens
     write_jsonl(tmp_path / "img.jsonl", [{"problem": "<image>q", "answer": "a", "images": ["big.png"]}])
-    text_tokens = make_dataset(str(tmp_path / "img.jsonl"), processor, format_prompt=None).prompt_lengths[0] - 16
+    text_tokens = (
+        make_dataset(str(tmp_path / "img.jsonl"), processor, format_prompt=None).prompt_lengths[0] - 16
+    )
     path = str(tmp_path / "img.jsonl")
     make_dataset(path, processor, format_prompt=None, max_prompt_length=text_tokens + 16)
     with pytest.raises(ValueError, match="over max_prompt_length"):
-        make_dataset(path, processor, format_prompt=None, max_prompt_length=text_tokens + 15, filter_overlong_prompts=False)
+        make_dataset(
+            path,
+            processor,
+            format_prompt=None,
+            max_prompt_length=text_tokens + 15,
+            filter_overlong_prompts=False,
+        )
 
 
 def feature(input_ids, index):
@@ -233,7 +259,9 @@ def feature(input_ids, index):
 
 
 def test_collate_left_pads_and_builds_object_arrays():
-    tensors, non_tensors = collate_rl([feature([7, 8, 9], 0), feature([1, 2, 3, 4, 5], 1)], pad_token_id=0, max_prompt_length=6)
+    tensors, non_tensors = collate_rl(
+        [feature([7, 8, 9], 0), feature([1, 2, 3, 4, 5], 1)], pad_token_id=0, max_prompt_length=6
+    )
     assert tensors["input_ids"].tolist() == [[0, 0, 0, 7, 8, 9], [0, 1, 2, 3, 4, 5]]
     assert tensors["attention_mask"].tolist() == [[0, 0, 0, 1, 1, 1], [0, 1, 1, 1, 1, 1]]
     assert set(non_tensors) == {"raw_prompt_ids", "ground_truth", "index"}
@@ -290,7 +318,9 @@ def test_dataloader_resumes_mid_epoch_in_the_same_order(shapes_dir, processor, n
 
 def test_dataloader_refuses_state_of_another_order(shapes_dir, processor):
     dataset = make_dataset(os.path.join(shapes_dir, "train.parquet"), processor)
-    arguments = dict(batch_size=2, shuffle=True, drop_last=False, pad_token_id=0, max_prompt_length=MAX_PROMPT_LENGTH)
+    arguments = dict(
+        batch_size=2, shuffle=True, drop_last=False, pad_token_id=0, max_prompt_length=MAX_PROMPT_LENGTH
+    )
     state = make_rl_dataloader(dataset, seed=1, **arguments).state_dict()
     with pytest.raises(ValueError, match="saved with seed=1, this run has seed=2"):
         make_rl_dataloader(dataset, seed=2, **arguments).load_state_dict(state)
@@ -307,6 +337,11 @@ def test_unshuffled_loader_keeps_file_order_and_pads_left(shapes_dir, processor)
     assert tensors["input_ids"].shape == (4, MAX_PROMPT_LENGTH)
     lengths = tensors["attention_mask"].sum(dim=1)
     for row in range(4):
-        assert torch.equal(tensors["input_ids"][row, MAX_PROMPT_LENGTH - lengths[row] :], dataset[row]["input_ids"])
+        assert torch.equal(
+            tensors["input_ids"][row, MAX_PROMPT_LENGTH - lengths[row] :], dataset[row]["input_ids"]
+        )
     assert isinstance(non_tensors["images"][0][0], Image.Image)
-    assert np.all(non_tensors["distractor"] == pd.read_parquet(os.path.join(shapes_dir, "val.parquet"))["distractor"][:4])
+    assert np.all(
+        non_tensors["distractor"]
+        == pd.read_parquet(os.path.join(shapes_dir, "val.parquet"))["distractor"][:4]
+    )

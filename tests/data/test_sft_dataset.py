@@ -65,7 +65,9 @@ def test_input_ids_and_pixels_match_the_hf_processor(shapes_sft, processor):
     user, assistant = record["messages"]
     chat = [{"role": "user", "content": split_image_placeholders(user["content"])}, assistant]
     text = processor.apply_chat_template(chat, tokenize=False)
-    image = resize_image(Image.open(os.path.join(os.path.dirname(shapes_sft), record["images"][0])), MIN_PIXELS, MAX_PIXELS)
+    image = resize_image(
+        Image.open(os.path.join(os.path.dirname(shapes_sft), record["images"][0])), MIN_PIXELS, MAX_PIXELS
+    )
     expected = processor(text=[text], images=[image], return_tensors="pt")
     item = dataset[0]
     assert torch.equal(item["input_ids"], expected["input_ids"][0])
@@ -92,7 +94,9 @@ def test_sharegpt_conversations_variant_with_system_and_two_turns(tmp_path, proc
     item = make_dataset(tmp_path / "chat.jsonl", processor)[0]
     assert labelled_text(item, processor.tokenizer) == "Red.<|im_end|>Yes, \\boxed{red}<|im_end|>"
     text = processor.tokenizer.decode(item["input_ids"][item["mm_token_type_ids"] == 0])
-    assert text.startswith("<|im_start|>system\nYou look carefully.<|im_end|>\n<|im_start|>user\n<|vision_start|>")
+    assert text.startswith(
+        "<|im_start|>system\nYou look carefully.<|im_end|>\n<|im_start|>user\n<|vision_start|>"
+    )
 
 
 def test_text_only_record_has_no_image_inputs(tmp_path, processor):
@@ -110,7 +114,10 @@ def test_collate_right_pads_and_concatenates_images():
             "attention_mask": torch.ones(length, dtype=torch.long),
             "labels": torch.full((length,), 9),
             "mm_token_type_ids": torch.zeros(length, dtype=torch.long),
-            "multi_modal_inputs": {"pixel_values": torch.full((num_patches, 2), float(num_patches)), "image_grid_thw": torch.tensor([grid])}
+            "multi_modal_inputs": {
+                "pixel_values": torch.full((num_patches, 2), float(num_patches)),
+                "image_grid_thw": torch.tensor([grid]),
+            }
             if num_patches
             else {},
         }
@@ -126,12 +133,17 @@ def test_collate_right_pads_and_concatenates_images():
 def test_right_truncation_keeps_image_and_part_of_the_answer(tmp_path, processor):
     write_png(tmp_path / "a.png")
     answer = "word " * 40
-    record = {"messages": [{"role": "user", "content": "<image>Say it."}, {"role": "assistant", "content": answer}], "images": ["a.png"]}
+    record = {
+        "messages": [{"role": "user", "content": "<image>Say it."}, {"role": "assistant", "content": answer}],
+        "images": ["a.png"],
+    }
     (tmp_path / "long.json").write_text(json.dumps([record]))
     full = make_dataset(tmp_path / "long.json", processor)[0]
     full_length = len(full["input_ids"])
     inside_image = int(full["mm_token_type_ids"].nonzero()[0]) + 3
-    with pytest.raises(ValueError, match=rf"long.json row 0: {full_length} tokens .* over max_length={full_length - 10}"):
+    with pytest.raises(
+        ValueError, match=rf"long.json row 0: {full_length} tokens .* over max_length={full_length - 10}"
+    ):
         make_dataset(tmp_path / "long.json", processor, max_length=full_length - 10)
     item = make_dataset(tmp_path / "long.json", processor, max_length=full_length - 10, truncation="right")[0]
     assert len(item["input_ids"]) == len(item["labels"]) == full_length - 10
@@ -139,30 +151,54 @@ def test_right_truncation_keeps_image_and_part_of_the_answer(tmp_path, processor
     with pytest.raises(ValueError, match="would cut image tokens"):
         make_dataset(tmp_path / "long.json", processor, max_length=inside_image, truncation="right")
     first_label = int((full["labels"] != IGNORE_INDEX).nonzero()[0])
-    with pytest.raises(ValueError, match=f"long.json row 0: no assistant token within max_length={first_label}"):
+    with pytest.raises(
+        ValueError, match=f"long.json row 0: no assistant token within max_length={first_label}"
+    ):
         make_dataset(tmp_path / "long.json", processor, max_length=first_label, truncation="right")
+
+
+def chat(user: str, assistant: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
 
 
 @pytest.mark.parametrize(
     ("record", "message"),
     [
-        ({"messages": [{"role": "user", "content": "<image>q"}, {"role": "assistant", "content": "a"}], "images": []},
-         r"bad.json row 0: 1 <image> placeholder\(s\) but 0 image"),
-        ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "images": ["nope.png"]},
-         r"bad.json row 0: 0 <image> placeholder"),
-        ({"conversations": [{"from": "robot", "value": "q"}]},
-         r"bad.json row 0 field 'conversations'\[0\]: unknown role 'robot'"),
-        ({"messages": [{"role": "user", "content": "q"}]}, r"bad.json row 0: the last turn must be the assistant's"),
-        ({"messages": [{"role": "assistant", "content": "a"}]}, r"bad.json row 0: turn 0 is 'assistant', expected 'user'"),
-        ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<image>a"}], "images": ["a.png"]},
-         r"bad.json row 0 field 'messages'\[1\]: <image> is only allowed in user turns"),
-        ({"messages": [{"role": "user", "content": ["q"]}, {"role": "assistant", "content": "a"}]},
-         r"bad.json row 0 field 'messages'\[0\]: content must be a string, got list"),
-        ({"text": "q"}, r"bad.json row 0: needs a 'messages' or 'conversations' field; keys found: \['text'\]"),
-        ({"messages": [{"role": "user", "content": "<image>q"}, {"role": "assistant", "content": "a"}], "images": ["missing.png"]},
-         r"bad.json row 0 field 'images'\[0\]: image file not found: .*missing.png"),
+        (
+            {"messages": chat("<image>q", "a"), "images": []},
+            r"bad.json row 0: 1 <image> placeholder\(s\) but 0 image",
+        ),
+        ({"messages": chat("q", "a"), "images": ["nope.png"]}, r"bad.json row 0: 0 <image> placeholder"),
+        (
+            {"conversations": [{"from": "robot", "value": "q"}]},
+            r"bad.json row 0 field 'conversations'\[0\]: unknown role 'robot'",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "q"}]},
+            r"bad.json row 0: the last turn must be the assistant's",
+        ),
+        (
+            {"messages": [{"role": "assistant", "content": "a"}]},
+            r"bad.json row 0: turn 0 is 'assistant', expected 'user'",
+        ),
+        (
+            {"messages": chat("q", "<image>a"), "images": ["a.png"]},
+            r"bad.json row 0 field 'messages'\[1\]: <image> is only allowed in user turns",
+        ),
+        (
+            {"messages": chat(["q"], "a")},
+            r"bad.json row 0 field 'messages'\[0\]: content must be a string, got list",
+        ),
+        (
+            {"text": "q"},
+            r"bad.json row 0: needs a 'messages' or 'conversations' field; keys found: \['text'\]",
+        ),
+        (
+            {"messages": chat("<image>q", "a"), "images": ["missing.png"]},
+            r"bad.json row 0 field 'images'\[0\]: image file not found: .*missing.png",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_records_name_file_row_and_field(tmp_path, processor, record, message):
     (tmp_path / "bad.json").write_text(json.dumps([record]))
     with pytest.raises(ValueError, match=message):
@@ -171,7 +207,10 @@ def test_bad_records_name_file_row_and_field(tmp_path, processor, record, messag
 
 def test_unreadable_image_and_invalid_jsonl_line(tmp_path, processor):
     (tmp_path / "broken.png").write_bytes(b"not a png")
-    record = {"messages": [{"role": "user", "content": "<image>q"}, {"role": "assistant", "content": "a"}], "images": ["broken.png"]}
+    record = {
+        "messages": [{"role": "user", "content": "<image>q"}, {"role": "assistant", "content": "a"}],
+        "images": ["broken.png"],
+    }
     (tmp_path / "broken.json").write_text(json.dumps([record]))
     with pytest.raises(ValueError, match=r"broken.json row 0 field 'images'\[0\]: cannot read image"):
         make_dataset(tmp_path / "broken.json", processor)

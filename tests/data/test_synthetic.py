@@ -155,7 +155,7 @@ def test_rl_parquet_layout_and_hf_image_feature(written):
     assert list(table.columns) == ["problem", "answer", "images", "distractor", "question_type"]
     assert len(table) == 40
     samples = generate_split(40, seed=1, split="train")
-    for row, sample in zip(table.itertuples(), samples):
+    for row, sample in zip(table.itertuples(), samples, strict=True):
         assert row.problem == f"<image>{sample.question}"
         assert row.answer == sample.answer and row.distractor == sample.distractor
         assert len(row.images) == 1 and row.images[0]["path"] is None
@@ -172,7 +172,7 @@ def test_sft_json_is_sharegpt_with_relative_images(written):
     records = json.load(open(files.sft, encoding="utf-8"))
     assert len(records) == 12
     template = load_format_prompt(SR1_PROMPT)
-    for record, sample in zip(records, generate_split(12, seed=1, split="sft")):
+    for record, sample in zip(records, generate_split(12, seed=1, split="sft"), strict=True):
         user, assistant = record["messages"]
         assert user == {"role": "user", "content": template.render(content=f"<image>{sample.question}")}
         assert assistant == {"role": "assistant", "content": sft_response(sample)}
@@ -184,11 +184,16 @@ def test_sft_json_is_sharegpt_with_relative_images(written):
 
 def test_files_are_byte_identical_for_the_same_seed(written, tmp_path):
     out_dir, files = written
-    again = write_synthetic_dataset(str(tmp_path), SR1_PROMPT, seed=1, train_size=40, val_size=20, sft_size=12)
+    again = write_synthetic_dataset(
+        str(tmp_path), SR1_PROMPT, seed=1, train_size=40, val_size=20, sft_size=12
+    )
     for first, second in [(files.train, again.train), (files.val, again.val), (files.sft, again.sft)]:
         assert open(first, "rb").read() == open(second, "rb").read()
     for name in os.listdir(os.path.join(out_dir, "images")):
-        assert open(os.path.join(out_dir, "images", name), "rb").read() == (tmp_path / "images" / name).read_bytes()
+        assert (
+            open(os.path.join(out_dir, "images", name), "rb").read()
+            == (tmp_path / "images" / name).read_bytes()
+        )
 
 
 def test_cli_writes_the_three_files(tmp_path):

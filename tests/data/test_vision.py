@@ -56,7 +56,9 @@ def test_processor_with_pinned_size_keeps_our_pixels_whatever_its_checkpoint_ran
     processor = Qwen2VLImageProcessor(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
     min_pixels, max_pixels = 28 * 28 * 4, 28 * 28 * 40
     image = resize_image(Image.new("RGB", (300, 150), (0, 0, 255)), min_pixels, max_pixels)
-    processed = processor(images=[image], return_tensors="pt", **processor_size_kwargs(min_pixels, max_pixels))
+    processed = processor(
+        images=[image], return_tensors="pt", **processor_size_kwargs(min_pixels, max_pixels)
+    )
     width, height = image.size
     assert processed["image_grid_thw"].tolist() == [[1, height // 14, width // 14]]
     assert processed["pixel_values"].shape[0] == (height // 14) * (width // 14)

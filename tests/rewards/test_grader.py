@@ -229,7 +229,7 @@ def test_random_latex_soup_never_raises(caplog: pytest.LogCaptureFixture) -> Non
         r"\frac", r"\sqrt", r"\boxed{", r"\text{", r"\left(", r"^\circ", "lambda", "__",
     ]
     rng = random.Random(0)
-    for _ in range(2000):
+    for _ in range(500):
         given = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 16)))
         truth = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 16)))
         assert grade_answer(given, truth, f"{given}\nA. {truth}\nB. x") in (True, False)

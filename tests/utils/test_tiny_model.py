@@ -71,12 +71,13 @@ def test_loads_through_auto_classes_with_consistent_ids(tokenizer, processor, mo
     assert 300 <= vocab_size <= 1100
     config = model.config
     assert config.text_config.vocab_size == vocab_size
-    assert config.text_config.eos_token_id == tokenizer.eos_token_id == tokenizer.convert_tokens_to_ids("<|im_end|>")
-    assert config.text_config.pad_token_id == tokenizer.pad_token_id == tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    assert config.image_token_id == processor.image_token_id == tokenizer.convert_tokens_to_ids("<|image_pad|>")
-    assert config.video_token_id == tokenizer.convert_tokens_to_ids("<|video_pad|>")
-    assert config.vision_start_token_id == tokenizer.convert_tokens_to_ids("<|vision_start|>")
-    assert config.vision_end_token_id == tokenizer.convert_tokens_to_ids("<|vision_end|>")
+    token_id = tokenizer.convert_tokens_to_ids
+    assert config.text_config.eos_token_id == tokenizer.eos_token_id == token_id("<|im_end|>")
+    assert config.text_config.pad_token_id == tokenizer.pad_token_id == token_id("<|endoftext|>")
+    assert config.image_token_id == processor.image_token_id == token_id("<|image_pad|>")
+    assert config.video_token_id == token_id("<|video_pad|>")
+    assert config.vision_start_token_id == token_id("<|vision_start|>")
+    assert config.vision_end_token_id == token_id("<|vision_end|>")
     assert model.generation_config.eos_token_id == [tokenizer.eos_token_id, tokenizer.pad_token_id]
     assert sum(config.text_config.rope_parameters["mrope_section"]) == 64 // 2
     assert model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
@@ -112,7 +113,8 @@ def test_chat_template_renders_qwen_turns(tokenizer, processor):
 
 
 def test_tokenizer_merges_task_words_and_round_trips(tokenizer):
-    for word in ("red", "purple", "triangle", "circles", "left", "bottom", "image", "question", "description"):
+    task_words = ("red", "purple", "triangle", "circles", "left", "bottom", "image", "question", "description")
+    for word in task_words:
         assert tokenizer.tokenize(" " + word) == ["Ġ" + word], word
     assert tokenizer.tokenize("<think>") == ["<", "think", ">"]
     assert tokenizer.tokenize(" </description>") == ["Ġ</", "description", ">"]
@@ -123,7 +125,11 @@ def test_tokenizer_merges_task_words_and_round_trips(tokenizer):
     assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
 
 
-@pytest.mark.parametrize(("width", "height", "grid"), [(56, 56, [1, 4, 4]), (112, 112, [1, 8, 8]), (300, 100, [1, 4, 12])])
+@pytest.mark.parametrize(
+    ("width", "height", "grid"),
+    # smart_resize to multiples of 28 within [56*56, 112*112] pixels: 300x100 -> 168x56
+    [(56, 56, [1, 4, 4]), (112, 112, [1, 8, 8]), (300, 100, [1, 4, 12])],
+)
 def test_processor_expands_image_placeholder_per_merged_patch(processor, width, height, grid):
     text = processor.apply_chat_template(IMAGE_QUESTION, add_generation_prompt=True, tokenize=False)
     inputs = processor(text=[text], images=[noise_image(width, height, seed=0)], return_tensors="pt")
@@ -155,7 +161,8 @@ def test_build_is_deterministic_for_a_seed(tmp_path: Path):
     second = build_tiny_model(str(tmp_path / "second"), seed=0)
     other_seed = build_tiny_model(str(tmp_path / "other_seed"), seed=1)
     names = sorted(os.listdir(first))
-    assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json", "chat_template.jinja"} <= set(names)
+    expected = {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json", "chat_template.jinja"}
+    assert expected <= set(names)
     assert sorted(os.listdir(second)) == names
     for name in names:
         assert Path(first, name).read_bytes() == Path(second, name).read_bytes(), name

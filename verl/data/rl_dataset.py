@@ -21,7 +21,7 @@ from transformers import PreTrainedTokenizerBase, ProcessorMixin
 
 from verl.data.format_prompt import load_format_prompt
 from verl.data.vision import (
-    QWEN_RESIZE_FACTOR,
+    check_qwen_image_processor,
     expand_image_tokens,
     image_size,
     load_image,
@@ -192,15 +192,9 @@ class RLDataset(Dataset):
         if image_key is not None:
             if processor is None:
                 raise ValueError(f"{self.source}: image column {image_key!r} needs a processor, got None")
-            image_processor = processor.image_processor
-            if image_processor.patch_size * image_processor.merge_size != QWEN_RESIZE_FACTOR:
-                raise ValueError(
-                    f"image processor uses patch {image_processor.patch_size} x merge "
-                    f"{image_processor.merge_size}; verl.data.vision resizes for {QWEN_RESIZE_FACTOR}-pixel "
-                    "merged patches (Qwen2/2.5-VL)"
-                )
+            check_qwen_image_processor(processor.image_processor)
             self.image_token_id: int | None = processor.image_token_id
-            self.merge_size: int | None = image_processor.merge_size
+            self.merge_size: int | None = processor.image_processor.merge_size
             self.rows = _undecoded_images(table.rows, image_key)
         else:
             self.image_token_id = None
@@ -221,11 +215,16 @@ class RLDataset(Dataset):
         if len(overlong):
             logger.warning(
                 "%s: dropped %d of %d prompts longer than max_prompt_length=%d (image tokens expanded)",
-                self.source, len(overlong), len(self.rows), max_prompt_length,
+                self.source,
+                len(overlong),
+                len(self.rows),
+                max_prompt_length,
             )
         self.row_indices = np.flatnonzero(self.prompt_lengths <= max_prompt_length)
         if len(self.row_indices) == 0:
-            raise ValueError(f"{self.source}: every prompt is longer than max_prompt_length={max_prompt_length}")
+            raise ValueError(
+                f"{self.source}: every prompt is longer than max_prompt_length={max_prompt_length}"
+            )
 
     def __len__(self) -> int:
         return len(self.row_indices)
@@ -262,9 +261,11 @@ class RLDataset(Dataset):
     def _raw_prompt_ids(self, question: str) -> list[int]:
         """Chat-templated prompt, one image pad token per image."""
         text = self.format_prompt.render(content=question) if self.format_prompt is not None else question
-        messages = [{"role": "user", "content": split_image_placeholders(text)}]
+        # Plain-string content where there is no image: text-only chat templates accept only strings.
+        content = split_image_placeholders(text) if IMAGE_PLACEHOLDER in text else text
+        messages = [{"role": "user", "content": content}]
         if self.system_prompt is not None:
-            messages.insert(0, {"role": "system", "content": [{"type": "text", "text": self.system_prompt}]})
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
         templater = self.processor if self.processor is not None else self.tokenizer
         prompt = templater.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return self.tokenizer.encode(prompt, add_special_tokens=False)
@@ -286,7 +287,9 @@ class RLDataset(Dataset):
         raw_prompt_ids = self._raw_prompt_ids(checked.question)
         images = [
             resize_image(
-                load_image(image_object, self._where(row_index, f"{self.image_key}[{position}]"), self.base_dir),
+                load_image(
+                    image_object, self._where(row_index, f"{self.image_key}[{position}]"), self.base_dir
+                ),
                 self.min_pixels,
                 self.max_pixels,
             )
@@ -305,7 +308,9 @@ class RLDataset(Dataset):
         if self.image_token_id is not None:
             image_grid_thw = multi_modal_inputs.get("image_grid_thw", torch.zeros((0, 3), dtype=torch.long))
             try:
-                input_ids = expand_image_tokens(raw_prompt_ids, image_grid_thw, self.image_token_id, self.merge_size)
+                input_ids = expand_image_tokens(
+                    raw_prompt_ids, image_grid_thw, self.image_token_id, self.merge_size
+                )
             except ValueError as error:  # e.g. a literal <|image_pad|> typed into the question
                 raise ValueError(f"{self._where(row_index, self.prompt_key)}: {error}") from error
         return {
@@ -397,8 +402,8 @@ class ResumableSampler(Sampler[int]):
         for key in ("seed", "shuffle", "num_samples"):
             if state[key] != getattr(self, key):
                 raise ValueError(
-                    f"dataloader state was saved with {key}={state[key]}, this run has {key}={getattr(self, key)}; "
-                    "the saved position does not apply to this data order"
+                    f"dataloader state was saved with {key}={state[key]}, this run has "
+                    f"{key}={getattr(self, key)}; the saved position does not apply to this data order"
                 )
         self.epoch = int(state["epoch"])
         self.offset = int(state["offset"])
@@ -444,6 +449,8 @@ def make_rl_dataloader(
         batch_size=batch_size,
         sampler=ResumableSampler(len(dataset), shuffle, seed),
         drop_last=drop_last,
-        collate_fn=functools.partial(collate_rl, pad_token_id=pad_token_id, max_prompt_length=max_prompt_length),
+        collate_fn=functools.partial(
+            collate_rl, pad_token_id=pad_token_id, max_prompt_length=max_prompt_length
+        ),
         num_workers=num_workers,
     )

@@ -22,7 +22,7 @@ from transformers import PreTrainedTokenizerBase, ProcessorMixin
 
 from verl.data.rl_dataset import IMAGE_PLACEHOLDER, split_image_placeholders
 from verl.data.vision import (
-    QWEN_RESIZE_FACTOR,
+    check_qwen_image_processor,
     image_size,
     load_image,
     merged_token_count,
@@ -33,7 +33,13 @@ from verl.data.vision import (
 )
 
 IGNORE_INDEX = -100
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+}
 
 
 @dataclass(frozen=True)
@@ -89,7 +95,9 @@ def parse_conversation(record: Any, where: str) -> Conversation:
     elif "conversations" in record:
         turns_key, role_key, content_key = "conversations", "from", "value"
     else:
-        raise ValueError(f"{where}: needs a 'messages' or 'conversations' field; keys found: {sorted(record)}")
+        raise ValueError(
+            f"{where}: needs a 'messages' or 'conversations' field; keys found: {sorted(record)}"
+        )
     turns = record[turns_key]
     if not isinstance(turns, list) or not turns:
         raise ValueError(f"{where} field {turns_key!r}: expected a non-empty list of turns")
@@ -105,7 +113,9 @@ def parse_conversation(record: Any, where: str) -> Conversation:
             raise ValueError(f"{turn_where}: expected an object with {role_key!r} and {content_key!r}")
         role = SHAREGPT_ROLES.get(turn[role_key])
         if role is None:
-            raise ValueError(f"{turn_where}: unknown role {turn[role_key]!r}; expected one of {sorted(SHAREGPT_ROLES)}")
+            raise ValueError(
+                f"{turn_where}: unknown role {turn[role_key]!r}; expected one of {sorted(SHAREGPT_ROLES)}"
+            )
         content = turn[content_key]
         if not isinstance(content, str):
             raise ValueError(f"{turn_where}: content must be a string, got {type(content).__name__}")
@@ -134,10 +144,10 @@ def parse_conversation(record: Any, where: str) -> Conversation:
 
 
 def _chat_messages(messages: list[dict[str, str]]) -> list[dict[str, Any]]:
-    """Template-ready messages: user turns as content lists with image items."""
+    """Template-ready messages: user turns with images as content lists with image items."""
     return [
         {"role": message["role"], "content": split_image_placeholders(message["content"])}
-        if message["role"] == "user"
+        if IMAGE_PLACEHOLDER in message["content"]
         else message
         for message in messages
     ]
@@ -166,12 +176,7 @@ class SFTDataset(Dataset):
         """
         if truncation not in ("error", "right"):
             raise ValueError(f"truncation must be 'error' or 'right', got {truncation!r}")
-        image_processor = processor.image_processor
-        if image_processor.patch_size * image_processor.merge_size != QWEN_RESIZE_FACTOR:
-            raise ValueError(
-                f"image processor uses patch {image_processor.patch_size} x merge {image_processor.merge_size}; "
-                f"verl.data.vision resizes for {QWEN_RESIZE_FACTOR}-pixel merged patches (Qwen2/2.5-VL)"
-            )
+        check_qwen_image_processor(processor.image_processor)
         self.source = data_path
         self.base_dir = os.path.dirname(os.path.abspath(data_path))
         self.tokenizer = tokenizer
@@ -184,7 +189,8 @@ class SFTDataset(Dataset):
         self.video_token_id: int = processor.video_token_id
         self.eos_token: str = tokenizer.eos_token
         self.conversations = [
-            parse_conversation(record, f"{data_path} row {row}") for row, record in enumerate(read_records(data_path))
+            parse_conversation(record, f"{data_path} row {row}")
+            for row, record in enumerate(read_records(data_path))
         ]
         if not self.conversations:
             raise ValueError(f"{data_path}: no records")
@@ -216,7 +222,9 @@ class SFTDataset(Dataset):
         for turn, message in enumerate(chat):
             if message["role"] != "assistant":
                 continue
-            prompt = self.processor.apply_chat_template(chat[:turn], add_generation_prompt=True, tokenize=False)
+            prompt = self.processor.apply_chat_template(
+                chat[:turn], add_generation_prompt=True, tokenize=False
+            )
             supervised = message["content"] + self.eos_token
             if not text.startswith(prompt) or not text[len(prompt) :].startswith(supervised):
                 raise ValueError(
@@ -236,7 +244,7 @@ class SFTDataset(Dataset):
         input_ids: list[int] = []
         labels: list[int] = []
         image_index = 0
-        for token, (start, _) in zip(encoding["input_ids"], encoding["offset_mapping"]):
+        for token, (start, _) in zip(encoding["input_ids"], encoding["offset_mapping"], strict=True):
             if token == self.image_token_id:
                 if image_index == len(image_token_counts):
                     raise ValueError(f"{where}: more image pad tokens in the text than images")
@@ -248,15 +256,20 @@ class SFTDataset(Dataset):
             input_ids.append(token)
             labels.append(token if supervised else IGNORE_INDEX)
         if image_index != len(image_token_counts):
-            raise ValueError(f"{where}: {image_index} image pad tokens in the text but {len(image_token_counts)} images")
+            raise ValueError(
+                f"{where}: {image_index} image pad tokens in the text but {len(image_token_counts)} images"
+            )
         if len(input_ids) > self.max_length:
             if self.truncation == "error":
                 raise ValueError(
-                    f"{where}: {len(input_ids)} tokens (image tokens expanded), over max_length={self.max_length}; "
-                    "raise max_length, lower max_pixels, or use truncation='right'"
+                    f"{where}: {len(input_ids)} tokens (image tokens expanded), over "
+                    f"max_length={self.max_length}; raise max_length, lower max_pixels, "
+                    "or use truncation='right'"
                 )
             if self.image_token_id in input_ids[self.max_length :]:
-                raise ValueError(f"{where}: truncating to max_length={self.max_length} would cut image tokens")
+                raise ValueError(
+                    f"{where}: truncating to max_length={self.max_length} would cut image tokens"
+                )
             input_ids, labels = input_ids[: self.max_length], labels[: self.max_length]
         if all(label == IGNORE_INDEX for label in labels):
             raise ValueError(f"{where}: no assistant token within max_length={self.max_length}")
@@ -265,7 +278,9 @@ class SFTDataset(Dataset):
     def __getitem__(self, row: int) -> dict[str, Any]:
         images = [
             resize_image(
-                load_image(path, self._image_where(row, position), self.base_dir), self.min_pixels, self.max_pixels
+                load_image(path, self._image_where(row, position), self.base_dir),
+                self.min_pixels,
+                self.max_pixels,
             )
             for position, path in enumerate(self.conversations[row].image_paths)
         ]
@@ -300,7 +315,12 @@ def collate_sft(features: list[dict[str, Any]], pad_token_id: int) -> dict[str, 
     (total_patches, patch_dim) and image_grid_thw (total_images, 3) concatenated in item order.
     """
     longest = max(len(feature["input_ids"]) for feature in features)
-    padding_values = {"input_ids": pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX, "mm_token_type_ids": 0}
+    padding_values = {
+        "input_ids": pad_token_id,
+        "attention_mask": 0,
+        "labels": IGNORE_INDEX,
+        "mm_token_type_ids": 0,
+    }
     batch: dict[str, torch.Tensor] = {}
     for key, padding_value in padding_values.items():
         padded = torch.full((len(features), longest), padding_value, dtype=torch.long)

@@ -31,7 +31,8 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from datasets import Features, Image as ImageFeature, List, Value
+from datasets import Features, List, Value
+from datasets import Image as ImageFeature
 from PIL import Image, ImageDraw
 
 from verl.data.format_prompt import load_format_prompt
@@ -162,7 +163,7 @@ def _place_shapes(
         slots.insert(0, target_slot)
     slot_width = image_size // len(SLOTS)
     shapes = []
-    for kind, color, slot in zip(kinds[:num_shapes], colors[:num_shapes], slots[:num_shapes]):
+    for kind, color, slot in zip(kinds[:num_shapes], colors[:num_shapes], slots[:num_shapes], strict=True):
         size = int(rng.integers(int(0.7 * slot_width), int(0.85 * slot_width) + 1))
         margin = size // 2 + 1
         center_x = SLOTS.index(slot) * slot_width + slot_width // 2 + int(rng.integers(-1, 2))
@@ -253,9 +254,14 @@ def reasoning(sample: SyntheticSample) -> str:
     """Short reasoning from the description to the answer."""
     subject = sample.subject
     if sample.question_type == "color":
-        return f"The question asks for the color of the {subject.kind}. The {subject.kind} is {sample.answer}."
+        return (
+            f"The question asks for the color of the {subject.kind}. The {subject.kind} is {sample.answer}."
+        )
     if sample.question_type == "shape":
-        return f"The question asks which shape is {subject.color}. The {subject.color} shape is a {sample.answer}."
+        return (
+            f"The question asks which shape is {subject.color}. "
+            f"The {subject.color} shape is a {sample.answer}."
+        )
     if sample.question_type == "count":
         noun = "shape" if sample.answer == "1" else "shapes"
         return f"The question asks how many shapes there are. I count {sample.answer} {noun}."
@@ -284,7 +290,9 @@ def write_rl_split(samples: list[SyntheticSample], path: str, image_size: int) -
         {
             "problem": [problem_text(sample) for sample in samples],
             "answer": [sample.answer for sample in samples],
-            "images": [[{"bytes": png_bytes(render_image(sample, image_size)), "path": None}] for sample in samples],
+            "images": [
+                [{"bytes": png_bytes(render_image(sample, image_size)), "path": None}] for sample in samples
+            ],
             "distractor": [sample.distractor for sample in samples],
             "question_type": [sample.question_type for sample in samples],
         },

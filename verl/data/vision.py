@@ -61,6 +61,16 @@ def processor_size_kwargs(min_pixels: int, max_pixels: int) -> dict[str, dict[st
     return {"size": {"shortest_edge": min_pixels, "longest_edge": max_pixels}}
 
 
+def check_qwen_image_processor(image_processor: Any) -> None:
+    """Raises unless the processor's merged patches are the 28-pixel squares ``resize_image`` targets."""
+    factor = image_processor.patch_size * image_processor.merge_size
+    if factor != QWEN_RESIZE_FACTOR:
+        raise ValueError(
+            f"image processor uses patch {image_processor.patch_size} x merge {image_processor.merge_size} = "
+            f"{factor}-pixel merged patches; verl.data.vision resizes for {QWEN_RESIZE_FACTOR} (Qwen2/2.5-VL)"
+        )
+
+
 def open_image(obj: Any, where: str, base_dir: str | None = None) -> Image.Image:
     """Opens ``obj`` lazily (header read, pixels not decoded): cheap access to ``.size``.
 

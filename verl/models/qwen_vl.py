@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from transformers import AutoModelForImageTextToText, PreTrainedModel
 
 
@@ -63,6 +64,39 @@ def position_ids_for(
         attention_mask=attention_mask,
     )
     return position_ids
+
+
+def _blank_image_anchor(model: PreTrainedModel) -> torch.Tensor:
+    """The vision tower run on one blank 28x28 image, reduced to a scalar 0 that still depends on
+    every vision parameter."""
+    visual = model.model.visual
+    vision = model.config.vision_config
+    patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
+    merge = vision.spatial_merge_size
+    grid_thw = torch.tensor([[1, merge, merge]], device=next(visual.parameters()).device)
+    pixel_values = torch.zeros(merge * merge, patch_dim, dtype=visual.dtype, device=grid_thw.device)
+    return visual(pixel_values, grid_thw=grid_thw).pooler_output.sum() * 0.0
+
+
+def forward_in_step(model: PreTrainedModel, **inputs: torch.Tensor):
+    """`model(**inputs)` that keeps sharded ranks in lockstep. FSDP runs collectives per module
+    in execution order, so every rank must run the same modules in the same order. A rank whose
+    micro-batch is text-only would skip the vision tower while another rank runs it; instead it
+    runs the tower on a blank image at the point where images are encoded (just before the
+    language model) and adds a zero that carries gradient, so all-gathers and gradient
+    reduce-scatters pair up across ranks."""
+    if "pixel_values" in inputs or not dist.is_initialized():
+        return model(**inputs)
+
+    def add_anchor(module, args, kwargs):
+        kwargs["inputs_embeds"] = kwargs["inputs_embeds"] + _blank_image_anchor(model).to(kwargs["inputs_embeds"].dtype)
+        return args, kwargs
+
+    handle = model.model.language_model.register_forward_pre_hook(add_anchor, with_kwargs=True)
+    try:
+        return model(**inputs)
+    finally:
+        handle.remove()
 
 
 def decoder_layers(model: PreTrainedModel) -> list[torch.nn.Module]:

@@ -205,9 +205,8 @@ def _check_signature(spec: str, function: Callable[..., Any], kwargs: dict[str, 
         raise TypeError(
             f"reward function {spec!r} takes no positional parameter for the inputs; expected {_CONTRACT}"
         )
-    keyword_parameters = [
-        parameter for parameter in parameters[1:] if parameter.kind in (kind.POSITIONAL_OR_KEYWORD, kind.KEYWORD_ONLY)
-    ]
+    keyword_kinds = (kind.POSITIONAL_OR_KEYWORD, kind.KEYWORD_ONLY)
+    keyword_parameters = [parameter for parameter in parameters[1:] if parameter.kind in keyword_kinds]
     accepted = [parameter.name for parameter in keyword_parameters]
     takes_any_keyword = any(parameter.kind is kind.VAR_KEYWORD for parameter in parameters)
     unexpected = sorted(str(name) for name in kwargs if name not in accepted)

@@ -23,7 +23,9 @@ def sr1_reward(
       accuracy: 1 if its last ``\\boxed{}`` answer is the ground truth.
       visual: the fraction of its re-answers whose ``\\boxed{}`` answer is the ground truth
         (0 without re-answers, e.g. when the perception is missing and not re-prompted).
-    overall = accuracy_weight * accuracy + format_weight * format + visual_weight * visual.
+    answer = accuracy_weight * accuracy + format_weight * format (the pass-1 reward, what the
+      paper's separate objective normalises apart from visual);
+    overall = answer + visual_weight * visual.
 
     Diagnostics, 0/1, not part of overall:
       perception_sufficient: visual > 0.5 (a majority of re-answers correct; with one re-answer
@@ -51,9 +53,11 @@ def sr1_reward(
         correct_reanswers = [grade_response(text, item.ground_truth, item.problem) for text in item.reanswers]
         visual = sum(correct_reanswers) / len(correct_reanswers) if correct_reanswers else 0.0
         perception_sufficient = float(visual > 0.5)
+        answer = accuracy_weight * accuracy + format_weight * format_score
         scores.append(
             {
-                "overall": accuracy_weight * accuracy + format_weight * format_score + visual_weight * visual,
+                "overall": answer + visual_weight * visual,
+                "answer": answer,
                 "format": format_score,
                 "accuracy": accuracy,
                 "visual": visual,

@@ -41,11 +41,6 @@ def find_free_port() -> int:
         return sock.getsockname()[1]
 
 
-@ray.remote
-def _node_address() -> tuple[str, int]:
-    return ray.util.get_node_ip_address(), find_free_port()
-
-
 class RayWorkerGroup:
     """One Ray actor per rank of `worker_cls` (a plain class; it is wrapped with `ray.remote`).
     Ranks are packed node by node through a placement group, so rank r sits on node
@@ -58,10 +53,6 @@ class RayWorkerGroup:
             bundle["GPU"] = pool.gpus_per_proc
         self.placement_group = ray.util.placement_group([bundle] * pool.world_size, strategy="PACK")
         ray.get(self.placement_group.ready())
-        strategy = ray.util.scheduling_strategies.PlacementGroupSchedulingStrategy(
-            placement_group=self.placement_group, placement_group_bundle_index=0
-        )
-        master_addr, master_port = ray.get(_node_address.options(scheduling_strategy=strategy, num_cpus=0).remote())
         remote_cls = ray.remote(worker_cls)
         self.workers = []
         for rank in range(pool.world_size):
@@ -72,17 +63,17 @@ class RayWorkerGroup:
                 "RANK": str(rank),
                 "WORLD_SIZE": str(pool.world_size),
                 "LOCAL_RANK": "0" if pool.gpus_per_proc > 0 else str(rank % pool.procs_per_node),
-                "MASTER_ADDR": master_addr,
-                "MASTER_PORT": str(master_port),
             }
             worker = remote_cls.options(
                 num_cpus=pool.cpus_per_proc,
                 num_gpus=pool.gpus_per_proc,
                 scheduling_strategy=strategy,
                 runtime_env={"env_vars": env},
-                name=None,
             ).remote(*init_args, **init_kwargs)
             self.workers.append(worker)
+        # Rank 0 hosts the torch.distributed rendezvous on its own node.
+        master_addr, master_port = self._gather("master_address", [self.workers[0].master_address.remote()])[0]
+        self.execute_all("init_distributed", master_addr, master_port)
 
     @property
     def world_size(self) -> int:

@@ -156,10 +156,14 @@ class RayPPOTrainer:
         responses = decode_responses(rollout, self.tokenizer)
         sr_output: SelfRewardOutput | None = None
         if self.self_reward is not None:
+            calls_before = self.workers.execute_all("num_generate_calls")
             with timed("self_reward", timing):
                 sr_output = self.self_reward.run(
                     responses, [str(q) for q in rollout.non_tensor_batch["problem"]], validation=validation
                 )
+            calls = [after - before for after, before in zip(self.workers.execute_all("num_generate_calls"), calls_before)]
+            # The re-prompt pass must be one batched engine call per rank, never one per prompt.
+            sr_output.metrics["self_reward/engine_calls_per_rank"] = float(max(calls))
         with timed("reward", timing):
             scores = score_responses(
                 self.reward_fn,
@@ -212,6 +216,10 @@ class RayPPOTrainer:
         need_ref = cfg.worker.actor.use_kl_loss or self.kl_controller is not None
         with timed("old_log_prob", timing):
             train_rows = train_rows.union(self.workers.dispatch("compute_log_probs", train_rows))
+        metrics.update(logprob_gap_metrics(train_rows))
+        metrics["actor/entropy"] = core_algos.masked_mean(
+            train_rows.batch["entropy"], train_rows.batch["response_mask"].float()
+        ).item()
         if need_ref:
             with timed("ref", timing):
                 train_rows = train_rows.union(self.workers.dispatch("compute_ref_log_probs", train_rows))
@@ -226,11 +234,7 @@ class RayPPOTrainer:
         with timed("sync", timing):
             sync = self.workers.execute_all("sync_rollout_weights")
         metrics["perf/sync_bytes"] = sync[0]["bytes"]
-        metrics["actor/entropy"] = core_algos.masked_mean(
-            train_rows.batch["entropy"][: len(rollout)], rollout.batch["response_mask"].float()
-        ).item()
         metrics.update(self._rollout_metrics(rollout, scores, sr_output, "train"))
-        metrics.update(logprob_gap_metrics(train_rows[: len(rollout)]))
         metrics.update({f"timing_s/{k}": v for k, v in timing.items()})
         step_time = sum(timing.values())
         tokens = rollout.batch["attention_mask"].sum().item()

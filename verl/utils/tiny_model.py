@@ -232,7 +232,8 @@ def build_config(spec: TinyModelSpec, tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLCo
     """Qwen2.5-VL config at toy size; every special token id comes from ``tokenizer``."""
     if spec.text_hidden_size % spec.text_num_heads != 0:
         raise ValueError(
-            f"text_hidden_size {spec.text_hidden_size} is not divisible by text_num_heads {spec.text_num_heads}"
+            f"text_hidden_size {spec.text_hidden_size} is not divisible by "
+            f"text_num_heads {spec.text_num_heads}"
         )
     if sum(spec.mrope_section) * 2 != spec.text_head_dim:
         raise ValueError(

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from verl.models.qwen_vl import merge_multi_modal_inputs, position_ids_for
+from verl.models.qwen_vl import forward_in_step, merge_multi_modal_inputs, position_ids_for
 from verl.protocol import DataProto
 from verl.trainer import core_algos
 from verl.trainer.config import ActorConfig
@@ -36,7 +36,8 @@ def forward_response_log_probs(
     multi_modal = {k: v.to(device) for k, v in multi_modal.items()}
     if "pixel_values" in multi_modal:
         multi_modal["pixel_values"] = multi_modal["pixel_values"].to(next(model.parameters()).dtype)
-    output = model(
+    output = forward_in_step(
+        model,
         input_ids=input_ids.to(device),
         attention_mask=attention_mask.to(device),
         position_ids=position_ids.to(device),

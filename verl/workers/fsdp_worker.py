@@ -8,6 +8,7 @@ import logging
 import os
 from datetime import timedelta
 
+import ray
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
@@ -15,6 +16,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from verl.models.qwen_vl import decoder_layers, load_policy, resolve_attn_implementation, resolve_dtype
 from verl.protocol import DataProto
+from verl.single_controller.worker_group import find_free_port
 from verl.trainer.config import PPOConfig
 from verl.utils import checkpoint
 from verl.workers.actor import PPOActor, compute_log_probs
@@ -54,11 +56,18 @@ class FSDPWorker:
         if self.device.type == "cpu":
             # Ray gives each CPU worker a slice of the cores; more threads only contend.
             torch.set_num_threads(max(1, int(os.environ.get("VERL_CPU_THREADS_PER_WORKER", "1"))))
-        backend = "nccl" if self.device.type == "cuda" else "gloo"
-        if not dist.is_initialized():
-            dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
-        self.mesh = init_device_mesh(self.device.type, (self.world_size,))
         self.rollout_generate_calls = 0
+
+    def master_address(self) -> tuple[str, int]:
+        """This node's address and a free port, for rank 0 to host the rendezvous."""
+        return ray.util.get_node_ip_address(), find_free_port()
+
+    def init_distributed(self, master_addr: str, master_port: int) -> None:
+        os.environ["MASTER_ADDR"] = master_addr
+        os.environ["MASTER_PORT"] = str(master_port)
+        backend = "nccl" if self.device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+        self.mesh = init_device_mesh(self.device.type, (self.world_size,))
 
     def init_model(self) -> None:
         cfg = self.config

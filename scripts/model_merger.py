@@ -1,0 +1,54 @@
+"""Merges a sharded FSDP checkpoint into a Hugging Face model folder (EasyR1's model_merger CLI).
+
+Example:
+  python3 scripts/model_merger.py --local_dir checkpoints/run/global_step_15/actor
+writes the merged model into checkpoints/run/global_step_15/actor/huggingface (next to its
+config, tokenizer and processor files), loadable by transformers' from_pretrained and vLLM.
+"""
+
+import argparse
+
+from verl.utils.model_merger import DTYPES, merge_checkpoint, upload_to_hub
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[2:]),
+    )
+    parser.add_argument(
+        "--local_dir", required=True,
+        help="the checkpoint's actor folder, CKPT/global_step_N/actor "
+        "(holds model_world_size_W_rank_R.pt and huggingface/)",
+    )
+    parser.add_argument(
+        "--target_dir", default=None,
+        help="output folder (default: LOCAL_DIR/huggingface, as in EasyR1); "
+        "an existing model folder there is replaced atomically",
+    )
+    parser.add_argument(
+        "--dtype", choices=sorted(DTYPES), default=None,
+        help="cast floating tensors to this dtype (default: keep the saved dtype, fp32 master weights; "
+        "EasyR1 always casts to bfloat16)",
+    )
+    parser.add_argument(
+        "--hf_upload_path", default=None,
+        help="Hugging Face Hub repo id (user/name) to upload the merged folder to (created private if new)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    result = merge_checkpoint(args.local_dir, args.target_dir, DTYPES[args.dtype] if args.dtype else None)
+    print(
+        f"merged {result.world_size} shards: {result.num_tensors} tensors ({', '.join(result.dtypes)}), "
+        f"{result.weight_bytes / 2**20:.1f} MiB of weights -> {result.target_dir} in {result.seconds:.1f} s"
+    )
+    if args.hf_upload_path:
+        upload_to_hub(result.target_dir, args.hf_upload_path)
+        print(f"uploaded {result.target_dir} to https://huggingface.co/{args.hf_upload_path}")
+
+
+if __name__ == "__main__":
+    main()

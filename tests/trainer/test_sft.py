@@ -1,0 +1,272 @@
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from verl.data.synthetic import generate_split, write_sft_file
+from verl.models.qwen_vl import position_ids_for
+from verl.trainer.config import ConfigError, parse_cli
+from verl.trainer.sft import (
+    FINAL_TMP_DIR,
+    IGNORE_INDEX,
+    SFTConfig,
+    SFTTrainer,
+    add_placeholder_image,
+    count_label_tokens,
+    main,
+    publish_final_model,
+    supervised_loss_sum,
+    total_optimizer_steps,
+)
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SR1_PROMPT = os.path.join(REPO_ROOT, "configs", "format_prompt", "sr1.jinja")
+TEXT_ONLY_ANSWER = "<think> The description says the circle is red. </think> \\boxed{red}"
+
+
+@pytest.fixture(scope="module")
+def sft_file(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """8 conversations: 7 with an image (the synthetic task) and, at row 3, one text-only."""
+    out_dir = str(tmp_path_factory.mktemp("sft_data"))
+    path = write_sft_file(generate_split(7, seed=0, split="sft"), out_dir, SR1_PROMPT, image_size=84)
+    with open(path, encoding="utf-8") as file:
+        records = json.load(file)
+    text_only = {
+        "messages": [
+            {"role": "user", "content": "Text description: a red circle.\nQuestion: What color is the circle?"},
+            {"role": "assistant", "content": TEXT_ONLY_ANSWER},
+        ]
+    }
+    records.insert(3, text_only)
+    with open(path, "w", encoding="utf-8") as file:
+        json.dump(records, file)
+    return path
+
+
+def make_config(model_dir: str, train_file: str, output_dir: str, **overrides) -> SFTConfig:
+    settings = {
+        "model.model_path": model_dir,
+        "data.train_file": train_file,
+        "data.max_length": 512,
+        "data.min_pixels": 3136,
+        "data.max_pixels": 12544,
+        "data.num_workers": 0,
+        "optim.lr": 3e-3,
+        "optim.warmup_ratio": 0.0,
+        "optim.lr_scheduler": "constant",
+        "trainer.output_dir": output_dir,
+        "trainer.per_device_batch_size": 4,
+        "trainer.gradient_accumulation_steps": 1,
+        "trainer.num_epochs": 1,
+        "trainer.logging_steps": 1,
+        "trainer.device": "cpu",
+        "trainer.logger": "[file]",
+        "trainer.seed": 0,
+    }
+    settings.update(overrides)
+    return parse_cli(SFTConfig, [f"{key}={value}" for key, value in settings.items()])
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir: str, sft_file: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[SFTTrainer, list]:
+    """6 steps over the 8 conversations (3 epochs of 2 steps), checkpoint every 2 steps."""
+    output_dir = str(tmp_path_factory.mktemp("sft_run") / "out")
+    config = make_config(tiny_model_dir, sft_file, output_dir, **{"trainer.num_epochs": 3, "trainer.save_steps": 2})
+    trainer = SFTTrainer(config)
+    result = trainer.fit()
+    return trainer, result.steps
+
+
+def test_loss_falls_over_a_few_steps(trained):
+    _, steps = trained
+    assert [record.step for record in steps] == [1, 2, 3, 4, 5, 6]
+    first_epoch = (steps[0].loss + steps[1].loss) / 2
+    last_epoch = (steps[4].loss + steps[5].loss) / 2
+    assert last_epoch < 0.7 * first_epoch, [record.loss for record in steps]
+
+
+def test_only_assistant_tokens_carry_labels(trained, sft_file):
+    trainer, _ = trained
+    with open(sft_file, encoding="utf-8") as file:
+        records = json.load(file)
+    tokenizer = trainer.tokenizer
+    for row, record in enumerate(records):
+        labels = trainer.dataset[row]["labels"]
+        supervised = labels[labels != IGNORE_INDEX]
+        assistant = record["messages"][-1]["content"] + tokenizer.eos_token
+        assert tokenizer.decode(supervised) == assistant
+        assert len(supervised) == len(tokenizer(assistant, add_special_tokens=False)["input_ids"])
+        assert count_label_tokens(labels[None]) == len(supervised)
+
+
+def test_loss_sum_equals_transformers_loss_on_assistant_tokens(trained):
+    trainer, _ = trained
+    batch = next(iter(trainer.loader))
+    model = trainer.model
+    with torch.no_grad():
+        ours = supervised_loss_sum(model, batch, torch.device("cpu"))
+        position_ids = position_ids_for(model, batch["input_ids"], batch["attention_mask"], batch["image_grid_thw"])
+        reference = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=position_ids,
+            pixel_values=batch["pixel_values"],
+            image_grid_thw=batch["image_grid_thw"],
+            labels=batch["labels"],
+            use_cache=False,
+        ).loss  # mean over the label tokens
+    torch.testing.assert_close(ours, reference * count_label_tokens(batch["labels"]), rtol=1e-5, atol=1e-4)
+
+
+def test_placeholder_image_changes_neither_loss_nor_gradients(trained):
+    trainer, _ = trained
+    model = trainer.model
+    row = trainer.dataset[3]  # the text-only conversation
+    assert not row["multi_modal_inputs"]
+    batch = {key: row[key][None] for key in ("input_ids", "attention_mask", "labels")}
+    with_image = add_placeholder_image(batch, model.config, trainer.pad_token_id)
+    assert with_image["input_ids"].shape[1] == batch["input_ids"].shape[1] + 3
+    assert count_label_tokens(with_image["labels"]) == count_label_tokens(batch["labels"])
+
+    def loss_and_grads(inputs):
+        model.zero_grad(set_to_none=True)
+        loss = supervised_loss_sum(model, inputs, torch.device("cpu"))
+        loss.backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        return loss.detach(), grads
+
+    plain_loss, plain_grads = loss_and_grads(batch)
+    image_loss, image_grads = loss_and_grads(with_image)
+    torch.testing.assert_close(image_loss, plain_loss)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(image_grads[name], grad, msg=name)
+    visual_grads = [grad for name, grad in image_grads.items() if ".visual." in f".{name}"]
+    assert visual_grads and all(bool((grad == 0).all()) for grad in visual_grads)
+
+
+def test_saved_folder_loads_with_the_trained_weights(trained):
+    trainer, _ = trained
+    output_dir = trainer.config.trainer.output_dir
+    loaded = AutoModelForImageTextToText.from_pretrained(output_dir)
+    trained_weights = dict(trainer.model.named_parameters())
+    loaded_weights = dict(loaded.named_parameters())
+    assert loaded_weights.keys() == trained_weights.keys()
+    for name, weight in trained_weights.items():
+        torch.testing.assert_close(loaded_weights[name], weight.detach(), rtol=0, atol=0, msg=name)
+    initial = AutoModelForImageTextToText.from_pretrained(trainer.config.model.model_path)
+    assert not torch.equal(
+        initial.lm_head.weight, loaded.lm_head.weight
+    ), "the saved weights should be the trained ones, not the initial ones"
+    processor = AutoProcessor.from_pretrained(output_dir)
+    assert processor.chat_template == trainer.processor.chat_template
+    assert processor.tokenizer.get_vocab() == trainer.tokenizer.get_vocab()
+    assert not os.path.exists(os.path.join(output_dir, FINAL_TMP_DIR))
+    # Checkpoints every 2 steps, except at the end where the final model is the save.
+    assert sorted(name for name in os.listdir(output_dir) if name.startswith("checkpoint-")) == [
+        "checkpoint-2",
+        "checkpoint-4",
+    ]
+    AutoModelForImageTextToText.from_pretrained(os.path.join(output_dir, "checkpoint-4"))
+    with open(os.path.join(output_dir, "metrics.jsonl"), encoding="utf-8") as file:
+        logged = [json.loads(line) for line in file]
+    assert [entry["step"] for entry in logged] == [1, 2, 3, 4, 5, 6]
+    assert {"train/loss", "train/lr", "train/grad_norm", "perf/tokens_per_s", "perf/eta_s"} <= logged[0].keys()
+
+
+def _final_weights(model_dir: str, sft_file: str, output_dir: str, **overrides) -> dict[str, torch.Tensor]:
+    config = make_config(model_dir, sft_file, output_dir, **{"trainer.max_steps": 2, **overrides})
+    trainer = SFTTrainer(config)
+    trainer.fit()
+    return {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+
+
+def test_token_mean_does_not_depend_on_micro_batching(tiny_model_dir, sft_file, tmp_path):
+    # Rows have different numbers of assistant tokens, so a mean of per-micro-batch means would differ.
+    whole = _final_weights(tiny_model_dir, sft_file, str(tmp_path / "whole"))
+    split = _final_weights(
+        tiny_model_dir,
+        sft_file,
+        str(tmp_path / "split"),
+        **{"trainer.per_device_batch_size": 1, "trainer.gradient_accumulation_steps": 4},
+    )
+    for name, weight in whole.items():
+        torch.testing.assert_close(split[name], weight, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_total_optimizer_steps_counts_partial_last_step():
+    assert total_optimizer_steps(micro_batches_per_epoch=5, accumulation=2, num_epochs=3, max_steps=None) == 9
+    assert total_optimizer_steps(micro_batches_per_epoch=5, accumulation=2, num_epochs=3, max_steps=4) == 4
+
+
+def test_publish_final_model_moves_config_last(tmp_path):
+    staging = tmp_path / "out" / FINAL_TMP_DIR
+    staging.mkdir(parents=True)
+    (tmp_path / "out" / "config.json").write_text("old")
+    for name, text in (("config.json", "new"), ("model.safetensors", "w")):
+        (staging / name).write_text(text)
+    publish_final_model(str(staging), str(tmp_path / "out"))
+    assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "model.safetensors"]
+    assert (tmp_path / "out" / "config.json").read_text() == "new"
+    broken = tmp_path / "broken" / FINAL_TMP_DIR
+    broken.mkdir(parents=True)
+    (broken / "model.safetensors").write_text("w")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        publish_final_model(str(broken), str(tmp_path / "broken"))
+
+
+def test_config_errors_name_the_key(tmp_path, capsys):
+    with pytest.raises(ConfigError, match=r"unknown config key 'trainer.outptu_dir'.*'trainer.output_dir'"):
+        parse_cli(SFTConfig, ["trainer.outptu_dir=x"])
+    with pytest.raises(ConfigError, match=r"'optim.lr'"):
+        parse_cli(SFTConfig, ["optim.lr=fast"])
+    config = make_config("m", "t.json", str(tmp_path / "o"), **{"trainer.gradient_accumulation_steps": 0})
+    with pytest.raises(ConfigError, match=r"trainer.gradient_accumulation_steps=0 must be >= 1"):
+        config.validate()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["model.model_path=m", "data.train_file=t.json", "trainer.output_dir=o", "optim.lr_scheduler=linear"])
+    assert exit_info.value.code == 2
+    assert "optim.lr_scheduler='linear' is not one of cosine, constant" in capsys.readouterr().err
+
+
+def test_refuses_a_non_empty_output_dir(tiny_model_dir, sft_file, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="not empty.*overwrite_output_dir"):
+        SFTTrainer(make_config(tiny_model_dir, sft_file, str(tmp_path / "out")))
+
+
+def _fsdp_rank(rank: int, world_size: int, port: int, model_dir: str, sft_file: str, output_dir: str) -> None:
+    os.environ.update(
+        {"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
+         "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    )
+    torch.set_num_threads(1)
+    config = make_config(
+        model_dir,
+        sft_file,
+        output_dir,
+        **{"trainer.max_steps": 2, "trainer.per_device_batch_size": 1, "trainer.gradient_accumulation_steps": 2},
+    )
+    SFTTrainer(config).fit()
+    torch.distributed.destroy_process_group()
+
+
+def test_two_fsdp_ranks_match_one_process(tiny_model_dir, sft_file, tmp_path):
+    """2 gloo ranks x 2 micro-batches of 1 = the single process's batch of 4, same sample order
+    (DistributedSampler interleaves one permutation); the text-only row runs alone on its rank
+    with the placeholder image."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    output_dir = str(tmp_path / "fsdp")
+    mp.spawn(_fsdp_rank, args=(2, port, tiny_model_dir, sft_file, output_dir), nprocs=2, join=True)
+    single = _final_weights(tiny_model_dir, sft_file, str(tmp_path / "single"))
+    sharded = dict(AutoModelForImageTextToText.from_pretrained(output_dir).named_parameters())
+    assert sharded.keys() == single.keys()
+    for name, weight in single.items():
+        torch.testing.assert_close(sharded[name], weight, rtol=1e-4, atol=1e-6, msg=name)

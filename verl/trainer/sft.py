@@ -1,0 +1,665 @@
+"""`python3 -m verl.trainer.sft config=configs/sft_x.yaml key=value ...`: cold-start SFT.
+
+The first stage of the Vision-SR1 recipe: supervised fine-tuning of Qwen2.5-VL on LLaMA-Factory
+sharegpt conversations (``verl.data.sft_dataset``), loss on assistant tokens only. The result is a
+plain Hugging Face folder that the GRPO stage takes as ``worker.actor.model.model_path``.
+
+Single process (CPU or one GPU) or ``torchrun --nproc_per_node N -m verl.trainer.sft ...``
+(FSDP2, one shard per rank, gloo on CPU / nccl on GPU).
+
+Loss: token-mean over the global batch. Every optimizer step consumes
+``gradient_accumulation_steps`` micro-batches of ``per_device_batch_size`` conversations on every
+rank; each micro-batch contributes ``sum of its token losses / label tokens of the whole global
+batch`` (the count all-reduced over ranks), so the result does not depend on how the global batch
+is split into ranks and micro-batches.
+
+Output directory layout::
+
+    output_dir/
+      metrics.jsonl, sft_config.yaml      run log and the resolved config
+      checkpoint-{step}/                  every trainer.save_steps steps (complete HF folders)
+      config.json, model*.safetensors,    the final model, tokenizer and processor
+      tokenizer*, preprocessor_config.json, chat_template.jinja, ...
+
+Saves never leave a folder that looks complete but is not: a checkpoint is written to
+``checkpoint-{step}.tmp`` and renamed; the final model is written to ``.final.tmp`` and its files
+are moved into ``output_dir`` with ``config.json`` last (no ``config.json``, no loadable model).
+Checkpoints hold weights only (no optimizer state): they are for evaluation, not for resuming.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from functools import partial
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from verl.trainer.config import ConfigError, parse_cli, to_yaml
+
+USAGE = """usage: python3 -m verl.trainer.sft config=CONFIG.yaml [section.key=value ...]
+       torchrun --nproc_per_node N -m verl.trainer.sft config=CONFIG.yaml [...]
+
+Cold-start supervised fine-tuning of a Qwen2.5-VL model on sharegpt conversations
+(loss on assistant tokens only). Writes a Hugging Face folder to trainer.output_dir.
+Example: python3 -m verl.trainer.sft config=configs/sft_tiny_cpu.yaml trainer.max_steps=20
+
+Keys and their defaults (see verl/trainer/sft.py for what each one means):
+"""
+
+IGNORE_INDEX = -100
+FINAL_TMP_DIR = ".final.tmp"
+CONFIG_FILE = "config.json"
+RUN_FILES = ("metrics.jsonl", "sft_config.yaml")
+
+
+@dataclass
+class SFTModelConfig:
+    model_path: str = ""
+    """Hugging Face folder (or hub id on a machine with internet) of the model to fine-tune."""
+    dtype: str = "auto"
+    """Compute dtype: auto = bf16 on GPU, fp32 on CPU; or float32/bfloat16. Master weights and optimizer state stay fp32."""
+    attn_implementation: str = "auto"
+    """auto = flash_attention_2 where installed on GPU, else sdpa."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward (needed for long sequences on big models)."""
+    freeze_vision_tower: bool = False
+    """Keep the vision encoder (patch embedding and blocks) fixed."""
+    freeze_multi_modal_projector: bool = False
+    """Keep the vision-to-language merger fixed."""
+
+
+@dataclass
+class SFTDataConfig:
+    train_file: str = ""
+    """LLaMA-Factory sharegpt .json (list) or .jsonl file; image paths relative to it."""
+    max_length: int = 4096
+    """Tokens per conversation, image tokens expanded."""
+    truncation: str = "error"
+    """error: a longer conversation stops the run, naming its row; right: cut its end."""
+    min_pixels: int = 262144
+    """Images are resized to at least this many pixels (use the GRPO stage's value)."""
+    max_pixels: int = 4194304
+    """...and at most this many."""
+    shuffle: bool = True
+    """Reshuffle the conversations every epoch (seeded by trainer.seed)."""
+    num_workers: int = 2
+    """DataLoader worker processes per rank (image decoding and resizing); 0 = in the main process."""
+
+
+@dataclass
+class SFTOptimConfig:
+    lr: float = 1e-5
+    """Peak learning rate."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+    warmup_ratio: float = 0.1
+    """Fraction of the optimizer steps spent warming up linearly."""
+    lr_scheduler: str = "cosine"
+    """cosine (decay to min_lr_ratio after warm-up) or constant."""
+    min_lr_ratio: float = 0.0
+    """Cosine floor as a fraction of lr."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
+
+
+@dataclass
+class SFTTrainerConfig:
+    output_dir: str = ""
+    """Run folder: metrics, checkpoints and, at the end, the fine-tuned Hugging Face model."""
+    overwrite_output_dir: bool = False
+    """Delete a non-empty output_dir at start instead of refusing to run."""
+    per_device_batch_size: int = 8
+    """Conversations per forward/backward on one device."""
+    gradient_accumulation_steps: int = 2
+    """Micro-batches per optimizer step; global batch = per_device x accumulation x world size."""
+    num_epochs: int = 3
+    """Passes over the training file."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (when fewer than the epochs give)."""
+    seed: int = 42
+    """Seed of the data order and of torch/numpy/random."""
+    save_steps: int = 0
+    """Write output_dir/checkpoint-{step} every this many steps; 0 = only the final model."""
+    logging_steps: int = 10
+    """Print and log metrics every this many steps (and at the last step)."""
+    device: str = "auto"
+    """auto | cuda | cpu."""
+    logger: list[str] = field(default_factory=lambda: ["console", "file"])
+    """console (status line), file (metrics.jsonl, always on), wandb, tensorboard."""
+    project_name: str = "vision_sr1"
+    """Logger project."""
+    experiment_name: str = "sft"
+    """Logger run name."""
+
+
+@dataclass
+class SFTConfig:
+    model: SFTModelConfig = field(default_factory=SFTModelConfig)
+    data: SFTDataConfig = field(default_factory=SFTDataConfig)
+    optim: SFTOptimConfig = field(default_factory=SFTOptimConfig)
+    trainer: SFTTrainerConfig = field(default_factory=SFTTrainerConfig)
+
+    def validate(self) -> None:
+        """Checks values before anything is loaded; each message names the key."""
+        model, data, optim, trainer = self.model, self.data, self.optim, self.trainer
+        for key, value in (
+            ("model.model_path", model.model_path),
+            ("data.train_file", data.train_file),
+            ("trainer.output_dir", trainer.output_dir),
+        ):
+            if not value:
+                raise ConfigError(f"{key} is empty")
+        _choice("model.dtype", model.dtype, ("auto", "float32", "fp32", "bfloat16", "bf16"))
+        _choice("data.truncation", data.truncation, ("error", "right"))
+        _choice("optim.lr_scheduler", optim.lr_scheduler, ("cosine", "constant"))
+        _choice("trainer.device", trainer.device, ("auto", "cuda", "cpu"))
+        for key, value in (
+            ("data.max_length", data.max_length),
+            ("data.min_pixels", data.min_pixels),
+            ("trainer.per_device_batch_size", trainer.per_device_batch_size),
+            ("trainer.gradient_accumulation_steps", trainer.gradient_accumulation_steps),
+            ("trainer.num_epochs", trainer.num_epochs),
+            ("trainer.logging_steps", trainer.logging_steps),
+        ):
+            if value < 1:
+                raise ConfigError(f"{key}={value} must be >= 1")
+        if trainer.max_steps is not None and trainer.max_steps < 1:
+            raise ConfigError(f"trainer.max_steps={trainer.max_steps} must be >= 1 (or null for no cap)")
+        for key, value in (("trainer.save_steps", trainer.save_steps), ("data.num_workers", data.num_workers)):
+            if value < 0:
+                raise ConfigError(f"{key}={value} must be >= 0")
+        if data.min_pixels > data.max_pixels:
+            raise ConfigError(f"data.min_pixels={data.min_pixels} > data.max_pixels={data.max_pixels}")
+        if optim.lr <= 0:
+            raise ConfigError(f"optim.lr={optim.lr} must be > 0")
+        if not 0.0 <= optim.warmup_ratio <= 1.0:
+            raise ConfigError(f"optim.warmup_ratio={optim.warmup_ratio} must be in [0, 1]")
+        if optim.max_grad_norm <= 0:
+            raise ConfigError(f"optim.max_grad_norm={optim.max_grad_norm} must be > 0")
+
+
+def _choice(key: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ConfigError(f"{key}={value!r} is not one of {', '.join(valid)}")
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What one optimizer step did (global over ranks)."""
+
+    step: int
+    loss: float
+    """Token-mean cross-entropy over the global batch's label tokens."""
+    grad_norm: float
+    lr: float
+    label_tokens: int
+    tokens: int
+    """Non-padding tokens (image tokens included) of the global batch."""
+    seconds: float
+
+
+@dataclass
+class SFTResult:
+    """What `SFTTrainer.fit` returns."""
+
+    output_dir: str
+    steps: list[StepRecord]
+    train_seconds: float
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """This process's place in the run; world_size 1 without torchrun."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str) -> DistributedContext:
+    """Reads RANK/WORLD_SIZE/LOCAL_RANK (torchrun) and starts the process group when world_size > 1."""
+    rank = int(os.environ.get("RANK", "0"))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
+    if use_cuda and not torch.cuda.is_available():
+        raise ConfigError("trainer.device=cuda but torch sees no CUDA device")
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timedelta(minutes=30))
+    return DistributedContext(rank, world_size, device)
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def total_optimizer_steps(micro_batches_per_epoch: int, accumulation: int, num_epochs: int, max_steps: int | None) -> int:
+    """Steps of the run; an epoch's last step may accumulate fewer micro-batches."""
+    steps = num_epochs * math.ceil(micro_batches_per_epoch / accumulation)
+    return steps if max_steps is None else min(steps, max_steps)
+
+
+def chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """Consecutive lists of `size` items (the last one shorter)."""
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+def count_label_tokens(labels: torch.Tensor) -> int:
+    """Supervised next-token targets in a (batch, length) label tensor (position 0 is never one)."""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+def add_placeholder_image(
+    batch: dict[str, torch.Tensor], model_config: Any, pad_token_id: int
+) -> dict[str, torch.Tensor]:
+    """A copy of a text-only micro-batch with one 1-token black image appended to its shortest row.
+
+    Under FSDP every rank must run the same sharded modules in the same order, so a rank whose
+    micro-batch has no image would skip the vision tower's all-gathers while the others run them
+    (a hang). The image tokens come after the row's last real token and carry no label: with
+    causal attention no supervised position sees them, so the loss and every gradient are exactly
+    those of the original batch (the vision tower receives zero gradients).
+    """
+    vision = model_config.vision_config
+    merge = vision.spatial_merge_size
+    patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
+    image_tokens = [model_config.vision_start_token_id, model_config.image_token_id, model_config.vision_end_token_id]
+    row = int(batch["attention_mask"].sum(dim=1).argmin())
+    start = int(batch["attention_mask"][row].sum())
+    length = max(batch["input_ids"].shape[1], start + len(image_tokens))
+    padded = {}
+    for key, fill in (("input_ids", pad_token_id), ("attention_mask", 0), ("labels", IGNORE_INDEX)):
+        tensor = batch[key]
+        grown = torch.full((tensor.shape[0], length), fill, dtype=tensor.dtype)
+        grown[:, : tensor.shape[1]] = tensor
+        padded[key] = grown
+    end = start + len(image_tokens)
+    padded["input_ids"][row, start:end] = torch.tensor(image_tokens)
+    padded["attention_mask"][row, start:end] = 1
+    padded["labels"][row, start:end] = IGNORE_INDEX
+    padded["pixel_values"] = torch.zeros((merge * merge, patch_dim), dtype=torch.float32)
+    padded["image_grid_thw"] = torch.tensor([[1, merge, merge]], dtype=torch.long)
+    return padded
+
+
+def supervised_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Sum over label tokens of the next-token cross-entropy (scalar, fp32).
+
+    batch: input_ids / attention_mask / labels (bs, L), optional pixel_values (patches, dim) and
+    image_grid_thw (images, 3). Logits are computed only at positions where some row has a
+    supervised next token (``logits_to_keep``), not for every prompt and image token: with
+    Qwen's 152k vocabulary full logits dominate the memory of a step.
+    """
+    from verl.models.qwen_vl import position_ids_for
+
+    input_ids, attention_mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    image_grid_thw = batch.get("image_grid_thw")
+    position_ids = position_ids_for(model, input_ids, attention_mask, image_grid_thw)
+    # Logits at position t predict token t + 1.
+    predicting = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)  # (K,)
+    targets = labels[:, predicting + 1].to(device)  # (bs, K)
+    multi_modal = {key: batch[key].to(device) for key in ("pixel_values", "image_grid_thw") if key in batch}
+    output = model(
+        input_ids=input_ids.to(device),
+        attention_mask=attention_mask.to(device),
+        position_ids=position_ids.to(device),
+        use_cache=False,
+        logits_to_keep=predicting.to(device),
+        **multi_modal,
+    )
+    supervised = targets != IGNORE_INDEX
+    return F.cross_entropy(output.logits[supervised].float(), targets[supervised], reduction="sum")
+
+
+def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Element-wise sum over ranks (identity without a process group)."""
+    if not dist.is_initialized():
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def _format_duration(seconds: float) -> str:
+    seconds = int(max(0.0, seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def _prepare_output_dir(trainer: SFTTrainerConfig) -> None:
+    """Refuses to mix runs in one folder; the run's files start in an empty output_dir."""
+    path = trainer.output_dir
+    if os.path.isdir(path) and os.listdir(path):
+        if not trainer.overwrite_output_dir:
+            raise ConfigError(
+                f"trainer.output_dir={path} is not empty ({sorted(os.listdir(path))[:5]}); "
+                "choose a new folder or set trainer.overwrite_output_dir=true to delete it"
+            )
+        shutil.rmtree(path)
+    os.makedirs(path, exist_ok=True)
+
+
+def publish_final_model(staging_dir: str, output_dir: str) -> None:
+    """Moves every file of `staging_dir` into `output_dir`, config.json last, then removes `staging_dir`.
+
+    Any earlier config.json is removed first, so until the last rename the folder does not load.
+    """
+    names = sorted(os.listdir(staging_dir))
+    if CONFIG_FILE not in names:
+        raise FileNotFoundError(f"{staging_dir} has no {CONFIG_FILE}; refusing to publish it as a model")
+    stale_config = os.path.join(output_dir, CONFIG_FILE)
+    if os.path.exists(stale_config):
+        os.remove(stale_config)
+    for name in [n for n in names if n != CONFIG_FILE] + [CONFIG_FILE]:
+        os.replace(os.path.join(staging_dir, name), os.path.join(output_dir, name))
+    os.rmdir(staging_dir)
+
+
+class SFTTrainer:
+    """Builds model, data and optimizer from an `SFTConfig`; `fit()` trains and saves."""
+
+    def __init__(self, config: SFTConfig, context: DistributedContext | None = None):
+        from transformers import AutoConfig, AutoProcessor, AutoTokenizer
+
+        from verl.data.sft_dataset import SFTDataset, collate_sft
+        from verl.models.qwen_vl import load_policy, resolve_attn_implementation, resolve_dtype
+        from verl.workers.actor import lr_lambda
+
+        config.validate()
+        self.config = config
+        self.context = context or init_distributed(config.trainer.device)
+        ctx, model_cfg, data_cfg, optim_cfg, trainer_cfg = (
+            self.context, config.model, config.data, config.optim, config.trainer,
+        )
+        if ctx.is_main:
+            _prepare_output_dir(trainer_cfg)
+            with open(os.path.join(trainer_cfg.output_dir, "sft_config.yaml"), "w", encoding="utf-8") as file:
+                file.write(to_yaml(config))
+        set_seed(trainer_cfg.seed)
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_cfg.model_path)
+        self.processor = AutoProcessor.from_pretrained(model_cfg.model_path)
+        self.dataset = SFTDataset(
+            data_cfg.train_file,
+            self.tokenizer,
+            self.processor,
+            max_length=data_cfg.max_length,
+            min_pixels=data_cfg.min_pixels,
+            max_pixels=data_cfg.max_pixels,
+            truncation=data_cfg.truncation,
+        )
+        self.sampler = DistributedSampler(
+            self.dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=data_cfg.shuffle, seed=trainer_cfg.seed
+        )
+        self.pad_token_id: int = self.tokenizer.pad_token_id
+        if self.pad_token_id is None:
+            self.pad_token_id = self.tokenizer.eos_token_id
+        self.loader = DataLoader(
+            self.dataset,
+            batch_size=trainer_cfg.per_device_batch_size,
+            sampler=self.sampler,
+            collate_fn=partial(collate_sft, pad_token_id=self.pad_token_id),
+            num_workers=data_cfg.num_workers,
+        )
+        self.total_steps = total_optimizer_steps(
+            len(self.loader), trainer_cfg.gradient_accumulation_steps, trainer_cfg.num_epochs, trainer_cfg.max_steps
+        )
+
+        # The saved model keeps the source checkpoint's dtype (bf16 for Qwen's releases).
+        self.save_dtype: torch.dtype = AutoConfig.from_pretrained(model_cfg.model_path).dtype or torch.float32
+        self.compute_dtype = resolve_dtype(model_cfg.dtype, ctx.device)
+        model = load_policy(
+            model_cfg.model_path, torch.float32, resolve_attn_implementation(model_cfg.attn_implementation, ctx.device)
+        )
+        model.config.use_cache = False
+        visual = model.model.visual
+        if model_cfg.freeze_vision_tower:
+            visual.patch_embed.requires_grad_(False)
+            visual.blocks.requires_grad_(False)
+        if model_cfg.freeze_multi_modal_projector:
+            visual.merger.requires_grad_(False)
+        if model_cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = model.to(ctx.device)
+        if ctx.is_distributed:
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.fsdp import MixedPrecisionPolicy
+
+            from verl.workers.fsdp_worker import shard_model
+
+            mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
+            model = shard_model(model, mesh, MixedPrecisionPolicy(param_dtype=self.compute_dtype, reduce_dtype=torch.float32))
+        self.model = model
+        self.trainable_parameters = [p for p in model.parameters() if p.requires_grad]
+        if not self.trainable_parameters:
+            raise ConfigError("every parameter is frozen: nothing to train")
+        self.optimizer = torch.optim.AdamW(
+            self.trainable_parameters,
+            lr=optim_cfg.lr,
+            betas=tuple(optim_cfg.betas),
+            eps=optim_cfg.eps,
+            weight_decay=optim_cfg.weight_decay,
+        )
+        warmup_steps = math.ceil(optim_cfg.warmup_ratio * self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            partial(
+                lr_lambda,
+                warmup_steps=warmup_steps,
+                total_steps=self.total_steps,
+                scheduler=optim_cfg.lr_scheduler,
+                min_lr_ratio=optim_cfg.min_lr_ratio,
+            ),
+        )
+
+    def _autocast(self):
+        """bf16 autocast for the unsharded model on GPU; FSDP's mixed-precision policy does it when sharded."""
+        enabled = not self.context.is_distributed and self.compute_dtype != torch.float32
+        return torch.autocast(self.context.device.type, dtype=self.compute_dtype, enabled=enabled)
+
+    def train_step(self, micro_batches: list[dict[str, torch.Tensor]], step: int) -> StepRecord:
+        """One optimizer step over this rank's micro-batches of the global batch."""
+        start = time.perf_counter()
+        ctx = self.context
+        self.model.train()
+        local_labels = sum(count_label_tokens(batch["labels"]) for batch in micro_batches)
+        local_tokens = sum(int(batch["attention_mask"].sum()) for batch in micro_batches)
+        global_labels, global_tokens = _all_reduce_sum([local_labels, local_tokens], ctx.device)
+        if global_labels == 0:
+            raise ValueError(f"step {step}: the global batch has no supervised token")
+        # FSDP averages gradients over ranks; scaling by world_size turns that average back into
+        # the sum of the ranks' shares, i.e. the global token mean.
+        scale = ctx.world_size / global_labels
+        self.optimizer.zero_grad(set_to_none=True)
+        local_loss_sum = 0.0
+        for batch in micro_batches:
+            if ctx.is_distributed and "pixel_values" not in batch:
+                batch = add_placeholder_image(batch, self.model.config, self.pad_token_id)
+            with self._autocast():
+                loss_sum = supervised_loss_sum(self.model, batch, ctx.device)
+            (loss_sum * scale).backward()
+            local_loss_sum += loss_sum.item()
+        (global_loss_sum,) = _all_reduce_sum([local_loss_sum], ctx.device)
+        loss = global_loss_sum / global_labels
+        if not math.isfinite(loss):
+            raise FloatingPointError(
+                f"step {step}: non-finite SFT loss {loss}; lower optim.lr or check the data (e.g. with model.dtype=float32)"
+            )
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable_parameters, self.config.optim.max_grad_norm)
+        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+        lr = self.scheduler.get_last_lr()[0]
+        if math.isfinite(grad_norm):
+            self.optimizer.step()
+        self.scheduler.step()
+        return StepRecord(
+            step=step,
+            loss=loss,
+            grad_norm=grad_norm,
+            lr=lr,
+            label_tokens=int(global_labels),
+            tokens=int(global_tokens),
+            seconds=time.perf_counter() - start,
+        )
+
+    def save(self, target_dir: str) -> None:
+        """Writes a complete HF folder (weights in the source dtype, config, generation config,
+        tokenizer, processor with chat template) to `target_dir` via a temporary folder.
+        A collective when sharded: every rank must call it."""
+        ctx = self.context
+        if ctx.is_distributed:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        else:
+            state = self.model.state_dict()
+        if ctx.is_main:
+            is_final = os.path.abspath(target_dir) == os.path.abspath(self.config.trainer.output_dir)
+            staging = os.path.join(target_dir, FINAL_TMP_DIR) if is_final else target_dir + ".tmp"
+            shutil.rmtree(staging, ignore_errors=True)
+            state = {name: tensor.detach().to("cpu", self.save_dtype) for name, tensor in state.items()}
+            training_dtype = self.model.config.dtype
+            self.model.config.dtype = self.save_dtype  # written to config.json
+            self.model.save_pretrained(staging, state_dict=state, safe_serialization=True)
+            self.model.config.dtype = training_dtype
+            self.processor.save_pretrained(staging)
+            if is_final:
+                publish_final_model(staging, target_dir)
+            else:
+                os.replace(staging, target_dir)
+        if ctx.is_distributed:
+            dist.barrier()
+
+    def fit(self) -> SFTResult:
+        """Trains for the configured epochs/steps, logs, saves checkpoints and the final model."""
+        from verl.utils.tracking import Tracker
+
+        ctx, trainer_cfg = self.context, self.config.trainer
+        tracker = None
+        if ctx.is_main:
+            tracker = Tracker(
+                [backend for backend in trainer_cfg.logger if backend != "console"],
+                trainer_cfg.project_name,
+                trainer_cfg.experiment_name,
+                trainer_cfg.output_dir,
+                asdict(self.config),
+            )
+            print(
+                f"SFT: {len(self.dataset)} conversations, {ctx.world_size} rank(s) on {ctx.device.type}, global batch "
+                f"{trainer_cfg.per_device_batch_size * trainer_cfg.gradient_accumulation_steps * ctx.world_size}, "
+                f"{self.total_steps} optimizer steps",
+                flush=True,
+            )
+        steps_per_epoch = math.ceil(len(self.loader) / trainer_cfg.gradient_accumulation_steps)
+        records: list[StepRecord] = []
+        window: list[StepRecord] = []
+        start = time.perf_counter()
+        step = 0
+        try:
+            for epoch in itertools.count():
+                if step >= self.total_steps:
+                    break
+                self.sampler.set_epoch(epoch)
+                for micro_batches in chunks(self.loader, trainer_cfg.gradient_accumulation_steps):
+                    if step >= self.total_steps:
+                        break
+                    record = self.train_step(micro_batches, step + 1)
+                    step += 1
+                    records.append(record)
+                    window.append(record)
+                    if step % trainer_cfg.logging_steps == 0 or step == self.total_steps:
+                        if tracker is not None:
+                            self._log(tracker, window, step, epoch_progress=step / steps_per_epoch, elapsed=time.perf_counter() - start)
+                        window = []
+                    if trainer_cfg.save_steps and step % trainer_cfg.save_steps == 0 and step < self.total_steps:
+                        self.save(os.path.join(trainer_cfg.output_dir, f"checkpoint-{step}"))
+            train_seconds = time.perf_counter() - start
+            self.save(trainer_cfg.output_dir)
+        finally:
+            if tracker is not None:
+                tracker.close()
+        if ctx.is_main:
+            print(f"SFT done: {step} steps in {_format_duration(train_seconds)}; model saved to {trainer_cfg.output_dir}", flush=True)
+        return SFTResult(trainer_cfg.output_dir, records, train_seconds)
+
+    def _log(self, tracker: Any, window: list[StepRecord], step: int, epoch_progress: float, elapsed: float) -> None:
+        """Metrics of the steps since the last log: mean loss and grad norm, throughput, ETA."""
+        window_seconds = sum(record.seconds for record in window)
+        metrics = {
+            "train/loss": float(np.mean([record.loss for record in window])),
+            "train/grad_norm": float(np.mean([record.grad_norm for record in window])),
+            "train/lr": window[-1].lr,
+            "train/epoch": epoch_progress,
+            "train/label_tokens": float(sum(record.label_tokens for record in window)),
+            "perf/tokens_per_s": sum(record.tokens for record in window) / max(window_seconds, 1e-9),
+            "perf/step_time_s": window_seconds / len(window),
+            "perf/eta_s": elapsed / step * (self.total_steps - step),
+        }
+        tracker.log(metrics, step)
+        if "console" in self.config.trainer.logger:
+            print(
+                f"step {step}/{self.total_steps} (epoch {epoch_progress:.2f}) | loss {metrics['train/loss']:.4f} | "
+                f"lr {metrics['train/lr']:.2e} | grad_norm {metrics['train/grad_norm']:.3f} | "
+                f"{metrics['perf/tokens_per_s']:,.0f} tok/s | elapsed {_format_duration(elapsed)} | "
+                f"ETA {_format_duration(metrics['perf/eta_s'])}",
+                flush=True,
+            )
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE + to_yaml(SFTConfig()))
+        return
+    try:
+        config = parse_cli(SFTConfig, argv)
+        config.validate()
+    except ConfigError as error:
+        print(f"config error: {error}", file=sys.stderr)
+        sys.exit(2)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        trainer = SFTTrainer(config)
+    except ConfigError as error:
+        print(f"config error: {error}", file=sys.stderr)
+        sys.exit(2)
+    if trainer.context.is_main:
+        print(to_yaml(config), flush=True)
+    trainer.fit()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
