@@ -3,6 +3,7 @@
 import json
 import os
 
+import datasets
 import pandas as pd
 import pytest
 from transformers import AutoProcessor, AutoTokenizer
@@ -14,6 +15,7 @@ from verl.eval.generate import (
     build_dataset,
     completed_indices,
     generate_to_file,
+    is_json_feature,
     main,
     parse_args,
 )
@@ -187,6 +189,24 @@ def test_cli_writes_records_and_refuses_to_resume_with_other_settings(tiny_model
         main(common + ["--temperature", "0.7"])
     assert main(common).prompts_skipped == 2  # same settings: nothing to do
     assert os.path.exists(output)
+
+
+@pytest.mark.parametrize(
+    ("feature", "carried"),
+    [
+        (datasets.Value("string"), True),
+        (datasets.Value("bool"), True),
+        (datasets.List(datasets.Value("int64")), True),
+        ({"subject": datasets.Value("string"), "level": datasets.Value("int32")}, True),
+        (datasets.ClassLabel(names=["a", "b"]), True),
+        (datasets.Image(), False),
+        (datasets.List(datasets.Image()), False),
+        (datasets.Value("binary"), False),
+        (datasets.Value("timestamp[s]"), False),
+    ],
+)
+def test_only_json_valued_columns_are_carried(feature, carried):
+    assert is_json_feature(feature) is carried
 
 
 def test_help_answers(capsys):

@@ -96,7 +96,7 @@ def fsdp_checkpoint(tiny_model_dir: str, tmp_path_factory: pytest.TempPathFactor
     root = tmp_path_factory.mktemp("fsdp_checkpoint")
     actor_dir = root / "global_step_1" / "actor"
     full_state_path = root / "full_state.pt"
-    # Built here once rather than in each process: the processor's import is a second per process.
+    # Built once here: loading the processor in each spawned process would add seconds of imports.
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
     text = processor.apply_chat_template(IMAGE_QUESTION, add_generation_prompt=True, tokenize=False)
     batches = [

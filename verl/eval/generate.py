@@ -254,7 +254,7 @@ def carried_columns(dataset: RLDataset) -> list[str]:
     for column in dataset.extra_keys:
         if column in RECORD_KEYS:
             left_out.append(f"{column} (clashes with a record key)")
-        elif _is_json_feature(dataset.rows.features[column]):
+        elif is_json_feature(dataset.rows.features[column]):
             carried.append(column)
         else:
             left_out.append(f"{column} ({type(dataset.rows.features[column]).__name__})")
@@ -263,15 +263,16 @@ def carried_columns(dataset: RLDataset) -> list[str]:
     return carried
 
 
-def _is_json_feature(feature: Any) -> bool:
+def is_json_feature(feature: Any) -> bool:
+    """Whether a ``datasets`` feature holds values ``json.dumps`` writes as they are."""
     if isinstance(feature, datasets.ClassLabel):
         return True
     if isinstance(feature, datasets.Value):
         return feature.dtype in _JSON_VALUE_DTYPES
     if isinstance(feature, (datasets.List, datasets.LargeList)):
-        return _is_json_feature(feature.feature)
+        return is_json_feature(feature.feature)
     if isinstance(feature, dict):
-        return all(_is_json_feature(value) for value in feature.values())
+        return all(is_json_feature(value) for value in feature.values())
     return False
 
 

@@ -105,19 +105,32 @@ class RayWorkerGroup:
         refs = [getattr(worker, method).remote(*args, **kwargs) for worker in self.workers]
         return self._gather(method, refs)
 
-    def dispatch_each(self, method: str, data: DataProto, *args: Any, **kwargs: Any) -> tuple[list, int]:
-        """Splits `data` evenly across ranks (padding with repeated leading rows), calls `method`
-        on each chunk; returns each rank's result and the number of padding rows added."""
-        padded, pad_size = pad_to_divisor(data, self.world_size)
-        chunks = padded.chunk(self.world_size)
-        refs = [getattr(w, method).remote(chunk, *args, **kwargs) for w, chunk in zip(self.workers, chunks)]
-        return self._gather(method, refs), pad_size
+    def dispatch_each(
+        self, method: str, data: DataProto, *args: Any, group_size: int = 1, **kwargs: Any
+    ) -> tuple[list, int]:
+        """Splits `data` evenly across groups of `group_size` consecutive ranks (padding with
+        repeated leading rows), sends each group's chunk to every rank of the group (tensor
+        parallel engines need identical inputs on all their ranks), calls `method`; returns the
+        result of each group's first rank and the number of padding rows added."""
+        if self.world_size % group_size != 0:
+            raise ValueError(f"group size {group_size} does not divide world size {self.world_size}")
+        groups = self.world_size // group_size
+        padded, pad_size = pad_to_divisor(data, groups)
+        chunks = padded.chunk(groups)
+        refs = [
+            getattr(worker, method).remote(chunks[rank // group_size], *args, **kwargs)
+            for rank, worker in enumerate(self.workers)
+        ]
+        results = self._gather(method, refs)
+        return results[::group_size], pad_size
 
-    def dispatch(self, method: str, data: DataProto, *args: Any, rows_per_item: int = 1, **kwargs: Any) -> DataProto:
-        """`dispatch_each` for methods returning rows: concatenates results in rank order and
+    def dispatch(
+        self, method: str, data: DataProto, *args: Any, rows_per_item: int = 1, group_size: int = 1, **kwargs: Any
+    ) -> DataProto:
+        """`dispatch_each` for methods returning rows: concatenates results in group order and
         drops the padding. `rows_per_item` is how many output rows one input row yields
         (rollout.n for generation)."""
-        results, pad_size = self.dispatch_each(method, data, *args, **kwargs)
+        results, pad_size = self.dispatch_each(method, data, *args, group_size=group_size, **kwargs)
         return unpad(DataProto.concat(results), pad_size * rows_per_item)
 
     def shutdown(self) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from verl.protocol import DataProto
+from verl.protocol import DataProto, pad_to_divisor
 from verl.single_controller.worker_group import RayWorkerGroup, ResourcePool
 from verl.trainer import core_algos
 from verl.trainer.config import PPOConfig
@@ -131,7 +131,12 @@ class RayPPOTrainer:
     def _generate(self, prompts: DataProto, sampling: SamplingConfig, max_response_length: int) -> DataProto:
         prompts.meta_info["pad_token_id"] = self.tokenizer.pad_token_id
         return self.workers.dispatch(
-            "generate_sequences", prompts, sampling, max_response_length, rows_per_item=sampling.n
+            "generate_sequences",
+            prompts,
+            sampling,
+            max_response_length,
+            rows_per_item=sampling.n,
+            group_size=self.config.worker.rollout.tensor_parallel_size,
         )
 
     def train_sampling(self) -> SamplingConfig:
@@ -248,6 +253,9 @@ class RayPPOTrainer:
         if self.config.worker.actor.use_kl_loss:
             keys.append("ref_log_probs")
         update_batch = train_rows.select(batch_keys=keys, non_tensor_batch_keys=["multi_modal_inputs"])
+        update_batch, pad_size = pad_to_divisor(update_batch, self.workers.world_size)
+        if pad_size:  # padding rows keep ranks in lockstep but must not be trained on twice
+            update_batch.batch["response_mask"][-pad_size:] = 0
         per_rank, _ = self.workers.dispatch_each(
             "update_actor", update_batch, self.mini_batches_per_step, self.global_step
         )

@@ -87,7 +87,14 @@ class NonFiniteLossError(FloatingPointError):
 class PPOActor:
     """The trainable policy on one rank: FSDP-sharded model, AdamW, lr schedule."""
 
-    def __init__(self, model: nn.Module, config: ActorConfig, total_optimizer_steps: int, temperature: float):
+    def __init__(
+        self,
+        model: nn.Module,
+        config: ActorConfig,
+        total_optimizer_steps: int,
+        temperature: float,
+        offload_optimizer: bool = False,
+    ):
         self.model = model
         self.config = config
         self.temperature = temperature
@@ -102,6 +109,21 @@ class PPOActor:
             lambda step: lr_lambda(step, warmup_steps, total_optimizer_steps, optim.lr_scheduler, optim.min_lr_ratio),
         )
         self.optimizer_steps = 0
+        # AdamW moments stay on CPU except during the step: GPU memory for long rollouts.
+        self.offload_optimizer_between_steps = offload_optimizer
+
+    def _optimizer_step(self) -> None:
+        if self.offload_optimizer_between_steps:
+            self._move_optimizer_state(next(self.model.parameters()).device)
+        self.optimizer.step()
+        if self.offload_optimizer_between_steps:
+            self._move_optimizer_state(torch.device("cpu"))
+
+    def _move_optimizer_state(self, device: torch.device) -> None:
+        for state in self.optimizer.state.values():
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0:
+                    state[key] = value.to(device, non_blocking=True)
 
     def compute_log_probs(self, data: DataProto) -> tuple[torch.Tensor, torch.Tensor]:
         log_probs, entropy = compute_log_probs(
@@ -174,7 +196,7 @@ class PPOActor:
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
                 grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
                 if math.isfinite(grad_norm):
-                    self.optimizer.step()
+                    self._optimizer_step()
                 else:  # a single bad batch should not poison the weights; counted in metrics
                     metrics["actor/skipped_steps"].append(1.0)
                 self.scheduler.step()

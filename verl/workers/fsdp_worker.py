@@ -4,6 +4,7 @@ the algorithm: every quantity it computes is asked for by the trainer."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from datetime import timedelta
@@ -12,7 +13,7 @@ import ray
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
 from verl.models.qwen_vl import decoder_layers, load_policy, resolve_attn_implementation, resolve_dtype
 from verl.protocol import DataProto
@@ -35,12 +36,16 @@ def _device(config: PPOConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def shard_model(model: torch.nn.Module, mesh, mp_policy: MixedPrecisionPolicy) -> torch.nn.Module:
+def shard_model(
+    model: torch.nn.Module, mesh, mp_policy: MixedPrecisionPolicy, param_offload: bool = False
+) -> torch.nn.Module:
     """FSDP2: each vision block and decoder layer is its own unit, then the root (embeddings,
-    merger, norm, tied lm_head)."""
+    merger, norm, tied lm_head). `param_offload` keeps sharded parameters, gradients and hence
+    the optimizer step on CPU, streaming each unit to the GPU for its forward/backward."""
+    offload = {"offload_policy": CPUOffloadPolicy()} if param_offload and mesh.device_type == "cuda" else {}
     for layer in decoder_layers(model):
-        fully_shard(layer, mesh=mesh, mp_policy=mp_policy)
-    fully_shard(model, mesh=mesh, mp_policy=mp_policy)
+        fully_shard(layer, mesh=mesh, mp_policy=mp_policy, **offload)
+    fully_shard(model, mesh=mesh, mp_policy=mp_policy, **offload)
     return model
 
 
@@ -83,16 +88,27 @@ class FSDPWorker:
         if model_cfg.enable_gradient_checkpointing:
             actor_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         actor_model.config.use_cache = False
-        self.actor_module = shard_model(actor_model.to(self.device), self.mesh, mp_policy)
+        actor_fsdp = cfg.worker.actor.fsdp
+        if not actor_fsdp.param_offload:
+            actor_model = actor_model.to(self.device)
+        self.actor_module = shard_model(actor_model, self.mesh, mp_policy, actor_fsdp.param_offload)
         self.actor = PPOActor(
-            self.actor_module, cfg.worker.actor, self.total_optimizer_steps, cfg.worker.rollout.temperature
+            self.actor_module,
+            cfg.worker.actor,
+            self.total_optimizer_steps,
+            cfg.worker.rollout.temperature,
+            offload_optimizer=actor_fsdp.optimizer_offload and self.device.type == "cuda",
         )
         self.ref_module = None
         if cfg.worker.actor.use_kl_loss or cfg.algorithm.kl_coef > 0:
             ref_dtype = resolve_dtype(cfg.worker.ref.fsdp.torch_dtype, self.device)
-            ref_model = load_policy(model_cfg.model_path, ref_dtype, attn).to(self.device)
+            ref_model = load_policy(model_cfg.model_path, ref_dtype, attn)
             ref_model.requires_grad_(False)
-            self.ref_module = shard_model(ref_model, self.mesh, MixedPrecisionPolicy(param_dtype=ref_dtype))
+            if not cfg.worker.ref.fsdp.param_offload:
+                ref_model = ref_model.to(self.device)
+            self.ref_module = shard_model(
+                ref_model, self.mesh, MixedPrecisionPolicy(param_dtype=ref_dtype), cfg.worker.ref.fsdp.param_offload
+            )
         self.rollout = make_rollout_engine(cfg.worker.rollout.name, model_cfg.model_path, **self._engine_kwargs())
 
     def _engine_kwargs(self) -> dict:
@@ -126,7 +142,9 @@ class FSDPWorker:
     # ---- rollout ---------------------------------------------------------------------------
     def generate_sequences(self, prompts: DataProto, sampling: SamplingConfig, max_response_length: int) -> DataProto:
         """n responses per prompt row through the rollout engine, in one engine call."""
-        sampling = SamplingConfig(**{**sampling.__dict__, "seed": None if sampling.seed is None else sampling.seed + self.rank})
+        # Ranks of one tensor-parallel engine share inputs and seed; data-parallel engines differ.
+        dp_rank = self.rank // self.config.worker.rollout.tensor_parallel_size
+        sampling = dataclasses.replace(sampling, seed=None if sampling.seed is None else sampling.seed + dp_rank)
         outputs = self.rollout.generate(requests_from_batch(prompts), sampling)
         self.rollout_generate_calls += 1
         return build_rollout_batch(prompts, outputs, max_response_length, prompts.meta_info["pad_token_id"])

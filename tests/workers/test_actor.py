@@ -1,0 +1,110 @@
+"""The actor on the tiny model: its log-probs equal a plain Hugging Face forward of the same
+batch, and one PPO update moves log-probs the way the advantages say."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+from verl.data.rl_dataset import RLDataset, collate_rl
+from verl.protocol import DataProto
+from verl.trainer.config import ActorConfig
+from verl.workers.actor import PPOActor, compute_log_probs
+
+RESPONSE_LENGTH = 6
+
+
+@pytest.fixture(scope="module")
+def batch(tiny_model_dir, synthetic_data_dir):
+    """4 image prompts (left-padded) + fixed random responses (right-padded, last two rows shorter)."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    dataset = RLDataset(
+        f"{synthetic_data_dir}/val.parquet", tokenizer, processor, max_prompt_length=512,
+        min_pixels=3136, max_pixels=12544, format_prompt="configs/format_prompt/r1v.jinja",
+    )
+    tensors, non_tensors = collate_rl([dataset[i] for i in range(4)], tokenizer.pad_token_id, 512)
+    generator = torch.Generator().manual_seed(0)
+    responses = torch.randint(0, 600, (4, RESPONSE_LENGTH), generator=generator)
+    response_mask = torch.ones(4, RESPONSE_LENGTH, dtype=torch.long)
+    response_mask[2, 4:] = 0
+    response_mask[3, 3:] = 0
+    responses[response_mask == 0] = tokenizer.pad_token_id
+    return DataProto.from_dict(
+        tensors={
+            "input_ids": torch.cat([tensors["input_ids"], responses], 1),
+            "attention_mask": torch.cat([tensors["attention_mask"], response_mask], 1),
+            "responses": responses,
+            "response_mask": response_mask,
+        },
+        non_tensors={"multi_modal_inputs": non_tensors["multi_modal_inputs"]},
+    )
+
+
+def reference_log_probs(model, row: DataProto) -> torch.Tensor:
+    """One unpadded sequence through the model exactly as a user would call it."""
+    mask = row.batch["attention_mask"][0].bool()
+    input_ids = row.batch["input_ids"][0][mask][None]
+    mm = row.non_tensor_batch["multi_modal_inputs"][0]
+    image_token = model.config.image_token_id
+    with torch.no_grad():
+        logits = model(
+            input_ids=input_ids,
+            pixel_values=mm["pixel_values"],
+            image_grid_thw=mm["image_grid_thw"],
+            mm_token_type_ids=(input_ids == image_token).int(),
+        ).logits[0].float()
+    n = int(row.batch["response_mask"][0].sum())  # the valid response is the tail of the unpadded row
+    length = input_ids.shape[1]
+    return torch.log_softmax(logits, -1)[torch.arange(length - n - 1, length - 1), input_ids[0, length - n :]]
+
+
+def test_log_probs_equal_plain_hf_forward(tiny_model_dir, batch):
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    log_probs, entropy = compute_log_probs(model, batch, micro_batch_size=3, temperature=1.0, with_entropy=True)
+    assert log_probs.shape == (4, RESPONSE_LENGTH) and entropy.shape == (4, RESPONSE_LENGTH)
+    for i in range(4):
+        n = int(batch.batch["response_mask"][i].sum())
+        expected = reference_log_probs(model, batch[i : i + 1])
+        torch.testing.assert_close(log_probs[i, :n], expected, atol=2e-5, rtol=1e-5)
+    assert (entropy > 0).all()
+
+
+def test_one_update_moves_log_probs_with_advantage_sign(tiny_model_dir, batch):
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    config = ActorConfig(
+        micro_batch_size_per_device_for_update=2, micro_batch_size_per_device_for_experience=4,
+        use_kl_loss=False, clip_ratio_low=0.2, clip_ratio_high=0.2,
+    )
+    config.optim.lr = 1e-3
+    config.optim.weight_decay = 0.0
+    actor = PPOActor(model, config, total_optimizer_steps=1, temperature=1.0)
+    before, _ = actor.compute_log_probs(batch)
+    sign = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    data = DataProto.from_dict(
+        tensors={**batch.batch, "old_log_probs": before, "advantages": sign[:, None] * batch.batch["response_mask"]},
+        non_tensors=dict(batch.non_tensor_batch),
+    )
+    metrics = actor.update_policy(data, num_mini_batches=1, step=1)
+    after, _ = actor.compute_log_probs(batch)
+    mask = batch.batch["response_mask"].bool()
+    change = [((after[i] - before[i])[mask[i]]).mean().item() for i in range(4)]
+    assert change[0] > 0 and change[2] > 0, change
+    assert change[1] < 0 and change[3] < 0, change
+    assert metrics["actor/grad_norm"] > 0 and np.isfinite(metrics["actor/pg_loss"])
+    assert actor.optimizer_steps == 1
+
+
+def test_nan_advantages_raise_a_named_error(tiny_model_dir, batch):
+    from verl.workers.actor import NonFiniteLossError
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    actor = PPOActor(model, ActorConfig(micro_batch_size_per_device_for_update=4, use_kl_loss=False), 1, 1.0)
+    old, _ = actor.compute_log_probs(batch)
+    data = DataProto.from_dict(
+        tensors={**batch.batch, "old_log_probs": old, "advantages": torch.full((4, RESPONSE_LENGTH), float("nan"))},
+        non_tensors=dict(batch.non_tensor_batch),
+    )
+    with pytest.raises(NonFiniteLossError, match="step 7: non-finite actor loss"):
+        actor.update_policy(data, num_mini_batches=1, step=7)

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Evaluate a model folder on the synthetic shapes val split, on CPU (HF engine by default).
+#
+#   bash validation_examples/tiny_cpu.sh MODEL_DIR [OUT_DIR]
+#
+# MODEL_DIR is an HF checkpoint folder (e.g. models/tiny_qwen25vl, or a merged actor checkpoint).
+# Writes OUT_DIR/tiny_shapes.jsonl (responses), tiny_shapes.scored.jsonl and tiny_shapes.summary.json;
+# OUT_DIR defaults to outputs/eval/<basename of MODEL_DIR>. The summary is grouped by the split's
+# question_type and distractor columns: on distractor rows the training prior is wrong, so the
+# language-shortcut rate there shows answers given from the question instead of the image.
+# Build the inputs first:  python3 scripts/make_tiny_model.py --out models/tiny_qwen25vl
+#                          python3 scripts/make_synthetic_dataset.py --out data/tiny_shapes
+# Environment: ENGINE (hf | vllm, default hf), DATA (data/tiny_shapes/val.parquet),
+# MAX_RESPONSE_LENGTH (64, as configs/tiny_cpu_selfReward.yaml), SELF_REWARD (1: MODEL_DIR re-answers
+# its own perceptions; 0: accuracy and format only), PYTHON (python3).
+set -euo pipefail
+
+MODEL_DIR=${1:?usage: bash validation_examples/tiny_cpu.sh MODEL_DIR [OUT_DIR]}
+OUT_DIR=${2:-outputs/eval/$(basename "$MODEL_DIR")}
+ENGINE=${ENGINE:-hf}
+DATA=${DATA:-data/tiny_shapes/val.parquet}
+MAX_RESPONSE_LENGTH=${MAX_RESPONSE_LENGTH:-64}
+PYTHON=${PYTHON:-python3}
+REPO_ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OUTPUT="$OUT_DIR/tiny_shapes.jsonl"
+# The tiny checkpoint's processor range (56x56 to 112x112 pixels); float32 on CPU.
+ENGINE_ARGS=(--engine "$ENGINE" --dtype float32)
+if [ "$ENGINE" = vllm ]; then
+  ENGINE_ARGS+=(--enforce_eager)
+fi
+
+mkdir -p "$OUT_DIR"
+"$PYTHON" -m verl.eval.generate \
+  --model_path "$MODEL_DIR" --data "$DATA" --output "$OUTPUT" \
+  --format_prompt "$REPO_ROOT/configs/format_prompt/sr1.jinja" \
+  --min_pixels 3136 --max_pixels 12544 --max_prompt_length 400 \
+  --max_response_length "$MAX_RESPONSE_LENGTH" --n 1 --temperature 0 --batch_size 64 \
+  "${ENGINE_ARGS[@]}"
+
+SCORE_ARGS=(--input "$OUTPUT")
+if [ "${SELF_REWARD:-1}" = 1 ]; then
+  SCORE_ARGS+=(--self_reward_model "$MODEL_DIR" --reanswer_max_prompt_length 400
+               --reanswer_max_response_length "$MAX_RESPONSE_LENGTH" "${ENGINE_ARGS[@]}")
+fi
+"$PYTHON" -m verl.eval.score "${SCORE_ARGS[@]}"
