@@ -137,6 +137,13 @@ def test_accuracy_format_length_and_groups_without_reanswers(records_path, tmp_p
     assert [row["scores"]["accuracy"] for row in scored] == [1.0, 0.0, 1.0, 1.0, 0.0, 1.0]
 
 
+def test_explicit_grouping_and_a_missing_group_column(records_path):
+    summary = main(["--input", records_path, "--reward", "see_think", "--group_by", "distractor"])
+    assert list(summary["groups"]) == ["distractor"]
+    with pytest.raises(ValueError, match="responses.jsonl line 1: no column 'subject' to group by"):
+        main(["--input", records_path, "--reward", "see_think", "--group_by", "subject"])
+
+
 def test_sr1_without_a_reanswerer_is_refused(records_path):
     with pytest.raises(ValueError, match="add --self_reward_model DIR or --judge openai"):
         main(["--input", records_path, "--reward", "sr1"])

@@ -207,6 +207,30 @@ def test_token_mean_does_not_depend_on_micro_batching(tiny_model_dir, sft_file, 
         torch.testing.assert_close(split_gradients[name], gradient, rtol=1e-4, atol=1e-7, msg=name)
 
 
+def test_frozen_vision_tower_stays_fixed_under_gradient_checkpointing(tiny_model_dir, sft_file, tmp_path):
+    overrides = {"model.freeze_vision_tower": True, "model.gradient_checkpointing": True, "trainer.max_steps": 1}
+    trainer = SFTTrainer(make_config(tiny_model_dir, sft_file, str(tmp_path / "out"), **overrides))
+    trainer.fit()
+    initial = dict(AutoModelForImageTextToText.from_pretrained(tiny_model_dir).named_parameters())
+    for name, weight in trainer.model.named_parameters():
+        frozen = name.startswith(("model.visual.patch_embed.", "model.visual.blocks."))
+        assert torch.equal(weight, initial[name]) == frozen, name
+
+
+def test_bf16_source_checkpoint_is_saved_in_bf16(tiny_model_dir, sft_file, tmp_path):
+    source = str(tmp_path / "bf16_source")
+    AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).save_pretrained(source)
+    AutoProcessor.from_pretrained(tiny_model_dir).save_pretrained(source)
+    trainer = SFTTrainer(make_config(source, sft_file, str(tmp_path / "out"), **{"trainer.max_steps": 1}))
+    assert trainer.model.dtype == torch.float32  # fp32 master weights while training
+    trainer.fit()
+    saved = AutoModelForImageTextToText.from_pretrained(str(tmp_path / "out"), dtype="auto")
+    assert saved.dtype == torch.bfloat16
+    saved_weights = dict(saved.named_parameters())
+    for name, weight in trainer.model.named_parameters():
+        assert torch.equal(saved_weights[name], weight.detach().to(torch.bfloat16)), name
+
+
 def test_total_optimizer_steps_counts_partial_last_step():
     assert total_optimizer_steps(micro_batches_per_epoch=5, accumulation=2, num_epochs=3, max_steps=None) == 9
     assert total_optimizer_steps(micro_batches_per_epoch=5, accumulation=2, num_epochs=3, max_steps=4) == 4

@@ -320,13 +320,14 @@ def group_key(value: Any) -> str:
 def summarize(
     records: Sequence[ResponseRecord], rows: list[dict[str, float]], columns: list[str]
 ) -> dict[str, Any]:
-    """``{"overall": metrics, "groups": {column: {value: metrics}}}``; values sorted, as strings."""
+    """``{"overall": metrics, "groups": {column: {value: metrics}}}``; values sorted, as strings.
+
+    Every record must have every column of ``columns``.
+    """
     groups: dict[str, dict[str, dict[str, float]]] = {}
     for column in columns:
         by_value: dict[str, list[int]] = {}
         for i, record in enumerate(records):
-            if column not in record.raw:
-                raise ValueError(f"line {record.line}: no column {column!r} to group by")
             by_value.setdefault(group_key(record.raw[column]), []).append(i)
         groups[column] = {
             value: summarize_subset([records[i] for i in members], [rows[i] for i in members])
@@ -435,10 +436,43 @@ def make_openai_judge(args: argparse.Namespace, base_url: str, model: str, key_e
     )
 
 
+def reanswers_from_args(
+    args: argparse.Namespace, records: Sequence[ResponseRecord]
+) -> tuple[Reanswers | None, str | None]:
+    """The perception re-answers the command line asks for, and who gave them (None: none asked)."""
+    responses = [record.response for record in records]
+    questions = [record.problem for record in records]
+    if args.self_reward_model:
+        tokenizer = AutoTokenizer.from_pretrained(args.self_reward_model)
+        engine = build_engine(
+            args,
+            args.self_reward_model,
+            DEFAULT_MIN_PIXELS,  # re-prompts are text only: the pixel range is never used
+            DEFAULT_MAX_PIXELS,
+            context_length=args.reanswer_max_prompt_length + args.reanswer_max_response_length,
+            max_images_per_prompt=1,
+        )
+        reanswers = reanswer_with_engine(
+            engine, tokenizer, responses, questions, args.missing_description,
+            args.reanswer_max_prompt_length, args.reanswer_max_response_length,
+        )
+        return reanswers, f"model:{args.self_reward_model}"
+    if args.judge:
+        judge = make_openai_judge(args, args.judge_base_url, args.judge_model, args.judge_api_key_env)
+        reanswers = reanswer_with_judge(judge, responses, questions, args.missing_description)
+        return reanswers, f"openai:{args.judge_model}@{args.judge_base_url}"
+    return None, None
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     records = read_records(args.input)
+    columns = args.group_by if args.group_by is not None else group_columns(records, args.max_groups)
+    for column in columns:
+        lacking = next((record for record in records if column not in record.raw), None)
+        if lacking is not None:
+            raise ValueError(f"{args.input} line {lacking.line}: no column {column!r} to group by")
     reanswering = bool(args.self_reward_model or args.judge)
     reward_name = args.reward or ("sr1" if reanswering else "see_think")
     if reward_name == "sr1" and not reanswering:
@@ -454,30 +488,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise ValueError(f"--reward_kwargs must be a JSON object, got {args.reward_kwargs!r}")
     reward_fn = load_reward_function(reward_name, reward_kwargs)
 
-    responses = [record.response for record in records]
-    questions = [record.problem for record in records]
-    reanswers: Reanswers | None = None
-    reanswerer = None
-    if args.self_reward_model:
-        reanswerer = f"model:{args.self_reward_model}"
-        tokenizer = AutoTokenizer.from_pretrained(args.self_reward_model)
-        engine = build_engine(
-            args,
-            args.self_reward_model,
-            DEFAULT_MIN_PIXELS,
-            DEFAULT_MAX_PIXELS,
-            context_length=args.reanswer_max_prompt_length + args.reanswer_max_response_length,
-            max_images_per_prompt=1,
-        )
-        reanswers = reanswer_with_engine(
-            engine, tokenizer, responses, questions, args.missing_description,
-            args.reanswer_max_prompt_length, args.reanswer_max_response_length,
-        )
-    elif args.judge:
-        reanswerer = f"openai:{args.judge_model}@{args.judge_base_url}"
-        judge = make_openai_judge(args, args.judge_base_url, args.judge_model, args.judge_api_key_env)
-        reanswers = reanswer_with_judge(judge, responses, questions, args.missing_description)
-
+    reanswers, reanswerer = reanswers_from_args(args, records)
     scores = score_records(records, reward_fn, reanswers)
     verdicts: dict[int, str] | None = None
     if args.answer_judge_base_url:
@@ -490,7 +501,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         verdicts = judge_answers(answer_judge, records, wrong)
 
     rows = per_record_metrics(records, scores, reanswers, verdicts)
-    columns = args.group_by if args.group_by is not None else group_columns(records, args.max_groups)
     summary = {
         "input": os.path.abspath(args.input),
         "reward": reward_name,

@@ -46,9 +46,17 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy
 from torch.utils.data import DataLoader, DistributedSampler
+from transformers import AutoConfig, AutoProcessor, AutoTokenizer
 
+from verl.data.sft_dataset import IGNORE_INDEX, SFTDataset, collate_sft
+from verl.models.qwen_vl import load_policy, position_ids_for, resolve_attn_implementation, resolve_dtype
 from verl.trainer.config import ConfigError, parse_cli, to_yaml
+from verl.utils.tracking import Tracker
+from verl.workers.actor import lr_lambda
 
 USAGE = """usage: python3 -m verl.trainer.sft config=CONFIG.yaml [section.key=value ...]
        torchrun --nproc_per_node N -m verl.trainer.sft config=CONFIG.yaml [...]
@@ -60,7 +68,6 @@ Example: python3 -m verl.trainer.sft config=configs/sft_tiny_cpu.yaml trainer.ma
 Keys and their defaults (see verl/trainer/sft.py for what each one means):
 """
 
-IGNORE_INDEX = -100
 FINAL_TMP_DIR = ".final.tmp"
 CONFIG_FILE = "config.json"
 RUN_FILES = ("metrics.jsonl", "sft_config.yaml")
@@ -285,7 +292,7 @@ def count_label_tokens(labels: torch.Tensor) -> int:
 def add_placeholder_image(
     batch: dict[str, torch.Tensor], model_config: Any, pad_token_id: int
 ) -> dict[str, torch.Tensor]:
-    """A copy of a text-only micro-batch with one 1-token black image appended to its shortest row.
+    """A copy of a text-only micro-batch with a one-token all-zero image appended to its shortest row.
 
     Under FSDP every rank must run the same sharded modules in the same order, so a rank whose
     micro-batch has no image would skip the vision tower's all-gathers while the others run them
@@ -323,8 +330,6 @@ def supervised_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], device
     supervised next token (``logits_to_keep``), not for every prompt and image token: with
     Qwen's 152k vocabulary full logits dominate the memory of a step.
     """
-    from verl.models.qwen_vl import position_ids_for
-
     input_ids, attention_mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     image_grid_thw = batch.get("image_grid_thw")
     position_ids = position_ids_for(model, input_ids, attention_mask, image_grid_thw)
@@ -358,17 +363,14 @@ def _format_duration(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def _prepare_output_dir(trainer: SFTTrainerConfig) -> None:
-    """Refuses to mix runs in one folder; the run's files start in an empty output_dir."""
+def check_output_dir(trainer: SFTTrainerConfig) -> None:
+    """Refuses to mix two runs in one folder: output_dir must be absent or empty unless overwrite_output_dir."""
     path = trainer.output_dir
-    if os.path.isdir(path) and os.listdir(path):
-        if not trainer.overwrite_output_dir:
-            raise ConfigError(
-                f"trainer.output_dir={path} is not empty ({sorted(os.listdir(path))[:5]}); "
-                "choose a new folder or set trainer.overwrite_output_dir=true to delete it"
-            )
-        shutil.rmtree(path)
-    os.makedirs(path, exist_ok=True)
+    if os.path.isdir(path) and os.listdir(path) and not trainer.overwrite_output_dir:
+        raise ConfigError(
+            f"trainer.output_dir={path} is not empty ({sorted(os.listdir(path))[:5]}); "
+            "choose a new folder or set trainer.overwrite_output_dir=true to delete it"
+        )
 
 
 def publish_final_model(staging_dir: str, output_dir: str) -> None:
@@ -391,20 +393,19 @@ class SFTTrainer:
     """Builds model, data and optimizer from an `SFTConfig`; `fit()` trains and saves."""
 
     def __init__(self, config: SFTConfig, context: DistributedContext | None = None):
-        from transformers import AutoConfig, AutoProcessor, AutoTokenizer
-
-        from verl.data.sft_dataset import SFTDataset, collate_sft
-        from verl.models.qwen_vl import load_policy, resolve_attn_implementation, resolve_dtype
-        from verl.workers.actor import lr_lambda
-
         config.validate()
         self.config = config
         self.context = context or init_distributed(config.trainer.device)
         ctx, model_cfg, data_cfg, optim_cfg, trainer_cfg = (
             self.context, config.model, config.data, config.optim, config.trainer,
         )
+        # Every rank checks before rank 0 writes anything, so a refusal stops all ranks alike.
+        check_output_dir(trainer_cfg)
+        if ctx.is_distributed:
+            dist.barrier()
         if ctx.is_main:
-            _prepare_output_dir(trainer_cfg)
+            shutil.rmtree(trainer_cfg.output_dir, ignore_errors=True)
+            os.makedirs(trainer_cfg.output_dir)
             with open(os.path.join(trainer_cfg.output_dir, "sft_config.yaml"), "w", encoding="utf-8") as file:
                 file.write(to_yaml(config))
         set_seed(trainer_cfg.seed)
@@ -454,9 +455,8 @@ class SFTTrainer:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model = model.to(ctx.device)
         if ctx.is_distributed:
-            from torch.distributed.device_mesh import init_device_mesh
-            from torch.distributed.fsdp import MixedPrecisionPolicy
-
+            # Imported here: the worker module pulls in Ray and the rollout engines, which a
+            # single-process run never needs.
             from verl.workers.fsdp_worker import shard_model
 
             mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
@@ -522,6 +522,8 @@ class SFTTrainer:
         lr = self.scheduler.get_last_lr()[0]
         if math.isfinite(grad_norm):
             self.optimizer.step()
+        elif ctx.is_main:  # one overflowing batch should not poison the weights
+            print(f"step {step}: gradient norm {grad_norm}, optimizer step skipped", file=sys.stderr, flush=True)
         self.scheduler.step()
         return StepRecord(
             step=step,
@@ -539,8 +541,6 @@ class SFTTrainer:
         A collective when sharded: every rank must call it."""
         ctx = self.context
         if ctx.is_distributed:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
             state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         else:
             state = self.model.state_dict()
@@ -563,8 +563,6 @@ class SFTTrainer:
 
     def fit(self) -> SFTResult:
         """Trains for the configured epochs/steps, logs, saves checkpoints and the final model."""
-        from verl.utils.tracking import Tracker
-
         ctx, trainer_cfg = self.context, self.config.trainer
         tracker = None
         if ctx.is_main:
@@ -649,13 +647,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"config error: {error}", file=sys.stderr)
         sys.exit(2)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if os.environ.get("RANK", "0") == "0":
+        print(to_yaml(config), flush=True)
     try:
         trainer = SFTTrainer(config)
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         sys.exit(2)
-    if trainer.context.is_main:
-        print(to_yaml(config), flush=True)
     trainer.fit()
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -62,6 +62,7 @@ class FSDPWorker:
             # Ray gives each CPU worker a slice of the cores; more threads only contend.
             torch.set_num_threads(max(1, int(os.environ.get("VERL_CPU_THREADS_PER_WORKER", "1"))))
         self.rollout_generate_calls = 0
+        self.rollout_awake = True
 
     def master_address(self) -> tuple[str, int]:
         """This node's address and a free port, for rank 0 to host the rendezvous."""
@@ -135,8 +136,8 @@ class FSDPWorker:
             "tensor_parallel_size": rollout.tensor_parallel_size,
             "free_cache_engine": rollout.free_cache_engine,
             "seed": rollout.seed,
-            "cpu_kvcache_space_gib": rollout.cpu_kvcache_space_gib,
-            "limit_images": rollout.limit_images,
+            "cpu_kv_cache_space_gib": rollout.cpu_kvcache_space_gib,
+            "max_images_per_prompt": rollout.limit_images,
         }
 
     # ---- rollout ---------------------------------------------------------------------------
@@ -145,6 +146,7 @@ class FSDPWorker:
         # Ranks of one tensor-parallel engine share inputs and seed; data-parallel engines differ.
         dp_rank = self.rank // self.config.worker.rollout.tensor_parallel_size
         sampling = dataclasses.replace(sampling, seed=None if sampling.seed is None else sampling.seed + dp_rank)
+        self._set_rollout_awake(True)
         outputs = self.rollout.generate(requests_from_batch(prompts), sampling)
         self.rollout_generate_calls += 1
         return build_rollout_batch(prompts, outputs, max_response_length, prompts.meta_info["pad_token_id"])
@@ -152,12 +154,21 @@ class FSDPWorker:
     def num_generate_calls(self) -> int:
         return self.rollout_generate_calls
 
+    def _set_rollout_awake(self, awake: bool) -> None:
+        """The engine sleeps (frees its GPU memory) while the actor trains, and wakes for weight
+        sync and generation; with free_cache_engine off, or on CPU, both are no-ops."""
+        if awake != self.rollout_awake:
+            (self.rollout.wake_up if awake else self.rollout.sleep)()
+            self.rollout_awake = awake
+
     def sync_rollout_weights(self) -> dict[str, float]:
         """Actor weights -> rollout engine (a collective: every rank streams the same order)."""
+        self._set_rollout_awake(True)
         return sync_weights(self.actor_module, self.rollout)
 
     # ---- log-probs and update ----------------------------------------------------------------
     def compute_log_probs(self, data: DataProto) -> DataProto:
+        self._set_rollout_awake(False)  # generation (and the self-reward pass) is over for this step
         log_probs, entropy = self.actor.compute_log_probs(data)
         return DataProto.from_dict(tensors={"old_log_probs": log_probs, "entropy": entropy})
 

@@ -20,6 +20,7 @@ from verl.workers.rollout import (
     SamplingConfig,
     make_rollout_engine,
 )
+from verl.workers.rollout.hf import truncate_at_stop
 
 SPEC = TinyModelSpec()
 ENGINES = [pytest.param("hf", id="hf"), pytest.param("vllm", id="vllm", marks=pytest.mark.vllm)]
@@ -127,6 +128,14 @@ def updated_model(tiny_model_dir):
 
 def token_ids(outputs: list[list[GenerationOutput]]) -> list[list[list[int]]]:
     return [[sample.token_ids for sample in samples] for samples in outputs]
+
+
+def test_truncate_at_stop_keeps_the_first_stop_token_and_drops_the_padding():
+    cut = truncate_at_stop([5, 7, 2, 0, 0], [-1.0, -2.0, -3.0, -4.0, -4.0], stop_ids=(2, 0))
+    uncut = truncate_at_stop([5, 7, 9], [-1.0, -2.0, -3.0], stop_ids=(2, 0))
+
+    assert cut == GenerationOutput([5, 7, 2], [-1.0, -2.0, -3.0], finished=True)
+    assert uncut == GenerationOutput([5, 7, 9], [-1.0, -2.0, -3.0], finished=False)
 
 
 def test_returns_n_samples_with_logprobs(engine, requests_):

@@ -64,3 +64,9 @@ class RolloutEngine(abc.ABC):
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
         """Loads policy weights named as in the trainer's in-memory HF model
         (`model.named_parameters()`), invalidates every cache; returns bytes loaded."""
+
+    def sleep(self) -> None:
+        """Frees accelerator memory between rollouts (weights and caches); no-op by default."""
+
+    def wake_up(self) -> None:
+        """Undoes `sleep`; called before weight loading and generation; no-op by default."""

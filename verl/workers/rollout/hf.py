@@ -12,7 +12,6 @@ quantity with `logprobs_mode="raw_logprobs"`.
 
 from __future__ import annotations
 
-import logging
 from typing import Iterable
 
 import torch
@@ -21,8 +20,6 @@ from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTo
 from verl.data.vision import expand_image_tokens, multimodal_token_types, processor_size_kwargs
 from verl.workers.rollout import RolloutTokenIds
 from verl.workers.rollout.base import GenerationOutput, GenerationRequest, RolloutEngine, SamplingConfig
-
-logger = logging.getLogger(__name__)
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

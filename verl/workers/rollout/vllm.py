@@ -131,6 +131,13 @@ class VLLMRolloutEngine(RolloutEngine):
             )
             max_num_batched_tokens = max_model_len
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if tensor_parallel_size > 1 and not distributed:
+            # vLLM would start its own worker processes, and weights could no longer be handed
+            # over in-process.
+            raise ValueError(
+                f"tensor_parallel_size={tensor_parallel_size} needs torch.distributed initialised "
+                "(one engine per rank, distributed_executor_backend='external_launcher')"
+            )
         self.expected_weight_names = checkpoint_weight_names(model_path)
         config = AutoConfig.from_pretrained(model_path)
         self.token_ids = RolloutTokenIds.from_tokenizer(AutoTokenizer.from_pretrained(model_path), config)
