@@ -84,3 +84,29 @@ def test_self_reward_step_runs_second_pass_in_one_engine_call(tiny_model_dir, sy
                 "timing_s/self_reward", "timing_s/pass2_log_prob"):
         assert key in step, key
     assert step["train/self_reward/pass2_response_length"] > 0
+    assert step["actor/pass2_rows"] == 32 * 2  # 8 prompts x n=4 responses x 2 re-answers join the update
+
+
+@pytest.mark.vllm
+def test_vllm_rollout_two_steps_with_self_reward(tiny_model_dir, synthetic_data_dir, tmp_path):
+    """The hybrid engine with vLLM: generation and the re-prompt pass through vLLM, weights synced
+    into the live engine after each update."""
+    ckpt = str(tmp_path / "ckpt")
+    output = run_cli(
+        "configs/tiny_cpu_selfReward.yaml",
+        *common(tiny_model_dir, synthetic_data_dir, ckpt),
+        "worker.rollout.name=vllm",
+        "trainer.max_steps=2",
+        "trainer.val_before_train=false",
+        "trainer.val_freq=2",
+        "self_reward.missing_description=whole_response",
+    )
+    metrics = read_metrics(ckpt)
+    assert [m["step"] for m in metrics] == [1, 2]
+    for step in metrics:
+        assert step["train/self_reward/engine_calls_per_rank"] == 1.0, output[-3000:]
+        assert step["perf/sync_bytes"] > 0
+        assert step["actor/pass2_rows"] == 0  # summed objective: only pass-1 tokens are trained
+        # vLLM's CPU kernels vs the FSDP actor, same fp32 weights (synced after step 1).
+        assert 0 < step["rollout/logprob_gap_max"] < 1e-3
+    assert "val/reward/visual" in metrics[-1]

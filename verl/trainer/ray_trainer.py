@@ -54,6 +54,25 @@ def last_token_scores(scores: torch.Tensor, response_mask: torch.Tensor) -> torc
     return token_scores
 
 
+def pass2_advantages(
+    visual_scores: torch.Tensor,
+    group_index: torch.Tensor,
+    parent_rows: torch.Tensor,
+    pass2_response_mask: torch.Tensor,
+    visual_weight: float,
+    norm_adv_by_std: bool,
+) -> torch.Tensor:
+    """Vision-SR1 paper objective: each re-answer (pass-2) row is trained with its parent
+    response's visual advantage, i.e. the visual score group-normalised over the parent's GRPO
+    group, times the visual weight. visual_scores/group_index: (bs,) over pass-1 rows;
+    parent_rows: (m,) pass-1 row of each pass-2 row; returns (m, R2) masked advantages."""
+    per_response = core_algos.compute_multi_reward_advantages(
+        {"visual": visual_scores}, {"visual": visual_weight}, group_index,
+        torch.ones(len(visual_scores), 1), norm_adv_by_std,
+    )[:, 0]
+    return (per_response[parent_rows][:, None] * pass2_response_mask).float()
+
+
 def pad_rows(data: DataProto, prompt_length: int, response_length: int, pad_token_id: int) -> DataProto:
     """Pads prompt (left) and response (right) widths of rollout rows so rows of both passes can
     share one batch."""
@@ -234,6 +253,7 @@ class RayPPOTrainer:
         if separate and sr_output is not None and sr_output.pass2 is not None:
             with timed("pass2_log_prob", timing):
                 train_rows = self._with_pass2_rows(train_rows, sr_output, scores, need_ref)
+        metrics["actor/pass2_rows"] = float(len(train_rows) - len(rollout))
         with timed("update_actor", timing):
             metrics.update(self._update(train_rows))
         with timed("sync", timing):
@@ -271,13 +291,14 @@ class RayPPOTrainer:
         pass2 = pass2.union(self.workers.dispatch("compute_log_probs", pass2))
         if need_ref:
             pass2 = pass2.union(self.workers.dispatch("compute_ref_log_probs", pass2))
-        groups = group_index_of(train_rows.non_tensor_batch["uid"])
-        visual_advantage = core_algos.compute_multi_reward_advantages(
-            {"visual": scores["visual"]}, {"visual": cfg.self_reward.visual_advantage_weight}, groups,
-            torch.ones(len(train_rows), 1), cfg.algorithm.norm_adv_by_std_in_grpo,
-        )[:, 0]
-        parents = torch.as_tensor(pass2.non_tensor_batch["parent_row"].astype(np.int64))
-        pass2.batch["advantages"] = (visual_advantage[parents][:, None] * pass2.batch["response_mask"]).float()
+        pass2.batch["advantages"] = pass2_advantages(
+            scores["visual"],
+            group_index_of(train_rows.non_tensor_batch["uid"]),
+            torch.as_tensor(pass2.non_tensor_batch["parent_row"].astype(np.int64)),
+            pass2.batch["response_mask"],
+            cfg.self_reward.visual_advantage_weight,
+            cfg.algorithm.norm_adv_by_std_in_grpo,
+        )
         prompt_len = max(train_rows.batch["prompts"].shape[1], pass2.batch["prompts"].shape[1])
         response_len = max(train_rows.batch["responses"].shape[1], pass2.batch["responses"].shape[1])
         pad = self.tokenizer.pad_token_id

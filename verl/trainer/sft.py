@@ -29,6 +29,7 @@ Checkpoints hold weights only (no optimizer state): they are for evaluation, not
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import os
@@ -549,10 +550,12 @@ class SFTTrainer:
             staging = os.path.join(target_dir, FINAL_TMP_DIR) if is_final else target_dir + ".tmp"
             shutil.rmtree(staging, ignore_errors=True)
             state = {name: tensor.detach().to("cpu", self.save_dtype) for name, tensor in state.items()}
-            training_dtype = self.model.config.dtype
-            self.model.config.dtype = self.save_dtype  # written to config.json
             self.model.save_pretrained(staging, state_dict=state, safe_serialization=True)
-            self.model.config.dtype = training_dtype
+            # save_pretrained records the live (fp32 master) parameters' dtype; the files hold save_dtype.
+            saved_config = copy.deepcopy(self.model.config)
+            for config in [saved_config] + [getattr(saved_config, name) for name in saved_config.sub_configs]:
+                config.dtype = self.save_dtype
+            saved_config.save_pretrained(staging)
             self.processor.save_pretrained(staging)
             if is_final:
                 publish_final_model(staging, target_dir)

@@ -1,0 +1,69 @@
+"""The Vision-SR1 stage's pure parts: perception extraction rules, the re-prompt text, and the
+paper objective's pass-2 advantages."""
+
+import pytest
+import torch
+
+from verl.trainer.ray_trainer import group_index_of, last_token_scores, pad_rows, pass2_advantages
+from verl.trainer.self_reward import REPROMPT_TEMPLATE, build_reprompt, perception_of
+
+
+def test_reprompt_text_is_the_reference_template():
+    text = build_reprompt("a red circle on the left", "What color is the circle?")
+    assert text == (
+        "Text description: a red circle on the left\nQuestion: What color is the circle?\nYou are provided a text "
+        "description of a problem and a question. Determine the answer to the question based on the text "
+        "description. First provide an internal step-by-step reasoning within <think> </think> tags, then "
+        "provide a single word or phrase answer in \\boxed{}."
+    )
+    assert "{" not in REPROMPT_TEMPLATE.format(description="", question="").replace("\\boxed{}", "")
+
+
+@pytest.mark.parametrize(
+    ("response", "mode", "expected"),
+    [
+        ("<description> a blue square </description> <think> t </think> \\boxed{blue}", "zero", "a blue square"),
+        ("<description> first </description> <description> second </description>", "zero", "first"),
+        ("<think> no perception </think> \\boxed{red}", "zero", None),
+        ("<description>   </description> <think> t </think> \\boxed{red}", "zero", None),  # empty = missing
+        ("<description> unclosed", "zero", None),
+        # the reference's fallback feeds the whole response (answer included) to the re-answer
+        ("<think> x </think> \\boxed{red}", "whole_response", "<think> x </think> \\boxed{red}"),
+    ],
+)
+def test_perception_extraction_rules(response, mode, expected):
+    assert perception_of(response, mode) == expected
+
+
+def test_pass2_rows_get_their_parents_weighted_visual_advantage():
+    # two GRPO groups of 2 responses; visual scores 1,0 | 0.5,0.5 (no spread -> 0)
+    visual = torch.tensor([1.0, 0.0, 0.5, 0.5])
+    groups = torch.tensor([0, 0, 1, 1])
+    parents = torch.tensor([0, 0, 1, 3])  # response 0 re-answered twice, response 2 not at all
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 0]])
+    advantages = pass2_advantages(visual, groups, parents, mask, visual_weight=0.5, norm_adv_by_std=True)
+    a = 0.5 * (1 - 0.5) / (2**0.5 / 2 + 1e-6)  # weight 0.5 x (1 - mean 0.5) / unbiased std([1, 0]) = 0.7071
+    expected = torch.tensor([[a, a, 0], [a, 0, 0], [-a, -a, -a], [0, 0, 0]])
+    torch.testing.assert_close(advantages, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_last_token_scores_and_group_ids():
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [0, 0, 0]])
+    scores = last_token_scores(torch.tensor([2.0, 3.0, 4.0]), mask)
+    assert scores.tolist() == [[0, 2, 0], [0, 0, 3], [4, 0, 0]]
+    ids = group_index_of(__import__("numpy").array(["b", "a", "b"], dtype=object))
+    assert ids[0] == ids[2] != ids[1]
+
+
+def test_pad_rows_aligns_two_passes():
+    from verl.protocol import DataProto
+
+    rows = DataProto.from_dict(tensors={
+        "prompts": torch.tensor([[0, 5]]), "responses": torch.tensor([[7, 0]]),
+        "response_mask": torch.tensor([[1, 0]]), "attention_mask": torch.tensor([[0, 1, 1, 0]]),
+        "input_ids": torch.tensor([[0, 5, 7, 0]]), "advantages": torch.tensor([[1.0, 0.0]]),
+    })
+    padded = pad_rows(rows, prompt_length=3, response_length=3, pad_token_id=0)
+    assert padded.batch["input_ids"].tolist() == [[0, 0, 5, 7, 0, 0]]
+    assert padded.batch["attention_mask"].tolist() == [[0, 0, 1, 1, 0, 0]]
+    assert padded.batch["advantages"].tolist() == [[1.0, 0.0, 0.0]]

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The whole Vision-SR1 recipe on CPU with the tiny model, end to end (the README's main job):
+#   tiny model + synthetic data (if absent) -> eval -> cold-start SFT -> eval
+#   -> GRPO with the self-reward -> merge the last checkpoint -> eval -> curves PNG + summary.
+#
+#   bash train_examples/0-tiny_cpu_selfReward.sh [key=value GRPO overrides ...]
+#
+# Environment: SEED (1), OUT (outputs/tiny_cpu_<variant>_seed<SEED>), STEPS (GRPO steps, 40),
+# ENGINE (rollout + eval engine: vllm | hf, default vllm), PYTHON (.venv/bin/python if present).
+# VARIANT=visionR1 runs the same recipe with the self-reward off (format + accuracy reward).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VARIANT=${VARIANT:-selfReward}
+SEED=${SEED:-1}
+STEPS=${STEPS:-40}
+ENGINE=${ENGINE:-vllm}
+OUT=${OUT:-outputs/tiny_cpu_${VARIANT}_seed${SEED}}
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
+export PYTHON
+MODEL=models/tiny_qwen25vl
+DATA=data/tiny_shapes
+case "$VARIANT" in
+  selfReward) GRPO_ARGS=(self_reward.enable=true reward.reward_function=sr1) ;;
+  visionR1) GRPO_ARGS=(self_reward.enable=false reward.reward_function=see_think) ;;
+  *) echo "VARIANT must be selfReward or visionR1, got $VARIANT" >&2; exit 2 ;;
+esac
+start=$(date +%s)
+step() { echo; echo "=== [$(( $(date +%s) - start ))s] $*"; }
+
+step "tiny model and synthetic data"
+[ -f "$MODEL/config.json" ] || "$PYTHON" scripts/make_tiny_model.py --out "$MODEL" --seed 0
+[ -f "$DATA/train.parquet" ] || "$PYTHON" scripts/make_synthetic_dataset.py --out "$DATA" --seed 0
+mkdir -p "$OUT"
+
+step "eval: random init"
+ENGINE=$ENGINE bash validation_examples/tiny_cpu.sh "$MODEL" "$OUT/eval_base" > "$OUT/eval_base.log"
+
+step "cold-start SFT"
+"$PYTHON" -m verl.trainer.sft config=configs/sft_tiny_cpu.yaml \
+  trainer.output_dir="$OUT/sft" trainer.seed="$SEED" > "$OUT/sft.log" 2>&1 || { tail -30 "$OUT/sft.log"; exit 1; }
+tail -2 "$OUT/sft.log"
+
+step "eval: after SFT"
+ENGINE=$ENGINE bash validation_examples/tiny_cpu.sh "$OUT/sft" "$OUT/eval_sft" > "$OUT/eval_sft.log"
+
+step "GRPO ($VARIANT, $STEPS steps)"
+"$PYTHON" -m verl.trainer.main config=configs/tiny_cpu_selfReward.yaml \
+  worker.actor.model.model_path="$OUT/sft" trainer.save_checkpoint_path="$OUT/grpo" \
+  trainer.experiment_name="tiny_cpu_${VARIANT}_seed${SEED}" trainer.max_steps="$STEPS" \
+  worker.rollout.name="$ENGINE" trainer.seed="$SEED" data.seed="$SEED" worker.rollout.seed="$SEED" \
+  "${GRPO_ARGS[@]}" "$@" 2>&1 | tee "$OUT/grpo.log" | grep -E "^step:|resumed|Error" | cut -c1-160
+
+step "merge the last checkpoint"
+LAST=$(cat "$OUT/grpo/latest_global_step.txt")
+"$PYTHON" scripts/model_merger.py --local_dir "$OUT/grpo/global_step_$LAST/actor" --target_dir "$OUT/merged"
+
+step "eval: after GRPO"
+ENGINE=$ENGINE bash validation_examples/tiny_cpu.sh "$OUT/merged" "$OUT/eval_grpo" > "$OUT/eval_grpo.log"
+
+step "curves and summary"
+"$PYTHON" scripts/plot_curves.py --metrics "$OUT/grpo/metrics.jsonl" --out "$OUT/curves.png"
+"$PYTHON" scripts/recipe_summary.py "$OUT"
+echo "done in $(( $(date +%s) - start )) s; outputs in $OUT"
