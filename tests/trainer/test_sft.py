@@ -180,7 +180,9 @@ def test_saved_folder_loads_with_the_trained_weights(trained):
     assert {"train/loss", "train/lr", "train/grad_norm", "perf/tokens_per_s", "perf/eta_s"} <= logged[0].keys()
 
 
-def _first_step(model_dir: str, sft_file: str, output_dir: str, **overrides) -> tuple[StepRecord, dict[str, torch.Tensor], list[int]]:
+def _first_step(
+    model_dir: str, sft_file: str, output_dir: str, **overrides
+) -> tuple[StepRecord, dict[str, torch.Tensor], list[int]]:
     """Step 1's record, its (unclipped) gradients and the label tokens of each micro-batch."""
     config = make_config(model_dir, sft_file, output_dir, **{"optim.max_grad_norm": 1e9, **overrides})
     trainer = SFTTrainer(config)

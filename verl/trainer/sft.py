@@ -79,7 +79,7 @@ class SFTModelConfig:
     model_path: str = ""
     """Hugging Face folder (or hub id on a machine with internet) of the model to fine-tune."""
     dtype: str = "auto"
-    """Compute dtype: auto = bf16 on GPU, fp32 on CPU; or float32/bfloat16. Master weights and optimizer state stay fp32."""
+    """Compute dtype: auto = bf16 on GPU, fp32 on CPU; or float32/bfloat16 (weights and optimizer stay fp32)."""
     attn_implementation: str = "auto"
     """auto = flash_attention_2 where installed on GPU, else sdpa."""
     gradient_checkpointing: bool = False
@@ -272,7 +272,9 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def total_optimizer_steps(micro_batches_per_epoch: int, accumulation: int, num_epochs: int, max_steps: int | None) -> int:
+def total_optimizer_steps(
+    micro_batches_per_epoch: int, accumulation: int, num_epochs: int, max_steps: int | None
+) -> int:
     """Steps of the run; an epoch's last step may accumulate fewer micro-batches."""
     steps = num_epochs * math.ceil(micro_batches_per_epoch / accumulation)
     return steps if max_steps is None else min(steps, max_steps)
@@ -461,7 +463,8 @@ class SFTTrainer:
             from verl.workers.fsdp_worker import shard_model
 
             mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
-            model = shard_model(model, mesh, MixedPrecisionPolicy(param_dtype=self.compute_dtype, reduce_dtype=torch.float32))
+            mixed_precision = MixedPrecisionPolicy(param_dtype=self.compute_dtype, reduce_dtype=torch.float32)
+            model = shard_model(model, mesh, mixed_precision)
         self.model = model
         self.trainable_parameters = [p for p in model.parameters() if p.requires_grad]
         if not self.trainable_parameters:
@@ -516,7 +519,8 @@ class SFTTrainer:
         loss = global_loss_sum / global_labels
         if not math.isfinite(loss):
             raise FloatingPointError(
-                f"step {step}: non-finite SFT loss {loss}; lower optim.lr or check the data (e.g. with model.dtype=float32)"
+                f"step {step}: non-finite SFT loss {loss}; lower optim.lr or check the data "
+                "(e.g. with model.dtype=float32)"
             )
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable_parameters, self.config.optim.max_grad_norm)
         grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
@@ -601,7 +605,8 @@ class SFTTrainer:
                     window.append(record)
                     if step % trainer_cfg.logging_steps == 0 or step == self.total_steps:
                         if tracker is not None:
-                            self._log(tracker, window, step, epoch_progress=step / steps_per_epoch, elapsed=time.perf_counter() - start)
+                            elapsed = time.perf_counter() - start
+                            self._log(tracker, window, step, epoch_progress=step / steps_per_epoch, elapsed=elapsed)
                         window = []
                     if trainer_cfg.save_steps and step % trainer_cfg.save_steps == 0 and step < self.total_steps:
                         self.save(os.path.join(trainer_cfg.output_dir, f"checkpoint-{step}"))
@@ -611,7 +616,10 @@ class SFTTrainer:
             if tracker is not None:
                 tracker.close()
         if ctx.is_main:
-            print(f"SFT done: {step} steps in {_format_duration(train_seconds)}; model saved to {trainer_cfg.output_dir}", flush=True)
+            print(
+                f"SFT done: {step} steps in {_format_duration(train_seconds)}; model saved to {trainer_cfg.output_dir}",
+                flush=True,
+            )
         return SFTResult(trainer_cfg.output_dir, records, train_seconds)
 
     def _log(self, tracker: Any, window: list[StepRecord], step: int, epoch_progress: float, elapsed: float) -> None:
