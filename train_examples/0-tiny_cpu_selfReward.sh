@@ -5,7 +5,8 @@
 #
 #   bash train_examples/0-tiny_cpu_selfReward.sh [key=value GRPO overrides ...]
 #
-# Environment: SEED (1), OUT (outputs/tiny_cpu_<variant>_seed<SEED>), STEPS (GRPO steps, 40),
+# Environment: SEED (1), OUT (outputs/tiny_cpu_<variant>_seed<SEED>), STEPS (GRPO steps, 30),
+# SFT_DIR (reuse the SFT model and its evals from another run's OUT, e.g. for a seed sweep),
 # ENGINE (rollout + eval engine: vllm | hf, default vllm), PYTHON (.venv/bin/python if present).
 # VARIANT=visionR1 runs the same recipe with the self-reward off (format + accuracy reward).
 set -euo pipefail
@@ -13,7 +14,7 @@ cd "$(dirname "$0")/.."
 
 VARIANT=${VARIANT:-selfReward}
 SEED=${SEED:-1}
-STEPS=${STEPS:-40}
+STEPS=${STEPS:-30}
 ENGINE=${ENGINE:-vllm}
 OUT=${OUT:-outputs/tiny_cpu_${VARIANT}_seed${SEED}}
 if [ -z "${PYTHON:-}" ]; then
@@ -35,16 +36,23 @@ step "tiny model and synthetic data"
 [ -f "$DATA/train.parquet" ] || "$PYTHON" scripts/make_synthetic_dataset.py --out "$DATA" --seed 0
 mkdir -p "$OUT"
 
-step "eval: random init"
-ENGINE=$ENGINE bash validation_examples/tiny_cpu.sh "$MODEL" "$OUT/eval_base" > "$OUT/eval_base.log"
+if [ -n "${SFT_DIR:-}" ]; then
+  step "reusing cold-start SFT model and its evals from $SFT_DIR"
+  for part in sft eval_base eval_sft; do
+    [ -e "$OUT/$part" ] || ln -s "$(cd "$SFT_DIR" && pwd)/$part" "$OUT/$part"
+  done
+else
+  step "eval: random init"
+  ENGINE=$ENGINE bash validation_examples/tiny_cpu.sh "$MODEL" "$OUT/eval_base" > "$OUT/eval_base.log"
 
-step "cold-start SFT"
-"$PYTHON" -m verl.trainer.sft config=configs/sft_tiny_cpu.yaml \
-  trainer.output_dir="$OUT/sft" trainer.seed="$SEED" > "$OUT/sft.log" 2>&1 || { tail -30 "$OUT/sft.log"; exit 1; }
-tail -2 "$OUT/sft.log"
+  step "cold-start SFT"
+  "$PYTHON" -m verl.trainer.sft config=configs/sft_tiny_cpu.yaml trainer.output_dir="$OUT/sft" \
+    trainer.overwrite_output_dir=true > "$OUT/sft.log" 2>&1 || { tail -30 "$OUT/sft.log"; exit 1; }
+  tail -1 "$OUT/sft.log"
 
-step "eval: after SFT"
-ENGINE=$ENGINE bash validation_examples/tiny_cpu.sh "$OUT/sft" "$OUT/eval_sft" > "$OUT/eval_sft.log"
+  step "eval: after SFT"
+  ENGINE=$ENGINE bash validation_examples/tiny_cpu.sh "$OUT/sft" "$OUT/eval_sft" > "$OUT/eval_sft.log"
+fi
 
 step "GRPO ($VARIANT, $STEPS steps)"
 "$PYTHON" -m verl.trainer.main config=configs/tiny_cpu_selfReward.yaml \

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from verl.data.format_prompt import load_format_prompt
+from verl.data.format_prompt import build_reprompt, load_format_prompt
 from verl.data.synthetic import (
     COLORS,
     QUESTION_TYPES,
@@ -20,6 +20,7 @@ from verl.data.synthetic import (
     SyntheticTaskSpec,
     describe,
     generate_split,
+    reasoning,
     render_image,
     sft_response,
     write_synthetic_dataset,
@@ -170,9 +171,12 @@ def test_rl_parquet_layout_and_hf_image_feature(written):
 def test_sft_json_is_sharegpt_with_relative_images(written):
     out_dir, files = written
     records = json.load(open(files.sft, encoding="utf-8"))
-    assert len(records) == 12
+    samples = generate_split(12, seed=1, split="sft")
+    assert len(records) == 12 + 6  # every second sample also has a text-only re-prompt record
     template = load_format_prompt(SR1_PROMPT)
-    for record, sample in zip(records, generate_split(12, seed=1, split="sft"), strict=True):
+    image_records = [r for r in records if r["images"]]
+    text_records = [r for r in records if not r["images"]]
+    for record, sample in zip(image_records, samples, strict=True):
         user, assistant = record["messages"]
         assert user == {"role": "user", "content": template.render(content=f"<image>{sample.question}")}
         assert assistant == {"role": "assistant", "content": sft_response(sample)}
@@ -180,6 +184,11 @@ def test_sft_json_is_sharegpt_with_relative_images(written):
         assert not os.path.isabs(image_path)
         image = Image.open(os.path.join(out_dir, image_path)).convert("RGB")
         assert image.tobytes() == render_image(sample, SPEC.image_size).tobytes()
+    for record, sample in zip(text_records, samples[::2], strict=True):
+        user, assistant = record["messages"]
+        assert user["content"] == build_reprompt(describe(sample), sample.question)
+        assert "<image>" not in user["content"]
+        assert assistant["content"] == f"<think> {reasoning(sample)} </think> \\boxed{{{sample.answer}}}"
 
 
 def test_files_are_byte_identical_for_the_same_seed(written, tmp_path):
@@ -205,5 +214,5 @@ def test_cli_writes_the_three_files(tmp_path):
     subprocess.run(command, check=True, capture_output=True, cwd=REPO_ROOT)
     assert len(pd.read_parquet(out_dir / "train.parquet")) == 8
     assert len(pd.read_parquet(out_dir / "val.parquet")) == 4
-    assert len(json.load(open(out_dir / "sft.json"))) == 4
+    assert len(json.load(open(out_dir / "sft.json"))) == 4 + 2  # + text-only re-prompt records
     assert len(os.listdir(out_dir / "images")) == 4

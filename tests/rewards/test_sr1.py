@@ -51,6 +51,7 @@ def test_sr1_components_by_hand(
     assert score == pytest.approx(
         {
             "overall": overall,
+            "answer": overall - visual,  # default weights: visual_weight 1.0
             "format": format_score,
             "accuracy": accuracy,
             "visual": visual,

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from verl.trainer.ray_trainer import group_index_of, last_token_scores, pad_rows, pass2_advantages
-from verl.trainer.self_reward import REPROMPT_TEMPLATE, build_reprompt, perception_of
+from verl.data.format_prompt import REPROMPT_TEMPLATE, build_reprompt
+from verl.trainer.self_reward import perception_of
 
 
 def test_reprompt_text_is_the_reference_template():

@@ -1,4 +1,5 @@
-"""Jinja format prompts (configs/format_prompt/*.jinja): the instruction wrapped around a question."""
+"""Prompt texts: jinja format prompts (configs/format_prompt/*.jinja) wrapped around a question, and the
+Vision-SR1 self-reward re-prompt."""
 
 import os
 
@@ -11,3 +12,17 @@ def load_format_prompt(path: str) -> jinja2.Template:
         raise FileNotFoundError(f"format prompt file not found: {path}")
     with open(path, encoding="utf-8") as file:
         return jinja2.Template(file.read(), undefined=jinja2.StrictUndefined)
+
+
+REPROMPT_TEMPLATE = (
+    "Text description: {description}\nQuestion: {question}\nYou are provided a text description of a problem "
+    "and a question. Determine the answer to the question based on the text description. First provide an "
+    "internal step-by-step reasoning within <think> </think> tags, then provide a single word or phrase answer "
+    "in \\boxed{{}}."
+)
+"""The Vision-SR1 self-reward re-prompt (text only): the policy answers from its own perception."""
+
+
+def build_reprompt(description: str, question: str) -> str:
+    """The text-only re-prompt; `question` is the original question without `<image>`."""
+    return REPROMPT_TEMPLATE.format(description=description, question=question)

@@ -35,7 +35,7 @@ from datasets import Features, List, Value
 from datasets import Image as ImageFeature
 from PIL import Image, ImageDraw
 
-from verl.data.format_prompt import load_format_prompt
+from verl.data.format_prompt import build_reprompt, load_format_prompt
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 20, 20),
@@ -279,6 +279,19 @@ def sft_response(sample: SyntheticSample) -> str:
     )
 
 
+def text_only_record(sample: SyntheticSample) -> dict:
+    """The cold-start data's third response type: the self-reward re-prompt (perception text and
+    question, no image) answered with reasoning and a boxed answer. Without it the policy has never
+    seen the re-prompt, and the visual reward of early GRPO steps would be noise."""
+    return {
+        "messages": [
+            {"role": "user", "content": build_reprompt(describe(sample), sample.question)},
+            {"role": "assistant", "content": f"<think> {reasoning(sample)} </think> \\boxed{{{sample.answer}}}"},
+        ],
+        "images": [],
+    }
+
+
 def problem_text(sample: SyntheticSample) -> str:
     """The RL ``problem`` column: image placeholder then question."""
     return f"<image>{sample.question}"
@@ -307,7 +320,8 @@ def write_sft_file(
     """LLaMA-Factory sharegpt ``out_dir/sft.json``; images saved under ``out_dir/images/``.
 
     The user turn is the format prompt rendered on the problem, exactly what the RL rollout
-    sees; image paths are relative to the json file.
+    sees; image paths are relative to the json file. Every second sample also gets a text-only
+    re-prompt record (``text_only_record``), as the Vision-SR1 cold-start set has.
     """
     format_prompt = load_format_prompt(format_prompt_path)
     os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
@@ -325,6 +339,8 @@ def write_sft_file(
                 "images": [relative_path],
             }
         )
+        if index % 2 == 0:
+            records.append(text_only_record(sample))
     sft_path = os.path.join(out_dir, "sft.json")
     with open(sft_path, "w", encoding="utf-8") as file:
         json.dump(records, file, ensure_ascii=False, indent=1)

@@ -60,12 +60,14 @@ def run(config: PPOConfig) -> dict[str, float]:
     import ray
     from transformers import AutoProcessor, AutoTokenizer
 
+    from verl.models.qwen_vl import check_model_path
     from verl.rewards.loader import load_reward_function
     from verl.trainer.perception_judge import make_judge
     from verl.trainer.ray_trainer import RayPPOTrainer
 
     config.validate()
     model_cfg = config.worker.actor.model
+    check_model_path(model_cfg.model_path, "worker.actor.model.model_path")
     tokenizer = AutoTokenizer.from_pretrained(model_cfg.tokenizer_path or model_cfg.model_path)
     processor = AutoProcessor.from_pretrained(model_cfg.tokenizer_path or model_cfg.model_path)
     train, val = build_dataloaders(config, tokenizer, processor)

@@ -16,23 +16,11 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from verl.data.format_prompt import build_reprompt
 from verl.protocol import DataProto
 from verl.rewards.format import extract_description
 from verl.trainer.config import SelfRewardConfig
 from verl.workers.rollout.base import SamplingConfig
-
-REPROMPT_TEMPLATE = (
-    "Text description: {description}\nQuestion: {question}\nYou are provided a text description of a problem "
-    "and a question. Determine the answer to the question based on the text description. First provide an "
-    "internal step-by-step reasoning within <think> </think> tags, then provide a single word or phrase answer "
-    "in \\boxed{{}}."
-)
-
-
-def build_reprompt(description: str, question: str) -> str:
-    """The text-only re-prompt; `question` is the original question without `<image>`."""
-    return REPROMPT_TEMPLATE.format(description=description, question=question)
-
 
 def perception_of(response: str, missing_description: str) -> str | None:
     """The perception a response commits to, or None when it has none. `whole_response` is the

@@ -54,7 +54,13 @@ from torch.utils.data import DataLoader, DistributedSampler
 from transformers import AutoConfig, AutoProcessor, AutoTokenizer
 
 from verl.data.sft_dataset import IGNORE_INDEX, SFTDataset, collate_sft
-from verl.models.qwen_vl import load_policy, position_ids_for, resolve_attn_implementation, resolve_dtype
+from verl.models.qwen_vl import (
+    check_model_path,
+    load_policy,
+    position_ids_for,
+    resolve_attn_implementation,
+    resolve_dtype,
+)
 from verl.trainer.config import ConfigError, parse_cli, to_yaml
 from verl.utils.tracking import Tracker
 from verl.workers.actor import lr_lambda
@@ -413,6 +419,7 @@ class SFTTrainer:
                 file.write(to_yaml(config))
         set_seed(trainer_cfg.seed)
 
+        check_model_path(model_cfg.model_path, "model.model_path")
         self.tokenizer = AutoTokenizer.from_pretrained(model_cfg.model_path)
         self.processor = AutoProcessor.from_pretrained(model_cfg.model_path)
         self.dataset = SFTDataset(

@@ -25,6 +25,8 @@ from transformers import (
 )
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX as QWEN2_PRETOKENIZE_REGEX
 
+from verl.data.format_prompt import build_reprompt
+
 PAD_TOKEN = "<|endoftext|>"
 IM_START_TOKEN = "<|im_start|>"
 EOS_TOKEN = "<|im_end|>"
@@ -84,12 +86,6 @@ FORMAT_PROMPT = (
     "question in \\boxed{}.\nThe output format should be: <description> image/video description "
     "here </description> <think> reasoning process here </think> \\boxed{FINAL ANSWER here}."
 )
-REPROMPT = (
-    "Text description: {Description}\nQuestion: {Question}\nYou are provided a text description "
-    "of a problem and a question. Determine the answer to the question based on the text "
-    "description. First provide an internal step-by-step reasoning within <think> </think> tags, "
-    "then provide a single word or phrase answer in \\boxed{}."
-)
 COLORS = ("red", "green", "blue", "yellow", "purple", "orange")
 SHAPES = ("circle", "square", "triangle")
 POSITIONS = ("left", "right", "top", "bottom", "center")
@@ -145,7 +141,7 @@ def _training_corpus() -> list[str]:
                     f"The image shows {count} {color} {shape}s at the {position}; "
                     f"the {shape} on the left is {color}."
                 )
-                reprompt = REPROMPT.replace("{Description}", description).replace("{Question}", question)
+                reprompt = build_reprompt(description, question)
                 lines.append("system\nYou are a helpful assistant.")
                 lines.append(f"user\n{question}\n{FORMAT_PROMPT}")
                 lines.append(

@@ -84,8 +84,9 @@ class FSDPWorker:
         # fp32 master weights; compute in bf16 on GPU through FSDP mixed precision.
         mp_policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
         actor_model = load_policy(model_cfg.model_path, torch.float32, attn)
-        if model_cfg.freeze_vision_tower:
+        if model_cfg.freeze_vision_tower:  # the merger (vision -> language projector) stays trainable
             actor_model.model.visual.requires_grad_(False)
+            actor_model.model.visual.merger.requires_grad_(True)
         if model_cfg.enable_gradient_checkpointing:
             actor_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         actor_model.config.use_cache = False
