@@ -1,5 +1,10 @@
-"""Session-wide fixtures: the tiny Qwen2.5-VL checkpoint every model-facing test loads."""
+"""Session-wide fixtures: the tiny Qwen2.5-VL checkpoint, the synthetic dataset, and a real local
+OpenAI-style chat server for the judge paths."""
 
+import json
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -29,3 +34,57 @@ def synthetic_data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
         out_dir, str(REPO_ROOT / "configs/format_prompt/sr1.jinja"), seed=0, train_size=64, val_size=16, sft_size=32
     )
     return out_dir
+
+
+class ChatServer:
+    """A real OpenAI-style chat-completions server on 127.0.0.1 (random port), in a thread.
+
+    ``reply(request_body) -> (status, text)``; every request body and header set is recorded.
+    """
+
+    def __init__(self, reply: Callable[[dict], tuple[int, str]]):
+        self.requests: list[dict] = []
+        self.headers: list[dict] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.requests.append(body)
+                server.headers.append(dict(self.headers))
+                status, text = reply(body) if self.path == "/v1/chat/completions" else (404, "not found")
+                payload = (
+                    {"choices": [{"index": i, "message": {"role": "assistant", "content": text}}
+                                 for i in range(body.get("n", 1))]}
+                    if status == 200 else {"error": text}
+                )
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                """Quiet: the test output is not the place for an access log."""
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self) -> "ChatServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def chat_server() -> type[ChatServer]:
+    """`with chat_server(reply) as server:` a real chat-completions server on 127.0.0.1."""
+    return ChatServer

@@ -2,10 +2,7 @@
 and the tiny model re-answering perceptions through the real HF engine."""
 
 import json
-import threading
 import time
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from transformers import AutoTokenizer
@@ -64,54 +61,6 @@ def records_path(tmp_path) -> str:
     return str(path)
 
 
-class ChatServer:
-    """A real OpenAI-style chat-completions server on 127.0.0.1 (random port), in a thread.
-
-    ``reply(request_body) -> (status, text)``; every request body and header set is recorded.
-    """
-
-    def __init__(self, reply: Callable[[dict], tuple[int, str]]):
-        self.requests: list[dict] = []
-        self.headers: list[dict] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append(body)
-                server.headers.append(dict(self.headers))
-                status, text = reply(body) if self.path == "/v1/chat/completions" else (404, "not found")
-                payload = (
-                    {"choices": [{"index": i, "message": {"role": "assistant", "content": text}}
-                                 for i in range(body.get("n", 1))]}
-                    if status == 200 else {"error": text}
-                )
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                """Quiet: the test output is not the place for an access log."""
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __enter__(self) -> "ChatServer":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 def read_jsonl(path) -> list[dict]:
     with open(path, encoding="utf-8") as file:
         return [json.loads(line) for line in file]
@@ -149,9 +98,9 @@ def test_sr1_without_a_reanswerer_is_refused(records_path):
         main(["--input", records_path, "--reward", "sr1"])
 
 
-def test_openai_perception_judge_gives_sufficiency_and_shortcut_rate(records_path, monkeypatch):
+def test_openai_perception_judge_gives_sufficiency_and_shortcut_rate(records_path, monkeypatch, chat_server):
     monkeypatch.setenv("EVAL_TEST_KEY", "secret-from-env")
-    with ChatServer(lambda body: (200, "<think>It says red.</think> \\boxed{red}")) as server:
+    with chat_server(lambda body: (200, "<think>It says red.</think> \\boxed{red}")) as server:
         summary = main([
             "--input", records_path, "--judge", "openai", "--judge_base_url", server.base_url,
             "--judge_model", "judge-m", "--judge_api_key_env", "EVAL_TEST_KEY",
@@ -175,8 +124,8 @@ def test_openai_perception_judge_gives_sufficiency_and_shortcut_rate(records_pat
     assert all(headers["Authorization"] == "Bearer secret-from-env" for headers in server.headers)
 
 
-def test_judge_errors_count_as_errors_and_retries_are_bounded(records_path):
-    with ChatServer(lambda body: (500, "server down")) as server:
+def test_judge_errors_count_as_errors_and_retries_are_bounded(records_path, chat_server):
+    with chat_server(lambda body: (500, "server down")) as server:
         start = time.monotonic()
         summary = main([
             "--input", records_path, "--judge", "openai", "--judge_base_url", server.base_url,
@@ -192,8 +141,8 @@ def test_judge_errors_count_as_errors_and_retries_are_bounded(records_path):
     assert overall["language_shortcut"] == pytest.approx(ACCURACY)
 
 
-def test_answer_judge_rechecks_only_wrong_answers(records_path, tmp_path):
-    with ChatServer(lambda body: (200, "<judgment>correct</judgment>")) as server:
+def test_answer_judge_rechecks_only_wrong_answers(records_path, tmp_path, chat_server):
+    with chat_server(lambda body: (200, "<judgment>correct</judgment>")) as server:
         summary = main([
             "--input", records_path, "--reward", "see_think",
             "--answer_judge_base_url", server.base_url, "--answer_judge_model", "grader",
@@ -213,8 +162,8 @@ def test_answer_judge_rechecks_only_wrong_answers(records_path, tmp_path):
     assert verdicts == [None, "correct", None, None, "correct", None]
 
 
-def test_answer_judge_replies_without_a_verdict_are_errors(records_path):
-    with ChatServer(lambda body: (200, "Looks right to me.")) as server:
+def test_answer_judge_replies_without_a_verdict_are_errors(records_path, chat_server):
+    with chat_server(lambda body: (200, "Looks right to me.")) as server:
         summary = main([
             "--input", records_path, "--reward", "see_think",
             "--answer_judge_base_url", server.base_url, "--answer_judge_model", "grader",

@@ -68,3 +68,44 @@ def test_pad_rows_aligns_two_passes():
     assert padded.batch["input_ids"].tolist() == [[0, 0, 5, 7, 0, 0]]
     assert padded.batch["attention_mask"].tolist() == [[0, 0, 1, 1, 0, 0]]
     assert padded.batch["advantages"].tolist() == [[1.0, 0.0, 0.0]]
+
+
+def _stage_with_judge(tiny_model_dir, base_url, max_retries):
+    from transformers import AutoTokenizer
+
+    from verl.trainer.config import SelfRewardConfig
+    from verl.trainer.perception_judge import OpenAIJudge
+    from verl.trainer.self_reward import SelfRewardStage
+
+    judge = OpenAIJudge(base_url, "judge", api_key=None, timeout_s=2.0, max_retries=max_retries, max_workers=4)
+    config = SelfRewardConfig(enable=True, judge="openai", n=2)
+    return SelfRewardStage(config, AutoTokenizer.from_pretrained(tiny_model_dir), generate=None, judge=judge)
+
+
+RESPONSES = [
+    "<description> a red circle </description> <think> red </think> \\boxed{red}",
+    "<think> no perception </think> \\boxed{red}",
+]
+
+
+def test_external_judge_reanswers_perceptions_over_http(tiny_model_dir, chat_server):
+    with chat_server(lambda body: (200, "<think> the text says red </think> \\boxed{red}")) as server:
+        output = _stage_with_judge(tiny_model_dir, server.base_url, max_retries=0).run(RESPONSES, ["What color?"] * 2)
+    assert output.reanswers == [["<think> the text says red </think> \\boxed{red}"] * 2, []]
+    assert len(server.requests) == 1  # the response without a perception is not sent
+    assert server.requests[0]["n"] == 2
+    assert server.requests[0]["messages"][0]["content"] == build_reprompt("a red circle", "What color?")
+    assert output.metrics["self_reward/judge_error_rate"] == 0.0
+
+
+def test_judge_errors_count_as_wrong_never_as_correct(tiny_model_dir, chat_server):
+    import time
+
+    with chat_server(lambda body: (500, "overloaded")) as server:
+        start = time.monotonic()
+        output = _stage_with_judge(tiny_model_dir, server.base_url, max_retries=2).run(RESPONSES, ["What color?"] * 2)
+        elapsed = time.monotonic() - start
+    assert len(server.requests) == 3  # one try + 2 bounded retries
+    assert elapsed < 5
+    assert output.reanswers[0] == [""]  # graded as a wrong re-answer: visual reward 0
+    assert output.metrics["self_reward/judge_error_rate"] == 1.0

@@ -46,7 +46,8 @@ class OpenAIJudge:
                 return answers
             except (requests.RequestException, KeyError, ValueError, TypeError) as error:
                 last_error = f"{type(error).__name__}: {error}"
-                time.sleep(min(2.0, 0.2 * 2**attempt))
+                if attempt < self.max_retries:
+                    time.sleep(min(2.0, 0.2 * 2**attempt))
         self.errors.append(last_error)
         logger.warning("perception judge %s failed after %d tries: %s", self.url, self.max_retries + 1, last_error)
         return None
