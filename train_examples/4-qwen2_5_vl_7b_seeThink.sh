@@ -2,24 +2,6 @@
 # See-think ablation (Vision-SR1 format, no self-reward pass), Qwen2.5-VL-7B, 1 node x 8 GPUs.
 # Settings and their sources: configs/qwen2_5_vl_7b_seeThink.yaml; all recipes: docs/recipes.md.
 #
-#   bash train_examples/4-qwen2_5_vl_7b_seeThink.sh [section.key=value ...]
-#
-# Environment overrides (unset = the config's value):
-#   MODEL_PATH  starting policy (config: checkpoints/sft/qwen2_5_vl_7b_cold_start, the cold-start SFT output)
-#   DATA        training set: hub name@split, a parquet/jsonl/json file, or DIR@split
-#   VAL_DATA    validation set, same forms; VAL_DATA= (empty) turns validation off
-#   EXP_NAME    run name: logger name and checkpoints/vision_sr1/$EXP_NAME
-#   CONFIG      another config file
-# Trailing key=value arguments override any config key, e.g. trainer.max_steps=10 trainer.logger=[console,file].
-# Run from the project venv on a node with 8 GPUs; rerunning the same command resumes from the last checkpoint.
+#   bash train_examples/4-qwen2_5_vl_7b_seeThink.sh [section.key=value ...]   (environment overrides: train_examples/run_grpo.sh)
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-
-args=("config=${CONFIG:-configs/qwen2_5_vl_7b_seeThink.yaml}")
-if [[ -n ${MODEL_PATH:-} ]]; then args+=("worker.actor.model.model_path=$MODEL_PATH"); fi
-if [[ -n ${DATA:-} ]]; then args+=("data.train_files=$DATA"); fi
-if [[ -v VAL_DATA ]]; then args+=("data.val_files=${VAL_DATA:-''}"); fi
-if [[ -n ${EXP_NAME:-} ]]; then args+=("trainer.experiment_name=$EXP_NAME"); fi
-
-export PYTHONUNBUFFERED=1
-python3 -m verl.trainer.main "${args[@]}" "$@"
+CONFIG=${CONFIG:-configs/qwen2_5_vl_7b_seeThink.yaml} exec bash "$(dirname "${BASH_SOURCE[0]}")/run_grpo.sh" "$@"

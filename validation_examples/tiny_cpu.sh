@@ -11,7 +11,7 @@
 # Build the inputs first:  python3 scripts/make_tiny_model.py --out models/tiny_qwen25vl
 #                          python3 scripts/make_synthetic_dataset.py --out data/tiny_shapes
 # Environment: ENGINE (hf | vllm, default hf), DATA (data/tiny_shapes/val.parquet),
-# MAX_RESPONSE_LENGTH (64, as configs/tiny_cpu_selfReward.yaml), SELF_REWARD (1: MODEL_DIR re-answers
+# MAX_RESPONSE_LENGTH (96; the longest synthetic SFT answer is 70 tokens), SELF_REWARD (1: MODEL_DIR re-answers
 # its own perceptions; 0: accuracy and format only), PYTHON (python3).
 set -euo pipefail
 
@@ -19,7 +19,7 @@ MODEL_DIR=${1:?usage: bash validation_examples/tiny_cpu.sh MODEL_DIR [OUT_DIR]}
 OUT_DIR=${2:-outputs/eval/$(basename "$MODEL_DIR")}
 ENGINE=${ENGINE:-hf}
 DATA=${DATA:-data/tiny_shapes/val.parquet}
-MAX_RESPONSE_LENGTH=${MAX_RESPONSE_LENGTH:-64}
+MAX_RESPONSE_LENGTH=${MAX_RESPONSE_LENGTH:-96}
 PYTHON=${PYTHON:-python3}
 REPO_ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUTPUT="$OUT_DIR/tiny_shapes.jsonl"

@@ -26,7 +26,7 @@ from verl.data.vision import (
     image_size,
     load_image,
     merged_token_count,
-    processor_size_kwargs,
+    process_images,
     resize_image,
     resized_shape,
 )
@@ -295,15 +295,9 @@ class RLDataset(Dataset):
             )
             for position, image_object in enumerate(checked.image_objects)
         ]
-        multi_modal_inputs: dict[str, torch.Tensor] = {}
-        if images:
-            processed = self.processor.image_processor(
-                images=images, return_tensors="pt", **processor_size_kwargs(self.min_pixels, self.max_pixels)
-            )
-            multi_modal_inputs = {
-                "pixel_values": processed["pixel_values"],
-                "image_grid_thw": processed["image_grid_thw"],
-            }
+        multi_modal_inputs: dict[str, torch.Tensor] = (
+            process_images(self.processor.image_processor, images, self.min_pixels, self.max_pixels) if images else {}
+        )
         input_ids = raw_prompt_ids
         if self.image_token_id is not None:
             image_grid_thw = multi_modal_inputs.get("image_grid_thw", torch.zeros((0, 3), dtype=torch.long))

@@ -27,7 +27,7 @@ from verl.data.vision import (
     load_image,
     merged_token_count,
     multimodal_token_types,
-    processor_size_kwargs,
+    process_images,
     resize_image,
     resized_shape,
 )
@@ -284,18 +284,11 @@ class SFTDataset(Dataset):
             )
             for position, path in enumerate(self.conversations[row].image_paths)
         ]
-        multi_modal_inputs: dict[str, torch.Tensor] = {}
+        multi_modal_inputs = process_images(self.processor.image_processor, images, self.min_pixels, self.max_pixels)
         image_token_counts: list[int] = []
         if images:
-            processed = self.processor.image_processor(
-                images=images, return_tensors="pt", **processor_size_kwargs(self.min_pixels, self.max_pixels)
-            )
-            multi_modal_inputs = {
-                "pixel_values": processed["pixel_values"],
-                "image_grid_thw": processed["image_grid_thw"],
-            }
             merge_size = self.processor.image_processor.merge_size
-            image_token_counts = (processed["image_grid_thw"].prod(dim=-1) // merge_size**2).tolist()
+            image_token_counts = (multi_modal_inputs["image_grid_thw"].prod(dim=-1) // merge_size**2).tolist()
         tokenized = self._tokenize(row, image_token_counts)
         input_ids = torch.tensor(tokenized.input_ids, dtype=torch.long)
         return {

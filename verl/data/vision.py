@@ -61,6 +61,15 @@ def processor_size_kwargs(min_pixels: int, max_pixels: int) -> dict[str, dict[st
     return {"size": {"shortest_edge": min_pixels, "longest_edge": max_pixels}}
 
 
+def process_images(image_processor: Any, images: list[Image.Image], min_pixels: int, max_pixels: int) -> dict:
+    """`{pixel_values, image_grid_thw}` of already-resized images through the one processor
+    configuration every engine shares; {} when there are no images."""
+    if not images:
+        return {}
+    processed = image_processor(images=images, return_tensors="pt", **processor_size_kwargs(min_pixels, max_pixels))
+    return {"pixel_values": processed["pixel_values"], "image_grid_thw": processed["image_grid_thw"]}
+
+
 def check_qwen_image_processor(image_processor: Any) -> None:
     """Raises unless the processor's merged patches are the 28-pixel squares ``resize_image`` targets."""
     factor = image_processor.patch_size * image_processor.merge_size

@@ -1,0 +1,34 @@
+"""The README's main job, shortened: the whole recipe script (eval -> SFT -> eval -> GRPO with the
+self-reward -> merge -> eval -> curves + summary) on the tiny model and a small synthetic set."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.e2e
+def test_shortened_self_reward_recipe(tiny_model_dir, synthetic_data_dir, tmp_path):
+    out = tmp_path / "run"
+    env = dict(
+        os.environ,
+        OUT=str(out), MODEL=tiny_model_dir, DATA=synthetic_data_dir, STEPS="2", ENGINE="hf",
+        SFT_ARGS="trainer.max_steps=4", PYTHON=str(REPO_ROOT / ".venv/bin/python"),
+    )
+    result = subprocess.run(
+        ["bash", "train_examples/0-tiny_cpu_selfReward.sh", "trainer.val_before_train=false"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary) == ["random init", "after cold-start SFT", "after GRPO"]
+    for row in summary.values():
+        assert 0.0 <= row["accuracy"] <= 1.0 and row["language_shortcut"] is not None
+    assert (out / "curves.png").stat().st_size > 10_000
+    assert (out / "merged" / "config.json").is_file() and (out / "merged" / "model.safetensors").is_file()
+    steps = [json.loads(line)["step"] for line in (out / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]
