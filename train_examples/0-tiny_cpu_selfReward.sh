@@ -7,7 +7,9 @@
 #
 # Environment: SEED (1), OUT (outputs/tiny_cpu_<variant>_seed<SEED>), STEPS (GRPO steps, 30),
 # SFT_DIR (reuse the SFT model and its evals from another run's OUT, e.g. for a seed sweep),
-# ENGINE (rollout + eval engine: vllm | hf, default vllm), PYTHON (.venv/bin/python if present).
+# ENGINE (rollout + eval engine: vllm | hf, default vllm), PYTHON (.venv/bin/python if present),
+# MODEL (tiny model folder, built if absent), DATA (synthetic data folder, built if absent),
+# SFT_ARGS (extra key=value overrides for the SFT stage, e.g. "trainer.max_steps=4").
 # VARIANT=visionR1 runs the same recipe with the self-reward off (format + accuracy reward).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,8 +23,9 @@ if [ -z "${PYTHON:-}" ]; then
   if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
 export PYTHON
-MODEL=models/tiny_qwen25vl
-DATA=data/tiny_shapes
+MODEL=${MODEL:-models/tiny_qwen25vl}
+DATA=${DATA:-data/tiny_shapes}
+read -r -a SFT_EXTRA <<< "${SFT_ARGS:-}"
 case "$VARIANT" in
   selfReward) GRPO_ARGS=(self_reward.enable=true reward.reward_function=sr1) ;;
   visionR1) GRPO_ARGS=(self_reward.enable=false reward.reward_function=see_think) ;;
@@ -30,6 +33,11 @@ case "$VARIANT" in
 esac
 start=$(date +%s)
 step() { echo; echo "=== [$(( $(date +%s) - start ))s] $*"; }
+evaluate() {  # evaluate MODEL_DIR NAME: greedy responses + self-reward scoring on the val split
+  ENGINE=$ENGINE DATA="$DATA/val.parquet" bash validation_examples/tiny_cpu.sh "$1" "$OUT/$2" \
+    > "$OUT/$2.log" 2>&1 || { tail -30 "$OUT/$2.log"; exit 1; }
+  grep -E "^(subset|overall) " "$OUT/$2.log" || true
+}
 
 step "tiny model and synthetic data"
 [ -f "$MODEL/config.json" ] || "$PYTHON" scripts/make_tiny_model.py --out "$MODEL" --seed 0
@@ -43,30 +51,33 @@ if [ -n "${SFT_DIR:-}" ]; then
   done
 else
   step "eval: random init"
-  ENGINE=$ENGINE bash validation_examples/tiny_cpu.sh "$MODEL" "$OUT/eval_base" > "$OUT/eval_base.log"
+  evaluate "$MODEL" eval_base
 
   step "cold-start SFT"
-  "$PYTHON" -m verl.trainer.sft config=configs/sft_tiny_cpu.yaml trainer.output_dir="$OUT/sft" \
-    trainer.overwrite_output_dir=true > "$OUT/sft.log" 2>&1 || { tail -30 "$OUT/sft.log"; exit 1; }
+  "$PYTHON" -m verl.trainer.sft config=configs/sft_tiny_cpu.yaml model.model_path="$MODEL" \
+    data.train_file="$DATA/sft.json" trainer.output_dir="$OUT/sft" trainer.overwrite_output_dir=true \
+    "${SFT_EXTRA[@]}" > "$OUT/sft.log" 2>&1 || { tail -30 "$OUT/sft.log"; exit 1; }
   tail -1 "$OUT/sft.log"
 
   step "eval: after SFT"
-  ENGINE=$ENGINE bash validation_examples/tiny_cpu.sh "$OUT/sft" "$OUT/eval_sft" > "$OUT/eval_sft.log"
+  evaluate "$OUT/sft" eval_sft
 fi
 
 step "GRPO ($VARIANT, $STEPS steps)"
 "$PYTHON" -m verl.trainer.main config=configs/tiny_cpu_selfReward.yaml \
   worker.actor.model.model_path="$OUT/sft" trainer.save_checkpoint_path="$OUT/grpo" \
+  data.train_files="$DATA/train.parquet" data.val_files="$DATA/val.parquet" \
   trainer.experiment_name="tiny_cpu_${VARIANT}_seed${SEED}" trainer.max_steps="$STEPS" \
   worker.rollout.name="$ENGINE" trainer.seed="$SEED" data.seed="$SEED" worker.rollout.seed="$SEED" \
-  "${GRPO_ARGS[@]}" "$@" 2>&1 | tee "$OUT/grpo.log" | grep -E "^step:|resumed|Error" | cut -c1-160
+  "${GRPO_ARGS[@]}" "$@" > "$OUT/grpo.log" 2>&1 || { tail -40 "$OUT/grpo.log"; exit 1; }
+grep -E "^step:" "$OUT/grpo.log" | cut -c1-200 | tail -3
 
 step "merge the last checkpoint"
 LAST=$(cat "$OUT/grpo/latest_global_step.txt")
 "$PYTHON" scripts/model_merger.py --local_dir "$OUT/grpo/global_step_$LAST/actor" --target_dir "$OUT/merged"
 
 step "eval: after GRPO"
-ENGINE=$ENGINE bash validation_examples/tiny_cpu.sh "$OUT/merged" "$OUT/eval_grpo" > "$OUT/eval_grpo.log"
+evaluate "$OUT/merged" eval_grpo
 
 step "curves and summary"
 "$PYTHON" scripts/plot_curves.py --metrics "$OUT/grpo/metrics.jsonl" --out "$OUT/curves.png"

@@ -36,7 +36,7 @@ def sft_file(tmp_path_factory: pytest.TempPathFactory) -> str:
     out_dir = str(tmp_path_factory.mktemp("sft_data"))
     path = write_sft_file(generate_split(7, seed=0, split="sft"), out_dir, SR1_PROMPT, image_size=84)
     with open(path, encoding="utf-8") as file:
-        records = json.load(file)
+        records = [record for record in json.load(file) if record["images"]]  # the 7 image conversations
     text_only = {
         "messages": [
             {"role": "user", "content": "Text description: a red circle.\nQuestion: What color is the circle?"},
