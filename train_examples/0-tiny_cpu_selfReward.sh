@@ -70,7 +70,7 @@ step "GRPO ($VARIANT, $STEPS steps)"
   trainer.experiment_name="tiny_cpu_${VARIANT}_seed${SEED}" trainer.max_steps="$STEPS" \
   worker.rollout.name="$ENGINE" trainer.seed="$SEED" data.seed="$SEED" worker.rollout.seed="$SEED" \
   "${GRPO_ARGS[@]}" "$@" > "$OUT/grpo.log" 2>&1 || { tail -40 "$OUT/grpo.log"; exit 1; }
-grep -E "^step:" "$OUT/grpo.log" | cut -c1-200 | tail -3
+grep -aoE "step:[0-9]+ - .*" "$OUT/grpo.log" | grep -oE "step:[0-9]+|train/reward/(accuracy|visual):[0-9.e-]+" | paste -sd' ' | tail -c 400 || true
 
 step "merge the last checkpoint"
 LAST=$(cat "$OUT/grpo/latest_global_step.txt")
