@@ -39,7 +39,7 @@ def plot(runs: dict[str, list[dict]], out: str) -> None:
                 points = [(r["step"], r[key]) for r in records if key in r]
                 if points:
                     steps, values = zip(*points)
-                    name = key.split("/", 1)[1] if len(runs) == 1 else f"{label}: {key.split('/', 1)[1]}"
+                    name = key if len(runs) == 1 else f"{label}: {key}"
                     ax.plot(steps, values, marker="o" if len(points) < 30 else None, markersize=3, label=name)
         ax.set_title(title)
         ax.set_xlabel("step")
