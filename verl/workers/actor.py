@@ -36,16 +36,18 @@ def forward_response_log_probs(
     multi_modal = {k: v.to(device) for k, v in multi_modal.items()}
     if "pixel_values" in multi_modal:
         multi_modal["pixel_values"] = multi_modal["pixel_values"].to(next(model.parameters()).dtype)
+    response_length = responses.shape[1]
     output = forward_in_step(
         model,
         input_ids=input_ids.to(device),
         attention_mask=attention_mask.to(device),
         position_ids=position_ids.to(device),
         use_cache=False,
+        # Only the positions that predict response tokens: (bs, R+1, V) instead of (bs, P+R, V).
+        logits_to_keep=response_length + 1,
         **multi_modal,
     )
-    response_length = responses.shape[1]
-    logits = output.logits[:, -response_length - 1 : -1, :].float()
+    logits = output.logits[:, :-1, :].float()
     if temperature != 1.0:
         logits = logits / temperature
     log_probs = core_algos.log_probs_from_logits(logits, responses.to(device))
