@@ -20,7 +20,11 @@ def test_shortened_self_reward_recipe(tiny_model_dir, synthetic_data_dir, tmp_pa
         SFT_ARGS="trainer.max_steps=4", PYTHON=str(REPO_ROOT / ".venv/bin/python"),
     )
     result = subprocess.run(
-        ["bash", "train_examples/0-tiny_cpu_selfReward.sh", "trainer.val_before_train=false"],
+        [
+            "bash", "train_examples/0-tiny_cpu_selfReward.sh", "trainer.val_before_train=false",
+            "data.rollout_batch_size=8", "worker.actor.global_batch_size=8", "worker.rollout.n=4",
+            "worker.actor.micro_batch_size_per_device_for_update=8",
+        ],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900,
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]

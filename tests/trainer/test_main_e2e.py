@@ -35,6 +35,11 @@ def common(model: str, data: str, ckpt: str) -> list[str]:
         f"data.val_files={data}/val.parquet",
         f"trainer.save_checkpoint_path={ckpt}",
         "trainer.logger=[console,file]",
+        # small steps: 8 prompts x 4 responses, one mini-batch (the recipes' sizes are not the point here)
+        "data.rollout_batch_size=8",
+        "worker.actor.global_batch_size=8",
+        "worker.rollout.n=4",
+        "worker.actor.micro_batch_size_per_device_for_update=8",
     ]
 
 
