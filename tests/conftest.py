@@ -1,9 +1,11 @@
 """Session-wide fixtures: the tiny Qwen2.5-VL checkpoint, the synthetic dataset, and a real local
 OpenAI-style chat server for the judge paths."""
 
+import gc
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -88,3 +90,39 @@ class ChatServer:
 def chat_server() -> type[ChatServer]:
     """`with chat_server(reply) as server:` a real chat-completions server on 127.0.0.1."""
     return ChatServer
+
+
+@contextmanager
+def in_process_vllm(model_dir: str) -> Iterator:
+    """A `vllm.LLM` on `model_dir` inside the test process (fp32, eager); vLLM's process-global
+    side effects are undone on exit so later engines and tests are unaffected."""
+    with pytest.MonkeyPatch.context() as patch:
+        # In-process engine core: no engine subprocess, so the test needs no __main__ guard.
+        patch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        patch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default sizes it from free RAM
+        # vLLM's CPU worker replaces torch.set_num_threads with a no-op for the whole process.
+        patch.setattr(torch, "set_num_threads", torch.set_num_threads)
+        import vllm
+        from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+
+        llm = vllm.LLM(
+            model=model_dir, dtype="float32", max_model_len=512, enforce_eager=True,
+            limit_mm_per_prompt={"image": 1}, seed=0,
+        )
+        try:
+            yield llm
+        finally:
+            llm.llm_engine.engine_core.shutdown()
+            del llm
+            # The engine initialised a one-rank process group here, froze live objects out of garbage
+            # collection and cached the VLLM_* variables; later engines in this process need them reset.
+            destroy_model_parallel()
+            destroy_distributed_environment()
+            gc.unfreeze()
+            vllm.envs.disable_envs_cache()
+
+
+@pytest.fixture(scope="session")
+def vllm_engine_on():
+    """`with vllm_engine_on(model_dir) as llm:` an in-process vLLM engine (see in_process_vllm)."""
+    return in_process_vllm

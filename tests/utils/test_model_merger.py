@@ -3,7 +3,6 @@ take one AdamW step and save their local pieces with `save_rank_state`; the merg
 reproduce the full state dict FSDP itself gathers, bit for bit, and load in transformers and
 vLLM."""
 
-import gc
 import importlib.util
 import os
 import shutil
@@ -365,33 +364,10 @@ def test_layout_is_read_from_file_names(fsdp_checkpoint: FsdpCheckpoint):
 
 
 @pytest.fixture(scope="module")
-def merged_vllm_engine(merged: MergeResult):
+def merged_vllm_engine(merged: MergeResult, vllm_engine_on):
     """An in-process vLLM engine on the merged folder; process-global side effects undone after."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        patch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default sizes it from free RAM
-        # vLLM's CPU worker replaces torch.set_num_threads with a no-op for the whole process.
-        patch.setattr(torch, "set_num_threads", torch.set_num_threads)
-        import vllm
-        from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
-
-        llm = vllm.LLM(
-            model=merged.target_dir,
-            dtype="float32",
-            max_model_len=512,
-            enforce_eager=True,
-            limit_mm_per_prompt={"image": 1},
-            seed=0,
-        )
+    with vllm_engine_on(merged.target_dir) as llm:
         yield llm
-        llm.llm_engine.engine_core.shutdown()
-        del llm
-        # The engine initialised a one-rank process group here, froze live objects out of garbage
-        # collection and cached the VLLM_* variables; later engines in this process need them reset.
-        destroy_model_parallel()
-        destroy_distributed_environment()
-        gc.unfreeze()
-        vllm.envs.disable_envs_cache()
 
 
 @pytest.mark.vllm

@@ -1,6 +1,5 @@
 """The tiny Qwen2.5-VL checkpoint loads through the Auto classes and vLLM like a real one."""
 
-import gc
 import os
 from pathlib import Path
 
@@ -171,35 +170,10 @@ def test_build_is_deterministic_for_a_seed(tmp_path: Path):
 
 
 @pytest.fixture(scope="module")
-def vllm_engine(tiny_model_dir: str):
+def vllm_engine(tiny_model_dir: str, vllm_engine_on):
     """An in-process vLLM engine on the tiny model; process-global side effects undone after."""
-    with pytest.MonkeyPatch.context() as patch:
-        # In-process engine core: no engine subprocess, so the test needs no __main__ guard.
-        patch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        patch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default sizes it from free RAM
-        # vLLM's CPU worker replaces torch.set_num_threads with a no-op for the whole process.
-        patch.setattr(torch, "set_num_threads", torch.set_num_threads)
-        import vllm
-        from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
-
-        llm = vllm.LLM(
-            model=tiny_model_dir,
-            dtype="float32",
-            max_model_len=512,
-            enforce_eager=True,
-            limit_mm_per_prompt={"image": 1},
-            seed=0,
-        )
+    with vllm_engine_on(tiny_model_dir) as llm:
         yield llm
-        llm.llm_engine.engine_core.shutdown()
-        del llm
-        # The engine initialised a one-rank gloo process group in this process,
-        destroy_model_parallel()
-        destroy_distributed_environment()
-        # froze every live object out of garbage collection,
-        gc.unfreeze()
-        # and cached all VLLM_* variables: later engines in this process would not see new values.
-        vllm.envs.disable_envs_cache()
 
 
 @pytest.mark.vllm
