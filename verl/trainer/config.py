@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import sys
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, TypeVar
 
@@ -437,6 +438,22 @@ def parse_cli(schema: type[ConfigT], argv: list[str]) -> ConfigT:
         else:
             overrides.append(arg)
     return load_config(schema, yaml_path, overrides)
+
+
+def parse_cli_or_exit(schema: type[ConfigT], argv: list[str] | None, usage: str) -> ConfigT | None:
+    """The entry points' shared prologue: usage for no arguments or --help (returns None),
+    otherwise the parsed and validated config; a config error prints and exits with code 2."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage)
+        return None
+    try:
+        config = parse_cli(schema, argv)
+        config.validate()
+    except ConfigError as error:
+        print(f"config error: {error}", file=sys.stderr)
+        sys.exit(2)
+    return config
 
 
 def to_yaml(config: Any) -> str:

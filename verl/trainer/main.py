@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import os
-import sys
 
-from verl.trainer.config import ConfigError, PPOConfig, parse_cli, to_yaml
+from verl.trainer.config import ConfigError, PPOConfig, parse_cli_or_exit, to_yaml
 
 USAGE = """usage: python3 -m verl.trainer.main config=CONFIG.yaml [section.key=value ...]
 
@@ -90,16 +89,9 @@ def run(config: PPOConfig) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
+    config = parse_cli_or_exit(PPOConfig, argv, USAGE)
+    if config is None:
         return
-    try:
-        config = parse_cli(PPOConfig, argv)
-        config.validate()
-    except ConfigError as error:
-        print(f"config error: {error}", file=sys.stderr)
-        sys.exit(2)
     print(to_yaml(config), flush=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     run(config)

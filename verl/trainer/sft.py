@@ -61,7 +61,7 @@ from verl.models.qwen_vl import (
     resolve_attn_implementation,
     resolve_dtype,
 )
-from verl.trainer.config import ConfigError, parse_cli, to_yaml
+from verl.trainer.config import ConfigError, parse_cli_or_exit, to_yaml
 from verl.utils.tracking import Tracker
 from verl.workers.actor import lr_lambda
 
@@ -654,16 +654,9 @@ class SFTTrainer:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE + to_yaml(SFTConfig()))
+    config = parse_cli_or_exit(SFTConfig, argv, USAGE + to_yaml(SFTConfig()))
+    if config is None:
         return
-    try:
-        config = parse_cli(SFTConfig, argv)
-        config.validate()
-    except ConfigError as error:
-        print(f"config error: {error}", file=sys.stderr)
-        sys.exit(2)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if os.environ.get("RANK", "0") == "0":
         print(to_yaml(config), flush=True)
