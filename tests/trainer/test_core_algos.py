@@ -284,6 +284,18 @@ def test_agg_loss_modes(mode, expected):
     assert ca.agg_loss(LOSS_MAT, LOSS_MASK, mode, max_response_length=4).item() == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("mode", ca.LOSS_AGG_MODES)
+def test_agg_loss_with_global_normalizer_sums_over_splits(mode):
+    """Split rows into parts, each divided by the whole batch's count: the parts add up to the
+    loss of the whole batch (what gradient accumulation across micro-batches and ranks needs)."""
+    count = LOSS_MASK.sum().item() if mode == "token-mean" else (LOSS_MASK.sum(-1) > 0).sum().item()
+    whole = ca.agg_loss(LOSS_MAT, LOSS_MASK, mode, max_response_length=4)
+    parts = [ca.agg_loss(LOSS_MAT[rows], LOSS_MASK[rows], mode, 4, normalizer=count) for rows in ([0], [1, 2])]
+    assert sum(parts).item() == pytest.approx(whole.item())
+    with pytest.raises(ValueError, match="normalizer must be > 0"):
+        ca.agg_loss(LOSS_MAT, LOSS_MASK, mode, 4, normalizer=0)
+
+
 def test_agg_loss_errors():
     with pytest.raises(ValueError, match="valid modes: token-mean, seq-mean-token-sum"):
         ca.agg_loss(LOSS_MAT, LOSS_MASK, "token-sum")

@@ -110,6 +110,21 @@ class ActorConfig:
     """Responses per forward/backward on one device (gradient accumulation fills the rest)."""
     micro_batch_size_per_device_for_experience: int = 16
     """Responses per forward when computing old/ref log-probs."""
+    use_dynamic_batch_size: bool = True
+    """Form micro-batches by a token budget (max_token_len_per_device*) instead of a row count;
+    rows of similar length share a micro-batch. Either way every micro-batch is cut to its
+    longest row (no padding to max_prompt_length + max_response_length)."""
+    max_token_len_per_device: int | None = None
+    """Update: tokens per micro-batch (rows x longest prompt + longest response in it); None =
+    micro_batch_size_per_device_for_update x (max_prompt_length + max_response_length), the
+    size of a fully padded fixed micro-batch."""
+    max_token_len_per_device_for_experience: int | None = None
+    """Old log-probs: the same budget for the no-grad forward; None = from
+    micro_batch_size_per_device_for_experience likewise."""
+    skip_old_log_prob_when_on_policy: bool = True
+    """With one mini-batch per step and ppo_epochs 1 the update is exactly on-policy: use the
+    update's own detached log-probs as old log-probs instead of a separate forward pass
+    (not when KL is in the reward, which needs them before the advantages)."""
     ppo_epochs: int = 1
     """Passes over each rollout batch."""
     max_grad_norm: float = 1.0
@@ -137,6 +152,9 @@ class RefConfig:
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)
     micro_batch_size_per_device_for_experience: int = 16
     """Responses per forward when computing reference log-probs."""
+    max_token_len_per_device_for_experience: int | None = None
+    """Token budget per forward (see worker.actor.use_dynamic_batch_size); None = from
+    micro_batch_size_per_device_for_experience x (max_prompt_length + max_response_length)."""
 
 
 @dataclass
@@ -290,6 +308,10 @@ class TrainerConfig:
     """Only validate, then exit."""
     val_generations_to_log: int = 0
     """Validation samples printed per validation."""
+    val_blank_image_prompts: int = 64
+    """Blank-image control: the first N validation prompts are answered again with every image
+    blanked (same size), logged as val/vision/* (accuracy_blank_image, vision_reliance,
+    accuracy_drop); 0 = off, -1 = every validation prompt."""
     save_freq: int = -1
     """Checkpoint every N steps (-1: only at the end)."""
     save_limit: int = -1
@@ -343,6 +365,13 @@ class PPOConfig:
         ):
             if value < 1:
                 raise ConfigError(f"{key}={value} must be >= 1")
+        for key, value in (
+            ("worker.actor.max_token_len_per_device", actor.max_token_len_per_device),
+            ("worker.actor.max_token_len_per_device_for_experience", actor.max_token_len_per_device_for_experience),
+            ("worker.ref.max_token_len_per_device_for_experience", self.worker.ref.max_token_len_per_device_for_experience),
+        ):
+            if value is not None and value < 1:
+                raise ConfigError(f"{key}={value} must be >= 1 (or null for the default)")
         if data.rollout_batch_size % actor.global_batch_size != 0:
             raise ConfigError(
                 f"data.rollout_batch_size={data.rollout_batch_size} is not a multiple of "

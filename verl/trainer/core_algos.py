@@ -522,6 +522,7 @@ def agg_loss(
     loss_mask: torch.Tensor,
     mode: str,
     max_response_length: int | None = None,
+    normalizer: float | None = None,
 ) -> torch.Tensor:
     """Reduce a per-token loss to a scalar.
 
@@ -546,6 +547,11 @@ def agg_loss(
         mode: one of ``LOSS_AGG_MODES``.
         max_response_length: the constant divisor of ``seq-mean-token-sum-norm`` (the configured
             maximum response length); required there, unused by the other modes.
+        normalizer: when given, the sum (of token losses for ``token-mean``, of sequence losses
+            for the seq-mean modes) is divided by this count instead of the count in
+            ``loss_mask``. Gradient accumulation passes the count of the whole mini-batch
+            (all micro-batches, all ranks), so the summed micro-batch losses equal the loss of
+            the mini-batch however it is split.
 
     Returns:
         Scalar loss.
@@ -553,7 +559,11 @@ def agg_loss(
     if mode not in LOSS_AGG_MODES:
         raise ValueError(f"unknown loss aggregation mode {mode!r}; valid modes: {', '.join(LOSS_AGG_MODES)}")
     _check_same_shape("loss_mat", loss_mat, "loss_mask", loss_mask)
+    if normalizer is not None and not normalizer > 0:
+        raise ValueError(f"agg_loss normalizer must be > 0, got {normalizer}")
     if mode == "token-mean":
+        if normalizer is not None:
+            return masked_sum(loss_mat, loss_mask) / normalizer
         return masked_mean(loss_mat, loss_mask)
 
     tokens_per_sequence = loss_mask.to(loss_mat.dtype).sum(-1)
@@ -569,6 +579,8 @@ def agg_loss(
                 f"got {max_response_length}"
             )
         sequence_losses = masked_sum(loss_mat, loss_mask, dim=-1) / max_response_length
+    if normalizer is not None:
+        return masked_sum(sequence_losses, sequence_mask) / normalizer
     return masked_mean(sequence_losses, sequence_mask)
 
 
@@ -582,6 +594,7 @@ def compute_policy_loss(
     clip_ratio_dual: float,
     loss_agg_mode: str,
     max_response_length: int | None = None,
+    normalizer: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO clipped surrogate (Schulman et al. 2017, arXiv 1707.06347) with clip-higher and
     dual-clip.
@@ -606,6 +619,7 @@ def compute_policy_loss(
         clip_ratio_dual: c > 1.
         loss_agg_mode: see ``agg_loss``.
         max_response_length: see ``agg_loss`` (``seq-mean-token-sum-norm`` only).
+        normalizer: see ``agg_loss`` (the mini-batch's global token or sequence count).
 
     Returns:
         pg_loss: scalar.
@@ -633,7 +647,7 @@ def compute_policy_loss(
     negative_advantage = advantages < 0
     token_loss = torch.where(negative_advantage, torch.minimum(ppo_loss, dual_clip_loss), ppo_loss)
 
-    pg_loss = agg_loss(token_loss, response_mask, loss_agg_mode, max_response_length)
+    pg_loss = agg_loss(token_loss, response_mask, loss_agg_mode, max_response_length, normalizer)
     with torch.no_grad():
         # One stacked transfer instead of three .item() device syncs per micro-batch.
         clipfrac, clipfrac_lower, ppo_kl = torch.stack(
@@ -708,6 +722,7 @@ def compute_kl_loss(
     kind: str,
     loss_agg_mode: str,
     max_response_length: int | None = None,
+    normalizer: float | None = None,
 ) -> torch.Tensor:
     """KL(policy || reference) as a loss term (GRPO's KL loss), aggregated like the policy loss.
 
@@ -718,6 +733,7 @@ def compute_kl_loss(
         kind: see ``kl_penalty``.
         loss_agg_mode: see ``agg_loss``.
         max_response_length: see ``agg_loss``.
+        normalizer: see ``agg_loss``.
 
     Returns:
         Scalar loss (multiply by the KL coefficient in the caller).
@@ -728,7 +744,7 @@ def compute_kl_loss(
         log_probs = _zero_outside(log_probs, response_mask)
         ref_log_probs = _zero_outside(ref_log_probs, response_mask)
     per_token = kl_penalty(log_probs, ref_log_probs, kind)
-    return agg_loss(per_token, response_mask, loss_agg_mode, max_response_length)
+    return agg_loss(per_token, response_mask, loss_agg_mode, max_response_length, normalizer)
 
 
 @torch.no_grad()

@@ -24,10 +24,13 @@ from verl.protocol import DataProto, pad_to_divisor
 from verl.single_controller.worker_group import RayWorkerGroup, ResourcePool
 from verl.trainer import core_algos
 from verl.trainer.config import PPOConfig
+from verl.data.vision import blank_like
+from verl.rewards.vision_control import blank_image_control
 from verl.trainer.scoring import decode_responses, score_responses
 from verl.trainer.self_reward import SelfRewardOutput, SelfRewardStage
 from verl.utils import checkpoint
 from verl.utils.tracking import Tracker
+from verl.workers.engine.micro_batch import balanced_rank_order, row_tokens
 from verl.workers.fsdp_worker import FSDPWorker
 from verl.workers.rollout.base import SamplingConfig
 
@@ -238,15 +241,16 @@ class RayPPOTrainer:
         train_rows = rollout
         separate = cfg.self_reward.enable and cfg.self_reward.objective == "separate"
         need_ref = cfg.worker.actor.use_kl_loss or self.kl_controller is not None
-        with timed("old_log_prob", timing):
-            train_rows = train_rows.union(self.workers.dispatch("compute_log_probs", train_rows))
-        metrics.update(logprob_gap_metrics(train_rows))
-        metrics["actor/entropy"] = core_algos.masked_mean(
-            train_rows.batch["entropy"], train_rows.batch["response_mask"].float()
-        ).item()
+        if not self.skip_old_log_probs:  # else the on-policy update reports entropy and the gap
+            with timed("old_log_prob", timing):
+                train_rows = train_rows.union(self._dispatch_balanced("compute_log_probs", train_rows))
+            metrics.update(logprob_gap_metrics(train_rows))
+            metrics["actor/entropy"] = core_algos.masked_mean(
+                train_rows.batch["entropy"], train_rows.batch["response_mask"].float()
+            ).item()
         if need_ref:
             with timed("ref", timing):
-                train_rows = train_rows.union(self.workers.dispatch("compute_ref_log_probs", train_rows))
+                train_rows = train_rows.union(self._dispatch_balanced("compute_ref_log_probs", train_rows))
         with timed("adv", timing):
             advantages = self.compute_advantages(train_rows, scores, metrics)
         train_rows.batch["advantages"] = advantages.float()
@@ -268,18 +272,45 @@ class RayPPOTrainer:
         metrics["perf/tokens_per_s_per_worker"] = tokens / step_time / self.workers.world_size
         return metrics
 
+    @property
+    def skip_old_log_probs(self) -> bool:
+        """One mini-batch, one epoch, no KL in the reward: the update is exactly on-policy and
+        takes its own detached log-probs as the old ones (no separate forward pass)."""
+        actor = self.config.worker.actor
+        return (
+            actor.skip_old_log_prob_when_on_policy and self.mini_batches_per_step == 1
+            and actor.ppo_epochs == 1 and self.kl_controller is None
+        )
+
+    def _dispatch_balanced(self, method: str, data: DataProto) -> DataProto:
+        """`dispatch` with rows reordered so every rank gets about the same number of tokens;
+        results come back in the original row order."""
+        order = balanced_rank_order(row_tokens(data), self.workers.world_size)
+        if order is None:
+            return self.workers.dispatch(method, data)
+        return self.workers.dispatch(method, data[order])[np.argsort(order)]
+
     def _update(self, train_rows: DataProto) -> dict[str, float]:
-        keys = ["input_ids", "attention_mask", "responses", "response_mask", "old_log_probs", "advantages"]
+        keys = ["input_ids", "attention_mask", "responses", "response_mask", "advantages"]
+        optional = ["old_log_probs"] + (["rollout_log_probs"] if self.skip_old_log_probs else [])
+        keys += [key for key in optional if key in train_rows.batch]
         if self.config.worker.actor.use_kl_loss:
             keys.append("ref_log_probs")
         update_batch = train_rows.select(batch_keys=keys, non_tensor_batch_keys=["multi_modal_inputs"])
         update_batch, pad_size = pad_to_divisor(update_batch, self.workers.world_size)
         if pad_size:  # padding rows keep ranks in lockstep but must not be trained on twice
             update_batch.batch["response_mask"][-pad_size:] = 0
+        # Each mini-batch's rows spread over the ranks by token count (equal rows per rank).
+        order = balanced_rank_order(row_tokens(update_batch), self.workers.world_size, self.mini_batches_per_step)
+        if order is not None:
+            update_batch = update_batch[order]
         per_rank, _ = self.workers.dispatch_each(
             "update_actor", update_batch, self.mini_batches_per_step, self.global_step
         )
-        return {key: float(np.mean([m[key] for m in per_rank])) for key in per_rank[0]}
+        return {
+            key: float((np.max if key.endswith("_max") else np.mean)([m[key] for m in per_rank]))
+            for key in per_rank[0]
+        }
 
     def _with_pass2_rows(
         self, train_rows: DataProto, sr_output: SelfRewardOutput, scores: dict[str, torch.Tensor], need_ref: bool
@@ -288,9 +319,10 @@ class RayPPOTrainer:
         its parent response's visual advantage (weighted) on its own tokens."""
         cfg = self.config
         pass2 = sr_output.pass2
-        pass2 = pass2.union(self.workers.dispatch("compute_log_probs", pass2))
+        if not self.skip_old_log_probs:
+            pass2 = pass2.union(self._dispatch_balanced("compute_log_probs", pass2))
         if need_ref:
-            pass2 = pass2.union(self.workers.dispatch("compute_ref_log_probs", pass2))
+            pass2 = pass2.union(self._dispatch_balanced("compute_ref_log_probs", pass2))
         pass2.batch["advantages"] = pass2_advantages(
             scores["visual"],
             group_index_of(train_rows.non_tensor_batch["uid"]),
@@ -302,9 +334,9 @@ class RayPPOTrainer:
         prompt_len = max(train_rows.batch["prompts"].shape[1], pass2.batch["prompts"].shape[1])
         response_len = max(train_rows.batch["responses"].shape[1], pass2.batch["responses"].shape[1])
         pad = self.tokenizer.pad_token_id
-        keys = ["prompts", "responses", "response_mask", "input_ids", "attention_mask", "old_log_probs", "advantages", "entropy"]
-        if need_ref:
-            keys.append("ref_log_probs")
+        keys = ["prompts", "responses", "response_mask", "input_ids", "attention_mask", "advantages"]
+        optional = ["old_log_probs", "entropy", "rollout_log_probs"] + (["ref_log_probs"] if need_ref else [])
+        keys += [key for key in optional if key in train_rows.batch and key in pass2.batch]
         parts = [
             pad_rows(rows.select(batch_keys=keys, non_tensor_batch_keys=["multi_modal_inputs"]), prompt_len, response_len, pad)
             for rows in (train_rows, pass2)
@@ -331,10 +363,17 @@ class RayPPOTrainer:
         all_scores: dict[str, list[torch.Tensor]] = {}
         lengths, samples = [], []
         sr_metrics: dict[str, list[float]] = {}
+        control_rows: list[dict[str, float]] = []
+        control_budget = self.config.trainer.val_blank_image_prompts
         for batch_dict in self.val_dataloader:
             batch = DataProto.from_dict(*batch_dict)
             batch.non_tensor_batch["uid"] = np.array([uuid.uuid4().hex for _ in range(len(batch))], dtype=object)
             rollout, responses, scores, sr_output = self.generate_and_score(batch, self.val_sampling(), timing, True)
+            if control_budget != 0 and "images" in batch.non_tensor_batch:
+                take = len(batch) if control_budget < 0 else min(control_budget, len(batch))
+                with timed("blank_image_control", timing):
+                    control_rows += self._blank_image_control(batch.slice(0, take), responses)
+                control_budget -= take if control_budget > 0 else 0
             for name, values in scores.items():
                 all_scores.setdefault(name, []).append(values)
             lengths.append(rollout.batch["response_mask"].sum(-1).float())
@@ -345,10 +384,35 @@ class RayPPOTrainer:
         metrics = {f"val/reward/{name}": torch.cat(values).mean().item() for name, values in all_scores.items()}
         metrics["val/response_length/mean"] = torch.cat(lengths).mean().item()
         metrics.update({f"val/{k}": float(np.mean(v)) for k, v in sr_metrics.items()})
+        if control_rows:
+            control = {key: float(np.mean([row[key] for row in control_rows])) for key in control_rows[0]}
+            # Accuracy with the image on the same prompts: the reference point of the drop.
+            control["accuracy"] = control["accuracy_blank_image"] + control["accuracy_drop"]
+            metrics.update({f"val/vision/{key}": value for key, value in control.items()})
         metrics.update({f"timing_s/val_{k}": v for k, v in timing.items()})
         for response, truth in samples[: self.config.trainer.val_generations_to_log]:
             print(f"[val sample] ground truth: {truth!r}\n{response}\n", flush=True)
         return metrics
+
+    def _blank_image_control(self, prompts: DataProto, responses: list[str]) -> list[dict[str, float]]:
+        """The blank-image control on `prompts` (the first rows of a validation batch): the same
+        prompts, each image replaced by a blank one of its size, through the same engine and
+        sampling; rows pair one to one with the first `len(prompts) * n` validation responses."""
+        blank_images = [[blank_like(image) for image in images or []] for images in prompts.non_tensor_batch["images"]]
+        blank = DataProto.from_dict(
+            tensors=dict(prompts.batch),
+            non_tensors={**prompts.non_tensor_batch, "images": blank_images},
+            meta_info=dict(prompts.meta_info),
+        )
+        blank_rollout = self._generate(blank, self.val_sampling(), self.config.data.max_response_length)
+        blank_responses = decode_responses(blank_rollout, self.tokenizer)
+        rows = blank_image_control(
+            responses[: len(blank_responses)],
+            blank_responses,
+            [str(truth) for truth in blank_rollout.non_tensor_batch["ground_truth"]],
+            [str(problem) for problem in blank_rollout.non_tensor_batch["problem"]],
+        )
+        return rows
 
     # ---- checkpoints -------------------------------------------------------------------------
     def save_checkpoint(self) -> str:

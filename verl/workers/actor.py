@@ -19,6 +19,13 @@ from verl.models.qwen_vl import forward_in_step, merge_multi_modal_inputs, posit
 from verl.protocol import DataProto
 from verl.trainer import core_algos
 from verl.trainer.config import ActorConfig
+from verl.workers.engine.micro_batch import (
+    max_across_ranks,
+    plan_micro_batches,
+    row_lengths,
+    sum_across_ranks,
+    trim_padding,
+)
 
 
 def forward_response_log_probs(
@@ -55,21 +62,44 @@ def forward_response_log_probs(
     return log_probs, entropy
 
 
+def split_micro_batches(data: DataProto, micro_batch_size: int, max_token_len: int | None) -> list[np.ndarray]:
+    """Row indices of each micro-batch of `data`: by token budget when `max_token_len` is set
+    (dynamic batch size), else `micro_batch_size` rows each; rows of similar length together.
+    The count is the same on every rank (FSDP collectives run per forward)."""
+    prompt, response = row_lengths(data)
+    max_rows = None if max_token_len is not None else micro_batch_size
+    groups = plan_micro_batches(prompt, response, max_token_len, max_rows)
+    count = max_across_ranks(len(groups))
+    if count > len(groups):
+        groups = plan_micro_batches(prompt, response, max_token_len, max_rows, min_count=count)
+    return groups
+
+
 @torch.no_grad()
 def compute_log_probs(
-    model: nn.Module, data: DataProto, micro_batch_size: int, temperature: float, with_entropy: bool
+    model: nn.Module,
+    data: DataProto,
+    micro_batch_size: int,
+    temperature: float,
+    with_entropy: bool,
+    max_token_len: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs (and entropy) of every row of `data`, micro-batch by micro-batch, on CPU."""
+    """Log-probs (and entropy) of every row of `data`, (bs, R) on CPU, 0 at padding. Each
+    micro-batch (see `split_micro_batches`) is cut to its longest row before the forward."""
     was_training = model.training
     model.eval()
-    log_probs, entropies = [], []
-    for micro_batch in data.split(micro_batch_size):
-        lp, ent = forward_response_log_probs(model, micro_batch, temperature, with_entropy)
-        log_probs.append(lp.cpu())
+    shape = data.batch["responses"].shape
+    log_probs = torch.zeros(shape, dtype=torch.float32)
+    entropies = torch.zeros(shape, dtype=torch.float32) if with_entropy else None
+    for indices in split_micro_batches(data, micro_batch_size, max_token_len):
+        micro = trim_padding(data[indices])
+        lp, ent = forward_response_log_probs(model, micro, temperature, with_entropy)
+        rows = torch.as_tensor(indices)
+        log_probs[rows, : lp.shape[1]] = lp.float().cpu()
         if ent is not None:
-            entropies.append(ent.cpu())
+            entropies[rows, : ent.shape[1]] = ent.float().cpu()
     model.train(was_training)
-    return torch.cat(log_probs), (torch.cat(entropies) if with_entropy else None)
+    return log_probs, entropies
 
 
 def lr_lambda(step: int, warmup_steps: int, total_steps: int, scheduler: str, min_lr_ratio: float) -> float:
@@ -87,7 +117,10 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class PPOActor:
-    """The trainable policy on one rank: FSDP-sharded model, AdamW, lr schedule."""
+    """The trainable policy on one rank: FSDP-sharded model, AdamW, lr schedule.
+
+    `max_token_len` / `max_token_len_for_experience`: token budgets per micro-batch of the
+    update / the no-grad log-prob pass (None: `micro_batch_size_per_device_*` rows each)."""
 
     def __init__(
         self,
@@ -96,10 +129,14 @@ class PPOActor:
         total_optimizer_steps: int,
         temperature: float,
         offload_optimizer: bool = False,
+        max_token_len: int | None = None,
+        max_token_len_for_experience: int | None = None,
     ):
         self.model = model
         self.config = config
         self.temperature = temperature
+        self.max_token_len = max_token_len
+        self.max_token_len_for_experience = max_token_len_for_experience
         optim = config.optim
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
@@ -129,19 +166,38 @@ class PPOActor:
 
     def compute_log_probs(self, data: DataProto) -> tuple[torch.Tensor, torch.Tensor]:
         log_probs, entropy = compute_log_probs(
-            self.model, data, self.config.micro_batch_size_per_device_for_experience, self.temperature, True
+            self.model,
+            data,
+            self.config.micro_batch_size_per_device_for_experience,
+            self.temperature,
+            True,
+            self.max_token_len_for_experience,
         )
         return log_probs, entropy
 
-    def _micro_batch_loss(self, micro: DataProto, weight: float, metrics: dict[str, list[float]]) -> torch.Tensor:
+    def _micro_batch_loss(
+        self,
+        micro: DataProto,
+        normalizer: float,
+        grad_scale: float,
+        max_response_length: int,
+        sums: dict[str, float],
+        metrics: dict[str, list[float]],
+    ) -> torch.Tensor:
+        """Backward of this micro-batch's share of the mini-batch loss: token (or sequence) sums
+        divided by the mini-batch's global count `normalizer`, times `grad_scale` (the world
+        size: FSDP averages gradients over ranks). Loss terms are added to `sums` as shares of
+        the global mini-batch loss."""
         cfg = self.config
         mask = micro.batch["response_mask"].float()
-        max_length = mask.shape[1]
-        need_entropy = cfg.entropy_coeff != 0.0
+        on_policy = "old_log_probs" not in micro.batch
+        need_entropy = cfg.entropy_coeff != 0.0 or on_policy
         log_probs, entropy = forward_response_log_probs(self.model, micro, self.temperature, need_entropy)
         mask = mask.to(log_probs.device)
+        # Exactly on-policy (one mini-batch, one epoch): the behaviour policy is the current one.
+        old_log_probs = log_probs.detach() if on_policy else micro.batch["old_log_probs"].to(log_probs.device)
         pg_loss, pg_metrics = core_algos.compute_policy_loss(
-            old_log_probs=micro.batch["old_log_probs"].to(log_probs.device),
+            old_log_probs=old_log_probs,
             log_probs=log_probs,
             advantages=micro.batch["advantages"].to(log_probs.device),
             response_mask=mask,
@@ -149,44 +205,87 @@ class PPOActor:
             clip_ratio_high=cfg.clip_ratio_high,
             clip_ratio_dual=cfg.clip_ratio_dual,
             loss_agg_mode=cfg.loss_agg_mode,
-            max_response_length=max_length,
+            max_response_length=max_response_length,
+            normalizer=normalizer,
         )
         loss = pg_loss
-        metrics["actor/pg_loss"].append(pg_loss.item())
+        sums["actor/pg_loss"] += pg_loss.item() * grad_scale
         for key, value in pg_metrics.items():
             metrics[f"actor/{key}"].append(float(value))
         if cfg.use_kl_loss:
-            kl = core_algos.kl_penalty(log_probs, micro.batch["ref_log_probs"].to(log_probs.device), cfg.kl_loss_type)
-            kl_loss = core_algos.agg_loss(kl, mask, cfg.loss_agg_mode, max_length)
+            kl_loss = core_algos.compute_kl_loss(
+                log_probs, micro.batch["ref_log_probs"].to(log_probs.device), mask, cfg.kl_loss_type,
+                cfg.loss_agg_mode, max_response_length, normalizer,
+            )
             loss = loss + cfg.kl_loss_coef * kl_loss
-            metrics["actor/kl_loss"].append(kl_loss.item())
-        if need_entropy:
-            entropy_loss = core_algos.agg_loss(entropy, mask, cfg.loss_agg_mode, max_length)
+            sums["actor/kl_loss"] += kl_loss.item() * grad_scale
+        if cfg.entropy_coeff != 0.0:
+            entropy_loss = core_algos.agg_loss(entropy, mask, cfg.loss_agg_mode, max_response_length, normalizer)
             loss = loss - cfg.entropy_coeff * entropy_loss
-            metrics["actor/entropy_loss"].append(entropy_loss.item())
-        (loss * weight).backward()
+            sums["actor/entropy_loss"] += entropy_loss.item() * grad_scale
+        if on_policy:  # what the skipped old-log-prob pass would have reported
+            with torch.no_grad():
+                sums["entropy_sum"] += core_algos.masked_sum(entropy.detach(), mask).item()
+                sums["entropy_tokens"] += mask.sum().item()
+                if "rollout_log_probs" in micro.batch:
+                    bool_mask = mask.bool()
+                    gap = (micro.batch["rollout_log_probs"].to(log_probs.device) - log_probs.detach()).abs()[bool_mask]
+                    if gap.numel():
+                        sums["gap_sum"] += gap.sum().item()
+                        sums["gap_max"] = max(sums["gap_max"], gap.max().item())
+        (loss * grad_scale).backward()
         return loss.detach()
+
+    def backward_mini_batch(self, mini: DataProto, metrics: dict[str, list[float]] | None = None) -> int:
+        """Accumulates the gradient of one mini-batch (this rank's rows of it) over dynamic
+        micro-batches; returns the number of micro-batches whose loss was not finite. Token-mean
+        divides by the token count of the whole mini-batch over all ranks, the seq-mean modes by
+        its sequence count, so the gradient does not depend on how rows are split into ranks and
+        micro-batches."""
+        cfg = self.config
+        metrics = metrics if metrics is not None else defaultdict(list)
+        mask = mini.batch["response_mask"]
+        local_counts = [float(mask.sum().item()), float((mask.sum(-1) > 0).sum().item())]
+        global_tokens, global_sequences = sum_across_ranks(local_counts)
+        normalizer = global_tokens if cfg.loss_agg_mode == "token-mean" else global_sequences
+        normalizer = max(normalizer, 1.0)  # an all-padding mini-batch: every loss term is 0
+        grad_scale = float(dist.get_world_size()) if dist.is_initialized() else 1.0
+        # Dr. GRPO's constant: the configured response width, not a micro-batch's trimmed one.
+        max_response_length = mini.batch["responses"].shape[1]
+        sums: dict[str, float] = defaultdict(float)
+        nonfinite = 0
+        groups = split_micro_batches(mini, cfg.micro_batch_size_per_device_for_update, self.max_token_len)
+        for indices in groups:
+            micro = trim_padding(mini[indices])
+            loss = self._micro_batch_loss(micro, normalizer, grad_scale, max_response_length, sums, metrics)
+            nonfinite += int(not torch.isfinite(loss).item())
+        metrics["actor/micro_batches"].append(float(len(groups)))
+        for key in ("actor/pg_loss", "actor/kl_loss", "actor/entropy_loss"):
+            if key in sums:
+                metrics[key].append(sums[key])
+        if sums.get("entropy_tokens"):
+            metrics["actor/entropy"].append(sums["entropy_sum"] / sums["entropy_tokens"])
+            if "gap_sum" in sums:
+                metrics["rollout/logprob_gap_mean"].append(sums["gap_sum"] / sums["entropy_tokens"])
+                metrics["rollout/logprob_gap_max"].append(sums["gap_max"])
+        return nonfinite
 
     def update_policy(self, data: DataProto, num_mini_batches: int, step: int) -> dict[str, float]:
         """PPO epochs over `num_mini_batches` mini-batches of `data`, each one optimizer step
-        accumulated over micro-batches. Token-mean losses are weighted by each micro-batch's
-        share of the mini-batch's tokens so accumulation equals one big batch."""
+        accumulated over micro-batches (see `backward_mini_batch`). Without `old_log_probs` in
+        `data` the update must be exactly on-policy (one mini-batch, one epoch)."""
         cfg = self.config
+        if "old_log_probs" not in data.batch and (num_mini_batches != 1 or cfg.ppo_epochs != 1):
+            raise ValueError(
+                f"no old_log_probs: only an on-policy update (1 mini-batch, 1 epoch) may skip them, got "
+                f"{num_mini_batches} mini-batches x {cfg.ppo_epochs} epochs"
+            )
         self.model.train()
         metrics: dict[str, list[float]] = defaultdict(list)
         for _ in range(cfg.ppo_epochs):
             for indices in np.array_split(np.arange(len(data)), num_mini_batches):
-                mini = data[indices]
-                mini_tokens = mini.batch["response_mask"].sum().item()
                 self.optimizer.zero_grad(set_to_none=True)
-                nonfinite = torch.zeros(1)
-                for micro in mini.split(cfg.micro_batch_size_per_device_for_update):
-                    if cfg.loss_agg_mode == "token-mean":
-                        weight = micro.batch["response_mask"].sum().item() / max(mini_tokens, 1)
-                    else:
-                        weight = len(micro) / len(mini)
-                    loss = self._micro_batch_loss(micro, weight, metrics)
-                    nonfinite += float(not torch.isfinite(loss).item())
+                nonfinite = torch.tensor([float(self.backward_mini_batch(data[indices], metrics))])
                 if dist.is_initialized():  # every rank must agree before anyone raises
                     dist.all_reduce(nonfinite)
                 if nonfinite.item() > 0:
@@ -205,5 +304,7 @@ class PPOActor:
                 self.optimizer_steps += 1
                 metrics["actor/grad_norm"].append(grad_norm)
         metrics["actor/lr"].append(self.scheduler.get_last_lr()[0])
-        return {key: float(np.mean(values)) for key, values in metrics.items()}
-
+        result = {key: float(np.mean(values)) for key, values in metrics.items()}
+        if "rollout/logprob_gap_max" in metrics:
+            result["rollout/logprob_gap_max"] = float(np.max(metrics["rollout/logprob_gap_max"]))
+        return result

@@ -94,12 +94,17 @@ class FSDPWorker:
         if not actor_fsdp.param_offload:
             actor_model = actor_model.to(self.device)
         self.actor_module = shard_model(actor_model, self.mesh, mp_policy, actor_fsdp.param_offload)
+        actor_cfg = cfg.worker.actor
         self.actor = PPOActor(
             self.actor_module,
-            cfg.worker.actor,
+            actor_cfg,
             self.total_optimizer_steps,
             cfg.worker.rollout.temperature,
             offload_optimizer=actor_fsdp.optimizer_offload and self.device.type == "cuda",
+            max_token_len=self._token_budget(actor_cfg.max_token_len_per_device, actor_cfg.micro_batch_size_per_device_for_update),
+            max_token_len_for_experience=self._token_budget(
+                actor_cfg.max_token_len_per_device_for_experience, actor_cfg.micro_batch_size_per_device_for_experience
+            ),
         )
         self.ref_module = None
         if cfg.worker.actor.use_kl_loss or cfg.algorithm.kl_coef > 0:
@@ -112,6 +117,22 @@ class FSDPWorker:
                 ref_model, self.mesh, MixedPrecisionPolicy(param_dtype=ref_dtype), cfg.worker.ref.fsdp.param_offload
             )
         self.rollout = make_rollout_engine(cfg.worker.rollout.name, model_cfg.model_path, **self._engine_kwargs())
+
+    def _longest_row(self) -> int:
+        """The configured maximum tokens of a training row (rollout or self-reward re-prompt)."""
+        cfg = self.config
+        return max(
+            cfg.data.max_prompt_length + cfg.data.max_response_length,
+            cfg.self_reward.max_prompt_length + cfg.self_reward.max_response_length
+            if cfg.self_reward.enable else 0,
+        )
+
+    def _token_budget(self, configured: int | None, micro_batch_size: int) -> int | None:
+        """Tokens per micro-batch with dynamic batch size: the configured budget, or the size of
+        a fully padded micro-batch of `micro_batch_size` rows; None = fixed row counts."""
+        if not self.config.worker.actor.use_dynamic_batch_size:
+            return None
+        return configured if configured is not None else micro_batch_size * self._longest_row()
 
     def _engine_kwargs(self) -> dict:
         cfg, rollout = self.config, self.config.worker.rollout
@@ -176,12 +197,16 @@ class FSDPWorker:
     def compute_ref_log_probs(self, data: DataProto) -> DataProto:
         if self.ref_module is None:
             raise RuntimeError("no reference model: enable worker.actor.use_kl_loss or algorithm.kl_coef > 0")
+        ref_cfg = self.config.worker.ref
         log_probs, _ = compute_log_probs(
             self.ref_module,
             data,
-            self.config.worker.ref.micro_batch_size_per_device_for_experience,
+            ref_cfg.micro_batch_size_per_device_for_experience,
             self.config.worker.rollout.temperature,
             with_entropy=False,
+            max_token_len=self._token_budget(
+                ref_cfg.max_token_len_per_device_for_experience, ref_cfg.micro_batch_size_per_device_for_experience
+            ),
         )
         return DataProto.from_dict(tensors={"ref_log_probs": log_probs})
 

@@ -1,0 +1,164 @@
+"""The padding-free training path on the tiny model: log-probs and gradients from trimmed,
+token-budgeted micro-batches equal one forward over the fully padded batch (prompts left-padded
+to max_prompt_length, responses right-padded), with image and text-only rows mixed."""
+
+from collections import defaultdict
+
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+from verl.data.rl_dataset import RLDataset, collate_rl
+from verl.protocol import DataProto
+from verl.trainer import core_algos
+from verl.trainer.config import ActorConfig
+from verl.workers.actor import PPOActor, compute_log_probs, forward_response_log_probs, split_micro_batches
+
+MAX_PROMPT = 512
+RESPONSE_WIDTH = 16
+RESPONSE_LENGTHS = [12, 3, 7, 1, 9, 5]
+BUDGET = 400  # tokens per micro-batch: forces several micro-batches of different widths
+
+
+@pytest.fixture(scope="module")
+def padded_batch(tiny_model_dir, synthetic_data_dir):
+    """4 image prompts + 2 text-only prompts, all left-padded to 512; random responses of
+    unequal lengths right-padded to 16; old/ref log-probs and advantages made up."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    dataset = RLDataset(
+        f"{synthetic_data_dir}/val.parquet", tokenizer, processor, max_prompt_length=MAX_PROMPT,
+        min_pixels=3136, max_pixels=12544, format_prompt="configs/format_prompt/r1v.jinja",
+    )
+    tensors, non_tensors = collate_rl([dataset[i] for i in range(4)], tokenizer.pad_token_id, MAX_PROMPT)
+    input_ids, attention_mask = [tensors["input_ids"]], [tensors["attention_mask"]]
+    multi_modal = list(non_tensors["multi_modal_inputs"])
+    for text in ("What colour is the square? Answer in one word.", "Count: one two three"):
+        ids = torch.tensor(tokenizer(text)["input_ids"])
+        row, mask = torch.full((1, MAX_PROMPT), tokenizer.pad_token_id), torch.zeros(1, MAX_PROMPT, dtype=torch.long)
+        row[0, -len(ids):], mask[0, -len(ids):] = ids, 1
+        input_ids.append(row)
+        attention_mask.append(mask)
+        multi_modal.append({})
+    bs = len(RESPONSE_LENGTHS)
+    generator = torch.Generator().manual_seed(0)
+    responses = torch.randint(0, 600, (bs, RESPONSE_WIDTH), generator=generator)
+    response_mask = torch.zeros(bs, RESPONSE_WIDTH, dtype=torch.long)
+    for i, length in enumerate(RESPONSE_LENGTHS):
+        response_mask[i, :length] = 1
+    responses[response_mask == 0] = tokenizer.pad_token_id
+    data = DataProto.from_dict(
+        tensors={
+            "input_ids": torch.cat([torch.cat(input_ids), responses], 1),
+            "attention_mask": torch.cat([torch.cat(attention_mask), response_mask], 1),
+            "responses": responses,
+            "response_mask": response_mask,
+            "advantages": torch.randn(bs, 1, generator=generator) * response_mask,
+        },
+        non_tensors={"multi_modal_inputs": multi_modal},
+    )
+    model = load(tiny_model_dir)
+    with torch.no_grad():
+        log_probs, _ = forward_response_log_probs(model, data, 1.0, False)
+    noise = lambda: 0.3 * torch.randn(bs, RESPONSE_WIDTH, generator=generator)  # noqa: E731
+    data.batch["old_log_probs"] = (log_probs + noise()) * response_mask
+    data.batch["ref_log_probs"] = (log_probs + noise()) * response_mask
+    return data
+
+
+def load(model_dir):
+    return AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+
+
+def actor_config(mode: str) -> ActorConfig:
+    config = ActorConfig(loss_agg_mode=mode, use_kl_loss=True, kl_loss_coef=0.1, entropy_coeff=0.01)
+    config.micro_batch_size_per_device_for_update = 99
+    return config
+
+
+def gradients(model) -> dict[str, torch.Tensor]:
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def padded_reference_gradients(model, data: DataProto, config: ActorConfig) -> dict[str, torch.Tensor]:
+    """One forward over the whole padded batch, the loss of the mini-batch as written in the
+    textbook (local means over this one batch)."""
+    log_probs, entropy = forward_response_log_probs(model, data, 1.0, True)
+    mask = data.batch["response_mask"].float()
+    width = data.batch["responses"].shape[1]
+    pg_loss, _ = core_algos.compute_policy_loss(
+        data.batch["old_log_probs"], log_probs, data.batch["advantages"], mask,
+        config.clip_ratio_low, config.clip_ratio_high, config.clip_ratio_dual, config.loss_agg_mode, width,
+    )
+    kl = core_algos.compute_kl_loss(
+        log_probs, data.batch["ref_log_probs"], mask, config.kl_loss_type, config.loss_agg_mode, width
+    )
+    entropy_loss = core_algos.agg_loss(entropy, mask, config.loss_agg_mode, width)
+    (pg_loss + config.kl_loss_coef * kl - config.entropy_coeff * entropy_loss).backward()
+    return gradients(model)
+
+
+def test_micro_batches_are_trimmed_and_several(padded_batch):
+    groups = split_micro_batches(padded_batch, 99, BUDGET)
+    assert len(groups) >= 3
+    assert sorted(torch.cat([torch.as_tensor(g) for g in groups]).tolist()) == list(range(len(padded_batch)))
+
+
+def test_log_probs_trimmed_equal_fully_padded(tiny_model_dir, padded_batch):
+    model = load(tiny_model_dir)
+    with torch.no_grad():
+        expected_lp, expected_ent = forward_response_log_probs(model, padded_batch, 1.0, True)
+    log_probs, entropy = compute_log_probs(model, padded_batch, 99, 1.0, True, max_token_len=BUDGET)
+    mask = padded_batch.batch["response_mask"].bool()
+    torch.testing.assert_close(log_probs[mask], expected_lp[mask], atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(entropy[mask], expected_ent[mask], atol=2e-5, rtol=1e-5)
+    assert (log_probs[:, max(RESPONSE_LENGTHS):] == 0).all()  # never computed: no micro-batch is that wide
+    # Fixed row counts (no token budget) are trimmed too and give the same values.
+    fixed, _ = compute_log_probs(model, padded_batch, 2, 1.0, False, max_token_len=None)
+    torch.testing.assert_close(fixed[mask], expected_lp[mask], atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
+def test_gradients_trimmed_micro_batches_equal_fully_padded(tiny_model_dir, padded_batch, mode):
+    config = actor_config(mode)
+    reference_model = load(tiny_model_dir)
+    expected = padded_reference_gradients(reference_model, padded_batch, config)
+
+    model = load(tiny_model_dir)
+    actor = PPOActor(model, config, total_optimizer_steps=1, temperature=1.0, max_token_len=BUDGET)
+    metrics = defaultdict(list)
+    assert actor.backward_mini_batch(padded_batch, metrics) == 0
+    assert metrics["actor/micro_batches"] == [pytest.approx(len(split_micro_batches(padded_batch, 99, BUDGET)))]
+    got = gradients(model)
+    assert got.keys() == expected.keys()
+    assert any("visual" in name and g.abs().sum() > 0 for name, g in got.items())  # images reach the loss
+    for name, grad in expected.items():
+        torch.testing.assert_close(got[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_on_policy_update_without_old_log_probs_equals_explicit_old_log_probs(tiny_model_dir, padded_batch):
+    """Skipping the old-log-prob pass: the update's detached log-probs stand in for it exactly."""
+    config = actor_config("token-mean")
+    config.max_grad_norm = 1e9  # clipping would rescale the gradients compared below
+    explicit_model = load(tiny_model_dir)
+    old, _ = compute_log_probs(explicit_model, padded_batch, 99, 1.0, False, max_token_len=BUDGET)
+    explicit = PPOActor(explicit_model, config, 1, 1.0, max_token_len=BUDGET)
+    explicit.backward_mini_batch(DataProto.from_dict(
+        tensors={**padded_batch.batch, "old_log_probs": old}, non_tensors=dict(padded_batch.non_tensor_batch)))
+    expected = gradients(explicit_model)
+
+    model = load(tiny_model_dir)
+    tensors = {k: v for k, v in padded_batch.batch.items() if k != "old_log_probs"}
+    tensors["rollout_log_probs"] = old + 0.01 * padded_batch.batch["response_mask"]
+    on_policy = DataProto.from_dict(tensors=tensors, non_tensors=dict(padded_batch.non_tensor_batch))
+    actor = PPOActor(model, config, 1, 1.0, max_token_len=BUDGET)
+    metrics = actor.update_policy(on_policy, num_mini_batches=1, step=1)
+    assert metrics["actor/ppo_kl"] == 0.0 and metrics["actor/pg_clipfrac"] == 0.0
+    assert metrics["rollout/logprob_gap_mean"] == pytest.approx(0.01, abs=1e-4)
+    assert metrics["actor/entropy"] > 0
+    # update_policy stepped the optimizer; compare the gradient it accumulated before the step.
+    for name, param in model.named_parameters():
+        if param.grad is not None:
+            torch.testing.assert_close(param.grad, expected[name], atol=1e-6, rtol=1e-4, msg=name)
+    with pytest.raises(ValueError, match="only an on-policy update"):
+        actor.update_policy(on_policy, num_mini_batches=2, step=2)
