@@ -19,6 +19,9 @@
 #   BATCH_SIZE              prompts per vLLM generate() call (256)
 #   SELF_REWARD             1: MODEL_PATH re-answers its own perceptions, text only (perception
 #                           sufficiency and language-shortcut rate); 0: accuracy and format only
+#   BLANK_CONTROL           1: also answer every prompt with its images blanked (same size) and report
+#                           accuracy_blank_image / vision_reliance / accuracy_drop; doubles
+#                           generation time (0 skips it)
 #   REWARD                  score's --reward (default: sr1 with SELF_REWARD=1, see_think without)
 #   ANSWER_JUDGE_BASE_URL, ANSWER_JUDGE_MODEL   an OpenAI-compatible server that re-checks answers the
 #                           rule-based grader marks wrong (the reference's LLM-judge protocol);
@@ -58,6 +61,12 @@ echo ">>> $NAME: generating responses for $DATA with $MODEL_PATH"
 "$PYTHON" -m verl.eval.generate "${GENERATE_ARGS[@]}"
 
 SCORE_ARGS=(--input "$OUTPUT")
+if [ "${BLANK_CONTROL:-1}" = 1 ]; then
+  BLANK_OUTPUT="$OUT_DIR/$NAME.blank.jsonl"
+  echo ">>> $NAME: blank-image control (every image blanked, same size)"
+  "$PYTHON" -m verl.eval.generate "${GENERATE_ARGS[@]}" --output "$BLANK_OUTPUT" --blank_images
+  SCORE_ARGS+=(--blank_input "$BLANK_OUTPUT")
+fi
 if [ -n "${REWARD:-}" ]; then
   SCORE_ARGS+=(--reward "$REWARD")
 fi

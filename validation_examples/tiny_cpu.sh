@@ -12,7 +12,9 @@
 #                          python3 scripts/make_synthetic_dataset.py --out data/tiny_shapes
 # Environment: ENGINE (hf | vllm, default hf), DATA (data/tiny_shapes/val.parquet),
 # MAX_RESPONSE_LENGTH (96; the longest synthetic SFT answer is 70 tokens), SELF_REWARD (1: MODEL_DIR re-answers
-# its own perceptions; 0: accuracy and format only), PYTHON (python3).
+# its own perceptions; 0: accuracy and format only), BLANK_CONTROL (1: every prompt answered a second
+# time with a blank image of the same size -> OUT_DIR/tiny_shapes.blank.jsonl, and the summary gains
+# accuracy_blank_image, vision_reliance, accuracy_drop; 0: skip), PYTHON (python3).
 set -euo pipefail
 
 MODEL_DIR=${1:?usage: bash validation_examples/tiny_cpu.sh MODEL_DIR [OUT_DIR]}
@@ -30,14 +32,21 @@ if [ "$ENGINE" = vllm ]; then
 fi
 
 mkdir -p "$OUT_DIR"
-"$PYTHON" -m verl.eval.generate \
-  --model_path "$MODEL_DIR" --data "$DATA" --output "$OUTPUT" \
-  --format_prompt "$REPO_ROOT/configs/format_prompt/sr1.jinja" \
-  --min_pixels 3136 --max_pixels 12544 --max_prompt_length 400 \
-  --max_response_length "$MAX_RESPONSE_LENGTH" --n 1 --temperature 0 --batch_size 64 \
+GENERATE_ARGS=(
+  --model_path "$MODEL_DIR" --data "$DATA"
+  --format_prompt "$REPO_ROOT/configs/format_prompt/sr1.jinja"
+  --min_pixels 3136 --max_pixels 12544 --max_prompt_length 400
+  --max_response_length "$MAX_RESPONSE_LENGTH" --n 1 --temperature 0 --batch_size 64
   "${ENGINE_ARGS[@]}"
+)
+"$PYTHON" -m verl.eval.generate "${GENERATE_ARGS[@]}" --output "$OUTPUT"
 
 SCORE_ARGS=(--input "$OUTPUT")
+if [ "${BLANK_CONTROL:-1}" = 1 ]; then
+  BLANK_OUTPUT="$OUT_DIR/tiny_shapes.blank.jsonl"
+  "$PYTHON" -m verl.eval.generate "${GENERATE_ARGS[@]}" --output "$BLANK_OUTPUT" --blank_images
+  SCORE_ARGS+=(--blank_input "$BLANK_OUTPUT")
+fi
 if [ "${SELF_REWARD:-1}" = 1 ]; then
   SCORE_ARGS+=(--self_reward_model "$MODEL_DIR" --reanswer_max_prompt_length 400
                --reanswer_max_response_length "$MAX_RESPONSE_LENGTH" "${ENGINE_ARGS[@]}")

@@ -6,7 +6,8 @@ import os
 import datasets
 import pandas as pd
 import pytest
-from transformers import AutoProcessor, AutoTokenizer
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
 from verl.data.synthetic import write_synthetic_dataset
 from verl.eval.generate import (
@@ -172,6 +173,38 @@ def test_damaged_or_mixed_outputs_are_refused(tmp_path):
         completed_indices(mixed, n=1)
 
 
+@pytest.fixture(scope="module")
+def blind_model_dir(tiny_model_dir, tmp_path_factory) -> str:
+    """The tiny model with its vision merger's output layer zeroed: every image becomes the same
+    (zero) vision tokens, so no answer can depend on what an image shows."""
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        model.model.visual.merger.mlp[-1].weight.zero_()
+        model.model.visual.merger.mlp[-1].bias.zero_()
+    out_dir = str(tmp_path_factory.mktemp("blind_tiny"))
+    model.save_pretrained(out_dir)
+    AutoProcessor.from_pretrained(tiny_model_dir).save_pretrained(out_dir)
+    return out_dir
+
+
+def test_blank_images_reach_the_engine(engine, dataset, tokenizer, tmp_path):
+    """The random tiny model reacts to pixels: blanking the images changes some greedy responses."""
+    real, blank = str(tmp_path / "real.jsonl"), str(tmp_path / "blank.jsonl")
+    generate_to_file(engine, dataset, tokenizer, real, GREEDY, batch_size=8, show_progress=False)
+    generate_to_file(engine, dataset, tokenizer, blank, GREEDY, batch_size=8, show_progress=False, blank_images=True)
+    pairs = list(zip(read_jsonl(real), read_jsonl(blank)))
+    assert all(a["dataset_index"] == b["dataset_index"] for a, b in pairs)
+    assert sum(a["response"] != b["response"] for a, b in pairs) > 0
+
+
+def test_a_blind_model_answers_the_same_with_blank_images(blind_model_dir, dataset, tokenizer, tmp_path):
+    engine = HFRolloutEngine(blind_model_dir, min_pixels=SPEC.min_pixels, max_pixels=SPEC.max_pixels)
+    real, blank = str(tmp_path / "real.jsonl"), str(tmp_path / "blank.jsonl")
+    generate_to_file(engine, dataset, tokenizer, real, GREEDY, batch_size=8, show_progress=False)
+    generate_to_file(engine, dataset, tokenizer, blank, GREEDY, batch_size=8, show_progress=False, blank_images=True)
+    assert [r["response"] for r in read_jsonl(real)] == [r["response"] for r in read_jsonl(blank)]
+
+
 def test_cli_writes_records_and_refuses_to_resume_with_other_settings(tiny_model_dir, val_path, tmp_path):
     output = str(tmp_path / "cli.jsonl")
     common = [
@@ -184,6 +217,7 @@ def test_cli_writes_records_and_refuses_to_resume_with_other_settings(tiny_model
     assert len(read_jsonl(output)) == 2
     settings = json.load(open(str(tmp_path / "cli.generation.json"), encoding="utf-8"))
     assert settings["max_response_length"] == MAX_TOKENS and settings["temperature"] == 0.0
+    assert settings["blank_images"] is False
 
     with pytest.raises(ValueError, match="temperature: stored 0.0, now 0.7"):
         main(common + ["--temperature", "0.7"])

@@ -248,3 +248,42 @@ def test_cli_with_self_reward_model(tiny_model_dir, records_path, tmp_path):
     assert summary["overall"]["perception_sufficient"] == pytest.approx(
         sum(row["scores"]["perception_sufficient"] for row in rows) / N
     )
+
+
+def write_blank_twin(records_path, tmp_path, blank_responses: dict[int, str], drop: int | None = None) -> str:
+    """The records file with the given responses replaced (as answered with blank images)."""
+    path = tmp_path / "responses.blank.jsonl"
+    with open(path, "w", encoding="utf-8") as file:
+        for record in read_jsonl(records_path):
+            if record["dataset_index"] == drop:
+                continue
+            record["response"] = blank_responses.get(record["dataset_index"], record["response"])
+            file.write(json.dumps(record) + "\n")
+    return str(path)
+
+
+def test_blank_image_control_is_summarised_overall_and_per_group(records_path, tmp_path):
+    # With blank images: record 0 answers blue (was red, correct), record 3 answers right (was left,
+    # correct), record 1 answers blue (was green, wrong -> now correct); the rest answer the same.
+    blank_path = write_blank_twin(
+        records_path, tmp_path, {0: "\\boxed{blue}", 1: "\\boxed{blue}", 3: "\\boxed{right}"}
+    )
+    summary = main(["--input", records_path, "--reward", "see_think", "--blank_input", blank_path])
+
+    overall = summary["overall"]
+    assert overall["vision_reliance"] == pytest.approx(3 / 6)
+    # correct with blank images: 1, 2, 5 (record 4 has no answer either way)
+    assert overall["accuracy_blank_image"] == pytest.approx(3 / 6)
+    assert overall["accuracy_drop"] == pytest.approx(ACCURACY - 3 / 6)
+    color = summary["groups"]["question_type"]["color"]  # records 0, 1, 4
+    assert color["vision_reliance"] == pytest.approx(2 / 3)
+    assert color["accuracy_blank_image"] == pytest.approx(1 / 3)
+    scored = read_jsonl(tmp_path / "responses.scored.jsonl")
+    assert scored[0]["blank_image_response"] == "\\boxed{blue}"
+    assert scored[0]["scores"]["vision_reliance"] == 1.0
+
+
+def test_blank_image_control_names_a_missing_twin(records_path, tmp_path):
+    blank_path = write_blank_twin(records_path, tmp_path, {}, drop=2)
+    with pytest.raises(ValueError, match="no blank-image response for dataset_index 2"):
+        main(["--input", records_path, "--reward", "see_think", "--blank_input", blank_path])

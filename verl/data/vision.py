@@ -80,6 +80,17 @@ def check_qwen_image_processor(image_processor: Any) -> None:
         )
 
 
+BLANK_FILL = (255, 255, 255)
+"""The blank-image control's fill: plain white, the background of most charts, documents and the
+synthetic shapes task, so a blank image is "the same picture with nothing in it"."""
+
+
+def blank_like(image: Image.Image) -> Image.Image:
+    """A blank RGB image of ``image``'s size: after ``resize_image`` it expands to the same number
+    of vision tokens, so the prompt differs from the original only in visual content."""
+    return Image.new("RGB", image.size, BLANK_FILL)
+
+
 def open_image(obj: Any, where: str, base_dir: str | None = None) -> Image.Image:
     """Opens ``obj`` lazily (header read, pixels not decoded): cheap access to ``.size``.
 

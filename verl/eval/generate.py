@@ -8,6 +8,10 @@ One line per response, the reference's record layout (``dataset_index``, ``promp
 every JSON-typed extra data column (e.g. ``question_type``, ``distractor``), which
 ``verl.eval.score`` can group by.
 
+``--blank_images`` answers the same prompts with every image replaced by a blank image of the
+same size (the blank-image control, ``verl.rewards.vision_control``); ``verl.eval.score
+--blank_input`` pairs that file with the normal one.
+
 Prompts are built by ``RLDataset`` (format prompt, chat template, image resizing with the shared
 min/max pixels) exactly as in training validation. Each batch of prompts is ONE
 ``RolloutEngine.generate`` call; its records are appended with one write and an fsync, so a crash
@@ -24,7 +28,7 @@ import logging
 import math
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +37,7 @@ from tqdm import tqdm
 from transformers import AutoProcessor, AutoTokenizer, PreTrainedTokenizerBase
 
 from verl.data.rl_dataset import IMAGE_PLACEHOLDER, RLDataset
+from verl.data.vision import blank_like
 from verl.workers.rollout import ENGINE_NAMES, GenerationRequest, RolloutEngine, SamplingConfig, make_rollout_engine
 
 logger = logging.getLogger(__name__)
@@ -85,6 +90,8 @@ class GenerationSettings:
     top_k: int
     max_response_length: int
     seed: int
+    blank_images: bool = False
+    """Every image replaced by a blank one of the same size (the blank-image control)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -228,7 +235,13 @@ def check_or_store_settings(output_path: str, settings: GenerationSettings, over
             )
         with open(settings_path, encoding="utf-8") as file:
             stored = json.load(file)
-        differing = {key: (stored.get(key), value) for key, value in wanted.items() if stored.get(key) != value}
+        # Settings added after a file was written read as their defaults (e.g. blank_images=False).
+        defaults = {f.name: f.default for f in fields(GenerationSettings) if f.default is not MISSING}
+        differing = {
+            key: (stored.get(key, defaults.get(key)), value)
+            for key, value in wanted.items()
+            if stored.get(key, defaults.get(key)) != value
+        }
         if differing:
             details = ", ".join(f"{key}: stored {old!r}, now {new!r}" for key, (old, new) in differing.items())
             raise ValueError(
@@ -313,11 +326,14 @@ def generate_to_file(
     batch_size: int,
     limit: int | None = None,
     show_progress: bool = True,
+    blank_images: bool = False,
 ) -> GenerationReport:
     """Appends ``sampling.n`` records per prompt of ``dataset`` to ``output_path``.
 
     Prompts already complete in the file are skipped; the rest go to the engine ``batch_size``
     prompts per ``generate`` call, in dataset order. ``limit``: only the first ``limit`` prompts.
+    ``blank_images``: each image is replaced by ``blank_like(image)`` (same size, so the same
+    vision tokens) before the engine sees it.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -333,7 +349,13 @@ def generate_to_file(
         for start in range(0, len(todo), batch_size):
             batch_positions = todo[start : start + batch_size]
             items = [slim_item(dataset[position], columns) for position in batch_positions]
-            requests = [GenerationRequest(prompt_ids=item["raw_prompt_ids"], images=item["images"]) for item in items]
+            requests = [
+                GenerationRequest(
+                    prompt_ids=item["raw_prompt_ids"],
+                    images=[blank_like(image) for image in item["images"]] if blank_images else item["images"],
+                )
+                for item in items
+            ]
             # Each prompt's seed depends only on its dataset position: resuming or changing the
             # batch size does not change which random stream a prompt gets (vLLM adds i * n).
             batch_sampling = SamplingConfig(
@@ -438,6 +460,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=256, help="prompts per engine generate() call")
     parser.add_argument("--limit", type=int, default=None, help="only the first LIMIT prompts (smoke runs)")
     parser.add_argument("--overwrite", action="store_true", help="discard an existing OUT instead of resuming")
+    parser.add_argument(
+        "--blank_images",
+        action="store_true",
+        help="the blank-image control: replace every image by a blank one of the same size "
+        "(score with verl.eval.score --blank_input OUT.jsonl)",
+    )
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     add_engine_arguments(parser, default_engine="vllm")
     args = parser.parse_args(argv)
@@ -486,6 +514,7 @@ def settings_from_args(args: argparse.Namespace) -> GenerationSettings:
         top_k=args.top_k,
         max_response_length=args.max_response_length,
         seed=args.seed,
+        blank_images=args.blank_images,
     )
 
 
@@ -514,7 +543,8 @@ def main(argv: list[str] | None = None) -> GenerationReport:
         seed=settings.seed,
     )
     report = generate_to_file(
-        engine, dataset, tokenizer, args.output, sampling, args.batch_size, args.limit, not args.no_progress
+        engine, dataset, tokenizer, args.output, sampling, args.batch_size, args.limit, not args.no_progress,
+        settings.blank_images,
     )
     dropped = len(dataset.rows) - len(dataset)
     print(

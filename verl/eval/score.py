@@ -16,6 +16,12 @@ OpenAI-compatible server. ``perception_sufficient``: the re-answer reaches the g
 Language Shortcut Rate is its mean). A response without a description is not re-asked and counts
 as insufficient. Judge failures (after bounded retries) count as wrong and are reported.
 
+Blank-image control (``--blank_input OUT.blank.jsonl``, written by ``verl.eval.generate
+--blank_images``): each response is paired with the response to the same prompt (same
+``dataset_index`` and ``sample_index``) whose images were blank; ``accuracy_blank_image``,
+``vision_reliance`` (the final answer changes) and ``accuracy_drop`` are added to every record and
+summarised overall and per group (``verl.rewards.vision_control``).
+
 Answer judge (the reference's protocol for open-ended benchmarks such as MM-Vet): responses the
 rule-based grader marks wrong are shown to an LLM with the question and the reference answer;
 ``judged_accuracy`` counts those it calls correct. A reply without a clear verdict is an error,
@@ -49,6 +55,7 @@ from verl.protocol import DataProto
 from verl.rewards import RewardInput
 from verl.rewards.grader import extract_boxed
 from verl.rewards.loader import LoadedRewardFunction, load_reward_function
+from verl.rewards.vision_control import blank_image_control
 from verl.trainer.config import SelfRewardConfig
 from verl.trainer.perception_judge import OpenAIJudge
 from verl.trainer.self_reward import ReanswerJudge, SelfRewardStage, build_reprompt, perception_of
@@ -67,6 +74,8 @@ TABLE_COLUMNS = (
     ("format", "format", True),
     ("perception_sufficient", "perception", True),
     ("language_shortcut", "shortcut", True),
+    ("accuracy_blank_image", "blank_acc", True),
+    ("vision_reliance", "reliance", True),
     ("response_length", "length", False),
 )
 ANSWER_JUDGE_TEMPLATE = (
@@ -245,6 +254,35 @@ def judge_answers(judge: ReanswerJudge, records: Sequence[ResponseRecord], indic
 
 
 # ----------------------------------------------------------------------------------------------
+# Blank-image control
+# ----------------------------------------------------------------------------------------------
+
+
+def pair_blank_records(
+    records: Sequence[ResponseRecord], blank_records: Sequence[ResponseRecord], blank_path: str
+) -> list[ResponseRecord]:
+    """For each record, the blank-image record of the same prompt and sample; a record without
+    its twin (or a blank file of another dataset) raises naming both."""
+    by_key = {(r.dataset_index, r.raw.get("sample_index", 0)): r for r in blank_records}
+    paired = []
+    for record in records:
+        key = (record.dataset_index, record.raw.get("sample_index", 0))
+        twin = by_key.get(key)
+        if twin is None:
+            raise ValueError(
+                f"{blank_path}: no blank-image response for dataset_index {key[0]} sample_index {key[1]} "
+                f"(line {record.line} of the input); generate it with the same --data, --n and --limit"
+            )
+        if twin.ground_truth != record.ground_truth:
+            raise ValueError(
+                f"{blank_path} line {twin.line}: ground truth {twin.ground_truth!r} differs from the input's "
+                f"{record.ground_truth!r} for dataset_index {key[0]}: not the same dataset"
+            )
+        paired.append(twin)
+    return paired
+
+
+# ----------------------------------------------------------------------------------------------
 # Scoring and summary
 # ----------------------------------------------------------------------------------------------
 
@@ -273,11 +311,25 @@ def per_record_metrics(
     scores: list[dict[str, float]],
     reanswers: Reanswers | None,
     verdicts: dict[int, str] | None,
+    blank_records: Sequence[ResponseRecord] | None = None,
 ) -> list[dict[str, float]]:
-    """Every averaged quantity of each record: reward components, length, truncation, errors."""
+    """Every averaged quantity of each record: reward components, length, truncation, errors,
+    and the blank-image control when ``blank_records`` (paired one to one) are given."""
+    control = (
+        blank_image_control(
+            [r.response for r in records],
+            [r.response for r in blank_records],
+            [r.ground_truth for r in records],
+            [r.problem for r in records],
+        )
+        if blank_records is not None
+        else None
+    )
     rows = []
     for i, (record, score) in enumerate(zip(records, scores)):
         row = dict(score)
+        if control is not None:
+            row.update(control[i])
         if record.response_length is not None:
             row["response_length"] = float(record.response_length)
         if record.finished is not None:
@@ -384,6 +436,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="columns to group by (default: every extra str/bool/int column with 2..--max_groups values)",
     )
     parser.add_argument("--max_groups", type=int, default=32, help="auto grouping: most distinct values")
+    parser.add_argument(
+        "--blank_input",
+        default=None,
+        help="the blank-image control: OUT.blank.jsonl from verl.eval.generate --blank_images on the same "
+        "data; adds accuracy_blank_image, vision_reliance and accuracy_drop",
+    )
     parser.add_argument(
         "--missing_description",
         choices=("zero", "whole_response"),
@@ -500,13 +558,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         wrong = [i for i, score in enumerate(scores) if score["accuracy"] != 1.0]
         verdicts = judge_answers(answer_judge, records, wrong)
 
-    rows = per_record_metrics(records, scores, reanswers, verdicts)
+    blank_records = (
+        pair_blank_records(records, read_records(args.blank_input), args.blank_input) if args.blank_input else None
+    )
+    rows = per_record_metrics(records, scores, reanswers, verdicts, blank_records)
     summary = {
         "input": os.path.abspath(args.input),
         "reward": reward_name,
         "reanswerer": reanswerer,
         "answer_judge": f"openai:{args.answer_judge_model}@{args.answer_judge_base_url}" if verdicts is not None else None,
         "missing_description": args.missing_description,
+        "blank_input": os.path.abspath(args.blank_input) if args.blank_input else None,
         **({"reanswer_metrics": reanswers.metrics} if reanswers is not None and reanswers.metrics else {}),
         **summarize(records, rows, columns),
     }
@@ -518,6 +580,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             scored["reanswers"] = reanswers.texts[i]
         if verdicts is not None:
             scored["answer_judge_verdict"] = verdicts.get(i)
+        if blank_records is not None:
+            scored["blank_image_response"] = blank_records[i].response
         scored_lines.append(json.dumps(scored, ensure_ascii=False) + "\n")
     write_atomically(sidecar_path(args.input, ".scored.jsonl"), "".join(scored_lines))
     write_atomically(sidecar_path(args.input, ".summary.json"), json.dumps(summary, indent=1) + "\n")
