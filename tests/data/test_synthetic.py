@@ -172,7 +172,7 @@ def test_sft_json_is_sharegpt_with_relative_images(written):
     out_dir, files = written
     records = json.load(open(files.sft, encoding="utf-8"))
     samples = generate_split(12, seed=1, split="sft")
-    assert len(records) == 12 + 6  # every second sample also has a text-only re-prompt record
+    assert len(records) == 12 + 12  # every sample also has a text-only re-prompt record
     template = load_format_prompt(SR1_PROMPT)
     image_records = [r for r in records if r["images"]]
     text_records = [r for r in records if not r["images"]]
@@ -184,7 +184,7 @@ def test_sft_json_is_sharegpt_with_relative_images(written):
         assert not os.path.isabs(image_path)
         image = Image.open(os.path.join(out_dir, image_path)).convert("RGB")
         assert image.tobytes() == render_image(sample, SPEC.image_size).tobytes()
-    for record, sample in zip(text_records, samples[::2], strict=True):
+    for record, sample in zip(text_records, samples, strict=True):
         user, assistant = record["messages"]
         assert user["content"] == build_reprompt(describe(sample), sample.question)
         assert "<image>" not in user["content"]
@@ -214,5 +214,5 @@ def test_cli_writes_the_three_files(tmp_path):
     subprocess.run(command, check=True, capture_output=True, cwd=REPO_ROOT)
     assert len(pd.read_parquet(out_dir / "train.parquet")) == 8
     assert len(pd.read_parquet(out_dir / "val.parquet")) == 4
-    assert len(json.load(open(out_dir / "sft.json"))) == 4 + 2  # + text-only re-prompt records
+    assert len(json.load(open(out_dir / "sft.json"))) == 4 + 4  # + text-only re-prompt records
     assert len(os.listdir(out_dir / "images")) == 4

@@ -320,8 +320,10 @@ def write_sft_file(
     """LLaMA-Factory sharegpt ``out_dir/sft.json``; images saved under ``out_dir/images/``.
 
     The user turn is the format prompt rendered on the problem, exactly what the RL rollout
-    sees; image paths are relative to the json file. Every second sample also gets a text-only
-    re-prompt record (``text_only_record``), as the Vision-SR1 cold-start set has.
+    sees; image paths are relative to the json file. Every sample also gets a text-only re-prompt
+    record (``text_only_record``), as the Vision-SR1 cold-start set has: with only every second
+    sample, the tiny model re-answered 0% of shape and 2% of position questions correctly from its
+    own (correct) descriptions after SFT, so the visual reward could not tell good perceptions apart.
     """
     format_prompt = load_format_prompt(format_prompt_path)
     os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
@@ -339,8 +341,7 @@ def write_sft_file(
                 "images": [relative_path],
             }
         )
-        if index % 2 == 0:
-            records.append(text_only_record(sample))
+        records.append(text_only_record(sample))
     sft_path = os.path.join(out_dir, "sft.json")
     with open(sft_path, "w", encoding="utf-8") as file:
         json.dump(records, file, ensure_ascii=False, indent=1)
