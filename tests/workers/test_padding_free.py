@@ -6,64 +6,15 @@ from collections import defaultdict
 
 import pytest
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+from transformers import AutoModelForImageTextToText
 
-from verl.data.rl_dataset import RLDataset, collate_rl
 from verl.protocol import DataProto
 from verl.trainer import core_algos
 from verl.trainer.config import ActorConfig
 from verl.workers.actor import PPOActor, compute_log_probs, forward_response_log_probs, split_micro_batches
 
-MAX_PROMPT = 512
-RESPONSE_WIDTH = 16
-RESPONSE_LENGTHS = [12, 3, 7, 1, 9, 5]
+
 BUDGET = 400  # tokens per micro-batch: forces several micro-batches of different widths
-
-
-@pytest.fixture(scope="module")
-def padded_batch(tiny_model_dir, synthetic_data_dir):
-    """4 image prompts + 2 text-only prompts, all left-padded to 512; random responses of
-    unequal lengths right-padded to 16; old/ref log-probs and advantages made up."""
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    processor = AutoProcessor.from_pretrained(tiny_model_dir)
-    dataset = RLDataset(
-        f"{synthetic_data_dir}/val.parquet", tokenizer, processor, max_prompt_length=MAX_PROMPT,
-        min_pixels=3136, max_pixels=12544, format_prompt="configs/format_prompt/r1v.jinja",
-    )
-    tensors, non_tensors = collate_rl([dataset[i] for i in range(4)], tokenizer.pad_token_id, MAX_PROMPT)
-    input_ids, attention_mask = [tensors["input_ids"]], [tensors["attention_mask"]]
-    multi_modal = list(non_tensors["multi_modal_inputs"])
-    for text in ("What colour is the square? Answer in one word.", "Count: one two three"):
-        ids = torch.tensor(tokenizer(text)["input_ids"])
-        row, mask = torch.full((1, MAX_PROMPT), tokenizer.pad_token_id), torch.zeros(1, MAX_PROMPT, dtype=torch.long)
-        row[0, -len(ids):], mask[0, -len(ids):] = ids, 1
-        input_ids.append(row)
-        attention_mask.append(mask)
-        multi_modal.append({})
-    bs = len(RESPONSE_LENGTHS)
-    generator = torch.Generator().manual_seed(0)
-    responses = torch.randint(0, 600, (bs, RESPONSE_WIDTH), generator=generator)
-    response_mask = torch.zeros(bs, RESPONSE_WIDTH, dtype=torch.long)
-    for i, length in enumerate(RESPONSE_LENGTHS):
-        response_mask[i, :length] = 1
-    responses[response_mask == 0] = tokenizer.pad_token_id
-    data = DataProto.from_dict(
-        tensors={
-            "input_ids": torch.cat([torch.cat(input_ids), responses], 1),
-            "attention_mask": torch.cat([torch.cat(attention_mask), response_mask], 1),
-            "responses": responses,
-            "response_mask": response_mask,
-            "advantages": torch.randn(bs, 1, generator=generator) * response_mask,
-        },
-        non_tensors={"multi_modal_inputs": multi_modal},
-    )
-    model = load(tiny_model_dir)
-    with torch.no_grad():
-        log_probs, _ = forward_response_log_probs(model, data, 1.0, False)
-    noise = lambda: 0.3 * torch.randn(bs, RESPONSE_WIDTH, generator=generator)  # noqa: E731
-    data.batch["old_log_probs"] = (log_probs + noise()) * response_mask
-    data.batch["ref_log_probs"] = (log_probs + noise()) * response_mask
-    return data
 
 
 def load(model_dir):
@@ -112,7 +63,8 @@ def test_log_probs_trimmed_equal_fully_padded(tiny_model_dir, padded_batch):
     mask = padded_batch.batch["response_mask"].bool()
     torch.testing.assert_close(log_probs[mask], expected_lp[mask], atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(entropy[mask], expected_ent[mask], atol=2e-5, rtol=1e-5)
-    assert (log_probs[:, max(RESPONSE_LENGTHS):] == 0).all()  # never computed: no micro-batch is that wide
+    longest = int(padded_batch.batch["response_mask"].sum(-1).max())
+    assert longest < log_probs.shape[1] and (log_probs[:, longest:] == 0).all()  # never computed: no micro-batch is that wide
     # Fixed row counts (no token budget) are trimmed too and give the same values.
     fixed, _ = compute_log_probs(model, padded_batch, 2, 1.0, False, max_token_len=None)
     torch.testing.assert_close(fixed[mask], expected_lp[mask], atol=2e-5, rtol=1e-5)
@@ -133,7 +85,7 @@ def test_gradients_trimmed_micro_batches_equal_fully_padded(tiny_model_dir, padd
     assert got.keys() == expected.keys()
     assert any("visual" in name and g.abs().sum() > 0 for name, g in got.items())  # images reach the loss
     for name, grad in expected.items():
-        torch.testing.assert_close(got[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+        torch.testing.assert_close(got[name], grad, atol=1e-6, rtol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_on_policy_update_without_old_log_probs_equals_explicit_old_log_probs(tiny_model_dir, padded_batch):
@@ -159,6 +111,6 @@ def test_on_policy_update_without_old_log_probs_equals_explicit_old_log_probs(ti
     # update_policy stepped the optimizer; compare the gradient it accumulated before the step.
     for name, param in model.named_parameters():
         if param.grad is not None:
-            torch.testing.assert_close(param.grad, expected[name], atol=1e-6, rtol=1e-4, msg=name)
+            torch.testing.assert_close(param.grad, expected[name], atol=1e-6, rtol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
     with pytest.raises(ValueError, match="only an on-policy update"):
         actor.update_policy(on_policy, num_mini_batches=2, step=2)

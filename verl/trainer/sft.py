@@ -64,6 +64,7 @@ from verl.models.qwen_vl import (
 from verl.trainer.config import ConfigError, parse_cli_or_exit, to_yaml
 from verl.utils.tracking import Tracker
 from verl.workers.actor import lr_lambda
+from verl.workers.engine.fsdp import shard_model
 
 USAGE = """usage: python3 -m verl.trainer.sft config=CONFIG.yaml [section.key=value ...]
        torchrun --nproc_per_node N -m verl.trainer.sft config=CONFIG.yaml [...]
@@ -465,10 +466,6 @@ class SFTTrainer:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model = model.to(ctx.device)
         if ctx.is_distributed:
-            # Imported here: the worker module pulls in Ray and the rollout engines, which a
-            # single-process run never needs.
-            from verl.workers.fsdp_worker import shard_model
-
             mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
             mixed_precision = MixedPrecisionPolicy(param_dtype=self.compute_dtype, reduce_dtype=torch.float32)
             model = shard_model(model, mesh, mixed_precision)

@@ -13,14 +13,15 @@ import ray
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy
 
-from verl.models.qwen_vl import decoder_layers, load_policy, resolve_attn_implementation, resolve_dtype
+from verl.models.qwen_vl import load_policy, resolve_attn_implementation, resolve_dtype
 from verl.protocol import DataProto
 from verl.single_controller.worker_group import find_free_port
 from verl.trainer.config import PPOConfig
 from verl.utils import checkpoint
 from verl.workers.actor import PPOActor, compute_log_probs
+from verl.workers.engine.fsdp import shard_model
 from verl.workers.rollout import make_rollout_engine
 from verl.workers.rollout.base import SamplingConfig
 from verl.workers.rollout.batching import build_rollout_batch, requests_from_batch
@@ -34,19 +35,6 @@ def _device(config: PPOConfig) -> torch.device:
     if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()):
         return torch.device("cuda", 0)  # Ray exposes exactly one GPU per worker
     return torch.device("cpu")
-
-
-def shard_model(
-    model: torch.nn.Module, mesh, mp_policy: MixedPrecisionPolicy, param_offload: bool = False
-) -> torch.nn.Module:
-    """FSDP2: each vision block and decoder layer is its own unit, then the root (embeddings,
-    merger, norm, tied lm_head). `param_offload` keeps sharded parameters, gradients and hence
-    the optimizer step on CPU, streaming each unit to the GPU for its forward/backward."""
-    offload = {"offload_policy": CPUOffloadPolicy()} if param_offload and mesh.device_type == "cuda" else {}
-    for layer in decoder_layers(model):
-        fully_shard(layer, mesh=mesh, mp_policy=mp_policy, **offload)
-    fully_shard(model, mesh=mesh, mp_policy=mp_policy, **offload)
-    return model
 
 
 class FSDPWorker:
