@@ -305,6 +305,7 @@ class PPOActor:
                 metrics["actor/grad_norm"].append(grad_norm)
         metrics["actor/lr"].append(self.scheduler.get_last_lr()[0])
         result = {key: float(np.mean(values)) for key, values in metrics.items()}
+        result["actor/optimizer_steps"] = float(len(metrics["actor/grad_norm"]))
         if "rollout/logprob_gap_max" in metrics:
             result["rollout/logprob_gap_max"] = float(np.max(metrics["rollout/logprob_gap_max"]))
         return result
