@@ -171,6 +171,9 @@ class RolloutConfig:
     """Top-k sampling; -1 = off."""
     seed: int = 1
     """Base sampling seed (step and rank are mixed in)."""
+    min_response_length: int = 0
+    """Training rollouts: stop tokens suppressed before this many tokens (0 = off; benchmarks
+    use it to force equal-length responses)."""
     dtype: str = "auto"
     """Engine dtype: auto = bf16 on GPU, fp32 on CPU."""
     val_temperature: float = 0.0

@@ -166,6 +166,7 @@ class RayPPOTrainer:
         return SamplingConfig(
             n=r.n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
             max_tokens=self.config.data.max_response_length, seed=r.seed + 1000 * self.global_step,
+            min_tokens=r.min_response_length,
         )
 
     def val_sampling(self) -> SamplingConfig:

@@ -207,6 +207,16 @@ def test_stops_at_eos_and_never_emits_vision_tokens(engine, requests_, stop_ids,
     assert 0 < finished < len(samples)
 
 
+def test_min_tokens_suppresses_stops_until_then(engine, requests_, stop_ids):
+    # The same sampling as the EOS test above, where some of the 48-token samples stop early.
+    outputs = engine.generate(
+        requests_, SamplingConfig(n=16, temperature=1.0, max_tokens=48, min_tokens=48, seed=0)
+    )
+    for sample in (sample for per_request in outputs for sample in per_request):
+        assert len(sample.token_ids) == 48
+        assert not stop_ids & set(sample.token_ids[:-1])
+
+
 def test_max_tokens_cut_is_not_finished(engine, requests_, stop_ids):
     outputs = engine.generate(requests_, SamplingConfig(n=1, temperature=0.0, max_tokens=3))
 

@@ -35,6 +35,8 @@ class SamplingConfig:
     top_k: int = -1
     max_tokens: int = 64
     seed: int | None = None
+    min_tokens: int = 0
+    """Stop tokens are suppressed before this many tokens (equal-length responses for benchmarks)."""
 
     @property
     def greedy(self) -> bool:

@@ -109,6 +109,7 @@ class HFRolloutEngine(RolloutEngine):
             repetition_penalty=1.0,
             num_return_sequences=samples_per_prompt,
             max_new_tokens=sampling.max_tokens,
+            min_new_tokens=sampling.min_tokens or None,
             eos_token_id=list(self.token_ids.stop),
             pad_token_id=self.token_ids.pad,
             bad_words_ids=[[token] for token in self.token_ids.forbidden],

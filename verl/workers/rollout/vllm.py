@@ -192,6 +192,7 @@ class VLLMRolloutEngine(RolloutEngine):
                 top_p=1.0 if sampling.greedy else sampling.top_p,
                 top_k=0 if sampling.greedy or sampling.top_k <= 0 else sampling.top_k,
                 max_tokens=sampling.max_tokens,
+                min_tokens=sampling.min_tokens,
                 seed=None if sampling.seed is None else sampling.seed + index * sampling.n,
                 logprobs=0,
                 stop_token_ids=list(self.token_ids.stop),
