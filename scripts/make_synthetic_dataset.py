@@ -25,13 +25,19 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files")
     parser.add_argument("--train", type=int, default=2000, help="rows in train.parquet")
     parser.add_argument("--val", type=int, default=200, help="rows in val.parquet")
-    parser.add_argument("--sft", type=int, default=1000, help="conversations in sft.json")
+    parser.add_argument("--sft", type=int, default=3000, help="image questions in sft.json (each also gets a text-only record)")
     parser.add_argument("--image-size", type=int, default=defaults.image_size, help="image side in pixels")
     parser.add_argument(
         "--prior-strength",
         type=float,
         default=defaults.prior_strength,
-        help="share of train/sft rows whose answer is the prior answer of their question text",
+        help="share of cold-start (sft) rows whose answer is the prior answer of their question text",
+    )
+    parser.add_argument(
+        "--train-prior-strength",
+        type=float,
+        default=defaults.train_prior_strength,
+        help="the same for the RL train split (default: none, uniform answers like val)",
     )
     parser.add_argument(
         "--format-prompt", default=DEFAULT_FORMAT_PROMPT, help="jinja format prompt for the SFT user turns"
@@ -49,7 +55,11 @@ def main() -> None:
         train_size=args.train,
         val_size=args.val,
         sft_size=args.sft,
-        spec=SyntheticTaskSpec(image_size=args.image_size, prior_strength=args.prior_strength),
+        spec=SyntheticTaskSpec(
+            image_size=args.image_size,
+            prior_strength=args.prior_strength,
+            train_prior_strength=args.train_prior_strength,
+        ),
     )
     print(f"wrote {files.train}, {files.val}, {files.sft} in {time.perf_counter() - start:.1f} s")
 

@@ -38,6 +38,11 @@ def train_rows():
 
 
 @pytest.fixture(scope="module")
+def sft_rows():
+    return generate_split(2000, seed=0, split="sft")
+
+
+@pytest.fixture(scope="module")
 def val_rows():
     return generate_split(400, seed=0, split="val")
 
@@ -96,23 +101,32 @@ def test_rendered_image_shows_the_scene(train_rows):
         assert (pixels[outside_shapes] == 255).all(), "background must be white"
 
 
-def test_train_prior_is_the_majority_for_every_question_text(train_rows):
+def test_sft_prior_is_the_majority_for_every_question_text(sft_rows):
     answers_by_question = collections.defaultdict(collections.Counter)
-    for sample in train_rows:
+    for sample in sft_rows:
         answers_by_question[sample.question][sample.answer] += 1
         assert sample.distractor == (sample.answer != sample.prior_answer)
     for question, answers in answers_by_question.items():
-        prior = next(sample.prior_answer for sample in train_rows if sample.question == question)
+        prior = next(sample.prior_answer for sample in sft_rows if sample.question == question)
         assert answers.most_common(1)[0][0] == prior, question
         assert len(answers) >= 2, f"{question}: a single answer would not need the image"
-    prior_share = sum(not sample.distractor for sample in train_rows) / len(train_rows)
+    prior_share = sum(not sample.distractor for sample in sft_rows) / len(sft_rows)
     assert abs(prior_share - SPEC.prior_strength) < 0.03
 
 
-def test_val_answers_uniform_so_distractors_defeat_the_text_prior(train_rows, val_rows):
+@pytest.mark.parametrize("train_prior_strength", [None, 0.7])
+def test_train_split_prior_is_its_own_knob(train_prior_strength):
+    rows = generate_split(2000, seed=0, split="train", spec=SyntheticTaskSpec(train_prior_strength=train_prior_strength))
+    prior_share = sum(not sample.distractor for sample in rows) / len(rows)
+    # uniform answers: the prior answer is one option of 2-4 per question type
+    uniform_share = sum(1 / OPTIONS_PER_TYPE[sample.question_type] for sample in rows) / len(rows)
+    assert abs(prior_share - (uniform_share if train_prior_strength is None else 0.7)) < 0.03
+
+
+def test_val_answers_uniform_so_distractors_defeat_the_text_prior(sft_rows, val_rows):
     majority = {}
     counts = collections.defaultdict(collections.Counter)
-    for sample in train_rows:
+    for sample in sft_rows:
         counts[sample.question][sample.answer] += 1
     for question, answers in counts.items():
         majority[question] = answers.most_common(1)[0][0]

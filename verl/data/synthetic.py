@@ -10,12 +10,15 @@ so every question below has exactly one answer:
     count     "How many shapes are in the image?"                 -> "2"
     position  "Is the blue triangle on the left or on the right?" -> "left"
 
-Every question text occurs with several answers, so the answer needs the image. The training
-distribution carries a language prior: for each question text one "prior answer" (fixed by
-``prior_answer``) is the answer with probability ``prior_strength``. Validation answers are
-uniform, and rows whose answer differs from the prior are flagged ``distractor=True``: a model
-that answers from the text alone is wrong on all of them, which makes the language-shortcut
-rate measurable.
+Every question text occurs with several answers, so the answer needs the image. The cold-start
+(SFT) split carries a language prior: for each question text one "prior answer" (fixed by
+``prior_answer``) is the answer with probability ``prior_strength``, so the SFT model learns a
+shortcut. Validation answers are uniform, and rows whose answer differs from the prior are flagged
+``distractor=True``: a model that answers from the text alone is wrong on all of them, which makes
+the language-shortcut rate measurable. The RL train split is uniform by default
+(``train_prior_strength=None``): on a split where the prior answer is right 70% of the time,
+outcome-reward RL on a model whose vision is right ~50% of the time is paid to answer from the
+text, and it did (see ``SyntheticTaskSpec.train_prior_strength``).
 
 Question types are assigned round-robin (each split is exactly balanced across types), the
 random stream of each split depends only on (seed, split), and images are drawn without
@@ -59,8 +62,6 @@ PRIOR_COUNT = "2"
 Split = Literal["train", "val", "sft"]
 # Independent random streams per split: changing the val size never changes the train rows.
 _SPLIT_STREAMS: dict[str, int] = {"train": 0, "val": 1, "sft": 2}
-# Splits drawn with the language prior; val is drawn uniformly to expose shortcut answers.
-_PRIOR_SPLITS = ("train", "sft")
 
 RL_FEATURES = Features(
     {
@@ -80,7 +81,15 @@ class SyntheticTaskSpec:
     image_size: int = 84
     """Side of the square images in pixels (84 = 3x3 merged visual tokens for Qwen2.5-VL)."""
     prior_strength: float = 0.7
-    """Probability that a train/sft row's answer is the prior answer of its question text."""
+    """Probability that an SFT row's answer is the prior answer of its question text."""
+    train_prior_strength: float | None = None
+    """The same for the RL train split; None = uniform answers, like val. Measured on the tiny
+    recipe: with 0.7 here, 30 GRPO steps took val accuracy from 62.0% to 46.0% and distractor
+    accuracy from 45.9% to 21.1% (the policy learned the prior the split pays for)."""
+
+    def prior_strength_of(self, split: str) -> float | None:
+        """The prior strength ``split`` is drawn with; None = uniform answers."""
+        return {"sft": self.prior_strength, "train": self.train_prior_strength}.get(split)
 
 
 @dataclass(frozen=True)
@@ -126,11 +135,9 @@ def prior_answer(question_type: str, subject_color: str | None, subject_kind: st
     raise ValueError(f"unknown question type {question_type!r}; expected one of {QUESTION_TYPES}")
 
 
-def _draw_answer(
-    rng: np.random.Generator, options: tuple[str, ...], prior: str, use_prior: bool, strength: float
-) -> str:
-    """Prior answer with probability ``strength`` (else another option) when ``use_prior``; else uniform."""
-    if not use_prior:
+def _draw_answer(rng: np.random.Generator, options: tuple[str, ...], prior: str, strength: float | None) -> str:
+    """Prior answer with probability ``strength`` (else another option); uniform when ``strength`` is None."""
+    if strength is None:
         return options[rng.integers(len(options))]
     if rng.random() < strength:
         return prior
@@ -176,23 +183,23 @@ def make_sample(
     rng: np.random.Generator, question_type: str, split: Split, spec: SyntheticTaskSpec
 ) -> SyntheticSample:
     """Draws one question of ``question_type`` and a scene that answers it."""
-    use_prior = split in _PRIOR_SPLITS
+    strength = spec.prior_strength_of(split)
     num_shapes = int(rng.integers(1, len(SHAPES) + 1))
     if question_type == "color":
         kind = SHAPES[rng.integers(len(SHAPES))]
         prior = prior_answer("color", None, kind)
-        answer = _draw_answer(rng, tuple(COLORS), prior, use_prior, spec.prior_strength)
+        answer = _draw_answer(rng, tuple(COLORS), prior, strength)
         shapes, subject = _place_shapes(rng, num_shapes, (kind, answer), None, spec.image_size)
         question = f"What color is the {kind}?"
     elif question_type == "shape":
         color = list(COLORS)[rng.integers(len(COLORS))]
         prior = prior_answer("shape", color, None)
-        answer = _draw_answer(rng, SHAPES, prior, use_prior, spec.prior_strength)
+        answer = _draw_answer(rng, SHAPES, prior, strength)
         shapes, subject = _place_shapes(rng, num_shapes, (answer, color), None, spec.image_size)
         question = f"What shape is the {color} object?"
     elif question_type == "count":
         prior = prior_answer("count", None, None)
-        answer = _draw_answer(rng, COUNTS, prior, use_prior, spec.prior_strength)
+        answer = _draw_answer(rng, COUNTS, prior, strength)
         shapes, _ = _place_shapes(rng, int(answer), None, None, spec.image_size)
         subject = None
         question = "How many shapes are in the image?"
@@ -200,7 +207,7 @@ def make_sample(
         kind = SHAPES[rng.integers(len(SHAPES))]
         color = list(COLORS)[rng.integers(len(COLORS))]
         prior = prior_answer("position", color, kind)
-        answer = _draw_answer(rng, SIDES, prior, use_prior, spec.prior_strength)
+        answer = _draw_answer(rng, SIDES, prior, strength)
         shapes, subject = _place_shapes(rng, num_shapes, (kind, color), answer, spec.image_size)
         question = f"Is the {color} {kind} on the left or on the right?"
     else:
@@ -363,12 +370,13 @@ def write_synthetic_dataset(
     seed: int = 0,
     train_size: int = 2000,
     val_size: int = 200,
-    sft_size: int = 1000,
+    sft_size: int = 3000,
     spec: SyntheticTaskSpec = SyntheticTaskSpec(),
 ) -> SyntheticDatasetFiles:
     """Writes ``train.parquet``, ``val.parquet`` (RL) and ``sft.json`` + ``images/`` (cold start)."""
-    if not 0.0 <= spec.prior_strength <= 1.0:
-        raise ValueError(f"prior_strength must be in [0, 1], got {spec.prior_strength}")
+    for name, value in (("prior_strength", spec.prior_strength), ("train_prior_strength", spec.train_prior_strength)):
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {value}")
     os.makedirs(out_dir, exist_ok=True)
     files = SyntheticDatasetFiles(
         train=os.path.join(out_dir, "train.parquet"),
