@@ -1,5 +1,6 @@
 """Learning curves of a GRPO run as one PNG: reward components, validation accuracy and visual
-reward, language-shortcut rate, KL and response length.
+reward, language-shortcut rate, KL, response length, entropy, the blank-image control
+(accuracy with and without the image, vision reliance) and the PPO clip fraction.
 
     python3 scripts/plot_curves.py --metrics checkpoints/run/metrics.jsonl --out curves.png
         [--metrics other/metrics.jsonl --label self-reward --label vision-r1]
@@ -23,6 +24,9 @@ PANELS = [
     ("KL loss", ["actor/kl_loss"]),
     ("response length", ["train/response_length/mean", "train/self_reward/pass2_response_length"]),
     ("entropy", ["actor/entropy"]),
+    ("blank-image control (val subset)", ["val/vision/accuracy", "val/vision/accuracy_blank_image",
+                                          "val/vision/vision_reliance"]),
+    ("PPO clipping", ["actor/pg_clipfrac", "actor/ppo_kl"]),
 ]
 
 
@@ -32,7 +36,7 @@ def read_metrics(path: str) -> list[dict]:
 
 
 def plot(runs: dict[str, list[dict]], out: str) -> None:
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    fig, axes = plt.subplots(2, 4, figsize=(20, 8))
     for ax, (title, keys) in zip(axes.flat, PANELS):
         for label, records in runs.items():
             for key in keys:

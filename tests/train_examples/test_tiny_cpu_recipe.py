@@ -29,10 +29,17 @@ def test_shortened_self_reward_recipe(tiny_model_dir, synthetic_data_dir, tmp_pa
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert list(summary) == ["random init", "after cold-start SFT", "after GRPO"]
-    for row in summary.values():
+    stages = summary["stages"]
+    assert list(stages) == ["random init", "after cold-start SFT", "after GRPO"]
+    for row in stages.values():
         assert 0.0 <= row["accuracy"] <= 1.0 and row["language_shortcut"] is not None
+        # the blank-image control ran in every eval
+        assert 0.0 <= row["accuracy_blank_image"] <= 1.0 and 0.0 <= row["vision_reliance"] <= 1.0
+    assert [target["met"] is not None for target in summary["targets"]] == [True] * 5
+    assert (out / "eval_grpo" / "tiny_shapes.blank.jsonl").is_file()
     assert (out / "curves.png").stat().st_size > 10_000
     assert (out / "merged" / "config.json").is_file() and (out / "merged" / "model.safetensors").is_file()
-    steps = [json.loads(line)["step"] for line in (out / "grpo" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2]
+    records = [json.loads(line) for line in (out / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in records] == [1, 2]
+    # validation after the last step carries the trainer's own blank-image control
+    assert {"val/vision/accuracy_blank_image", "val/vision/vision_reliance", "val/vision/accuracy_drop"} <= set(records[-1])

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The tiny CPU recipe's results table: both variants (self-reward, and Vision-R1-style without it)
+# x 3 seeds, all GRPO runs starting from ONE cold-start SFT model, so the table isolates what GRPO
+# and the self-reward add. Then scripts/sweep_table.py prints the README's table (mean +- std over
+# seeds) and writes ROOT/sweep.json.
+#
+#   bash train_examples/0-tiny_cpu_seed_sweep.sh          # ~6 x 6 min on 2 cores after one SFT
+#
+# Environment: SEEDS ("1 2 3"), ROOT (outputs/sweep), ENGINE (hf: the reproducible engine; vllm
+# is faster but its CPU sampling is not bit-reproducible), STEPS (30), and whatever
+# 0-tiny_cpu_selfReward.sh reads (MODEL, DATA, PYTHON, ...).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SEEDS=${SEEDS:-"1 2 3"}
+ROOT=${ROOT:-outputs/sweep}
+export ENGINE=${ENGINE:-hf}
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
+export PYTHON
+read -r -a seeds <<< "$SEEDS"
+SFT_RUN="$ROOT/selfReward_seed${seeds[0]}"  # its cold-start SFT serves every run
+for seed in "${seeds[@]}"; do
+  for variant in selfReward visionR1; do
+    out="$ROOT/${variant}_seed${seed}"
+    if [ -f "$out/summary.json" ]; then echo "=== $out done, skipped"; continue; fi
+    echo "=== $variant seed $seed -> $out"
+    if [ "$out" = "$SFT_RUN" ]; then
+      VARIANT=$variant SEED=$seed OUT=$out bash train_examples/0-tiny_cpu_selfReward.sh
+    else
+      VARIANT=$variant SEED=$seed OUT=$out SFT_DIR=$SFT_RUN bash train_examples/0-tiny_cpu_selfReward.sh
+    fi
+  done
+done
+"$PYTHON" scripts/sweep_table.py "$ROOT"
