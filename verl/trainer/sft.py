@@ -54,17 +54,12 @@ from torch.utils.data import DataLoader, DistributedSampler
 from transformers import AutoConfig, AutoProcessor, AutoTokenizer
 
 from verl.data.sft_dataset import IGNORE_INDEX, SFTDataset, collate_sft
-from verl.models.qwen_vl import (
-    check_model_path,
-    load_policy,
-    position_ids_for,
-    resolve_attn_implementation,
-    resolve_dtype,
-)
+from verl.models.qwen_vl import check_model_path, position_ids_for, resolve_dtype
 from verl.trainer.config import ConfigError, parse_cli_or_exit, to_yaml
 from verl.utils.tracking import Tracker
-from verl.workers.actor import lr_lambda
 from verl.workers.engine.fsdp import shard_model
+from verl.workers.engine.model import build_policy
+from verl.workers.engine.optim import build_optimizer, clip_and_step
 
 USAGE = """usage: python3 -m verl.trainer.sft config=CONFIG.yaml [section.key=value ...]
        torchrun --nproc_per_node N -m verl.trainer.sft config=CONFIG.yaml [...]
@@ -452,19 +447,14 @@ class SFTTrainer:
         # The saved model keeps the source checkpoint's dtype (bf16 for Qwen's releases).
         self.save_dtype: torch.dtype = AutoConfig.from_pretrained(model_cfg.model_path).dtype or torch.float32
         self.compute_dtype = resolve_dtype(model_cfg.dtype, ctx.device)
-        model = load_policy(
-            model_cfg.model_path, torch.float32, resolve_attn_implementation(model_cfg.attn_implementation, ctx.device)
+        model = build_policy(
+            model_cfg.model_path,
+            ctx.device,
+            model_cfg.attn_implementation,
+            gradient_checkpointing=model_cfg.gradient_checkpointing,
+            freeze_vision_tower=model_cfg.freeze_vision_tower,
+            freeze_multi_modal_projector=model_cfg.freeze_multi_modal_projector,
         )
-        model.config.use_cache = False
-        visual = model.model.visual
-        if model_cfg.freeze_vision_tower:
-            visual.patch_embed.requires_grad_(False)
-            visual.blocks.requires_grad_(False)
-        if model_cfg.freeze_multi_modal_projector:
-            visual.merger.requires_grad_(False)
-        if model_cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model = model.to(ctx.device)
         if ctx.is_distributed:
             mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
             mixed_precision = MixedPrecisionPolicy(param_dtype=self.compute_dtype, reduce_dtype=torch.float32)
@@ -473,23 +463,9 @@ class SFTTrainer:
         self.trainable_parameters = [p for p in model.parameters() if p.requires_grad]
         if not self.trainable_parameters:
             raise ConfigError("every parameter is frozen: nothing to train")
-        self.optimizer = torch.optim.AdamW(
-            self.trainable_parameters,
-            lr=optim_cfg.lr,
-            betas=tuple(optim_cfg.betas),
-            eps=optim_cfg.eps,
-            weight_decay=optim_cfg.weight_decay,
-        )
-        warmup_steps = math.ceil(optim_cfg.warmup_ratio * self.total_steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            partial(
-                lr_lambda,
-                warmup_steps=warmup_steps,
-                total_steps=self.total_steps,
-                scheduler=optim_cfg.lr_scheduler,
-                min_lr_ratio=optim_cfg.min_lr_ratio,
-            ),
+        self.optimizer, self.scheduler = build_optimizer(
+            self.trainable_parameters, optim_cfg.lr, optim_cfg.betas, optim_cfg.eps, optim_cfg.weight_decay,
+            self.total_steps, optim_cfg.warmup_ratio, optim_cfg.lr_scheduler, optim_cfg.min_lr_ratio,
         )
 
     def _autocast(self):
@@ -526,12 +502,9 @@ class SFTTrainer:
                 f"step {step}: non-finite SFT loss {loss}; lower optim.lr or check the data "
                 "(e.g. with model.dtype=float32)"
             )
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable_parameters, self.config.optim.max_grad_norm)
-        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
         lr = self.scheduler.get_last_lr()[0]
-        if math.isfinite(grad_norm):
-            self.optimizer.step()
-        elif ctx.is_main:  # one overflowing batch should not poison the weights
+        grad_norm, stepped = clip_and_step(self.trainable_parameters, self.optimizer, self.config.optim.max_grad_norm)
+        if not stepped and ctx.is_main:  # one overflowing batch does not poison the weights
             print(f"step {step}: gradient norm {grad_norm}, optimizer step skipped", file=sys.stderr, flush=True)
         self.scheduler.step()
         return StepRecord(

@@ -7,7 +7,6 @@ also reads `old_log_probs`, `advantages` and, with the KL loss, `ref_log_probs` 
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 
 import numpy as np
@@ -19,6 +18,7 @@ from verl.models.qwen_vl import forward_in_step, merge_multi_modal_inputs, posit
 from verl.protocol import DataProto
 from verl.trainer import core_algos
 from verl.trainer.config import ActorConfig
+from verl.workers.engine.optim import build_optimizer, clip_and_step, count_on_all_ranks
 from verl.workers.engine.micro_batch import (
     max_across_ranks,
     plan_micro_batches,
@@ -102,16 +102,6 @@ def compute_log_probs(
     return log_probs, entropies
 
 
-def lr_lambda(step: int, warmup_steps: int, total_steps: int, scheduler: str, min_lr_ratio: float) -> float:
-    """Multiplier of the peak lr: linear warm-up, then constant or cosine decay to min_lr_ratio."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if scheduler == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 class NonFiniteLossError(FloatingPointError):
     """The policy loss became NaN/inf; the message names the step and the loss terms."""
 
@@ -138,14 +128,10 @@ class PPOActor:
         self.max_token_len = max_token_len
         self.max_token_len_for_experience = max_token_len_for_experience
         optim = config.optim
-        params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            params, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, weight_decay=optim.weight_decay
-        )
-        warmup_steps = int(optim.lr_warmup_ratio * total_optimizer_steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            lambda step: lr_lambda(step, warmup_steps, total_optimizer_steps, optim.lr_scheduler, optim.min_lr_ratio),
+        self.trainable_parameters = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer, self.scheduler = build_optimizer(
+            self.trainable_parameters, optim.lr, optim.betas, optim.eps, optim.weight_decay,
+            total_optimizer_steps, optim.lr_warmup_ratio, optim.lr_scheduler, optim.min_lr_ratio,
         )
         self.optimizer_steps = 0
         # AdamW moments stay on CPU except during the step: GPU memory for long rollouts.
@@ -285,20 +271,17 @@ class PPOActor:
         for _ in range(cfg.ppo_epochs):
             for indices in np.array_split(np.arange(len(data)), num_mini_batches):
                 self.optimizer.zero_grad(set_to_none=True)
-                nonfinite = torch.tensor([float(self.backward_mini_batch(data[indices], metrics))])
-                if dist.is_initialized():  # every rank must agree before anyone raises
-                    dist.all_reduce(nonfinite)
-                if nonfinite.item() > 0:
+                nonfinite = count_on_all_ranks(self.backward_mini_batch(data[indices], metrics))
+                if nonfinite > 0:
                     raise NonFiniteLossError(
-                        f"step {step}: non-finite actor loss on {int(nonfinite.item())} micro-batch(es) "
+                        f"step {step}: non-finite actor loss on {nonfinite} micro-batch(es) "
                         f"(last pg_loss={metrics['actor/pg_loss'][-1]}); check rewards/advantages for NaN "
                         f"and lower worker.actor.optim.lr"
                     )
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-                grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-                if math.isfinite(grad_norm):
-                    self._optimizer_step()
-                else:  # a single bad batch should not poison the weights; counted in metrics
+                grad_norm, stepped = clip_and_step(
+                    self.trainable_parameters, self.optimizer, cfg.max_grad_norm, self._optimizer_step
+                )
+                if not stepped:  # a non-finite gradient norm skips the step; counted in metrics
                     metrics["actor/skipped_steps"].append(1.0)
                 self.scheduler.step()
                 self.optimizer_steps += 1

@@ -15,13 +15,14 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy
 
-from verl.models.qwen_vl import load_policy, resolve_attn_implementation, resolve_dtype
+from verl.models.qwen_vl import resolve_dtype
 from verl.protocol import DataProto
 from verl.single_controller.worker_group import find_free_port
 from verl.trainer.config import PPOConfig
 from verl.utils import checkpoint
 from verl.workers.actor import PPOActor, compute_log_probs
 from verl.workers.engine.fsdp import shard_model
+from verl.workers.engine.model import build_policy
 from verl.workers.rollout import make_rollout_engine
 from verl.workers.rollout.base import SamplingConfig
 from verl.workers.rollout.batching import build_rollout_batch, requests_from_batch
@@ -67,20 +68,18 @@ class FSDPWorker:
         cfg = self.config
         torch.manual_seed(cfg.trainer.seed)
         model_cfg = cfg.worker.actor.model
-        attn = resolve_attn_implementation(model_cfg.attn_implementation, self.device)
         compute_dtype = resolve_dtype(cfg.worker.actor.fsdp.torch_dtype, self.device)
         # fp32 master weights; compute in bf16 on GPU through FSDP mixed precision.
         mp_policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
-        actor_model = load_policy(model_cfg.model_path, torch.float32, attn)
-        if model_cfg.freeze_vision_tower:  # the merger (vision -> language projector) stays trainable
-            actor_model.model.visual.requires_grad_(False)
-            actor_model.model.visual.merger.requires_grad_(True)
-        if model_cfg.enable_gradient_checkpointing:
-            actor_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        actor_model.config.use_cache = False
         actor_fsdp = cfg.worker.actor.fsdp
-        if not actor_fsdp.param_offload:
-            actor_model = actor_model.to(self.device)
+        actor_model = build_policy(
+            model_cfg.model_path,
+            self.device,
+            model_cfg.attn_implementation,
+            gradient_checkpointing=model_cfg.enable_gradient_checkpointing,
+            freeze_vision_tower=model_cfg.freeze_vision_tower,  # the merger (projector) stays trainable
+            move_to_device=not actor_fsdp.param_offload,
+        )
         self.actor_module = shard_model(actor_model, self.mesh, mp_policy, actor_fsdp.param_offload)
         actor_cfg = cfg.worker.actor
         self.actor = PPOActor(
@@ -97,10 +96,10 @@ class FSDPWorker:
         self.ref_module = None
         if cfg.worker.actor.use_kl_loss or cfg.algorithm.kl_coef > 0:
             ref_dtype = resolve_dtype(cfg.worker.ref.fsdp.torch_dtype, self.device)
-            ref_model = load_policy(model_cfg.model_path, ref_dtype, attn)
-            ref_model.requires_grad_(False)
-            if not cfg.worker.ref.fsdp.param_offload:
-                ref_model = ref_model.to(self.device)
+            ref_model = build_policy(
+                model_cfg.model_path, self.device, model_cfg.attn_implementation, dtype=ref_dtype, trainable=False,
+                move_to_device=not cfg.worker.ref.fsdp.param_offload,
+            )
             self.ref_module = shard_model(
                 ref_model, self.mesh, MixedPrecisionPolicy(param_dtype=ref_dtype), cfg.worker.ref.fsdp.param_offload
             )

@@ -1,0 +1,73 @@
+"""Optimizer, learning-rate schedule and the optimizer step with clipping: one rule for SFT and RL."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def lr_lambda(step: int, warmup_steps: int, total_steps: int, scheduler: str, min_lr_ratio: float) -> float:
+    """Multiplier of the peak lr: linear warm-up, then constant or cosine decay to min_lr_ratio."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if scheduler == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def warmup_steps_for(warmup_ratio: float, total_steps: int) -> int:
+    """Warm-up steps: the ratio of the run, rounded up (a non-zero ratio warms up at least one step)."""
+    return math.ceil(warmup_ratio * total_steps)
+
+
+def build_optimizer(
+    params: list[nn.Parameter],
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+    total_steps: int,
+    warmup_ratio: float,
+    scheduler: str,
+    min_lr_ratio: float,
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over `params` and its LambdaLR schedule (see `lr_lambda`, `warmup_steps_for`)."""
+    if not params:
+        raise ValueError("every parameter is frozen: nothing to train")
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+    schedule = partial(
+        lr_lambda,
+        warmup_steps=warmup_steps_for(warmup_ratio, total_steps),
+        total_steps=total_steps,
+        scheduler=scheduler,
+        min_lr_ratio=min_lr_ratio,
+    )
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def count_on_all_ranks(local: int) -> int:
+    """Sum of `local` over ranks: every rank learns about a non-finite loss before any raises."""
+    if not dist.is_initialized():
+        return local
+    tensor = torch.tensor([float(local)])
+    if dist.get_backend() == "nccl":
+        tensor = tensor.cuda()
+    dist.all_reduce(tensor)
+    return int(tensor.item())
+
+
+def clip_and_step(params, optimizer: torch.optim.Optimizer, max_grad_norm: float, step=None) -> tuple[float, bool]:
+    """Clips gradients to `max_grad_norm` (over all shards), then steps the optimizer
+    (`step()` when given, e.g. with optimizer-state offload) unless the norm is not finite:
+    one bad batch must not poison the weights. Returns (grad norm, whether it stepped)."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+    if not math.isfinite(grad_norm):
+        return grad_norm, False
+    (step or optimizer.step)()
+    return grad_norm, True
