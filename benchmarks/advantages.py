@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from verl.trainer.core_algos import compute_grpo_outcome_advantage
+from verl.algorithms.core_algos import compute_grpo_outcome_advantage
 
 EPS = 1e-6
 

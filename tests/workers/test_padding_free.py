@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForImageTextToText
 
 from verl.protocol import DataProto
-from verl.trainer import core_algos
+from verl.algorithms import core_algos
 from verl.trainer.config import ActorConfig
 from verl.workers.actor import PPOActor, compute_log_probs, forward_response_log_probs, split_micro_batches
 

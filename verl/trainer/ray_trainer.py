@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from verl.protocol import DataProto, pad_to_divisor
 from verl.single_controller.worker_group import RayWorkerGroup, ResourcePool
-from verl.trainer import core_algos
+from verl.algorithms import core_algos
 from verl.trainer.config import PPOConfig
 from verl.data.vision import blank_like
 from verl.rewards.vision_control import blank_image_control

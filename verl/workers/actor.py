@@ -16,8 +16,8 @@ from torch import nn
 
 from verl.models.qwen_vl import forward_in_step, merge_multi_modal_inputs, position_ids_for
 from verl.protocol import DataProto
-from verl.trainer import core_algos
-from verl.trainer.config import ActorConfig
+from verl.algorithms import core_algos
+from verl.workers.config import ActorConfig
 from verl.workers.engine.optim import build_optimizer, clip_and_step, count_on_all_ranks
 from verl.workers.engine.micro_batch import (
     max_across_ranks,

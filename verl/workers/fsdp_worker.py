@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import os
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import ray
 import torch
@@ -18,7 +19,6 @@ from torch.distributed.fsdp import MixedPrecisionPolicy
 from verl.models.qwen_vl import resolve_dtype
 from verl.protocol import DataProto
 from verl.single_controller.worker_group import find_free_port
-from verl.trainer.config import PPOConfig
 from verl.utils import checkpoint
 from verl.workers.actor import PPOActor, compute_log_probs
 from verl.workers.engine.fsdp import shard_model
@@ -27,6 +27,9 @@ from verl.workers.rollout import make_rollout_engine
 from verl.workers.rollout.base import SamplingConfig
 from verl.workers.rollout.batching import build_rollout_batch, requests_from_batch
 from verl.workers.weight_sync import sync_weights
+
+if TYPE_CHECKING:  # the worker reads the run's config but never imports the trainer layer
+    from verl.trainer.config import PPOConfig
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from verl.trainer import core_algos as ca
+from verl.algorithms import core_algos as ca
 
 # One batch used by the outcome-estimator tests. Group ids are non-contiguous and interleaved:
 #   group 7:  rewards [1, 0, 1, 1] -> mean 0.75, unbiased std sqrt(0.75 / 3) = 0.5

@@ -1,0 +1,159 @@
+"""Configuration of the workers (actor, reference, rollout engine): typed dataclasses with a
+default and a one-line docstring per field. `verl.trainer.config.PPOConfig` nests them under
+`worker`; they live here, beside the code that reads them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-6
+    """Peak learning rate."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    weight_decay: float = 1e-2
+    """AdamW decoupled weight decay."""
+    lr_warmup_ratio: float = 0.0
+    """Fraction of training steps spent warming up linearly from 0."""
+    lr_scheduler: str = "constant"
+    """`constant` or `cosine` (after warm-up)."""
+    min_lr_ratio: float = 0.0
+    """Cosine floor as a fraction of lr."""
+
+
+@dataclass
+class FSDPConfig:
+    param_offload: bool = False
+    """Offload parameters to CPU between phases (GPU only)."""
+    optimizer_offload: bool = False
+    """Offload optimizer states to CPU between updates (GPU only)."""
+    torch_dtype: str = "auto"
+    """Parameter dtype: `auto` = bf16 on GPU, fp32 on CPU; or float32/bfloat16."""
+
+
+@dataclass
+class ModelConfig:
+    model_path: str = ""
+    """Hugging Face folder (or hub id on a machine with internet) of the policy."""
+    tokenizer_path: str | None = None
+    """Defaults to model_path."""
+    attn_implementation: str = "auto"
+    """`auto` = flash_attention_2 where installed on GPU, else sdpa."""
+    enable_gradient_checkpointing: bool = False
+    """Recompute activations in backward (saves memory on long responses)."""
+    freeze_vision_tower: bool = False
+    """Train only the language model and merger."""
+
+
+@dataclass
+class ActorConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    fsdp: FSDPConfig = field(default_factory=FSDPConfig)
+    global_batch_size: int = 128
+    """Prompts per optimizer step (x rollout.n responses); rollout_batch_size must be a multiple."""
+    micro_batch_size_per_device_for_update: int = 4
+    """Responses per forward/backward on one device (gradient accumulation fills the rest)."""
+    micro_batch_size_per_device_for_experience: int = 16
+    """Responses per forward when computing old/ref log-probs."""
+    use_dynamic_batch_size: bool = True
+    """Form micro-batches by a token budget (max_token_len_per_device*) instead of a row count;
+    rows of similar length share a micro-batch. Either way every micro-batch is cut to its
+    longest row (no padding to max_prompt_length + max_response_length)."""
+    max_token_len_per_device: int | None = None
+    """Update: tokens per micro-batch (rows x longest prompt + longest response in it); None =
+    micro_batch_size_per_device_for_update x (max_prompt_length + max_response_length), the
+    size of a fully padded fixed micro-batch."""
+    max_token_len_per_device_for_experience: int | None = None
+    """Old log-probs: the same budget for the no-grad forward; None = from
+    micro_batch_size_per_device_for_experience likewise."""
+    skip_old_log_prob_when_on_policy: bool = True
+    """With one mini-batch per step and ppo_epochs 1 the update is exactly on-policy: use the
+    update's own detached log-probs as old log-probs instead of a separate forward pass
+    (not when KL is in the reward, which needs them before the advantages)."""
+    ppo_epochs: int = 1
+    """Passes over each rollout batch."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
+    clip_ratio_low: float = 0.2
+    """PPO lower clip (1 - eps_low)."""
+    clip_ratio_high: float = 0.3
+    """PPO upper clip (1 + eps_high); > low is DAPO's clip-higher."""
+    clip_ratio_dual: float = 3.0
+    """Dual-clip bound c for negative advantages (Ye et al. 2020)."""
+    loss_agg_mode: str = "token-mean"
+    """token-mean | seq-mean-token-sum | seq-mean-token-mean | seq-mean-token-sum-norm."""
+    use_kl_loss: bool = True
+    """Add KL(actor || ref) as a loss term (GRPO); False puts KL in the reward if kl_coef > 0."""
+    kl_loss_coef: float = 1e-2
+    """Weight of the KL loss."""
+    kl_loss_type: str = "low_var_kl"
+    """kl | abs | mse | low_var_kl | full."""
+    entropy_coeff: float = 0.0
+    """Entropy bonus weight (entropy is always logged)."""
+
+
+@dataclass
+class RefConfig:
+    fsdp: FSDPConfig = field(default_factory=FSDPConfig)
+    micro_batch_size_per_device_for_experience: int = 16
+    """Responses per forward when computing reference log-probs."""
+    max_token_len_per_device_for_experience: int | None = None
+    """Token budget per forward (see worker.actor.use_dynamic_batch_size); None = from
+    micro_batch_size_per_device_for_experience x (max_prompt_length + max_response_length)."""
+
+
+@dataclass
+class RolloutConfig:
+    name: str = "hf"
+    """Engine: `hf` (transformers generate, always available) or `vllm`."""
+    n: int = 8
+    """Responses sampled per prompt (the GRPO group size)."""
+    temperature: float = 1.0
+    """Sampling temperature; 0 = greedy."""
+    top_p: float = 0.99
+    """Nucleus sampling."""
+    top_k: int = -1
+    """Top-k sampling; -1 = off."""
+    seed: int = 1
+    """Base sampling seed (step and rank are mixed in)."""
+    min_response_length: int = 0
+    """Training rollouts: stop tokens suppressed before this many tokens (0 = off; benchmarks
+    use it to force equal-length responses)."""
+    dtype: str = "auto"
+    """Engine dtype: auto = bf16 on GPU, fp32 on CPU."""
+    val_temperature: float = 0.0
+    """Validation sampling temperature (0 = greedy)."""
+    val_n: int = 1
+    """Validation responses per prompt."""
+    max_batch_size: int = 64
+    """HF engine: prompts per generate call (vLLM schedules by itself)."""
+    gpu_memory_utilization: float = 0.6
+    """vLLM: fraction of GPU memory for weights + KV cache."""
+    enforce_eager: bool = False
+    """vLLM: disable CUDA graphs (always eager on CPU)."""
+    max_model_len: int | None = None
+    """vLLM: context length; default max_prompt_length + max_response_length."""
+    max_num_batched_tokens: int = 8192
+    """vLLM: tokens per scheduler step."""
+    enable_chunked_prefill: bool = False
+    """vLLM: split long prefills across steps."""
+    tensor_parallel_size: int = 1
+    """vLLM: tensor-parallel ranks per engine (1 on CPU)."""
+    free_cache_engine: bool = True
+    """vLLM on GPU: sleep (free KV cache and weights) outside generation."""
+    cpu_kvcache_space_gib: int = 1
+    """vLLM on CPU: KV-cache size in GiB."""
+    limit_images: int = 1
+    """Images per prompt the engine reserves memory for."""
+
+
+@dataclass
+class WorkerConfig:
+    actor: ActorConfig = field(default_factory=ActorConfig)
+    ref: RefConfig = field(default_factory=RefConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
