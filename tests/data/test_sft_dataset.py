@@ -46,7 +46,7 @@ def write_png(path, width=84, height=84):
 def test_labels_cover_exactly_the_assistant_turn(shapes_sft, processor):
     dataset = make_dataset(shapes_sft, processor)
     records = json.load(open(shapes_sft, encoding="utf-8"))
-    assert len(dataset) == len(records) == 6 + 3  # 6 image records + 3 text-only re-prompt records
+    assert len(dataset) == len(records) == 6 + 6  # 6 image records + 6 text-only re-prompt records
     for row, record in enumerate(records):
         item = dataset[row]
         assistant = record["messages"][1]["content"]
