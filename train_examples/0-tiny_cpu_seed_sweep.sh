@@ -4,16 +4,16 @@
 # and the self-reward add. Then scripts/sweep_table.py prints the README's table (mean +- std over
 # seeds) and writes ROOT/sweep.json.
 #
-#   bash train_examples/0-tiny_cpu_seed_sweep.sh          # ~6 x 6 min on 2 cores after one SFT
+#   bash train_examples/0-tiny_cpu_seed_sweep.sh          # ~6 x 9 min on 2 cores after one SFT
 #
-# Environment: SEEDS ("1 2 3"), ROOT (outputs/sweep), ENGINE (hf: the reproducible engine; vllm
-# is faster but its CPU sampling is not bit-reproducible), STEPS (30), and whatever
-# 0-tiny_cpu_selfReward.sh reads (MODEL, DATA, PYTHON, ...).
+# Environment: SEEDS ("1 2 3"), ROOT (outputs/sweep), ENGINE (vllm, the recipe's; hf is the
+# bit-reproducible engine but ~5x slower to generate on CPU), and whatever
+# 0-tiny_cpu_selfReward.sh reads (STEPS, MODEL, DATA, PYTHON, ...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SEEDS=${SEEDS:-"1 2 3"}
 ROOT=${ROOT:-outputs/sweep}
-export ENGINE=${ENGINE:-hf}
+export ENGINE=${ENGINE:-vllm}
 if [ -z "${PYTHON:-}" ]; then
   if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi

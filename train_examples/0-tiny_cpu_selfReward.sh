@@ -5,9 +5,11 @@
 #
 #   bash train_examples/0-tiny_cpu_selfReward.sh [key=value GRPO overrides ...]
 #
-# Environment: SEED (1), OUT (outputs/tiny_cpu_<variant>_seed<SEED>), STEPS (GRPO steps, 30),
+# Environment: SEED (1), OUT (outputs/tiny_cpu_<variant>_seed<SEED>), STEPS (GRPO steps, 60),
 # SFT_DIR (reuse the SFT model and its evals from another run's OUT, e.g. for a seed sweep),
-# ENGINE (rollout + eval engine: vllm | hf, default vllm), PYTHON (.venv/bin/python if present),
+# ENGINE (GRPO rollout engine: vllm | hf, default vllm), EVAL_ENGINE (evaluation engine, default hf:
+# deterministic, and on the tiny model faster than three vLLM start-ups per evaluation),
+# PYTHON (.venv/bin/python if present),
 # MODEL (tiny model folder, built if absent), DATA (synthetic data folder, built if absent),
 # SFT_ARGS (extra key=value overrides for the SFT stage, e.g. "trainer.max_steps=4").
 # VARIANT=visionR1 runs the same recipe with the self-reward off (format + accuracy reward).
@@ -16,8 +18,9 @@ cd "$(dirname "$0")/.."
 
 VARIANT=${VARIANT:-selfReward}
 SEED=${SEED:-1}
-STEPS=${STEPS:-30}
+STEPS=${STEPS:-60}
 ENGINE=${ENGINE:-vllm}
+EVAL_ENGINE=${EVAL_ENGINE:-hf}
 OUT=${OUT:-outputs/tiny_cpu_${VARIANT}_seed${SEED}}
 if [ -z "${PYTHON:-}" ]; then
   if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
@@ -34,7 +37,7 @@ esac
 start=$(date +%s)
 step() { echo; echo "=== [$(( $(date +%s) - start ))s] $*"; }
 evaluate() {  # evaluate MODEL_DIR NAME: greedy responses + self-reward scoring on the val split
-  ENGINE=$ENGINE DATA="$DATA/val.parquet" bash validation_examples/tiny_cpu.sh "$1" "$OUT/$2" \
+  ENGINE=$EVAL_ENGINE DATA="$DATA/val.parquet" bash validation_examples/tiny_cpu.sh "$1" "$OUT/$2" \
     > "$OUT/$2.log" 2>&1 || { tail -30 "$OUT/$2.log"; exit 1; }
   grep -E "^(subset|overall) " "$OUT/$2.log" || true
 }
