@@ -1,0 +1,131 @@
+"""Padding-free vs padded training path on one process, A/B interleaved (robust to a busy machine).
+
+The same rollout-like batch (sr1 format prompts with one image, left-padded to the tiny
+config's max_prompt_length 400; responses of `--response_length` tokens) goes through the
+actor's log-prob pass and one update, twice per round:
+
+- padded: what the code did before: fixed micro-batches of `--micro_batch_size` rows, every
+  row as wide as max_prompt_length + max_response_length (trimming switched off);
+- padding-free: micro-batches cut to their longest row, formed by the token budget
+  (the default: micro_batch_size x (max_prompt_length + max_response_length)).
+
+Rounds alternate A and B so both see the same background load; prints median seconds per
+pass and the ratio, writes benchmarks/results/padding_free.json.
+
+    python3 benchmarks/padding_free.py [--rows 64] [--rounds 5] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+
+from verl.protocol import DataProto  # noqa: E402
+from verl.workers import actor as actor_module  # noqa: E402
+from verl.workers.config import ActorConfig  # noqa: E402
+from verl.workers.engine.micro_batch import trim_padding  # noqa: E402
+
+MAX_PROMPT = 400
+
+
+def build_batch(work: str, rows: int, response_length: int) -> tuple[str, DataProto]:
+    from transformers import AutoProcessor, AutoTokenizer
+
+    from verl.data.rl_dataset import RLDataset, collate_rl
+    from verl.data.synthetic import write_synthetic_dataset
+    from verl.utils.tiny_model import build_tiny_model
+
+    model_dir = build_tiny_model(os.path.join(work, "model"), seed=0)
+    format_prompt = os.path.join(REPO_ROOT, "configs/format_prompt/sr1.jinja")
+    write_synthetic_dataset(os.path.join(work, "data"), format_prompt, seed=0, train_size=rows, val_size=8, sft_size=8)
+    tokenizer, processor = AutoTokenizer.from_pretrained(model_dir), AutoProcessor.from_pretrained(model_dir)
+    dataset = RLDataset(os.path.join(work, "data/train.parquet"), tokenizer, processor, max_prompt_length=MAX_PROMPT,
+                        min_pixels=3136, max_pixels=12544, format_prompt=format_prompt)
+    tensors, non_tensors = collate_rl([dataset[i] for i in range(rows)], tokenizer.pad_token_id, MAX_PROMPT)
+    generator = torch.Generator().manual_seed(0)
+    responses = torch.randint(0, 500, (rows, response_length), generator=generator)
+    mask = torch.ones(rows, response_length, dtype=torch.long)
+    data = DataProto.from_dict(
+        tensors={
+            "input_ids": torch.cat([tensors["input_ids"], responses], 1),
+            "attention_mask": torch.cat([tensors["attention_mask"], mask], 1),
+            "responses": responses, "response_mask": mask,
+            "advantages": torch.randn(rows, 1, generator=generator) * mask,
+        },
+        non_tensors={"multi_modal_inputs": non_tensors["multi_modal_inputs"]},
+    )
+    return model_dir, data
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=64, help="rows on the device (64 = the tiny config's per rank)")
+    parser.add_argument("--response_length", type=int, default=32)
+    parser.add_argument("--micro_batch_size", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default=os.path.join(REPO_ROOT, "benchmarks/results/padding_free.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from verl.workers.engine.model import build_policy
+
+    with tempfile.TemporaryDirectory() as work:
+        model_dir, data = build_batch(work, args.rows, args.response_length)
+        model = build_policy(model_dir, torch.device("cpu"))
+    config = ActorConfig(use_kl_loss=False)
+    config.micro_batch_size_per_device_for_update = config.micro_batch_size_per_device_for_experience = args.micro_batch_size
+    budget = args.micro_batch_size * (MAX_PROMPT + args.response_length)
+    padded_width = data.batch["input_ids"].shape[1]
+    trimmed_width = trim_padding(data).batch["input_ids"].shape[1]
+
+    def run(padding_free: bool) -> tuple[float, float]:
+        # The padded variant: no trimming and fixed row counts, i.e. the path before this change.
+        actor_module.trim_padding = trim_padding if padding_free else (lambda d: d)
+        actor = actor_module.PPOActor(model, config, 1000, 1.0, max_token_len=budget if padding_free else None,
+                                      max_token_len_for_experience=budget if padding_free else None)
+        log_prob_s = timed(lambda: actor.compute_log_probs(data))
+        update_s = timed(lambda: actor.update_policy(data, 1, 1))
+        return log_prob_s, update_s
+
+    run(True)  # warm-up
+    results = {"padded": [], "padding_free": []}
+    for _ in range(args.rounds):
+        for name, flag in (("padded", False), ("padding_free", True)):
+            results[name].append(run(flag))
+    actor_module.trim_padding = trim_padding
+    summary = {
+        "rows": args.rows, "threads": args.threads, "rounds": args.rounds, "padded_width": padded_width,
+        "trimmed_width": trimmed_width, "load_average": os.getloadavg()[0],
+    }
+    print(f"{args.rows} rows, prompt padded to {MAX_PROMPT}, responses {args.response_length} tokens; "
+          f"widths {padded_width} -> {trimmed_width}; {args.threads} thread(s); median of {args.rounds} A/B rounds")
+    print(f"{'pass':12s} {'padded s':>9s} {'padding-free s':>15s} {'speed-up':>9s}")
+    for index, name in enumerate(("log_probs", "update")):
+        padded = statistics.median(r[index] for r in results["padded"])
+        free = statistics.median(r[index] for r in results["padding_free"])
+        summary[name] = {"padded_s": padded, "padding_free_s": free, "speedup": padded / free}
+        print(f"{name:12s} {padded:9.3f} {free:15.3f} {padded / free:8.2f}x")
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(summary, f, indent=2)
+    print(f"wrote {args.out} (load average {summary['load_average']:.2f})")
+
+
+if __name__ == "__main__":
+    main()
