@@ -407,13 +407,12 @@ class RayPPOTrainer:
         )
         blank_rollout = self._generate(blank, self.val_sampling(), self.config.data.max_response_length)
         blank_responses = decode_responses(blank_rollout, self.tokenizer)
-        rows = blank_image_control(
+        return blank_image_control(
             responses[: len(blank_responses)],
             blank_responses,
             [str(truth) for truth in blank_rollout.non_tensor_batch["ground_truth"]],
             [str(problem) for problem in blank_rollout.non_tensor_batch["problem"]],
         )
-        return rows
 
     # ---- checkpoints -------------------------------------------------------------------------
     def save_checkpoint(self) -> str:
