@@ -185,6 +185,12 @@ class TrainerConfig:
     """Resume automatically from the latest complete checkpoint."""
     seed: int = 1
     """Model-side seed (init of randomness in workers)."""
+    dry_run: bool = False
+    """Check the recipe and exit: config, batch arithmetic, data schema, the real model shape on
+    the meta device and a per-GPU memory estimate (verl/trainer/dry_run.py); no Ray, no weights,
+    no GPU needed."""
+    dry_run_gpu_memory_gib: float = 80.0
+    """Memory per GPU the dry run's estimate is compared with."""
 
 
 @dataclass

@@ -64,6 +64,11 @@ def run(config: PPOConfig) -> dict[str, float]:
     from verl.trainer.perception_judge import make_judge
     from verl.trainer.ray_trainer import RayPPOTrainer
 
+    if config.trainer.dry_run:
+        from verl.trainer.dry_run import dry_run
+
+        print(dry_run(config).text(), flush=True)
+        return {}
     config.validate()
     model_cfg = config.worker.actor.model
     check_model_path(model_cfg.model_path, "worker.actor.model.model_path")

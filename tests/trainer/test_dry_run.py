@@ -1,0 +1,90 @@
+"""`trainer.dry_run=true` checks every GPU recipe on this CPU machine."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from verl.trainer.config import ConfigError, PPOConfig, load_config
+from verl.trainer.dry_run import dry_run
+from verl.trainer.main import run
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def gpu_recipe_configs() -> list[str]:
+    """Every RL config a GPU launcher under train_examples/ names (the tiny CPU ones excluded)."""
+    found = set()
+    for script in (REPO / "train_examples").glob("*.sh"):
+        found.update(re.findall(r"configs/[\w./-]+\.yaml", script.read_text()))
+    return sorted(c for c in found if "tiny" not in c and "sft" not in c)
+
+
+def test_the_launchers_name_gpu_recipes():
+    assert len(gpu_recipe_configs()) >= 5
+
+
+@pytest.mark.parametrize("config_path", gpu_recipe_configs())
+def test_every_gpu_recipe_dry_runs_and_fits_an_80_gib_gpu(config_path):
+    config = load_config(PPOConfig, str(REPO / config_path), [])
+    report = dry_run(config)
+    text = report.text()
+    assert "config valid" in text
+    assert ("8.29 B parameters" in text) != ("3.75 B parameters" in text)
+    assert "data.train_files" in text and "prompts kept" in text
+    assert report.memory.peak > 30 * 1024**3, "a 3B/7B step cannot need under 30 GiB: the estimate lost a term"
+    assert report.fits, text
+
+
+def test_an_oversized_micro_batch_is_reported_as_not_fitting():
+    config = load_config(
+        PPOConfig,
+        str(REPO / "configs/qwen2_5_vl_7b_selfReward.yaml"),
+        ["worker.actor.fsdp.param_offload=false", "worker.actor.max_token_len_per_device=262144"],
+    )
+    report = dry_run(config)
+    assert not report.fits and "DOES NOT FIT" in report.text()
+
+
+def test_a_local_data_file_is_read_in_full(synthetic_data_dir, tiny_model_dir):
+    config = load_config(
+        PPOConfig,
+        str(REPO / "configs/tiny_cpu.yaml"),
+        [f"data.train_files={synthetic_data_dir}/train.parquet", f"data.val_files={synthetic_data_dir}/val.parquet",
+         f"worker.actor.model.model_path={tiny_model_dir}"],
+    )
+    text = dry_run(config).text()
+    assert "tokenizer: the model's" in text
+    assert f"{synthetic_data_dir}/train.parquet: 64 of 64 prompts kept" in text
+
+
+def test_a_wrong_column_name_fails_the_dry_run(synthetic_data_dir, tiny_model_dir):
+    config = load_config(
+        PPOConfig,
+        str(REPO / "configs/tiny_cpu.yaml"),
+        [f"data.train_files={synthetic_data_dir}/train.parquet", "data.prompt_key=question",
+         f"worker.actor.model.model_path={tiny_model_dir}"],
+    )
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['question'\]"):
+        dry_run(config)
+
+
+def test_an_inconsistent_batch_fails_before_anything_loads():
+    config = load_config(
+        PPOConfig, str(REPO / "configs/qwen2_5_vl_7b_selfReward.yaml"), ["worker.actor.global_batch_size=100"]
+    )
+    with pytest.raises(ConfigError, match="not a multiple"):
+        run(config)
+
+
+def test_a_recipe_script_dry_runs_from_the_shell():
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    done = subprocess.run(
+        ["bash", "train_examples/2-qwen2_5_vl_7b_selfReward.sh", "trainer.dry_run=true"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "peak" in done.stdout and "(fits)" in done.stdout

@@ -1,0 +1,96 @@
+"""Architectures of the released Qwen2.5-VL checkpoints, written down so that a CPU machine
+without the weights (or the hub) can still build the real model shape: on the meta device for
+`trainer.dry_run`'s parameter count and memory estimate, and with random weights for
+`benchmarks/gpu_throughput.py`.
+
+The numbers are those of the checkpoints' own config.json (Qwen/Qwen2.5-VL-3B-Instruct and
+Qwen/Qwen2.5-VL-7B-Instruct); the vision tower is the same 32-block, 1280-wide ViT in both.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from transformers import AutoConfig, PretrainedConfig, Qwen2_5_VLConfig
+
+_VISION = {
+    "depth": 32,
+    "hidden_size": 1280,
+    "intermediate_size": 3420,
+    "num_heads": 16,
+    "in_chans": 3,
+    "patch_size": 14,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+    "window_size": 112,
+    "fullatt_block_indexes": [7, 15, 23, 31],
+    "tokens_per_second": 2,
+    "hidden_act": "silu",
+}
+
+_TEXT = {
+    "3b": {
+        "hidden_size": 2048,
+        "intermediate_size": 11008,
+        "num_hidden_layers": 36,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 2,
+        "vocab_size": 151936,
+        "tie_word_embeddings": True,
+    },
+    "7b": {
+        "hidden_size": 3584,
+        "intermediate_size": 18944,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+        "vocab_size": 152064,
+        "tie_word_embeddings": False,
+    },
+}
+
+PUBLISHED_SIZES = tuple(_TEXT)
+
+
+def published_config(size: str) -> Qwen2_5_VLConfig:
+    """The Qwen2.5-VL-{size}-Instruct architecture (`size` in PUBLISHED_SIZES), bf16, sdpa."""
+    if size not in _TEXT:
+        raise ValueError(f"no published Qwen2.5-VL config for size {size!r}; known: {', '.join(PUBLISHED_SIZES)}")
+    text = dict(_TEXT[size])
+    tie = text.pop("tie_word_embeddings")
+    return Qwen2_5_VLConfig(
+        text_config={
+            **text,
+            "hidden_act": "silu",
+            "max_position_embeddings": 128000,
+            "rms_norm_eps": 1e-6,
+            "rope_theta": 1000000.0,
+            "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
+        },
+        vision_config={**_VISION, "out_hidden_size": text["hidden_size"]},
+        tie_word_embeddings=tie,
+        bos_token_id=151643,
+        eos_token_id=151645,
+        vision_start_token_id=151652,
+        vision_end_token_id=151653,
+        image_token_id=151655,
+        video_token_id=151656,
+        torch_dtype="bfloat16",
+    )
+
+
+def config_for_model_path(model_path: str) -> tuple[PretrainedConfig, str]:
+    """(config, where it came from) for a recipe's model path without loading weights: the
+    folder's own config.json when it exists locally, else the published architecture whose size
+    the path names (`.../qwen2_5_vl_7b_cold_start` -> 7B). Raises naming the path otherwise."""
+    if os.path.isfile(os.path.join(os.path.expanduser(model_path), "config.json")):
+        return AutoConfig.from_pretrained(model_path), f"{model_path}/config.json"
+    sizes = re.findall(r"(?<![0-9.])(\d+)b(?![a-z0-9])", model_path.lower())
+    known = [size + "b" for size in sizes if size + "b" in _TEXT]
+    if not known:
+        raise FileNotFoundError(
+            f"{model_path}: no config.json there, and the path names no published size "
+            f"({', '.join(PUBLISHED_SIZES)}); point worker.actor.model.model_path at a folder with config.json"
+        )
+    return published_config(known[-1]), f"published Qwen2.5-VL-{known[-1].upper()} architecture (no local config.json)"
