@@ -174,7 +174,7 @@ class TrainerConfig:
     blanked (same size), logged as val/vision/* (accuracy_blank_image, vision_reliance,
     accuracy_drop); 0 = off, -1 = every validation prompt."""
     save_freq: int = -1
-    """Checkpoint every N steps (-1: only at the end)."""
+    """Checkpoint every N steps (-1: only at the end; 0: never, e.g. for benchmarks)."""
     save_limit: int = -1
     """Keep the newest N checkpoints (-1: all)."""
     save_checkpoint_path: str | None = None

@@ -459,7 +459,7 @@ class RayPPOTrainer:
             if self.val_dataloader is not None and cfg.val_freq > 0 and (self.global_step % cfg.val_freq == 0 or is_last):
                 last_val = self.validate()
                 metrics.update(last_val)
-            if (cfg.save_freq > 0 and self.global_step % cfg.save_freq == 0) or is_last:
+            if cfg.save_freq != 0 and ((cfg.save_freq > 0 and self.global_step % cfg.save_freq == 0) or is_last):
                 with timed("save_checkpoint", metrics_timing := {}):
                     self.save_checkpoint()
                 metrics["timing_s/save_checkpoint"] = metrics_timing["save_checkpoint"]
