@@ -54,10 +54,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 from transformers import AutoConfig, AutoProcessor, AutoTokenizer
 
 from verl.data.sft_dataset import IGNORE_INDEX, SFTDataset, collate_sft
-from verl.models.qwen_vl import check_model_path, position_ids_for, resolve_dtype
+from verl.models.qwen_vl import check_model_path, forward_in_step, position_ids_for, resolve_dtype
 from verl.trainer.config import ConfigError, parse_cli_or_exit, to_yaml
 from verl.utils.tracking import Tracker
 from verl.workers.engine.fsdp import shard_model
+from verl.workers.engine.micro_batch import sum_across_ranks
 from verl.workers.engine.model import build_policy
 from verl.workers.engine.optim import build_optimizer, clip_and_step
 
@@ -294,39 +295,6 @@ def count_label_tokens(labels: torch.Tensor) -> int:
     return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 
-def add_placeholder_image(
-    batch: dict[str, torch.Tensor], model_config: Any, pad_token_id: int
-) -> dict[str, torch.Tensor]:
-    """A copy of a text-only micro-batch with a one-token all-zero image appended to its shortest row.
-
-    Under FSDP every rank must run the same sharded modules in the same order, so a rank whose
-    micro-batch has no image would skip the vision tower's all-gathers while the others run them
-    (a hang). The image tokens come after the row's last real token and carry no label: with
-    causal attention no supervised position sees them, so the loss and every gradient are exactly
-    those of the original batch (the vision tower receives zero gradients).
-    """
-    vision = model_config.vision_config
-    merge = vision.spatial_merge_size
-    patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
-    image_tokens = [model_config.vision_start_token_id, model_config.image_token_id, model_config.vision_end_token_id]
-    row = int(batch["attention_mask"].sum(dim=1).argmin())
-    start = int(batch["attention_mask"][row].sum())
-    length = max(batch["input_ids"].shape[1], start + len(image_tokens))
-    padded = {}
-    for key, fill in (("input_ids", pad_token_id), ("attention_mask", 0), ("labels", IGNORE_INDEX)):
-        tensor = batch[key]
-        grown = torch.full((tensor.shape[0], length), fill, dtype=tensor.dtype)
-        grown[:, : tensor.shape[1]] = tensor
-        padded[key] = grown
-    end = start + len(image_tokens)
-    padded["input_ids"][row, start:end] = torch.tensor(image_tokens)
-    padded["attention_mask"][row, start:end] = 1
-    padded["labels"][row, start:end] = IGNORE_INDEX
-    padded["pixel_values"] = torch.zeros((merge * merge, patch_dim), dtype=torch.float32)
-    padded["image_grid_thw"] = torch.tensor([[1, merge, merge]], dtype=torch.long)
-    return padded
-
-
 def supervised_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
     """Sum over label tokens of the next-token cross-entropy (scalar, fp32).
 
@@ -342,7 +310,8 @@ def supervised_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], device
     predicting = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)  # (K,)
     targets = labels[:, predicting + 1].to(device)  # (bs, K)
     multi_modal = {key: batch[key].to(device) for key in ("pixel_values", "image_grid_thw") if key in batch}
-    output = model(
+    output = forward_in_step(  # text-only micro-batches keep FSDP ranks in lockstep (see there)
+        model,
         input_ids=input_ids.to(device),
         attention_mask=attention_mask.to(device),
         position_ids=position_ids.to(device),
@@ -352,15 +321,6 @@ def supervised_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], device
     )
     supervised = targets != IGNORE_INDEX
     return F.cross_entropy(output.logits[supervised].float(), targets[supervised], reduction="sum")
-
-
-def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    """Element-wise sum over ranks (identity without a process group)."""
-    if not dist.is_initialized():
-        return values
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return tensor.tolist()
 
 
 def _format_duration(seconds: float) -> str:
@@ -480,7 +440,7 @@ class SFTTrainer:
         self.model.train()
         local_labels = sum(count_label_tokens(batch["labels"]) for batch in micro_batches)
         local_tokens = sum(int(batch["attention_mask"].sum()) for batch in micro_batches)
-        global_labels, global_tokens = _all_reduce_sum([local_labels, local_tokens], ctx.device)
+        global_labels, global_tokens = sum_across_ranks([local_labels, local_tokens])
         if global_labels == 0:
             raise ValueError(f"step {step}: the global batch has no supervised token")
         # FSDP averages gradients over ranks; scaling by world_size turns that average back into
@@ -489,13 +449,11 @@ class SFTTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         local_loss_sum = 0.0
         for batch in micro_batches:
-            if ctx.is_distributed and "pixel_values" not in batch:
-                batch = add_placeholder_image(batch, self.model.config, self.pad_token_id)
             with self._autocast():
                 loss_sum = supervised_loss_sum(self.model, batch, ctx.device)
             (loss_sum * scale).backward()
             local_loss_sum += loss_sum.item()
-        (global_loss_sum,) = _all_reduce_sum([local_loss_sum], ctx.device)
+        (global_loss_sum,) = sum_across_ranks([local_loss_sum])
         loss = global_loss_sum / global_labels
         if not math.isfinite(loss):
             raise FloatingPointError(
