@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
-from verl.data.rl_dataset import RLDataset
 from verl.data.synthetic import generate_split, write_rl_split
 from verl.models.published_configs import config_for_model_path
 from verl.models.qwen_vl import decoder_layers
 from verl.trainer.config import PPOConfig
+from verl.trainer.main import build_rl_dataset
 from verl.utils.memory_estimate import GIB, MemoryEstimate, ModelShape, StepSettings, estimate_memory
 from verl.utils.tiny_model import TinyModelSpec, build_processor, build_tokenizer
 
@@ -127,20 +127,7 @@ def data_lines(config: PPOConfig, tokenizer, processor) -> list[str]:
             path, note = source, ""
             if not _is_local(source):
                 path, note = _write_fixture(config, tmp), f" (hub source not read offline: checked on a {FIXTURE_ROWS}-row fixture with its column names)"
-            dataset = RLDataset(
-                data_path=path,
-                tokenizer=tokenizer,
-                processor=processor,
-                prompt_key=data.prompt_key,
-                answer_key=data.answer_key,
-                image_key=data.image_key,
-                format_prompt=data.format_prompt,
-                max_prompt_length=data.max_prompt_length,
-                min_pixels=data.min_pixels,
-                max_pixels=data.max_pixels,
-                filter_overlong_prompts=data.filter_overlong_prompts,
-                system_prompt=data.system_prompt,
-            )
+            dataset = build_rl_dataset(config, path, tokenizer, processor)
             lengths = dataset.prompt_lengths
             lines.append(
                 f"{key}={source}{note}: {len(dataset)} of {len(lengths)} prompts kept; prompt tokens "

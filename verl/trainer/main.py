@@ -14,30 +14,35 @@ self_reward.enable=true). Every key of verl/trainer/config.py can be overridden,
 """
 
 
+def build_rl_dataset(config: PPOConfig, path: str, tokenizer, processor):
+    """The RL dataset of `path` with the data settings of `config` (training, validation, dry run)."""
+    from verl.data.rl_dataset import RLDataset
+
+    data = config.data
+    return RLDataset(
+        data_path=path,
+        tokenizer=tokenizer,
+        processor=processor,
+        prompt_key=data.prompt_key,
+        answer_key=data.answer_key,
+        image_key=data.image_key,
+        format_prompt=data.format_prompt,
+        max_prompt_length=data.max_prompt_length,
+        min_pixels=data.min_pixels,
+        max_pixels=data.max_pixels,
+        filter_overlong_prompts=data.filter_overlong_prompts,
+        system_prompt=data.system_prompt,
+    )
+
+
 def build_dataloaders(config: PPOConfig, tokenizer, processor):
-    from verl.data.rl_dataset import RLDataset, make_rl_dataloader
+    from verl.data.rl_dataset import make_rl_dataloader
 
     data = config.data
 
-    def dataset(path: str) -> RLDataset:
-        return RLDataset(
-            data_path=path,
-            tokenizer=tokenizer,
-            processor=processor,
-            prompt_key=data.prompt_key,
-            answer_key=data.answer_key,
-            image_key=data.image_key,
-            format_prompt=data.format_prompt,
-            max_prompt_length=data.max_prompt_length,
-            min_pixels=data.min_pixels,
-            max_pixels=data.max_pixels,
-            filter_overlong_prompts=data.filter_overlong_prompts,
-            system_prompt=data.system_prompt,
-        )
-
     train = None
     if data.train_files and not config.trainer.val_only:
-        train_set = dataset(data.train_files)
+        train_set = build_rl_dataset(config, data.train_files, tokenizer, processor)
         if len(train_set) < data.rollout_batch_size:
             raise ConfigError(
                 f"data.train_files={data.train_files} has {len(train_set)} usable prompts, fewer than "
@@ -49,7 +54,7 @@ def build_dataloaders(config: PPOConfig, tokenizer, processor):
         )
     val = None
     if data.val_files:
-        val_set = dataset(data.val_files)
+        val_set = build_rl_dataset(config, data.val_files, tokenizer, processor)
         batch_size = len(val_set) if data.val_batch_size < 0 else data.val_batch_size
         val = make_rl_dataloader(val_set, batch_size, False, data.seed, False, tokenizer.pad_token_id, data.max_prompt_length)
     return train, val
