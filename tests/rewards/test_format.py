@@ -107,3 +107,32 @@ def test_extract_description(response: str, description: str | None) -> None:
 
 def test_extract_description_of_non_string_is_none() -> None:
     assert extract_description(None) is None  # type: ignore[arg-type]
+
+
+# The tags each built-in reward's format check requires; every recipe's prompt must ask for them.
+_REQUIRED_TAGS = {
+    "sr1": ("<description>", "</description>", "<think>", "</think>", "\\boxed{}"),
+    "see_think": ("<description>", "</description>", "<think>", "</think>", "\\boxed{}"),
+    "r1v": ("<think>", "</think>", "\\boxed{}"),
+    "cot": ("<think>", "</think>", "\\boxed{}"),
+}
+
+
+def _recipe_configs():
+    from pathlib import Path
+
+    return sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config_path", _recipe_configs(), ids=lambda path: path.name)
+def test_every_recipe_prompt_asks_for_what_its_reward_checks(config_path) -> None:
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.load(config_path)
+    prompt_file = OmegaConf.select(config, "data.format_prompt")
+    reward = OmegaConf.select(config, "reward.reward_function")
+    if prompt_file is None or reward not in _REQUIRED_TAGS:
+        pytest.skip(f"{config_path.name}: no format prompt or no built-in reward")
+    prompt = (config_path.parents[1] / prompt_file).read_text()
+    missing = [tag for tag in _REQUIRED_TAGS[reward] if tag not in prompt]
+    assert not missing, f"{prompt_file} (reward {reward}) never asks for {missing}"

@@ -58,6 +58,17 @@ GRADE_CASES = [
     ("1/2", "2", False),
     ("-5", "5", False),
     ("12", "1,2", False),
+    # integers are exact, never within a tolerance; fractions must be written reduced alike
+    ("12346", "12345", False),
+    ("10001", "10000", False),
+    ("10^4+1", "10000", False),
+    ("2/4", "1/2", False),
+    (r"\frac{2}{4}", "1/2", False),
+    # escaped-brace sets equal plain sets, in any order
+    (r"\{1,2\}", "{1,2}", True),
+    (r"\{2, 1\}", r"\{1,2\}", True),
+    (r"\{1,3\}", "{1,2}", False),
+    (r"\{1,2,3\}", "{1,2}", False),
     # percent: the sign allows both readings
     ("50%", "0.5", True),
     ("50%", "50", True),

@@ -30,6 +30,9 @@ def test_reprompt_text_is_the_reference_template():
         ("<description> unclosed", "zero", None),
         # the reference's fallback feeds the whole response (answer included) to the re-answer
         ("<think> x </think> \\boxed{red}", "whole_response", "<think> x </think> \\boxed{red}"),
+        # ... but an empty block is sent as the empty string, as the reference does
+        ("<description>  </description> <think> x </think> \\boxed{red}", "whole_response", ""),
+        ("<description> a cat </description> \\boxed{red}", "whole_response", "a cat"),
     ],
 )
 def test_perception_extraction_rules(response, mode, expected):

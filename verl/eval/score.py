@@ -54,7 +54,8 @@ from verl.eval.generate import (
 from verl.protocol import DataProto
 from verl.rewards import RewardInput
 from verl.rewards.grader import extract_boxed
-from verl.rewards.loader import LoadedRewardFunction, load_reward_function
+from verl.rewards.grading import DEFAULT_GRADER, GRADERS
+from verl.rewards.loader import BUILTIN_REWARD_FUNCTIONS, LoadedRewardFunction, load_reward_function
 from verl.rewards.vision_control import blank_image_control
 from verl.trainer.config import SelfRewardConfig
 from verl.trainer.perception_judge import OpenAIJudge
@@ -430,6 +431,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--reward_kwargs", default="{}", help="JSON object of keyword arguments for the reward function"
     )
     parser.add_argument(
+        "--grader",
+        choices=tuple(GRADERS),
+        default=None,
+        help=f"answer grader of the built-in rewards (default {DEFAULT_GRADER}; mathruler = the reference's, "
+        "for scores comparable with the paper's); same as --reward_kwargs '{\"grader\": ...}'",
+    )
+    parser.add_argument(
         "--group_by",
         nargs="*",
         default=None,
@@ -544,6 +552,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise ValueError(f"--reward_kwargs is not JSON: {error}") from error
     if not isinstance(reward_kwargs, dict):
         raise ValueError(f"--reward_kwargs must be a JSON object, got {args.reward_kwargs!r}")
+    if args.grader is not None:
+        if reward_name not in BUILTIN_REWARD_FUNCTIONS:
+            raise ValueError(f"--grader applies to the built-in rewards, not {reward_name!r}")
+        reward_kwargs["grader"] = args.grader
     reward_fn = load_reward_function(reward_name, reward_kwargs)
 
     reanswers, reanswerer = reanswers_from_args(args, records)
@@ -565,6 +577,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary = {
         "input": os.path.abspath(args.input),
         "reward": reward_name,
+        "grader": reward_kwargs.get("grader", DEFAULT_GRADER),
         "reanswerer": reanswerer,
         "answer_judge": f"openai:{args.answer_judge_model}@{args.answer_judge_base_url}" if verdicts is not None else None,
         "missing_description": args.missing_description,

@@ -20,9 +20,13 @@ Decisions (each one is tested in tests/rewards/test_grader.py):
   remains; one-letter units (m, s, g, l) only right after a plain number ("5 m", not "x m").
   ``x = 5`` equals ``5`` (a single-letter left-hand side is dropped).
 - Numbers: thousands separators (``1,000``), decimals, ``a/b``, ``\\frac{a}{b}``, ``\\frac12``,
-  mixed numbers (``1\\frac{1}{2}``, ``1 1/2``) and scientific notation compare by value with a
-  relative tolerance of 1e-4. A percent sign on either side allows both readings: ``50%`` equals
-  ``50`` (mathruler strips the sign; datasets store percentages both ways) and ``0.5``.
+  mixed numbers (``1\\frac{1}{2}``, ``1 1/2``) and scientific notation are parsed exactly. When
+  either side is an integer the values must be equal (``12346`` is not ``12345``; mathruler's rule);
+  two fractions must be written alike (``2/4`` is not ``1/2``; mathruler's rule); otherwise values
+  compare with a relative tolerance of 1e-4 (``0.33333`` is ``1/3``). A percent sign on either side
+  allows both readings: ``50%`` equals ``50`` (mathruler strips the sign; datasets store
+  percentages both ways) and ``0.5``.
+- Sets: ``\\{1,2\\}`` is ``{1,2}``, and braced sets compare in any order.
 - Multiple choice: when the ground truth is an option letter (``B``, ``(B)``, ``B.``), the given
   answer must be an option letter too: ``B``, ``(B)``, ``B.``, ``B)``, ``B:``, ``B) text``,
   ``option B``; ``B text`` (no delimiter) is not a letter, so ``A cat`` is not option A. Lower-case
@@ -35,7 +39,7 @@ Decisions (each one is tested in tests/rewards/test_grader.py):
 - Expressions: when sympy is installed, short strings (<= 64 characters) made only of numbers,
   single-letter variables, + - * / ^ ( ) and sqrt/pi/sin/cos/tan/log/ln/exp are equal when their
   difference expands to 0 or they agree (relative 1e-4) at three fixed sample points; constants
-  compare by value. Everything else is rejected before sympy sees it, because sympy's parser
+  compare by value (an integer constant only exactly). Everything else is rejected before sympy sees it, because sympy's parser
   evaluates Python code and huge powers would hang it: no constant exponent above 100, no
   constant power of a constant power. sympy.simplify is never called (tens of ms, unbounded).
 """
@@ -44,6 +48,7 @@ import cmath
 import logging
 import math
 import re
+from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
 from types import ModuleType
@@ -58,6 +63,8 @@ SYMPY_MAX_CHARS = 64
 """Longer strings are never handed to sympy: parsing costs milliseconds and grows with length."""
 
 _MAX_CONSTANT_EXPONENT = 100
+# Scientific-notation exponents beyond this are not compared (a float would overflow there too).
+_MAX_DECIMAL_EXPONENT = 300
 # Longer strings are not numbers (and int() refuses over 4300 digits).
 _MAX_NUMBER_CHARS = 100
 # Values substituted for the variables when comparing two expressions numerically.
@@ -270,6 +277,9 @@ def _grade_value(given: str, ground_truth: str) -> bool:
     given_words, truth_words = _word_key(given_norm), _word_key(truth_norm)
     if given_words is not None and truth_words is not None:
         return given_words == truth_words
+    given_set, truth_set = _split_set(given_norm), _split_set(truth_norm)
+    if given_set is not None and truth_set is not None:
+        return _same_elements(given_set, truth_set)
     given_parts = _split_tuple(given_norm)
     truth_parts = _split_tuple(truth_norm)
     if given_parts is not None or truth_parts is not None:
@@ -290,16 +300,37 @@ def _grade_scalar(given_norm: str, truth_norm: str) -> bool:
         return True
     given_number, truth_number = _parse_number(given_norm), _parse_number(truth_norm)
     if given_number is not None and truth_number is not None:
-        return any(_close(g, t) for g in _readings(*given_number) for t in _readings(*truth_number))
+        return _numbers_equal(given_number, truth_number)
     return _sympy_equal(given_norm, truth_norm)
 
 
-def _readings(value: float, is_percent: bool) -> tuple[float, ...]:
-    return (value, value / 100) if is_percent else (value,)
+@dataclass(frozen=True)
+class _Number:
+    """A parsed plain number: its exact value, whether it had a percent sign, its a/b form if written so."""
+
+    value: Fraction
+    is_percent: bool
+    fraction_literal: tuple[Fraction, Fraction] | None
+    """(signed numerator, denominator) of a number written as a/b or \\frac{a}{b}; None otherwise."""
+
+    def readings(self) -> tuple[Fraction, ...]:
+        # Datasets store percentages both ways: 50% may mean 50 or 0.5.
+        return (self.value, self.value / 100) if self.is_percent else (self.value,)
 
 
-def _close(a: float, b: float) -> bool:
-    return math.isclose(a, b, rel_tol=RELATIVE_TOLERANCE, abs_tol=0.0)
+def _numbers_equal(given: _Number, truth: _Number) -> bool:
+    """Two fractions must be written alike (2/4 is not 1/2, as in mathruler); else value equality."""
+    if given.fraction_literal is not None and truth.fraction_literal is not None:
+        if not (given.is_percent or truth.is_percent):
+            return given.fraction_literal == truth.fraction_literal
+    return any(_values_equal(g, t) for g in given.readings() for t in truth.readings())
+
+
+def _values_equal(a: Fraction, b: Fraction) -> bool:
+    """Exact when either side is an integer (10001 is not 10000); else within RELATIVE_TOLERANCE."""
+    if a.denominator == 1 or b.denominator == 1:
+        return a == b
+    return math.isclose(float(a), float(b), rel_tol=RELATIVE_TOLERANCE, abs_tol=0.0)
 
 
 def _word_key(text: str) -> str | None:
@@ -311,35 +342,38 @@ def _word_key(text: str) -> str | None:
     return " ".join(content_words or words)
 
 
-def _parse_number(text: str) -> tuple[float, bool] | None:
-    """(value, had a percent sign) of a normalised plain number, fraction or mixed number; else None."""
+def _parse_number(text: str) -> _Number | None:
+    """A normalised plain number, fraction or mixed number, exactly; None for anything else."""
     if len(text) > _MAX_NUMBER_CHARS:
         return None
     is_percent = text.endswith("%")
     if is_percent:
         text = text[:-1]
     if text in _NUMBER_WORDS:
-        return float(_NUMBER_WORDS[text]), is_percent
+        return _Number(Fraction(_NUMBER_WORDS[text]), is_percent, None)
     text = _expand_short_fractions(text)
     if match := _DECIMAL.match(text):
-        value = float(match.group(2))
-        if not math.isfinite(value):  # 1e400 and 1e500 must not compare equal as inf
-            return None
-        return (-value if match.group(1) == "-" else value), is_percent
+        exponent = re.search(r"e([-+]?\d+)$", match.group(2))
+        if exponent and abs(int(exponent.group(1))) > _MAX_DECIMAL_EXPONENT:
+            return None  # 1e400 vs 1e500: too large to compare meaningfully (and 1e999999999 to build)
+        value = Fraction(match.group(2))
+        return _Number(-value if match.group(1) == "-" else value, is_percent, None)
     if match := _SLASH_FRACTION.match(text) or _LATEX_FRACTION.match(text):
         sign, numerator, denominator = match.groups()
-        if float(denominator) == 0:
+        numerator_value, denominator_value = Fraction(numerator), Fraction(denominator)
+        if denominator_value == 0:
             return None
-        value = float(Fraction(numerator) / Fraction(denominator))
-        return (-value if sign == "-" else value), is_percent
+        if sign == "-":
+            numerator_value = -numerator_value
+        return _Number(numerator_value / denominator_value, is_percent, (numerator_value, denominator_value))
     if match := _MIXED_NUMBER.match(text):
         sign, whole = match.group(1), match.group(2)
         numerator = match.group(3) or match.group(5)
         denominator = match.group(4) or match.group(6)
         if int(denominator) == 0:
             return None
-        value = int(whole) + float(Fraction(int(numerator), int(denominator)))
-        return (-value if sign == "-" else value), is_percent
+        value = int(whole) + Fraction(int(numerator), int(denominator))
+        return _Number(-value if sign == "-" else value, is_percent, None)
     return None
 
 
@@ -360,6 +394,26 @@ def _split_tuple(text: str) -> tuple[str, list[str]] | None:
     if len(items) < 2:
         return None
     return brackets, items
+
+
+def _split_set(text: str) -> list[str] | None:
+    """Elements of a braced set ``{a,b}`` (``\\{a,b\\}`` is cleaned to it); None otherwise."""
+    if len(text) >= 2 and text[0] == "{" and text[-1] == "}" and _encloses_whole(text):
+        return [item for item in _split_top_level_commas(text[1:-1]) if item]
+    return None
+
+
+def _same_elements(given: list[str], truth: list[str]) -> bool:
+    """Sets compare in any order: each truth element is matched by a different given element."""
+    if len(given) != len(truth):
+        return False
+    unmatched = list(given)
+    for element in truth:
+        match = next((g for g in unmatched if _grade_scalar(g, element)), None)
+        if match is None:
+            return False
+        unmatched.remove(match)
+    return True
 
 
 def _encloses_whole(text: str) -> bool:
@@ -397,6 +451,8 @@ def _clean_latex(text: str) -> str:
     text = _DROPPED_LATEX.sub("", text)
     text = re.sub(r"\\[dt]frac(?![a-z])", r"\\frac", text)
     text = text.replace("\\%", "%")
+    # \{1,2\} is how LaTeX writes the set {1,2}.
+    text = text.replace("\\{", "{").replace("\\}", "}")
     return text.strip()
 
 
@@ -468,6 +524,8 @@ def _cached_sympy_equal(given_norm: str, truth_norm: str) -> bool:
             return False
         if sympy.expand(given_expr - truth_expr) == 0:
             return True
+        if given_expr.is_Integer or truth_expr.is_Integer:
+            return False  # integers are exact: 10^4+1 is not 10000 within a tolerance
         return _agree_at_sample_points(sympy, given_expr, truth_expr)
     except Exception:  # noqa: BLE001 - sympy raises many exception types on odd input
         return False

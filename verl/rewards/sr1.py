@@ -7,7 +7,7 @@ ground truth means the perception was self-contained.
 
 from verl.rewards import RewardInput, check_weights
 from verl.rewards.format import sr1_format_ok
-from verl.rewards.grader import grade_response
+from verl.rewards.grading import DEFAULT_GRADER, get_grader
 
 
 def sr1_reward(
@@ -15,6 +15,7 @@ def sr1_reward(
     accuracy_weight: float = 0.9,
     format_weight: float = 0.1,
     visual_weight: float = 1.0,
+    grader: str = DEFAULT_GRADER,
 ) -> list[dict[str, float]]:
     """Vision-SR1 self-reward (defaults: the reference's 0.9 / 0.1 / 1.0).
 
@@ -34,12 +35,15 @@ def sr1_reward(
         Shortcut Rate, with the re-answers as judge).
       description_missing: the response has no (or an empty) ``<description>`` block.
 
+    ``grader``: the answer grader by name (``verl.rewards.grading``), for answers and re-answers.
+
     Raises ValueError when a response has a description but no re-answers: the self-reward
     stage did not run, and scoring visual 0 would silently train against perception.
     """
     check_weights(
         "sr1", accuracy_weight=accuracy_weight, format_weight=format_weight, visual_weight=visual_weight
     )
+    grade_response = get_grader(grader)
     scores = []
     for index, item in enumerate(reward_inputs):
         has_description = bool(item.description and item.description.strip())
@@ -69,13 +73,16 @@ def sr1_reward(
     return scores
 
 
-def see_think_reward(reward_inputs: list[RewardInput], format_weight: float = 0.1) -> list[dict[str, float]]:
+def see_think_reward(
+    reward_inputs: list[RewardInput], format_weight: float = 0.1, grader: str = DEFAULT_GRADER
+) -> list[dict[str, float]]:
     """The see-think format without the self-reward (the reference's ablation; 0.1 is its default).
 
     overall = (1 - format_weight) * accuracy + format_weight * format, format and accuracy as in
     ``sr1_reward``. With format_weight 0 this is the reference's validation reward (accuracy only).
     """
     check_weights("see_think", format_weight=format_weight)
+    grade_response = get_grader(grader)
     scores = []
     for item in reward_inputs:
         format_score = float(sr1_format_ok(item.response))

@@ -113,8 +113,8 @@ class SelfRewardConfig:
     max_prompt_length: int = 1024
     """Re-prompt token budget; a longer description is truncated (counted in metrics)."""
     missing_description: str = "zero"
-    """zero: no perception -> visual reward 0, no re-prompt; whole_response: the reference's
-    fallback (re-prompt with the whole response)."""
+    """zero: no (or an empty) perception -> visual reward 0, no re-prompt; whole_response: the
+    reference's fallback (no block -> re-prompt with the whole response; an empty block -> with "")."""
     objective: str = "summed"
     """summed: the reference code (visual added to one reward); separate: the paper's two
     group-normalised advantages, pass-2 tokens trained with the visual advantage."""

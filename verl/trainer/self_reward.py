@@ -23,15 +23,15 @@ from verl.trainer.config import SelfRewardConfig
 from verl.workers.rollout.base import SamplingConfig
 
 def perception_of(response: str, missing_description: str) -> str | None:
-    """The perception a response commits to, or None when it has none. `whole_response` is the
-    reference code's fallback; it feeds the answer itself to the re-answer (a leak), so it is
-    only offered for exact reproduction."""
+    """The perception a response commits to, or None when it has none.
+
+    `zero`: a missing, unclosed or empty `<description>` block is no perception. `whole_response`
+    reproduces the reference code exactly: no block -> the whole response (which leaks the answer
+    into the re-answer), an empty block -> the empty string (the reference re-asks with "")."""
     description = extract_description(response)
-    if description:
-        return description
     if missing_description == "whole_response":
-        return response
-    return None
+        return response if description is None else description
+    return description or None
 
 
 GenerateFn = Callable[[DataProto, SamplingConfig, int], DataProto]
