@@ -5,6 +5,7 @@
 # GPU node (nvidia-smi answers): CUDA vLLM (brings its CUDA torch) + flash-attn.
 set -euo pipefail
 cd "$(dirname "$0")"
+source scripts/help.sh "$@"
 PYTHON=${PYTHON:-python3.11}
 VENV=.venv
 STAMP=$VENV/.vision-sr1-installed

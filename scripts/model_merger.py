@@ -51,4 +51,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except FileNotFoundError as error:  # a wrong --local_dir: one line, not a traceback
+        raise SystemExit(f"error: {error}") from None

@@ -10,6 +10,7 @@
 # bit-reproducible engine but ~5x slower to generate on CPU), and whatever
 # 0-tiny_cpu_selfReward.sh reads (STEPS, MODEL, DATA, PYTHON, ...).
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/help.sh" "$@"
 cd "$(dirname "$0")/.."
 SEEDS=${SEEDS:-"1 2 3"}
 ROOT=${ROOT:-outputs/sweep}

@@ -14,6 +14,7 @@
 # SFT_ARGS (extra key=value overrides for the SFT stage, e.g. "trainer.max_steps=4").
 # VARIANT=visionR1 runs the same recipe with the self-reward off (format + accuracy reward).
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/help.sh" "$@"
 cd "$(dirname "$0")/.."
 
 VARIANT=${VARIANT:-selfReward}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GRPO + the Vision-SR1 self-reward, Qwen2.5-VL-7B, on NNODES nodes x 8 GPUs joined into one Ray cluster.
-# Same recipe as 2-qwen2_5_vl_7b_selfReward.sh (configs/qwen2_5_vl_7b_selfReward.yaml); docs/recipes.md.
+# Same recipe as 2-7b_selfReward_train.sh (configs/qwen2_5_vl_7b_selfReward.yaml); docs/recipes.md.
 #
 # Run this script once on every node, with the same repository checkout and venv at the same path on each
 # (a shared filesystem: every rank writes its checkpoint shard into the same folder, and every node reads
@@ -23,13 +23,14 @@
 # Environment:
 #   NNODES, NODE_RANK, HEAD_ADDR  required (HEAD_ADDR: node 0's IP as the other nodes reach it)
 #   GPUS_PER_NODE (8), RAY_PORT (6379), WAIT_S (900)
-#   MODEL_PATH, DATA, VAL_DATA, EXP_NAME, CONFIG   as in 2-qwen2_5_vl_7b_selfReward.sh (read on node 0 only)
+#   MODEL_PATH, DATA, VAL_DATA, EXP_NAME, CONFIG   as in 2-7b_selfReward_train.sh (read on node 0 only)
 # Activate the project venv first on every node: Ray workers run the Python that `ray start` runs from.
 # Ray workers inherit the environment of `ray start`: export NCCL_SOCKET_IFNAME, NCCL_IB_HCA, HF_HOME, ... on
 # every node before running this script. WANDB_API_KEY is needed on node 0 only (the driver logs).
 # 128 prompts x 8 responses = 1024 responses per update must split evenly into micro-batches of 4 on every GPU:
 # NNODES x GPUS_PER_NODE must divide 256 (2, 4, 8 ... nodes of 8 GPUs).
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/help.sh" "$@"
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 : "${NNODES:?set NNODES, the number of nodes}"

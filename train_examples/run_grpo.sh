@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Shared launcher of the GPU recipes (1-5): `python3 -m verl.trainer.main` on $CONFIG with the
+# Shared launcher of the GPU recipes: `python3 -m verl.trainer.main` on $CONFIG with the
 # environment overrides below. Each numbered script sets its CONFIG and calls this.
 #
 # Environment overrides (unset = the config's value):
@@ -11,6 +11,7 @@
 # Trailing key=value arguments override any config key, e.g. trainer.max_steps=10 trainer.logger=[console,file].
 # Run from the project venv on a node with 8 GPUs; rerunning the same command resumes from the last checkpoint.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/help.sh" "$@"
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 args=("config=${CONFIG:?CONFIG must name a config file}")

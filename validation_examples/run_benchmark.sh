@@ -29,6 +29,7 @@
 #                           (OPENAI_API_KEY), never from a file
 #   PYTHON                  python3
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/help.sh" "$@"
 
 NAME=${1:?usage: run_benchmark.sh NAME DATA MODEL_PATH [OUT_DIR]}
 DATA=${2:?usage: run_benchmark.sh NAME DATA MODEL_PATH [OUT_DIR]}

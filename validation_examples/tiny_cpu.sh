@@ -16,6 +16,7 @@
 # time with a blank image of the same size -> OUT_DIR/tiny_shapes.blank.jsonl, and the summary gains
 # accuracy_blank_image, vision_reliance, accuracy_drop; 0: skip), PYTHON (python3).
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/help.sh" "$@"
 
 MODEL_DIR=${1:?usage: bash validation_examples/tiny_cpu.sh MODEL_DIR [OUT_DIR]}
 OUT_DIR=${2:-outputs/eval/$(basename "$MODEL_DIR")}

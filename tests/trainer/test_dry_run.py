@@ -83,7 +83,7 @@ def test_an_inconsistent_batch_fails_before_anything_loads():
 def test_a_recipe_script_dry_runs_from_the_shell():
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     done = subprocess.run(
-        ["bash", "train_examples/2-qwen2_5_vl_7b_selfReward.sh", "trainer.dry_run=true"],
+        ["bash", "train_examples/2-7b_selfReward_train.sh", "trainer.dry_run=true"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]

@@ -38,6 +38,7 @@ from transformers import AutoProcessor, AutoTokenizer, PreTrainedTokenizerBase
 
 from verl.data.rl_dataset import IMAGE_PLACEHOLDER, RLDataset
 from verl.data.vision import blank_like
+from verl.utils.model_source import ModelPathError, check_model_path
 from verl.workers.rollout import ENGINE_NAMES, GenerationRequest, RolloutEngine, SamplingConfig, make_rollout_engine
 
 logger = logging.getLogger(__name__)
@@ -521,6 +522,7 @@ def settings_from_args(args: argparse.Namespace) -> GenerationSettings:
 def main(argv: list[str] | None = None) -> GenerationReport:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    check_model_path(args.model_path, "--model_path")
     settings = settings_from_args(args)
     tokenizer = AutoTokenizer.from_pretrained(settings.model_path)
     processor = AutoProcessor.from_pretrained(settings.model_path) if settings.image_key is not None else None
@@ -556,4 +558,7 @@ def main(argv: list[str] | None = None) -> GenerationReport:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ModelPathError as error:
+        raise SystemExit(f"error: {error}") from None

@@ -35,7 +35,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +58,7 @@ from verl.rewards.grading import DEFAULT_GRADER, GRADERS
 from verl.rewards.loader import BUILTIN_REWARD_FUNCTIONS, LoadedRewardFunction, load_reward_function
 from verl.rewards.vision_control import blank_image_control
 from verl.trainer.config import SelfRewardConfig
+from verl.utils.model_source import ModelPathError, check_model_path
 from verl.trainer.perception_judge import OpenAIJudge
 from verl.trainer.self_reward import ReanswerJudge, SelfRewardStage, build_reprompt, perception_of
 from verl.workers.rollout import RolloutEngine, SamplingConfig
@@ -509,6 +510,7 @@ def reanswers_from_args(
     responses = [record.response for record in records]
     questions = [record.problem for record in records]
     if args.self_reward_model:
+        check_model_path(args.self_reward_model, "--self_reward_model")
         tokenizer = AutoTokenizer.from_pretrained(args.self_reward_model)
         engine = build_engine(
             args,
@@ -530,64 +532,81 @@ def reanswers_from_args(
     return None, None
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
-    records = read_records(args.input)
-    columns = args.group_by if args.group_by is not None else group_columns(records, args.max_groups)
-    for column in columns:
-        lacking = next((record for record in records if column not in record.raw), None)
-        if lacking is not None:
-            raise ValueError(f"{args.input} line {lacking.line}: no column {column!r} to group by")
-    reanswering = bool(args.self_reward_model or args.judge)
-    reward_name = args.reward or ("sr1" if reanswering else "see_think")
+def load_reward(reward_name: str | None, reward_kwargs_json: str, grader: str | None, reanswering: bool) -> LoadedRewardFunction:
+    """The reward function the command line names (default: sr1 with re-answers, see_think without)."""
+    reward_name = reward_name or ("sr1" if reanswering else "see_think")
     if reward_name == "sr1" and not reanswering:
         raise ValueError(
             "--reward sr1 scores perceptions by their re-answers: add --self_reward_model DIR or --judge openai; "
             "--reward see_think gives the same accuracy and format without them"
         )
     try:
-        reward_kwargs = json.loads(args.reward_kwargs)
+        reward_kwargs = json.loads(reward_kwargs_json)
     except json.JSONDecodeError as error:
         raise ValueError(f"--reward_kwargs is not JSON: {error}") from error
     if not isinstance(reward_kwargs, dict):
-        raise ValueError(f"--reward_kwargs must be a JSON object, got {args.reward_kwargs!r}")
-    if args.grader is not None:
+        raise ValueError(f"--reward_kwargs must be a JSON object, got {reward_kwargs_json!r}")
+    if grader is not None:
         if reward_name not in BUILTIN_REWARD_FUNCTIONS:
             raise ValueError(f"--grader applies to the built-in rewards, not {reward_name!r}")
-        reward_kwargs["grader"] = args.grader
-    reward_fn = load_reward_function(reward_name, reward_kwargs)
+        reward_kwargs["grader"] = grader
+    return load_reward_function(reward_name, reward_kwargs)
 
-    reanswers, reanswerer = reanswers_from_args(args, records)
+
+@dataclass
+class ScoringResult:
+    summary: dict[str, Any]
+    scored_lines: list[str]
+
+
+def score_file(
+    input_path: str,
+    reward_fn: LoadedRewardFunction,
+    reanswer: Callable[[Sequence[ResponseRecord]], tuple[Reanswers | None, str | None]],
+    answer_judge: tuple[ReanswerJudge, str] | None = None,
+    blank_input: str | None = None,
+    group_by: list[str] | None = None,
+    max_groups: int = 32,
+    missing_description: str = "zero",
+) -> ScoringResult:
+    """Score one generate.py output: the summary (overall and per group) and the scored records.
+
+    ``reanswer`` gives the perception re-answers (and who gave them) or (None, None);
+    ``answer_judge`` = (judge, its name) re-checks the answers the rule-based grader marks wrong.
+    """
+    records = read_records(input_path)
+    columns = group_by if group_by is not None else group_columns(records, max_groups)
+    for column in columns:
+        lacking = next((record for record in records if column not in record.raw), None)
+        if lacking is not None:
+            raise ValueError(f"{input_path} line {lacking.line}: no column {column!r} to group by")
+    reanswers, reanswerer = reanswer(records)
     scores = score_records(records, reward_fn, reanswers)
     verdicts: dict[int, str] | None = None
-    if args.answer_judge_base_url:
+    if answer_judge is not None:
         if "accuracy" not in scores[0]:
-            raise ValueError(f"the answer judge re-checks wrong answers: reward {reward_name!r} gives no 'accuracy'")
-        answer_judge = make_openai_judge(
-            args, args.answer_judge_base_url, args.answer_judge_model, args.answer_judge_api_key_env
-        )
+            raise ValueError(f"the answer judge re-checks wrong answers: reward {reward_fn.name!r} gives no 'accuracy'")
         wrong = [i for i, score in enumerate(scores) if score["accuracy"] != 1.0]
-        verdicts = judge_answers(answer_judge, records, wrong)
-
+        verdicts = judge_answers(answer_judge[0], records, wrong)
     blank_records = (
-        pair_blank_records(records, read_records(args.blank_input), args.blank_input) if args.blank_input else None
+        pair_blank_records(records, read_records(blank_input), blank_input) if blank_input else None
     )
     rows = per_record_metrics(records, scores, reanswers, verdicts, blank_records)
     summary = {
-        "input": os.path.abspath(args.input),
-        "reward": reward_name,
-        "grader": reward_kwargs.get("grader", DEFAULT_GRADER),
+        "input": os.path.abspath(input_path),
+        "reward": reward_fn.name,
+        "grader": reward_fn.kwargs.get("grader", DEFAULT_GRADER),
         "reanswerer": reanswerer,
-        "answer_judge": f"openai:{args.answer_judge_model}@{args.answer_judge_base_url}" if verdicts is not None else None,
-        "missing_description": args.missing_description,
-        "blank_input": os.path.abspath(args.blank_input) if args.blank_input else None,
+        "answer_judge": answer_judge[1] if answer_judge is not None else None,
+        "missing_description": missing_description,
+        "blank_input": os.path.abspath(blank_input) if blank_input else None,
         **({"reanswer_metrics": reanswers.metrics} if reanswers is not None and reanswers.metrics else {}),
         **summarize(records, rows, columns),
     }
     scored_lines = []
     for i, (record, row) in enumerate(zip(records, rows)):
-        scored = {**record.raw, "scores": row}
+        # "score": the reference's per-record field (its judge scripts read it as the rule-based score).
+        scored = {**record.raw, "score": row.get("accuracy", row["overall"]), "scores": row}
         if reanswers is not None:
             scored["perception"] = reanswers.descriptions[i]
             scored["reanswers"] = reanswers.texts[i]
@@ -596,12 +615,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if blank_records is not None:
             scored["blank_image_response"] = blank_records[i].response
         scored_lines.append(json.dumps(scored, ensure_ascii=False) + "\n")
-    write_atomically(sidecar_path(args.input, ".scored.jsonl"), "".join(scored_lines))
-    write_atomically(sidecar_path(args.input, ".summary.json"), json.dumps(summary, indent=1) + "\n")
-    print(f"{args.input}: reward {reward_name}, perception re-answers by {reanswerer or 'nobody'}")
-    print(format_table(summary))
-    return summary
+    return ScoringResult(summary, scored_lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    reward_fn = load_reward(args.reward, args.reward_kwargs, args.grader, bool(args.self_reward_model or args.judge))
+    answer_judge = None
+    if args.answer_judge_base_url:
+        answer_judge = (
+            make_openai_judge(args, args.answer_judge_base_url, args.answer_judge_model, args.answer_judge_api_key_env),
+            f"openai:{args.answer_judge_model}@{args.answer_judge_base_url}",
+        )
+    result = score_file(
+        args.input, reward_fn, lambda records: reanswers_from_args(args, records), answer_judge,
+        args.blank_input, args.group_by, args.max_groups, args.missing_description,
+    )
+    write_atomically(sidecar_path(args.input, ".scored.jsonl"), "".join(result.scored_lines))
+    write_atomically(sidecar_path(args.input, ".summary.json"), json.dumps(result.summary, indent=1) + "\n")
+    print(f"{args.input}: reward {reward_fn.name}, perception re-answers by {result.summary['reanswerer'] or 'nobody'}")
+    print(format_table(result.summary))
+    return result.summary
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ModelPathError as error:
+        raise SystemExit(f"error: {error}") from None

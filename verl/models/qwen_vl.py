@@ -3,8 +3,6 @@ per-sample multi-modal tensors of a batch are put together for one forward."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -29,14 +27,6 @@ def resolve_attn_implementation(name: str, device: torch.device) -> str:
         except ImportError:
             return "sdpa"
     return "sdpa"
-
-
-def check_model_path(path: str, key: str) -> None:
-    """A local path that does not exist fails here with the config key, instead of deep inside
-    `from_pretrained` as a failed hub download. `org/name` hub ids pass through."""
-    looks_local = path.startswith(("/", "./", "../", "~")) or path.count("/") != 1
-    if looks_local and not os.path.isdir(os.path.expanduser(path)):
-        raise FileNotFoundError(f"{key}={path}: no such model folder (and not a hub id of the form org/name)")
 
 
 def load_policy(model_path: str, dtype: torch.dtype, attn_implementation: str) -> PreTrainedModel:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from verl.trainer.config import ConfigError, PPOConfig, parse_cli_or_exit, to_yaml
+from verl.utils.model_source import ModelPathError, check_model_path
 
 USAGE = """usage: python3 -m verl.trainer.main config=CONFIG.yaml [section.key=value ...]
 
@@ -19,6 +20,17 @@ def build_rl_dataset(config: PPOConfig, path: str, tokenizer, processor):
     from verl.data.rl_dataset import RLDataset
 
     data = config.data
+    # A local file or folder that is missing fails here in one line; hub names (org/name@split) pass on.
+    data_root = path.split("@")[0]
+    looks_local = data_root.endswith((".parquet", ".jsonl", ".json")) or data_root.startswith(
+        ("data/", "./", "../", "/", "~")
+    )
+    if looks_local and not os.path.exists(os.path.expanduser(data_root)):
+        hint = (
+            "; build the tiny recipe's data with `python3 scripts/make_synthetic_dataset.py --out "
+            f"{os.path.dirname(data_root)}`" if "tiny_shapes" in data_root else ""
+        )
+        raise ConfigError(f"data file not found: {path} (data.train_files / data.val_files){hint}")
     return RLDataset(
         data_path=path,
         tokenizer=tokenizer,
@@ -64,7 +76,6 @@ def run(config: PPOConfig) -> dict[str, float]:
     import ray
     from transformers import AutoProcessor, AutoTokenizer
 
-    from verl.models.qwen_vl import check_model_path
     from verl.rewards.loader import load_reward_function
     from verl.trainer.perception_judge import make_judge
     from verl.trainer.ray_trainer import RayPPOTrainer
@@ -104,7 +115,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     print(to_yaml(config), flush=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    run(config)
+    try:
+        run(config)
+    except (ModelPathError, ConfigError) as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":

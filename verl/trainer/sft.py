@@ -54,8 +54,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 from transformers import AutoConfig, AutoProcessor, AutoTokenizer
 
 from verl.data.sft_dataset import IGNORE_INDEX, SFTDataset, collate_sft
-from verl.models.qwen_vl import check_model_path, forward_in_step, position_ids_for, resolve_dtype
+from verl.models.qwen_vl import forward_in_step, position_ids_for, resolve_dtype
 from verl.trainer.config import ConfigError, parse_cli_or_exit, to_yaml
+from verl.utils.model_source import ModelPathError, check_model_path
 from verl.utils.tracking import Tracker
 from verl.workers.engine.fsdp import shard_model
 from verl.workers.engine.micro_batch import sum_across_ranks
@@ -592,6 +593,9 @@ def main(argv: list[str] | None = None) -> None:
         trainer = SFTTrainer(config)
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except ModelPathError as error:
+        print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     trainer.fit()
     if dist.is_initialized():

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# See-think ablation: the Vision-SR1 format (description, think, \boxed{}), no self-reward pass, Qwen2.5-VL-7B, 1 node x 8 GPUs.
+# The reference's command name (github.com/zli12321/Vision-SR1, train_examples/3-7b_seethink_noSelfReward.sh); a thin entry to
+# configs/qwen2_5_vl_7b_seeThink.yaml through train_examples/run_grpo.sh (settings and their sources: that config; all recipes:
+# docs/recipes.md).
+#
+#   bash train_examples/3-7b_seethink_noSelfReward.sh [section.key=value ...]    (environment overrides: MODEL_PATH, DATA, VAL_DATA,
+#                                                          EXP_NAME; see train_examples/run_grpo.sh)
+#   bash train_examples/3-7b_seethink_noSelfReward.sh trainer.dry_run=true       (check it on any machine, CPU included)
+#   bash train_examples/3-7b_seethink_noSelfReward.sh --help
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/help.sh" "$@"
+CONFIG=${CONFIG:-configs/qwen2_5_vl_7b_seeThink.yaml} exec bash "$(dirname "${BASH_SOURCE[0]}")/run_grpo.sh" "$@"
