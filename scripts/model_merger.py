@@ -4,6 +4,8 @@ Example:
   python3 scripts/model_merger.py --local_dir checkpoints/run/global_step_15/actor
 writes the merged model into checkpoints/run/global_step_15/actor/huggingface (next to its
 config, tokenizer and processor files), loadable by transformers' from_pretrained and vLLM.
+A LoRA run's adapters are folded into the weights; --adapter_dir also writes the adapter alone
+(PEFT format: adapter_config.json + adapter_model.safetensors).
 """
 
 import argparse
@@ -32,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
         "EasyR1 always casts to bfloat16)",
     )
     parser.add_argument(
+        "--adapter_dir", default=None,
+        help="LoRA checkpoints only: also write the adapter alone here in PEFT format",
+    )
+    parser.add_argument(
         "--hf_upload_path", default=None,
         help="Hugging Face Hub repo id (user/name) to upload the merged folder to (created private if new)",
     )
@@ -40,11 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    result = merge_checkpoint(args.local_dir, args.target_dir, DTYPES[args.dtype] if args.dtype else None)
+    result = merge_checkpoint(
+        args.local_dir, args.target_dir, DTYPES[args.dtype] if args.dtype else None, args.adapter_dir
+    )
     print(
         f"merged {result.world_size} shards: {result.num_tensors} tensors ({', '.join(result.dtypes)}), "
         f"{result.weight_bytes / 2**20:.1f} MiB of weights -> {result.target_dir} in {result.seconds:.1f} s"
     )
+    if result.adapter_dir:
+        print(f"LoRA adapter (PEFT format) -> {result.adapter_dir}")
     if args.hf_upload_path:
         upload_to_hub(result.target_dir, args.hf_upload_path)
         print(f"uploaded {result.target_dir} to https://huggingface.co/{args.hf_upload_path}")

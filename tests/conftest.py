@@ -1,4 +1,4 @@
-"""Session-wide fixtures: the tiny Qwen2.5-VL checkpoint, the synthetic dataset, and a real local
+"""Session-wide fixtures: the tiny Qwen2.5-VL and Qwen3-VL checkpoints, the synthetic dataset, and a real local
 OpenAI-style chat server for the judge paths."""
 
 import gc
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from verl.data.synthetic import write_synthetic_dataset
-from verl.utils.tiny_model import build_tiny_model
+from verl.utils.tiny_model import QWEN3_VL_SPEC, build_tiny_model
 
 # The tiny model gains nothing from more threads, and test machines share their cores.
 torch.set_num_threads(2)
@@ -23,6 +23,12 @@ torch.set_num_threads(2)
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Folder of the tiny random Qwen2.5-VL (seed 0), built once per test session."""
     return build_tiny_model(str(tmp_path_factory.mktemp("tiny_qwen2_5_vl")), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_vl_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Folder of the tiny random Qwen3-VL (seed 0), built once per test session."""
+    return build_tiny_model(str(tmp_path_factory.mktemp("tiny_qwen3_vl")), seed=0, spec=QWEN3_VL_SPEC)
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -4,14 +4,10 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText
 
+from verl.models.qwen_vl import checkpoint_weight_name
 from verl.utils.tiny_model import TinyModelSpec
 from verl.workers.rollout import make_rollout_engine
-from verl.workers.weight_sync import (
-    checkpoint_weight_names,
-    hf_to_checkpoint_name,
-    iter_full_state_dict,
-    sync_weights,
-)
+from verl.workers.weight_sync import checkpoint_weight_names, iter_full_state_dict, sync_weights
 
 
 @pytest.mark.parametrize(
@@ -24,14 +20,20 @@ from verl.workers.weight_sync import (
         ("lm_head.weight", "lm_head.weight"),
     ],
 )
-def test_hf_to_checkpoint_name(in_memory, checkpoint):
-    assert hf_to_checkpoint_name(in_memory) == checkpoint
+def test_qwen2_5_vl_checkpoint_weight_name(in_memory, checkpoint):
+    assert checkpoint_weight_name(in_memory, "qwen2_5_vl") == checkpoint
 
 
+@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "qwen3_vl"])
 @pytest.mark.parametrize("name", ["model.layers.0.mlp.up_proj.weight", "visual.blocks.0.norm1.weight", "weight"])
-def test_hf_to_checkpoint_name_rejects_names_that_are_not_in_memory_names(name):
-    with pytest.raises(ValueError, match="not an in-memory Qwen2.5-VL name"):
-        hf_to_checkpoint_name(name)
+def test_checkpoint_weight_name_rejects_names_that_are_not_in_memory_names(name, model_type):
+    with pytest.raises(ValueError, match=f"not an in-memory {model_type} name"):
+        checkpoint_weight_name(name, model_type)
+
+
+def test_checkpoint_weight_name_names_the_unsupported_model_type():
+    with pytest.raises(ValueError, match="model_type 'llava' is not supported"):
+        checkpoint_weight_name("model.visual.x", "llava")
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +41,13 @@ def tiny_model(tiny_model_dir):
     return AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32)
 
 
-def test_mapped_in_memory_names_are_exactly_the_saved_checkpoint_keys(tiny_model_dir, tiny_model):
-    mapped = {hf_to_checkpoint_name(name) for name, _ in tiny_model.named_parameters()}
+@pytest.mark.parametrize("model_dir", ["tiny_model_dir", "tiny_qwen3_vl_dir"])
+def test_mapped_in_memory_names_are_exactly_the_saved_checkpoint_keys(model_dir, request):
+    model_dir = request.getfixturevalue(model_dir)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
+    mapped = {checkpoint_weight_name(name, model.config.model_type) for name, _ in model.named_parameters()}
 
-    assert mapped == checkpoint_weight_names(tiny_model_dir)
+    assert mapped == checkpoint_weight_names(model_dir)
 
 
 def test_checkpoint_weight_names_reports_a_folder_without_weights(tmp_path):

@@ -21,13 +21,13 @@ from transformers import PreTrainedTokenizerBase, ProcessorMixin
 
 from verl.data.format_prompt import load_format_prompt
 from verl.data.vision import (
-    check_qwen_image_processor,
     expand_image_tokens,
     image_size,
     load_image,
     merged_token_count,
     process_images,
     resize_image,
+    resize_factor,
     resized_shape,
 )
 
@@ -192,11 +192,12 @@ class RLDataset(Dataset):
         if image_key is not None:
             if processor is None:
                 raise ValueError(f"{self.source}: image column {image_key!r} needs a processor, got None")
-            check_qwen_image_processor(processor.image_processor)
+            self.factor = resize_factor(processor.image_processor)
             self.image_token_id: int | None = processor.image_token_id
             self.merge_size: int | None = processor.image_processor.merge_size
             self.rows = _undecoded_images(table.rows, image_key)
         else:
+            self.factor = 0  # never used: no images
             self.image_token_id = None
             self.merge_size = None
             self.rows = table.rows
@@ -277,7 +278,8 @@ class RLDataset(Dataset):
         for position, image_object in enumerate(checked.image_objects):
             where = self._where(row_index, f"{self.image_key}[{position}]")
             width, height = image_size(image_object, where, self.base_dir)
-            length += merged_token_count(*resized_shape(width, height, self.min_pixels, self.max_pixels)) - 1
+            shape = resized_shape(width, height, self.min_pixels, self.max_pixels, self.factor)
+            length += merged_token_count(*shape, self.factor) - 1
         return length
 
     def __getitem__(self, item: int) -> dict[str, Any]:
@@ -292,6 +294,7 @@ class RLDataset(Dataset):
                 ),
                 self.min_pixels,
                 self.max_pixels,
+                self.factor,
             )
             for position, image_object in enumerate(checked.image_objects)
         ]

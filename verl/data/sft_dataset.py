@@ -22,13 +22,13 @@ from transformers import PreTrainedTokenizerBase, ProcessorMixin
 
 from verl.data.rl_dataset import IMAGE_PLACEHOLDER, split_image_placeholders
 from verl.data.vision import (
-    check_qwen_image_processor,
     image_size,
     load_image,
     merged_token_count,
     multimodal_token_types,
     process_images,
     resize_image,
+    resize_factor,
     resized_shape,
 )
 
@@ -176,7 +176,7 @@ class SFTDataset(Dataset):
         """
         if truncation not in ("error", "right"):
             raise ValueError(f"truncation must be 'error' or 'right', got {truncation!r}")
-        check_qwen_image_processor(processor.image_processor)
+        self.factor = resize_factor(processor.image_processor)
         self.source = data_path
         self.base_dir = os.path.dirname(os.path.abspath(data_path))
         self.tokenizer = tokenizer
@@ -209,7 +209,8 @@ class SFTDataset(Dataset):
         counts = []
         for position, path in enumerate(self.conversations[row].image_paths):
             width, height = image_size(path, self._image_where(row, position), self.base_dir)
-            counts.append(merged_token_count(*resized_shape(width, height, self.min_pixels, self.max_pixels)))
+            shape = resized_shape(width, height, self.min_pixels, self.max_pixels, self.factor)
+            counts.append(merged_token_count(*shape, self.factor))
         return counts
 
     def _assistant_char_spans(self, row: int, chat: list[dict[str, Any]], text: str) -> list[tuple[int, int]]:
@@ -281,6 +282,7 @@ class SFTDataset(Dataset):
                 load_image(path, self._image_where(row, position), self.base_dir),
                 self.min_pixels,
                 self.max_pixels,
+                self.factor,
             )
             for position, path in enumerate(self.conversations[row].image_paths)
         ]

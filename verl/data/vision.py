@@ -2,8 +2,10 @@
 
 "Image features and image tokens do not match" errors come from two engines resizing the same
 image differently. Every image is therefore resized here, once, to Qwen's grid (sides multiples
-of ``patch_size * merge_size`` = 28, area in ``[min_pixels, max_pixels]``), and every processor
-call is given the same pixel range (``processor_size_kwargs``) so its own resize is the identity.
+of ``patch_size * merge_size``: 28 for Qwen2/2.5-VL, 32 for Qwen3-VL; area in
+``[min_pixels, max_pixels]``), and every processor call is given the same pixel range
+(``processor_size_kwargs``) so its own resize is the identity. The grid ``factor`` is read from
+the checkpoint's image processor (``resize_factor``), never assumed.
 """
 
 import io
@@ -14,41 +16,42 @@ import torch
 from PIL import Image
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
-QWEN_PATCH_SIZE = 14
-QWEN_MERGE_SIZE = 2
-# One merged visual token covers a (patch * merge) x (patch * merge) pixel square.
-QWEN_RESIZE_FACTOR = QWEN_PATCH_SIZE * QWEN_MERGE_SIZE
+# Qwen2/2.5-VL: one merged visual token covers a (14 * 2) x (14 * 2) pixel square. Qwen3-VL
+# (patch 16) uses 32; `resize_factor` reads it from a checkpoint's image processor.
+QWEN_RESIZE_FACTOR = 28
 # PIL reports corrupt files as OSError, but also SyntaxError (broken PNG chunks) and ValueError.
 _PIL_READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
-def resized_shape(width: int, height: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+def resized_shape(
+    width: int, height: int, min_pixels: int, max_pixels: int, factor: int = QWEN_RESIZE_FACTOR
+) -> tuple[int, int]:
     """(width, height) that ``resize_image`` produces for an image of this size.
 
     Qwen's smart-resize (the function the HF image processor itself calls): both sides rounded to
-    multiples of 28, area clamped into ``[min_pixels, max_pixels]``, aspect ratio kept as closely
-    as possible.
+    multiples of ``factor`` (see ``resize_factor``), area clamped into ``[min_pixels, max_pixels]``,
+    aspect ratio kept as closely as possible.
     """
     if min_pixels > max_pixels:
         raise ValueError(f"min_pixels ({min_pixels}) must not exceed max_pixels ({max_pixels})")
-    new_height, new_width = smart_resize(
-        height, width, factor=QWEN_RESIZE_FACTOR, min_pixels=min_pixels, max_pixels=max_pixels
-    )
+    new_height, new_width = smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
     return new_width, new_height
 
 
-def resize_image(image: Image.Image, min_pixels: int, max_pixels: int) -> Image.Image:
+def resize_image(
+    image: Image.Image, min_pixels: int, max_pixels: int, factor: int = QWEN_RESIZE_FACTOR
+) -> Image.Image:
     """RGB copy of ``image`` resized to Qwen's grid (see ``resized_shape``); bicubic like the HF processor."""
     image = image.convert("RGB")
-    size = resized_shape(image.width, image.height, min_pixels, max_pixels)
+    size = resized_shape(image.width, image.height, min_pixels, max_pixels, factor)
     if image.size == size:
         return image
     return image.resize(size, resample=Image.Resampling.BICUBIC)
 
 
-def merged_token_count(width: int, height: int) -> int:
+def merged_token_count(width: int, height: int, factor: int = QWEN_RESIZE_FACTOR) -> int:
     """Number of ``<|image_pad|>`` tokens an already-resized image expands to."""
-    return (width // QWEN_RESIZE_FACTOR) * (height // QWEN_RESIZE_FACTOR)
+    return (width // factor) * (height // factor)
 
 
 def processor_size_kwargs(min_pixels: int, max_pixels: int) -> dict[str, dict[str, int]]:
@@ -70,14 +73,16 @@ def process_images(image_processor: Any, images: list[Image.Image], min_pixels: 
     return {"pixel_values": processed["pixel_values"], "image_grid_thw": processed["image_grid_thw"]}
 
 
-def check_qwen_image_processor(image_processor: Any) -> None:
-    """Raises unless the processor's merged patches are the 28-pixel squares ``resize_image`` targets."""
-    factor = image_processor.patch_size * image_processor.merge_size
-    if factor != QWEN_RESIZE_FACTOR:
+def resize_factor(image_processor: Any) -> int:
+    """Side in pixels of one merged visual token, ``patch_size * merge_size`` of a Qwen image
+    processor (28 for Qwen2/2.5-VL, 32 for Qwen3-VL); raises for a processor without both."""
+    patch, merge = getattr(image_processor, "patch_size", None), getattr(image_processor, "merge_size", None)
+    if not isinstance(patch, int) or not isinstance(merge, int):
         raise ValueError(
-            f"image processor uses patch {image_processor.patch_size} x merge {image_processor.merge_size} = "
-            f"{factor}-pixel merged patches; verl.data.vision resizes for {QWEN_RESIZE_FACTOR} (Qwen2/2.5-VL)"
+            f"{type(image_processor).__name__} has patch_size={patch!r}, merge_size={merge!r}: "
+            "verl.data.vision needs a Qwen-VL image processor (integer patch and merge sizes)"
         )
+    return patch * merge
 
 
 BLANK_FILL = (255, 255, 255)

@@ -1,12 +1,85 @@
-"""What the trainer needs to know about Qwen2.5-VL: loading, mrope position ids, and how the
-per-sample multi-modal tensors of a batch are put together for one forward."""
+"""What the trainer needs to know about the Qwen-VL models it trains (Qwen2.5-VL, Qwen3-VL):
+loading, checkpoint weight names, which modules are the vision tower, mrope position ids, and how
+the per-sample multi-modal tensors of a batch are put together for one forward. Everything that
+differs between the two lives in `QwenVLFamily`; the rest of the code asks this module."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from transformers import AutoModelForImageTextToText, PreTrainedModel
+
+
+@dataclass(frozen=True)
+class QwenVLFamily:
+    """The per-model-type facts the trainer needs.
+
+    checkpoint_prefixes: (in-memory prefix, checkpoint-file prefix) pairs, first match wins.
+        transformers 5 keeps both models under `model.language_model.*` / `model.visual.*` in
+        memory; Qwen2.5-VL checkpoint files (and vLLM's loader) use the older `model.*` /
+        `visual.*` layout, Qwen3-VL files use the in-memory names.
+    projector_modules: children of `model.visual` that map vision features into the language
+        model (trainable with `freeze_vision_tower`); every other child is the tower. Qwen3-VL
+        adds `deepstack_merger_list` (features of inner vision blocks injected into early
+        decoder layers).
+    """
+
+    checkpoint_prefixes: tuple[tuple[str, str], ...]
+    projector_modules: tuple[str, ...]
+
+
+FAMILIES = {
+    "qwen2_5_vl": QwenVLFamily(
+        checkpoint_prefixes=(("model.language_model.", "model."), ("model.visual.", "visual."), ("lm_head.", "lm_head.")),
+        projector_modules=("merger",),
+    ),
+    "qwen3_vl": QwenVLFamily(
+        checkpoint_prefixes=(
+            ("model.language_model.", "model.language_model."),
+            ("model.visual.", "model.visual."),
+            ("lm_head.", "lm_head."),
+        ),
+        projector_modules=("merger", "deepstack_merger_list"),
+    ),
+}
+
+
+def family_of(model_type: str) -> QwenVLFamily:
+    """The `QwenVLFamily` of a config's `model_type`; a clear error for models not supported."""
+    if model_type not in FAMILIES:
+        raise ValueError(f"model_type {model_type!r} is not supported; supported: {sorted(FAMILIES)}")
+    return FAMILIES[model_type]
+
+
+def checkpoint_weight_name(name: str, model_type: str) -> str:
+    """Checkpoint-file name of an in-memory (transformers 5) parameter name of `model_type`.
+
+    Qwen2.5-VL: `model.language_model.X` -> `model.X`, `model.visual.X` -> `visual.X`,
+    `lm_head.X` unchanged; Qwen3-VL: unchanged. Any other name (a checkpoint-style name
+    included) is an error: silently passing it through would load it into the wrong tensor or
+    nowhere.
+    """
+    prefixes = family_of(model_type).checkpoint_prefixes
+    for in_memory_prefix, checkpoint_prefix in prefixes:
+        if name.startswith(in_memory_prefix):
+            return checkpoint_prefix + name[len(in_memory_prefix) :]
+    raise ValueError(
+        f"parameter {name!r} is not an in-memory {model_type} name: expected a prefix in "
+        f"{[prefix for prefix, _ in prefixes]}"
+    )
+
+
+def vision_parts(model: PreTrainedModel) -> tuple[list[torch.nn.Module], list[torch.nn.Module]]:
+    """(tower modules, projector modules): the children of `model.model.visual` split by
+    `QwenVLFamily.projector_modules`."""
+    projector_names = family_of(model.config.model_type).projector_modules
+    tower, projector = [], []
+    for name, child in model.model.visual.named_children():
+        (projector if name in projector_names else tower).append(child)
+    return tower, projector
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -67,15 +140,19 @@ def position_ids_for(
 
 
 def _blank_image_anchor(model: PreTrainedModel) -> torch.Tensor:
-    """The vision tower run on one blank 28x28 image, reduced to a scalar 0 that still depends on
-    every vision parameter."""
+    """The vision tower run on one blank image of one merged token, reduced to a scalar 0 that
+    still depends on every vision parameter (Qwen3-VL's deepstack mergers included)."""
     visual = model.model.visual
     vision = model.config.vision_config
     patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
     merge = vision.spatial_merge_size
     grid_thw = torch.tensor([[1, merge, merge]], device=next(visual.parameters()).device)
     pixel_values = torch.zeros(merge * merge, patch_dim, dtype=visual.dtype, device=grid_thw.device)
-    return visual(pixel_values, grid_thw=grid_thw).pooler_output.sum() * 0.0
+    output = visual(pixel_values, grid_thw=grid_thw)
+    total = output.pooler_output.sum()
+    for feature in getattr(output, "deepstack_features", None) or ():
+        total = total + feature.sum()
+    return total * 0.0
 
 
 def forward_in_step(model: PreTrainedModel, **inputs: torch.Tensor):

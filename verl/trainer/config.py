@@ -265,6 +265,10 @@ class PPOConfig:
             )
         if data.min_pixels > data.max_pixels:
             raise ConfigError(f"data.min_pixels={data.min_pixels} > data.max_pixels={data.max_pixels}")
+        try:
+            actor.model.lora.check("worker.actor.model.lora")
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         if self.self_reward.objective == "separate" and not self.self_reward.enable:
             raise ConfigError("self_reward.objective=separate needs self_reward.enable=true")
         if self.self_reward.judge == "openai" and not (self.self_reward.judge_base_url and self.self_reward.judge_model):

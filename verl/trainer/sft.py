@@ -54,6 +54,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from transformers import AutoConfig, AutoProcessor, AutoTokenizer
 
 from verl.data.sft_dataset import IGNORE_INDEX, SFTDataset, collate_sft
+from verl.models.lora import LoRAConfig, fold_adapters, lora_scale
 from verl.models.qwen_vl import forward_in_step, position_ids_for, resolve_dtype
 from verl.trainer.config import ConfigError, parse_cli_or_exit, to_yaml
 from verl.utils.model_source import ModelPathError, check_model_path
@@ -92,6 +93,8 @@ class SFTModelConfig:
     """Keep the vision encoder (patch embedding and blocks) fixed."""
     freeze_multi_modal_projector: bool = False
     """Keep the vision-to-language merger fixed."""
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    """LoRA adapters instead of full fine-tuning (rank > 0); the saved model has them folded in."""
 
 
 @dataclass
@@ -206,6 +209,10 @@ class SFTConfig:
             raise ConfigError(f"optim.warmup_ratio={optim.warmup_ratio} must be in [0, 1]")
         if optim.max_grad_norm <= 0:
             raise ConfigError(f"optim.max_grad_norm={optim.max_grad_norm} must be > 0")
+        try:
+            self.model.lora.check("model.lora")
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
 
 
 def _choice(key: str, value: str, valid: tuple[str, ...]) -> None:
@@ -415,6 +422,8 @@ class SFTTrainer:
             gradient_checkpointing=model_cfg.gradient_checkpointing,
             freeze_vision_tower=model_cfg.freeze_vision_tower,
             freeze_multi_modal_projector=model_cfg.freeze_multi_modal_projector,
+            lora=model_cfg.lora,
+            lora_key="model.lora",
         )
         if ctx.is_distributed:
             mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
@@ -485,6 +494,8 @@ class SFTTrainer:
             state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         else:
             state = self.model.state_dict()
+        if self.config.model.lora.enabled:  # the saved folder is the plain model, adapters folded in
+            state = fold_adapters(state, lora_scale(self.config.model.lora))
         if ctx.is_main:
             is_final = os.path.abspath(target_dir) == os.path.abspath(self.config.trainer.output_dir)
             staging = os.path.join(target_dir, FINAL_TMP_DIR) if is_final else target_dir + ".tmp"

@@ -14,6 +14,10 @@ tests/utils/test_model_merger.py).
 
 Output: a folder `AutoModelForImageTextToText` / `AutoProcessor` / vLLM load directly, built in
 `TARGET.tmp` and renamed into place, so an interrupted merge never leaves a partial TARGET.
+
+A LoRA run's checkpoint (ACTOR_DIR/lora_config.json beside the shards) holds the base weights and
+the adapter matrices; they are folded into plain weights (W + alpha/r B A), and with
+`adapter_dir` the adapter alone is also written in PEFT's format.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, GenerationConfig, PretrainedConfig, PreTrainedModel
 
+from verl.models.qwen_vl import checkpoint_weight_name
 from verl.utils.checkpoint import save_hf_metadata, shard_file
+from verl.models.lora import apply_lora, fold_adapters, load_lora_config, lora_scale, peft_adapter
 
 HF_SUBDIR = "huggingface"
 MODEL_SHARD = re.compile(r"^model_world_size_(\d+)_rank_(\d+)\.pt$")
@@ -62,6 +68,7 @@ class MergeResult:
     weight_bytes: int  # size of the safetensors files written
     dtypes: tuple[str, ...]
     seconds: float
+    adapter_dir: str | None = None  # where the PEFT adapter went (LoRA checkpoints with adapter_dir)
 
 
 def _listing(names: Sequence[str]) -> str:
@@ -250,10 +257,29 @@ def _set_config_dtype(config: PretrainedConfig, dtype: torch.dtype) -> None:
             sub_config.dtype = dtype
 
 
-def merge_checkpoint(local_dir: str, target_dir: str | None = None, dtype: torch.dtype | None = None) -> MergeResult:
+def write_peft_adapter(adapter_dir: str, adapter_config: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """`adapter_config.json` + `adapter_model.safetensors` (PEFT's layout), written atomically."""
+    import json
+
+    from safetensors.torch import save_file
+
+    tmp_dir = adapter_dir.rstrip(os.sep) + ".tmp"
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    os.makedirs(tmp_dir)
+    with open(os.path.join(tmp_dir, "adapter_config.json"), "w") as f:
+        json.dump(adapter_config, f, indent=2)
+    save_file(tensors, os.path.join(tmp_dir, "adapter_model.safetensors"))
+    _publish(tmp_dir, adapter_dir)
+
+
+def merge_checkpoint(
+    local_dir: str, target_dir: str | None = None, dtype: torch.dtype | None = None, adapter_dir: str | None = None
+) -> MergeResult:
     """Merges `local_dir` (CKPT/global_step_N/actor) into a Hugging Face folder at `target_dir`
     (default `local_dir/huggingface`, as EasyR1 does). Tensors keep their saved dtype unless
-    `dtype` is given. Keys are checked strictly against the model the config builds.
+    `dtype` is given. Keys are checked strictly against the model the config builds (with the
+    run's adapters for a LoRA checkpoint, whose adapters are then folded in; `adapter_dir`
+    additionally receives the adapter alone in PEFT format).
     """
     start = time.perf_counter()
     local_dir = os.path.abspath(local_dir)
@@ -265,10 +291,25 @@ def merge_checkpoint(local_dir: str, target_dir: str | None = None, dtype: torch
     # Parameters on the meta device cost no memory; the merged tensors are assigned into them.
     with torch.device("meta"):
         model: PreTrainedModel = AutoModelForImageTextToText.from_config(config)
-    expected_shapes = {name: tensor.shape for name, tensor in model.state_dict().items()}
+    lora = load_lora_config(local_dir)
+    if adapter_dir is not None and lora is None:
+        raise ValueError(f"--adapter_dir given but {local_dir} has no lora_config.json: it was not a LoRA run")
+    with torch.device("meta"):
+        trained = AutoModelForImageTextToText.from_config(config) if lora else model
+        if lora:
+            apply_lora(trained, lora, f"{local_dir}/lora_config.json")
+    expected_shapes = {name: tensor.shape for name, tensor in trained.state_dict().items()}
     rank_states = [load_shard(path) for path in layout.paths]
     state = merge_shards(rank_states, expected_shapes, [os.path.basename(p) for p in layout.paths])
     del rank_states
+    if lora:
+        if adapter_dir is not None:
+            adapter_dir = os.path.abspath(adapter_dir)
+            write_peft_adapter(
+                adapter_dir,
+                *peft_adapter(state, lora, lambda name: checkpoint_weight_name(name, config.model_type), target_dir),
+            )
+        state = fold_adapters(state, lora_scale(lora))
     if dtype is not None:
         state = {name: t.to(dtype) if t.is_floating_point() else t for name, t in state.items()}
     tied_groups = _tied_parameter_groups(model)
@@ -296,6 +337,7 @@ def merge_checkpoint(local_dir: str, target_dir: str | None = None, dtype: torch
         weight_bytes=weight_bytes,
         dtypes=tuple(sorted({str(t.dtype).removeprefix("torch.") for t in state.values()})),
         seconds=time.perf_counter() - start,
+        adapter_dir=adapter_dir,
     )
 
 

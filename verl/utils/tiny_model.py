@@ -1,11 +1,14 @@
-"""A tiny, randomly initialised Qwen2.5-VL checkpoint built locally for tests and smoke runs.
+"""A tiny, randomly initialised Qwen2.5-VL (or Qwen3-VL) checkpoint built locally for tests and
+smoke runs.
 
 No model hub is reachable from the test machines, so the test suite builds its own checkpoint:
 a byte-level BPE tokenizer trained on a small corpus (the synthetic shapes task and the
-Vision-SR1 prompts), a real ``Qwen2_5_VLProcessor`` and a random
-``Qwen2_5_VLForConditionalGeneration`` (~0.4 M parameters). The folder is a normal Hugging Face
-checkpoint: ``AutoTokenizer``, ``AutoProcessor``, ``AutoModelForImageTextToText`` and vLLM load
-it exactly like a real Qwen2.5-VL, so the code under test takes the same path as on GPU nodes.
+Vision-SR1 prompts), a real ``Qwen2_5_VLProcessor`` / ``Qwen3VLProcessor`` and a random
+``Qwen2_5_VLForConditionalGeneration`` / ``Qwen3VLForConditionalGeneration`` (~0.4-0.5 M
+parameters). The folder is a normal Hugging Face checkpoint: ``AutoTokenizer``,
+``AutoProcessor``, ``AutoModelForImageTextToText`` and vLLM load it exactly like the real model,
+so the code under test takes the same path as on GPU nodes. ``QWEN3_VL_SPEC`` is the Qwen3-VL
+preset (patch 16, so 32-pixel merged tokens; a deepstack merger; q/k norms in the decoder).
 """
 
 import json
@@ -22,7 +25,11 @@ from transformers import (
     Qwen2Tokenizer,
     Qwen2VLImageProcessor,
     Qwen2VLVideoProcessor,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLProcessor,
 )
+from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX as QWEN2_PRETOKENIZE_REGEX
 
 from verl.data.format_prompt import build_reprompt
@@ -93,11 +100,13 @@ POSITIONS = ("left", "right", "top", "bottom", "center")
 
 @dataclass(frozen=True)
 class TinyModelSpec:
-    """Sizes of the tiny checkpoint.
+    """Sizes of the tiny checkpoint; `family` is the model type (`qwen2_5_vl` or `qwen3_vl`).
 
-    Text head_dim is hidden / heads = 64: vLLM's CPU attention kernel rejects 16, and Qwen2.5-VL's
+    Text head_dim is hidden / heads = 64: vLLM's CPU attention kernel rejects 16, and the
     multimodal rotary sections (temporal, height, width) must sum to head_dim / 2.
     """
+
+    family: str = "qwen2_5_vl"
 
     text_hidden_size: int = 128
     text_intermediate_size: int = 256
@@ -122,6 +131,11 @@ class TinyModelSpec:
     @property
     def text_head_dim(self) -> int:
         return self.text_hidden_size // self.text_num_heads
+
+
+# Qwen3-VL at toy size: patch 16 (the real model's), so the pixel range is in 32-pixel tokens.
+QWEN3_VL_SPEC = TinyModelSpec(family="qwen3_vl", patch_size=16, min_pixels=64 * 64, max_pixels=128 * 128)
+FAMILIES = ("qwen2_5_vl", "qwen3_vl")
 
 
 def _training_corpus() -> list[str]:
@@ -199,8 +213,19 @@ def build_tokenizer(spec: TinyModelSpec) -> Qwen2Tokenizer:
     return tokenizer
 
 
-def build_processor(spec: TinyModelSpec, tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLProcessor:
-    """Qwen2.5-VL processor with a small pixel budget: images become 2x2 to 4x4 merged patches."""
+def build_processor(spec: TinyModelSpec, tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLProcessor | Qwen3VLProcessor:
+    """The family's processor with a small pixel budget: images become 2x2 to 4x4 merged patches."""
+    if spec.family == "qwen3_vl":
+        # Qwen3-VL's own processor config: patch 16, mean/std 0.5, a pixel range given as `size`.
+        size = {"shortest_edge": spec.min_pixels, "longest_edge": spec.max_pixels}
+        patches = {"patch_size": spec.patch_size, "temporal_patch_size": spec.temporal_patch_size,
+                   "merge_size": spec.spatial_merge_size}
+        return Qwen3VLProcessor(
+            image_processor=Qwen2VLImageProcessor(size=size, image_mean=[0.5] * 3, image_std=[0.5] * 3, **patches),
+            tokenizer=tokenizer,
+            video_processor=Qwen3VLVideoProcessor(size=size, **patches),
+            chat_template=CHAT_TEMPLATE,
+        )
     image_processor = Qwen2VLImageProcessor(
         min_pixels=spec.min_pixels,
         max_pixels=spec.max_pixels,
@@ -224,8 +249,10 @@ def build_processor(spec: TinyModelSpec, tokenizer: Qwen2Tokenizer) -> Qwen2_5_V
     )
 
 
-def build_config(spec: TinyModelSpec, tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLConfig:
-    """Qwen2.5-VL config at toy size; every special token id comes from ``tokenizer``."""
+def build_config(spec: TinyModelSpec, tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLConfig | Qwen3VLConfig:
+    """The family's config at toy size; every special token id comes from ``tokenizer``."""
+    if spec.family not in FAMILIES:
+        raise ValueError(f"TinyModelSpec.family={spec.family!r}: expected one of {FAMILIES}")
     if spec.text_hidden_size % spec.text_num_heads != 0:
         raise ValueError(
             f"text_hidden_size {spec.text_hidden_size} is not divisible by "
@@ -256,6 +283,33 @@ def build_config(spec: TinyModelSpec, tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLCo
         "eos_token_id": token_id(EOS_TOKEN),
         "pad_token_id": token_id(PAD_TOKEN),
     }
+    token_ids = {
+        "image_token_id": token_id(IMAGE_PAD_TOKEN),
+        "video_token_id": token_id(VIDEO_PAD_TOKEN),
+        "vision_start_token_id": token_id(VISION_START_TOKEN),
+        "vision_end_token_id": token_id(VISION_END_TOKEN),
+    }
+    if spec.family == "qwen3_vl":
+        text_config["head_dim"] = spec.text_head_dim
+        text_config["rope_parameters"]["mrope_interleaved"] = True  # Qwen3-VL's own layout
+        vision_config = {
+            "depth": spec.vision_depth,
+            "hidden_size": spec.vision_hidden_size,
+            "intermediate_size": spec.vision_intermediate_size,
+            "num_heads": spec.vision_num_heads,
+            "out_hidden_size": spec.text_hidden_size,
+            "patch_size": spec.patch_size,
+            "spatial_merge_size": spec.spatial_merge_size,
+            "temporal_patch_size": spec.temporal_patch_size,
+            # 8x8 learned position grid (interpolated to each image's patch grid).
+            "num_position_embeddings": 64,
+            # One deepstack merger fed from the last vision block, injected into decoder layer 0.
+            "deepstack_visual_indexes": [spec.vision_depth - 1],
+            "initializer_range": spec.initializer_range,
+        }
+        return Qwen3VLConfig(
+            text_config=text_config, vision_config=vision_config, tie_word_embeddings=True, dtype="float32", **token_ids
+        )
     vision_config = {
         "depth": spec.vision_depth,
         "hidden_size": spec.vision_hidden_size,
@@ -271,17 +325,14 @@ def build_config(spec: TinyModelSpec, tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLCo
     return Qwen2_5_VLConfig(
         text_config=text_config,
         vision_config=vision_config,
-        image_token_id=token_id(IMAGE_PAD_TOKEN),
-        video_token_id=token_id(VIDEO_PAD_TOKEN),
-        vision_start_token_id=token_id(VISION_START_TOKEN),
-        vision_end_token_id=token_id(VISION_END_TOKEN),
         tie_word_embeddings=True,
         dtype="float32",
+        **token_ids,
     )
 
 
 def build_tiny_model(out_dir: str, seed: int = 0, spec: TinyModelSpec = TinyModelSpec()) -> str:
-    """Builds the tiny Qwen2.5-VL checkpoint into ``out_dir`` and returns ``out_dir``.
+    """Builds the tiny checkpoint of ``spec.family`` into ``out_dir`` and returns ``out_dir``.
 
     Writes tokenizer, processor (with chat template), config, generation config and fp32
     safetensors weights. The same ``seed`` gives byte-identical files. The caller's global torch
@@ -293,7 +344,8 @@ def build_tiny_model(out_dir: str, seed: int = 0, spec: TinyModelSpec = TinyMode
     config = build_config(spec, tokenizer)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32)
+        model_class = Qwen3VLForConditionalGeneration if spec.family == "qwen3_vl" else Qwen2_5_VLForConditionalGeneration
+        model = model_class(config).to(torch.float32)
     # Qwen's own generation config stops on both <|im_end|> and <|endoftext|>.
     model.generation_config = GenerationConfig(
         bos_token_id=config.text_config.bos_token_id,

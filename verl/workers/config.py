@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from verl.models.lora import LoRAConfig
+
 
 @dataclass
 class OptimConfig:
@@ -47,6 +49,9 @@ class ModelConfig:
     """Recompute activations in backward (saves memory on long responses)."""
     freeze_vision_tower: bool = False
     """Train only the language model and merger."""
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    """LoRA adapters instead of full fine-tuning (rank > 0): only adapters train, the reference
+    model is the base with adapters off, rollout engines receive merged weights."""
 
 
 @dataclass

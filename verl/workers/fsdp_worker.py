@@ -22,6 +22,7 @@ from verl.single_controller.worker_group import find_free_port
 from verl.utils import checkpoint
 from verl.workers.actor import PPOActor, compute_log_probs
 from verl.workers.engine.fsdp import shard_model
+from verl.models.lora import adapters_disabled, save_lora_config
 from verl.workers.engine.model import build_policy
 from verl.workers.rollout import make_rollout_engine
 from verl.workers.rollout.base import SamplingConfig
@@ -82,6 +83,8 @@ class FSDPWorker:
             gradient_checkpointing=model_cfg.enable_gradient_checkpointing,
             freeze_vision_tower=model_cfg.freeze_vision_tower,  # the merger (projector) stays trainable
             move_to_device=not actor_fsdp.param_offload,
+            lora=model_cfg.lora,
+            lora_key="worker.actor.model.lora",
         )
         self.actor_module = shard_model(actor_model, self.mesh, mp_policy, actor_fsdp.param_offload)
         actor_cfg = cfg.worker.actor
@@ -97,7 +100,8 @@ class FSDPWorker:
             ),
         )
         self.ref_module = None
-        if cfg.worker.actor.use_kl_loss or cfg.algorithm.kl_coef > 0:
+        # With LoRA the reference is the actor with its adapters off (`compute_ref_log_probs`).
+        if (cfg.worker.actor.use_kl_loss or cfg.algorithm.kl_coef > 0) and not model_cfg.lora.enabled:
             ref_dtype = resolve_dtype(cfg.worker.ref.fsdp.torch_dtype, self.device)
             ref_model = build_policy(
                 model_cfg.model_path, self.device, model_cfg.attn_implementation, dtype=ref_dtype, trainable=False,
@@ -185,19 +189,22 @@ class FSDPWorker:
         return DataProto.from_dict(tensors={"old_log_probs": log_probs, "entropy": entropy})
 
     def compute_ref_log_probs(self, data: DataProto) -> DataProto:
-        if self.ref_module is None:
+        lora = self.config.worker.actor.model.lora.enabled
+        if self.ref_module is None and not lora:
             raise RuntimeError("no reference model: enable worker.actor.use_kl_loss or algorithm.kl_coef > 0")
         ref_cfg = self.config.worker.ref
-        log_probs, _ = compute_log_probs(
-            self.ref_module,
-            data,
-            ref_cfg.micro_batch_size_per_device_for_experience,
-            self.config.worker.rollout.temperature,
-            with_entropy=False,
-            max_token_len=self._token_budget(
-                ref_cfg.max_token_len_per_device_for_experience, ref_cfg.micro_batch_size_per_device_for_experience
-            ),
-        )
+        module = self.actor_module if lora else self.ref_module
+        with adapters_disabled(module):  # a no-op without adapters
+            log_probs, _ = compute_log_probs(
+                module,
+                data,
+                ref_cfg.micro_batch_size_per_device_for_experience,
+                self.config.worker.rollout.temperature,
+                with_entropy=False,
+                max_token_len=self._token_budget(
+                    ref_cfg.max_token_len_per_device_for_experience, ref_cfg.micro_batch_size_per_device_for_experience
+                ),
+            )
         return DataProto.from_dict(tensors={"ref_log_probs": log_probs})
 
     def update_actor(self, data: DataProto, num_mini_batches: int, step: int) -> dict[str, float]:
@@ -223,6 +230,8 @@ class FSDPWorker:
         )
         if self.rank == 0:
             checkpoint.save_hf_metadata(hf_source_dir, os.path.join(actor_dir, "huggingface"))
+            if self.config.worker.actor.model.lora.enabled:  # the merger folds adapters with it
+                save_lora_config(actor_dir, self.config.worker.actor.model.lora)
         dist.barrier()
 
     def load_checkpoint(self, step_dir: str) -> None:

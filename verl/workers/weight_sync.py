@@ -1,10 +1,9 @@
 """Moving the trainer's weights into a rollout engine after each update.
 
-Two naming schemes meet here. transformers 5 builds Qwen2.5-VL with the language model and the
-vision tower under one `model` module, so `model.named_parameters()` yields
-`model.language_model.layers.0...`, `model.visual.blocks.0...` and (untied heads only)
-`lm_head.weight`. Checkpoint files keep the older layout (`model.layers.0...`, `visual.blocks...`,
-`lm_head.weight`), which is what every vLLM release loads. `hf_to_checkpoint_name` converts.
+The trainer streams in-memory (transformers 5) parameter names; an engine that loads checkpoint
+files (vLLM) converts them with `verl.models.qwen_vl.checkpoint_weight_name` (Qwen2.5-VL files
+use an older layout than its in-memory names, Qwen3-VL files the same names) and checks them
+against `checkpoint_weight_names` of its checkpoint.
 """
 
 from __future__ import annotations
@@ -19,30 +18,8 @@ from safetensors import safe_open
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from verl.models.lora import LORA_A, LORA_B, is_adapter_name, lora_modules, merged_weight
 from verl.workers.rollout.base import RolloutEngine
-
-# In-memory prefix -> checkpoint prefix; checked in this order (the first match wins).
-_IN_MEMORY_TO_CHECKPOINT_PREFIXES = (
-    ("model.language_model.", "model."),
-    ("model.visual.", "visual."),
-    ("lm_head.", "lm_head."),
-)
-
-
-def hf_to_checkpoint_name(name: str) -> str:
-    """Checkpoint-file name of an in-memory (transformers 5) Qwen2.5-VL parameter name.
-
-    `model.language_model.X` -> `model.X`, `model.visual.X` -> `visual.X`, `lm_head.X` unchanged.
-    Any other name (a checkpoint-style name included) is an error: silently passing it through
-    would load it into the wrong tensor or nowhere.
-    """
-    for in_memory_prefix, checkpoint_prefix in _IN_MEMORY_TO_CHECKPOINT_PREFIXES:
-        if name.startswith(in_memory_prefix):
-            return checkpoint_prefix + name[len(in_memory_prefix) :]
-    raise ValueError(
-        f"parameter {name!r} is not an in-memory Qwen2.5-VL name: expected a prefix in "
-        f"{[prefix for prefix, _ in _IN_MEMORY_TO_CHECKPOINT_PREFIXES]}"
-    )
 
 
 def checkpoint_weight_names(model_path: str) -> set[str]:
@@ -60,6 +37,11 @@ def checkpoint_weight_names(model_path: str) -> set[str]:
         return set(checkpoint.keys())
 
 
+def _full(parameter: torch.Tensor) -> torch.Tensor:
+    tensor = parameter.detach()
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
 def iter_full_state_dict(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """Yields `(in-memory name, full tensor)` for every parameter of `model`, one at a time.
 
@@ -68,11 +50,21 @@ def iter_full_state_dict(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]
     every rank must consume this generator to the end, in the same order (`named_parameters`
     order is the module order, identical on all ranks). Tied weights appear once, under their
     first name. Tensors are detached and on the parameter's device.
+
+    With LoRA adapters (`verl.models.lora`) the engine gets the plain model: each adapted
+    weight is streamed merged (W + scale B A) under its own name, the adapter matrices are not
+    streamed. Merged weights leave the engine's kernels, its memory and its checks unchanged
+    (the alternative, a vLLM LoRA adapter, is compared in benchmarks/lora.py).
     """
+    adapted = {f"{name}.weight": module for name, module in lora_modules(model).items()}
     for name, parameter in model.named_parameters():
-        tensor = parameter.detach()
-        if isinstance(tensor, DTensor):
-            tensor = tensor.full_tensor()
+        if is_adapter_name(name):
+            continue
+        tensor = _full(parameter)
+        module = adapted.get(name)
+        if module is not None:
+            lora_a, lora_b = _full(getattr(module, LORA_A)), _full(getattr(module, LORA_B))
+            tensor = merged_weight(tensor, lora_a, lora_b, module.lora_scale)
         yield name, tensor
 
 

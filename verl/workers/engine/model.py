@@ -5,18 +5,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from verl.models.qwen_vl import load_policy, resolve_attn_implementation
+from verl.models.qwen_vl import load_policy, resolve_attn_implementation, vision_parts
+from verl.models.lora import LoRAConfig, apply_lora
 
 
 def freeze_vision(model: nn.Module, vision_tower: bool, projector: bool) -> None:
-    """`vision_tower`: fix the patch embedding and the vision blocks; `projector`: fix the
-    vision-to-language merger. The language model always stays trainable."""
-    visual = model.model.visual
-    if vision_tower:
-        visual.patch_embed.requires_grad_(False)
-        visual.blocks.requires_grad_(False)
-    if projector:
-        visual.merger.requires_grad_(False)
+    """`vision_tower`: fix the patch (and position) embedding and the vision blocks; `projector`:
+    fix the vision-to-language merger(s) (see `vision_parts`). The language model always stays
+    trainable."""
+    tower, projectors = vision_parts(model)
+    for module in (tower if vision_tower else []) + (projectors if projector else []):
+        module.requires_grad_(False)
 
 
 def build_policy(
@@ -29,15 +28,21 @@ def build_policy(
     dtype: torch.dtype = torch.float32,
     trainable: bool = True,
     move_to_device: bool = True,
+    lora: LoRAConfig | None = None,
+    lora_key: str = "lora",
 ) -> nn.Module:
     """`from_pretrained` in `dtype` (fp32 master weights for training; FSDP's mixed-precision
     policy casts for compute), no KV cache, optional freezing and activation checkpointing;
-    `trainable=False` freezes everything (a reference model). Moved to `device` unless
+    `trainable=False` freezes everything (a reference model). With `lora` enabled only the
+    adapters train (`apply_lora`; `lora_key` names the config in errors). Moved to `device` unless
     `move_to_device` is False (FSDP parameter offload streams it there itself)."""
     model = load_policy(model_path, dtype, resolve_attn_implementation(attn_implementation, device))
     model.config.use_cache = False
     if trainable:
-        freeze_vision(model, freeze_vision_tower, freeze_multi_modal_projector)
+        if lora is not None and lora.enabled:
+            apply_lora(model, lora, lora_key)  # freezes the base, vision tower included
+        else:
+            freeze_vision(model, freeze_vision_tower, freeze_multi_modal_projector)
         if gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     else:

@@ -27,15 +27,16 @@ from vllm.platforms import current_platform
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 
 from verl.data.vision import processor_size_kwargs
+from verl.models.qwen_vl import checkpoint_weight_name
 from verl.workers.rollout import RolloutTokenIds
 from verl.workers.rollout.base import GenerationOutput, GenerationRequest, RolloutEngine, SamplingConfig
-from verl.workers.weight_sync import checkpoint_weight_names, hf_to_checkpoint_name
+from verl.workers.weight_sync import checkpoint_weight_names
 
 logger = logging.getLogger(__name__)
 
 
 def vision_token_ids(hf_config) -> tuple[int, ...]:
-    """Qwen2.5-VL's image pad, video pad, vision start and vision end token ids."""
+    """Qwen-VL's image pad, video pad, vision start and vision end token ids."""
     return (
         hf_config.image_token_id,
         hf_config.video_token_id,
@@ -140,6 +141,7 @@ class VLLMRolloutEngine(RolloutEngine):
             )
         self.expected_weight_names = checkpoint_weight_names(model_path)
         config = AutoConfig.from_pretrained(model_path)
+        self.model_type = config.model_type
         self.token_ids = RolloutTokenIds.from_tokenizer(AutoTokenizer.from_pretrained(model_path), config)
         if set(vision_token_ids(config)) != set(self.token_ids.forbidden):
             raise ValueError(
@@ -234,7 +236,7 @@ class VLLMRolloutEngine(RolloutEngine):
             for name, tensor in named_tensors:
                 loaded_bytes += tensor.numel() * tensor.element_size()
                 try:
-                    checkpoint_name = hf_to_checkpoint_name(name)
+                    checkpoint_name = checkpoint_weight_name(name, self.model_type)
                 except ValueError:
                     unknown.append(repr(name))
                     continue

@@ -1,0 +1,95 @@
+"""LoRA adapters (verl.models.lora) on the tiny Qwen2.5-VL: a fresh adapter is the base model,
+switched-off adapters are the base model, and the merged weights streamed to rollout engines
+compute what base + adapter computes. The FSDP2 run, resume and merger are in
+tests/trainer/test_lora_e2e.py."""
+
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+from verl.data.rl_dataset import RLDataset, collate_rl
+from verl.models.lora import LoRAConfig, adapters_disabled, apply_lora, fold_adapters, lora_modules
+from verl.protocol import DataProto
+from verl.workers.actor import forward_response_log_probs
+from verl.workers.engine.model import build_policy
+from verl.workers.weight_sync import iter_full_state_dict
+
+CPU = torch.device("cpu")
+LORA = LoRAConfig(rank=4, alpha=8.0)
+
+
+@pytest.fixture(scope="module")
+def batch(tiny_model_dir, synthetic_data_dir) -> DataProto:
+    """3 image prompts with 8 random response tokens each."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    dataset = RLDataset(
+        f"{synthetic_data_dir}/val.parquet", tokenizer, AutoProcessor.from_pretrained(tiny_model_dir),
+        max_prompt_length=512, min_pixels=3136, max_pixels=12544, format_prompt="configs/format_prompt/r1v.jinja",
+    )
+    tensors, non_tensors = collate_rl([dataset[i] for i in range(3)], tokenizer.pad_token_id, 512)
+    responses = torch.randint(0, 600, (3, 8), generator=torch.Generator().manual_seed(0))
+    return DataProto.from_dict(
+        tensors={
+            "input_ids": torch.cat([tensors["input_ids"], responses], 1),
+            "attention_mask": torch.cat([tensors["attention_mask"], torch.ones_like(responses)], 1),
+            "responses": responses,
+        },
+        non_tensors={"multi_modal_inputs": non_tensors["multi_modal_inputs"]},
+    )
+
+
+def log_probs(model, batch) -> torch.Tensor:
+    with torch.no_grad():
+        return forward_response_log_probs(model, batch, 1.0, False)[0]
+
+
+@pytest.fixture(scope="module")
+def base(tiny_model_dir):
+    return build_policy(tiny_model_dir, CPU, attn_implementation="sdpa", trainable=False)
+
+
+def randomise_adapters(model) -> None:
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in lora_modules(model).values():
+            module.lora_B.copy_(0.05 * torch.randn(module.lora_B.shape, generator=generator))
+
+
+def test_only_language_model_adapters_train_and_fresh_ones_change_nothing(tiny_model_dir, base, batch):
+    model = build_policy(tiny_model_dir, CPU, attn_implementation="sdpa", lora=LORA)
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(name.endswith((".lora_A", ".lora_B")) for name in trainable)
+    adapted = lora_modules(model)
+    # 2 layers x 7 projections; the vision tower (its MLP has gate/up/down_proj too) is excluded.
+    assert len(adapted) == 14 and not any("visual" in name for name in adapted)
+    assert "model.language_model.layers.0.self_attn.q_proj.weight" in dict(model.named_parameters())  # names kept
+    assert torch.equal(log_probs(model, batch), log_probs(base, batch))
+
+
+def test_disabled_adapters_are_the_base_and_merged_weights_are_base_plus_adapter(tiny_model_dir, base, batch):
+    model = build_policy(tiny_model_dir, CPU, attn_implementation="sdpa", lora=LORA)
+    randomise_adapters(model)
+    adapted = log_probs(model, batch)
+    assert (adapted - log_probs(base, batch)).abs().max() > 1e-2  # the adapters do change the policy
+    with adapters_disabled(model):
+        assert torch.equal(log_probs(model, batch), log_probs(base, batch))
+    # What rollout engines receive: plain names, adapters merged into their weights.
+    streamed = dict(iter_full_state_dict(model))
+    plain = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    assert set(streamed) == {name for name, _ in plain.named_parameters()}
+    plain.load_state_dict(streamed, strict=False)
+    torch.testing.assert_close(log_probs(plain, batch), adapted, atol=1e-5, rtol=0)
+    # The merger's fold of a saved state dict gives the same weights.
+    folded = fold_adapters(model.state_dict(), LORA.alpha / LORA.rank)
+    for name, tensor in streamed.items():
+        assert torch.equal(folded[name], tensor), name
+
+
+def test_bad_lora_configs_name_the_key(tiny_model_dir):
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"worker.actor.model.lora.target_modules=\['qproj'\] matched no linear"):
+        apply_lora(model, LoRAConfig(rank=2, target_modules=["qproj"]), "worker.actor.model.lora")
+    with pytest.raises(ValueError, match=r"lora.rank=-1: must be >= 0"):
+        LoRAConfig(rank=-1).check("lora")
+    with pytest.raises(KeyError, match="has no matching"):
+        fold_adapters({"m.lora_A": torch.zeros(1, 2), "m.weight": torch.zeros(2, 2)}, 1.0)
