@@ -106,3 +106,34 @@ def test_shipped_configs_load_and_validate():
         if "sft" in path:
             continue
         load_config(PPOConfig, path, []).validate()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"worker.actor.policy_loss": "gspo_seq"}, r"worker.actor.policy_loss='gspo_seq' is not one of ppo, gspo"),
+        ({"algorithm.adv_estimator": "gae"}, r"algorithm.adv_estimator='gae' is not one of .*remax"),
+        ({"worker.actor.rollout_correction.mode": "is"}, r"rollout_correction.mode='is' is not one of off, tis, mis"),
+        ({"worker.actor.rollout_correction.threshold": 1.0}, r"rollout_correction.threshold=1.0 must be > 1"),
+        ({"algorithm.overlong.buffer_length": 600}, r"buffer_length=600 must be in \[0, data.max_response_length=512\]"),
+        ({"algorithm.dynamic_sampling.max_tries": 0}, r"dynamic_sampling.max_tries=0 must be >= 1"),
+        ({"algorithm.adv_estimator": "remax", "algorithm.reward_weights": "{accuracy: 1.0}"}, r"do not apply"),
+    ],
+)
+def test_dapo_gspo_cispo_remax_tis_mis_config_errors_name_the_key(override, message):
+    config = parse_cli(PPOConfig, _valid(**override))
+    with pytest.raises(ConfigError, match=message):
+        config.validate()
+
+
+def test_tis_on_by_default_only_at_temperature_one():
+    correction = parse_cli(PPOConfig, _valid()).worker.actor.rollout_correction
+    assert (correction.mode, correction.level, correction.threshold) == ("tis", "token", 2.0)
+    assert correction.applies(1.0) and not correction.applies(0.7)
+
+
+def test_vllm_context_shorter_than_prompt_plus_response_is_rejected_before_the_rollout():
+    config = parse_cli(PPOConfig, _valid(**{"worker.rollout.name": "vllm", "worker.rollout.max_model_len": 1000}))
+    with pytest.raises(ConfigError, match=r"max_model_len=1000 < data.max_prompt_length=512 \+ data.max_response_length=512"):
+        config.validate()
+    parse_cli(PPOConfig, _valid(**{"worker.rollout.name": "vllm", "worker.rollout.max_model_len": 1024})).validate()

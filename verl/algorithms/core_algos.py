@@ -410,6 +410,128 @@ def compute_reinforce_plus_plus_baseline_outcome_advantage(
     return advantages, advantages
 
 
+def compute_remax_outcome_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    baseline_scores: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ReMax (Li et al. 2023, arXiv 2310.10505, Algorithm 1): REINFORCE with the reward of the
+    greedy response to the same prompt as baseline, ``A_i = r_i - r(x_i, greedy(x_i))``, the
+    same on every token of the response (outcome reward, gamma = 1).
+
+    Args:
+        token_level_rewards: (bs, L); the score is the sum over valid tokens.
+        response_mask: (bs, L).
+        baseline_scores: (bs,) the greedy response's score for each row's prompt (rows of one
+            prompt share it).
+
+    Returns:
+        advantages: (bs, L); returns: (bs, L) the raw scores on every valid token.
+    """
+    scores = _sequence_scores(token_level_rewards, response_mask)
+    if baseline_scores.shape != scores.shape:
+        raise ValueError(
+            f"baseline_scores must have shape {tuple(scores.shape)} (one per response), got {tuple(baseline_scores.shape)}"
+        )
+    if not bool(torch.isfinite(baseline_scores).all()):
+        rows = (~torch.isfinite(baseline_scores)).nonzero().flatten()[:10].tolist()
+        raise ValueError(f"baseline_scores has NaN/inf in rows {rows} (first 10)")
+    dtype = _float_dtype(token_level_rewards)
+    advantages = _broadcast_to_tokens(scores - baseline_scores.to(torch.float64), response_mask, dtype)
+    return advantages, _broadcast_to_tokens(scores, response_mask, dtype)
+
+
+@torch.no_grad()
+def compute_gae_advantage_return(
+    token_level_rewards: torch.Tensor,
+    values: torch.Tensor,
+    response_mask: torch.Tensor,
+    gamma: float,
+    lam: float,
+    whiten: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE, generalised advantage estimation (Schulman et al. 2016, arXiv 1506.02438) with a
+    learned critic, as in PPO for RLHF (Ouyang et al. 2022).
+
+    Over the valid response tokens, with ``V`` = 0 after the last one:
+    ``delta_t = r_t + gamma * V_{t+1} - V_t``, ``A_t = delta_t + gamma * lam * A_{t+1}``,
+    returns ``R_t = A_t + V_t`` (the critic's regression target). The advantages are then
+    whitened over the batch's valid tokens (as in verl), unless ``whiten`` is False.
+
+    Args:
+        token_level_rewards: (bs, L) rewards (outcome on the last valid token, KL penalty per token).
+        values: (bs, L) the critic's values of the response positions (before each token's reward).
+        response_mask: (bs, L), right-padded (valid tokens first).
+        gamma: discount in [0, 1].
+        lam: GAE lambda in [0, 1] (1: Monte-Carlo returns minus V; 0: one-step TD).
+        whiten: normalise the advantages to mean 0, unit variance.
+
+    Returns:
+        advantages, returns: (bs, L) each, 0 outside the mask.
+    """
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lam must be in [0, 1], got {lam}")
+    _check_same_shape("token_level_rewards", token_level_rewards, "values", values)
+    _sequence_scores(token_level_rewards, response_mask)  # validation only: placement and finiteness
+    dtype = torch.promote_types(_float_dtype(token_level_rewards), _float_dtype(values))
+    rewards = _zero_outside(token_level_rewards.to(dtype), response_mask)
+    values = _zero_outside(values.to(dtype), response_mask)
+    advantages = torch.zeros_like(rewards)
+    next_value = torch.zeros_like(rewards[:, 0])
+    next_advantage = torch.zeros_like(rewards[:, 0])
+    for position in range(rewards.shape[-1] - 1, -1, -1):
+        delta = rewards[:, position] + gamma * next_value - values[:, position]
+        next_advantage = delta + gamma * lam * next_advantage
+        advantages[:, position] = next_advantage
+        next_value = values[:, position]
+    # Padding after a row's end holds V = r = 0, so it contributes delta = 0 and A = 0 there.
+    returns = _zero_outside(advantages + values, response_mask)
+    advantages = masked_whiten(advantages, response_mask) if whiten else _zero_outside(advantages, response_mask)
+    return advantages, returns
+
+
+def compute_value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    response_mask: torch.Tensor,
+    clip_range_value: float,
+    loss_agg_mode: str,
+    max_response_length: int | None = None,
+    normalizer: float | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """PPO's clipped value loss (Schulman et al. 2017; the form of OpenAI baselines / verl):
+    ``0.5 * max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2)`` per token, aggregated like
+    the policy loss.
+
+    Args:
+        values: (bs, L) the critic's current predictions (carry the gradient).
+        old_values: (bs, L) the predictions when the batch was collected.
+        returns: (bs, L) GAE returns.
+        response_mask: (bs, L).
+        clip_range_value: c > 0.
+        loss_agg_mode, max_response_length, normalizer: see ``agg_loss``.
+
+    Returns:
+        vf_loss: scalar; metrics: ``vf_clipfrac`` (tokens where the clipped term is the larger).
+    """
+    if not clip_range_value > 0:
+        raise ValueError(f"clip_range_value must be > 0, got {clip_range_value}")
+    _check_same_shape("values", values, "old_values", old_values)
+    _check_same_shape("values", values, "returns", returns)
+    _check_same_shape("values", values, "response_mask", response_mask)
+    clipped_values = old_values + (values - old_values).clamp(-clip_range_value, clip_range_value)
+    unclipped_loss = (values - returns).square()
+    clipped_loss = (clipped_values - returns).square()
+    token_loss = 0.5 * _zero_outside(torch.maximum(unclipped_loss, clipped_loss), response_mask)
+    vf_loss = agg_loss(token_loss, response_mask, loss_agg_mode, max_response_length, normalizer)
+    with torch.no_grad():
+        clipfrac = masked_mean((clipped_loss > unclipped_loss).to(token_loss.dtype), response_mask).item()
+    return vf_loss, {"vf_clipfrac": clipfrac}
+
+
 def compute_multi_reward_advantages(
     component_scores: dict[str, torch.Tensor],
     weights: dict[str, float],
@@ -584,6 +706,27 @@ def agg_loss(
     return masked_mean(sequence_losses, sequence_mask)
 
 
+def _policy_log_ratio(
+    old_log_probs: torch.Tensor,
+    log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    token_weights: torch.Tensor | None,
+) -> torch.Tensor:
+    """Shape checks shared by the policy losses; (bs, L) ``log_probs - old_log_probs`` clamped to
+    +-``LOG_RATIO_BOUND``."""
+    _check_same_shape("log_probs", log_probs, "old_log_probs", old_log_probs)
+    _check_same_shape("log_probs", log_probs, "advantages", advantages)
+    _check_same_shape("log_probs", log_probs, "response_mask", response_mask)
+    if token_weights is not None:
+        _check_same_shape("log_probs", log_probs, "token_weights", token_weights)
+    return (log_probs - old_log_probs).clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND)
+
+
+def _weighted(token_loss: torch.Tensor, token_weights: torch.Tensor | None) -> torch.Tensor:
+    return token_loss if token_weights is None else token_loss * token_weights.detach().to(token_loss.dtype)
+
+
 def compute_policy_loss(
     old_log_probs: torch.Tensor,
     log_probs: torch.Tensor,
@@ -595,6 +738,7 @@ def compute_policy_loss(
     loss_agg_mode: str,
     max_response_length: int | None = None,
     normalizer: float | None = None,
+    token_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO clipped surrogate (Schulman et al. 2017, arXiv 1707.06347) with clip-higher and
     dual-clip.
@@ -620,6 +764,8 @@ def compute_policy_loss(
         loss_agg_mode: see ``agg_loss``.
         max_response_length: see ``agg_loss`` (``seq-mean-token-sum-norm`` only).
         normalizer: see ``agg_loss`` (the mini-batch's global token or sequence count).
+        token_weights: optional (bs, L) detached per-token loss weights applied before
+            aggregation (rollout correction, ``verl.algorithms.rollout_correction``).
 
     Returns:
         pg_loss: scalar.
@@ -628,17 +774,10 @@ def compute_policy_loss(
             ``pg_clipfrac_lower`` (tokens where the dual-clip cap is active), ``ppo_kl``
             (the k1 estimate of KL(old || current), ``mean(old_log_probs - log_probs)``).
     """
-    if not 0.0 <= clip_ratio_low < 1.0:
-        raise ValueError(f"clip_ratio_low must be in [0, 1), got {clip_ratio_low}")
-    if clip_ratio_high < 0.0:
-        raise ValueError(f"clip_ratio_high must be >= 0, got {clip_ratio_high}")
+    _check_clip_range(clip_ratio_low, clip_ratio_high)
     if not clip_ratio_dual > 1.0:
         raise ValueError(f"clip_ratio_dual must be > 1 (dual-clip bound c), got {clip_ratio_dual}")
-    _check_same_shape("log_probs", log_probs, "old_log_probs", old_log_probs)
-    _check_same_shape("log_probs", log_probs, "advantages", advantages)
-    _check_same_shape("log_probs", log_probs, "response_mask", response_mask)
-
-    log_ratio = (log_probs - old_log_probs).clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND)
+    log_ratio = _policy_log_ratio(old_log_probs, log_probs, advantages, response_mask, token_weights)
     ratio = torch.exp(log_ratio)
     unclipped_loss = -advantages * ratio
     clipped_loss = -advantages * ratio.clamp(1.0 - clip_ratio_low, 1.0 + clip_ratio_high)
@@ -647,7 +786,7 @@ def compute_policy_loss(
     negative_advantage = advantages < 0
     token_loss = torch.where(negative_advantage, torch.minimum(ppo_loss, dual_clip_loss), ppo_loss)
 
-    pg_loss = agg_loss(token_loss, response_mask, loss_agg_mode, max_response_length, normalizer)
+    pg_loss = agg_loss(_weighted(token_loss, token_weights), response_mask, loss_agg_mode, max_response_length, normalizer)
     with torch.no_grad():
         # One stacked transfer instead of three .item() device syncs per micro-batch.
         clipfrac, clipfrac_lower, ppo_kl = torch.stack(
@@ -659,6 +798,164 @@ def compute_policy_loss(
         ).tolist()
     metrics = {"pg_clipfrac": clipfrac, "pg_clipfrac_lower": clipfrac_lower, "ppo_kl": ppo_kl}
     return pg_loss, metrics
+
+
+def compute_gspo_policy_loss(
+    old_log_probs: torch.Tensor,
+    log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    clip_ratio_low: float,
+    clip_ratio_high: float,
+    loss_agg_mode: str,
+    max_response_length: int | None = None,
+    normalizer: float | None = None,
+    token_weights: torch.Tensor | None = None,
+    token_level: bool = False,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """GSPO, Group Sequence Policy Optimization (Zheng et al. 2025, arXiv 2507.18071): the
+    importance ratio and its clipping are per sequence.
+
+    ``s_i = exp(mean_t (log_probs_it - old_log_probs_it))`` (length-normalised sequence ratio),
+    ``A_i`` the sequence's advantage (the mean of its token advantages; outcome estimators put
+    the same value on every token), and the sequence loss
+    ``max(-A_i * s_i, -A_i * clip(s_i, 1 - clip_ratio_low, 1 + clip_ratio_high))`` sits on every
+    valid token of the sequence. With ``loss_agg_mode="seq-mean-token-mean"`` the aggregate is
+    the paper's ``1/G sum_i loss_i``. The paper's clip ranges are ~1e-4 wide (3e-4 / 4e-4), since
+    ``s_i`` is a per-token geometric mean.
+
+    ``token_level=True`` is GSPO-token: ``s_it = sg[s_i] * pi(y_it) / sg[pi(y_it)]`` (the value
+    of ``s_i``, the gradient of one token), clipped on that value, with each token's own
+    advantage. With equal advantages over a sequence and ``seq-mean-token-mean`` it has the same
+    loss and gradient as GSPO.
+
+    Args:
+        see ``compute_policy_loss`` (no dual-clip here).
+        token_level: GSPO-token instead of GSPO.
+
+    Returns:
+        pg_loss: scalar.
+        metrics: ``pg_clipfrac`` (fraction of valid sequences, or tokens for GSPO-token, whose
+            clipped term is active) and ``ppo_kl`` (token-mean k1 estimate).
+    """
+    _check_clip_range(clip_ratio_low, clip_ratio_high)
+    log_ratio = _policy_log_ratio(old_log_probs, log_probs, advantages, response_mask, token_weights)
+    mask = _as_bool(response_mask)
+    sequence_mask = mask.any(-1)
+    # The per-sequence mean log-ratio (bs,), bounded again: it is the exponent of s_i.
+    sequence_log_ratio = masked_mean(log_ratio, mask, dim=-1).clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND)
+    if token_level:
+        # sg[s_i] * pi / sg[pi]: the value of s_i, the gradient of log pi of this token only.
+        # Padding zeroed first: a -inf there would make exp's backward 0 * NaN.
+        valid_log_probs = _zero_outside(log_probs, mask)
+        ratio = torch.exp(sequence_log_ratio.detach().unsqueeze(-1) + valid_log_probs - valid_log_probs.detach())
+        token_advantages = advantages
+        unit_mask = mask
+    else:
+        ratio = torch.exp(sequence_log_ratio)
+        token_advantages = masked_mean(advantages, mask, dim=-1)
+        unit_mask = sequence_mask
+    unclipped_loss = -token_advantages * ratio
+    clipped_loss = -token_advantages * ratio.clamp(1.0 - clip_ratio_low, 1.0 + clip_ratio_high)
+    loss = torch.maximum(unclipped_loss, clipped_loss)
+    token_loss = loss if token_level else loss.unsqueeze(-1).expand_as(log_ratio)
+    token_loss = _zero_outside(token_loss, mask)
+    pg_loss = agg_loss(_weighted(token_loss, token_weights), response_mask, loss_agg_mode, max_response_length, normalizer)
+    with torch.no_grad():
+        clipfrac, ppo_kl = torch.stack(
+            [
+                masked_mean((clipped_loss > unclipped_loss).to(log_ratio.dtype), unit_mask),
+                masked_mean(-log_ratio, response_mask),
+            ]
+        ).tolist()
+    return pg_loss, {"pg_clipfrac": clipfrac, "ppo_kl": ppo_kl}
+
+
+def compute_cispo_policy_loss(
+    old_log_probs: torch.Tensor,
+    log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    clip_ratio_low: float,
+    clip_ratio_high: float,
+    loss_agg_mode: str,
+    max_response_length: int | None = None,
+    normalizer: float | None = None,
+    token_weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """CISPO, Clipped IS-weight Policy Optimization (MiniMax-M1, arXiv 2506.13585, eq. 4):
+    clip the importance weight, not the update, so every token keeps a gradient.
+
+    Per token, ``loss = -sg(clip(ratio, 1 - clip_ratio_low, 1 + clip_ratio_high)) * A * log_probs``
+    with ``sg`` the stop-gradient: the gradient is ``-clip(ratio) * A * grad log pi`` (REINFORCE
+    weighted by the bounded IS weight), also for tokens PPO's clip would silence. The paper
+    aggregates with the token mean (``token-mean``) and leaves the lower bound loose.
+
+    Args:
+        see ``compute_policy_loss`` (no dual-clip here).
+
+    Returns:
+        pg_loss: scalar (its value is not a surrogate objective; its gradient is).
+        metrics: ``pg_clipfrac`` (token fraction whose IS weight was clipped, either side) and
+            ``ppo_kl`` (token-mean k1 estimate).
+    """
+    _check_clip_range(clip_ratio_low, clip_ratio_high)
+    log_ratio = _policy_log_ratio(old_log_probs, log_probs, advantages, response_mask, token_weights)
+    ratio = torch.exp(log_ratio.detach())
+    clipped_ratio = ratio.clamp(1.0 - clip_ratio_low, 1.0 + clip_ratio_high)
+    # log_probs may be -inf/NaN at padding: zero it before the product (0 * inf is NaN).
+    token_loss = -clipped_ratio * advantages * _zero_outside(log_probs, response_mask)
+    pg_loss = agg_loss(_weighted(token_loss, token_weights), response_mask, loss_agg_mode, max_response_length, normalizer)
+    with torch.no_grad():
+        clipfrac, ppo_kl = torch.stack(
+            [
+                masked_mean((clipped_ratio != ratio).to(log_ratio.dtype), response_mask),
+                masked_mean(-log_ratio, response_mask),
+            ]
+        ).tolist()
+    return pg_loss, {"pg_clipfrac": clipfrac, "ppo_kl": ppo_kl}
+
+
+def _check_clip_range(clip_ratio_low: float, clip_ratio_high: float) -> None:
+    if not 0.0 <= clip_ratio_low < 1.0:
+        raise ValueError(f"clip_ratio_low must be in [0, 1), got {clip_ratio_low}")
+    if clip_ratio_high < 0.0:
+        raise ValueError(f"clip_ratio_high must be >= 0, got {clip_ratio_high}")
+
+
+POLICY_LOSSES: tuple[str, ...] = ("ppo", "gspo", "gspo_token", "cispo")
+
+
+def compute_policy_loss_by_name(
+    name: str,
+    old_log_probs: torch.Tensor,
+    log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    clip_ratio_low: float,
+    clip_ratio_high: float,
+    clip_ratio_dual: float,
+    loss_agg_mode: str,
+    max_response_length: int | None = None,
+    normalizer: float | None = None,
+    token_weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The policy loss called ``name`` (one of ``POLICY_LOSSES``): ``ppo`` is
+    ``compute_policy_loss`` (clip-higher, dual-clip), ``gspo``/``gspo_token`` are
+    ``compute_gspo_policy_loss``, ``cispo`` is ``compute_cispo_policy_loss``. ``clip_ratio_dual``
+    is used by ``ppo`` only."""
+    common = dict(
+        old_log_probs=old_log_probs, log_probs=log_probs, advantages=advantages, response_mask=response_mask,
+        clip_ratio_low=clip_ratio_low, clip_ratio_high=clip_ratio_high, loss_agg_mode=loss_agg_mode,
+        max_response_length=max_response_length, normalizer=normalizer, token_weights=token_weights,
+    )
+    if name == "ppo":
+        return compute_policy_loss(clip_ratio_dual=clip_ratio_dual, **common)
+    if name in ("gspo", "gspo_token"):
+        return compute_gspo_policy_loss(token_level=name == "gspo_token", **common)
+    if name == "cispo":
+        return compute_cispo_policy_loss(**common)
+    raise ValueError(f"unknown policy loss {name!r}; valid names: {', '.join(POLICY_LOSSES)}")
 
 
 # --------------------------------------------------------------------------------------------

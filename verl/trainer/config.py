@@ -16,11 +16,14 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from verl.algorithms.core_algos import ADVANTAGE_ESTIMATORS, POLICY_LOSSES
+from verl.algorithms.rollout_correction import ROLLOUT_CORRECTION_LEVELS, ROLLOUT_CORRECTION_MODES
 from verl.workers.config import (  # noqa: F401  (worker sections, re-exported for existing imports)
     ActorConfig,
     FSDPConfig,
     ModelConfig,
     OptimConfig,
+    RolloutCorrectionConfig,
     RefConfig,
     RolloutConfig,
     WorkerConfig,
@@ -68,9 +71,33 @@ class DataConfig:
 
 
 @dataclass
+class OverlongConfig:
+    """DAPO overlong reward shaping (verl.algorithms.dapo.overlong_penalty)."""
+
+    buffer_length: int = 0
+    """Soft buffer L_cache in tokens before data.max_response_length; 0 = off."""
+    penalty_factor: float = 1.0
+    """Scale of the penalty (at most -penalty_factor, added to the overall score)."""
+
+
+@dataclass
+class DynamicSamplingConfig:
+    """DAPO dynamic sampling (verl.algorithms.dapo.select_groups)."""
+
+    enable: bool = False
+    """Drop prompts whose n responses all score the same; draw new prompts to refill the batch."""
+    metric: str = "overall"
+    """Reward component whose spread is checked (e.g. accuracy)."""
+    max_tries: int = 4
+    """Generation batches per step, the first included; when they run out, prompts without
+    spread fill the rest of the batch (counted in dynamic_sampling/filler_prompts)."""
+
+
+@dataclass
 class AlgorithmConfig:
     adv_estimator: str = "grpo"
-    """grpo | rloo | reinforce_plus_plus | reinforce_plus_plus_baseline."""
+    """grpo | rloo | reinforce_plus_plus | reinforce_plus_plus_baseline | remax (baseline: the
+    reward of one extra greedy response per prompt, through the same engine)."""
     norm_adv_by_std_in_grpo: bool = True
     """False = Dr. GRPO (mean-centred advantages)."""
     gamma: float = 1.0
@@ -88,6 +115,8 @@ class AlgorithmConfig:
     """Adaptive controller target KL."""
     kl_horizon: float = 10000.0
     """Adaptive controller horizon."""
+    overlong: OverlongConfig = field(default_factory=OverlongConfig)
+    dynamic_sampling: DynamicSamplingConfig = field(default_factory=DynamicSamplingConfig)
 
 
 @dataclass
@@ -216,6 +245,7 @@ class PPOConfig:
         _choice("self_reward.judge", self.self_reward.judge, ("policy", "openai"))
         _choice("algorithm.kl_type", self.algorithm.kl_type, ("fixed", "adaptive"))
         _choice("worker.actor.optim.lr_scheduler", actor.optim.lr_scheduler, ("constant", "cosine"))
+        self._validate_algorithm()
         if not actor.model.model_path:
             raise ConfigError("worker.actor.model.model_path is empty: set it to a Hugging Face model folder")
         if not data.train_files and not trainer.val_only:
@@ -263,6 +293,21 @@ class PPOConfig:
                 f"worker.rollout.tensor_parallel_size={rollout.tensor_parallel_size} does not divide "
                 f"world size {self.world_size}"
             )
+        if rollout.name == "vllm" and rollout.max_model_len is not None:
+            # Prompts are checked against max_prompt_length with image tokens expanded when the
+            # data loads; a shorter engine context would cut or refuse them mid-run instead.
+            for prefix, prompt, response in (
+                ("data", data.max_prompt_length, data.max_response_length),
+                ("self_reward", self.self_reward.max_prompt_length, self.self_reward.max_response_length),
+            ):
+                if prefix == "self_reward" and not self.self_reward.enable:
+                    continue
+                if rollout.max_model_len < prompt + response:
+                    raise ConfigError(
+                        f"worker.rollout.max_model_len={rollout.max_model_len} < {prefix}.max_prompt_length={prompt} + "
+                        f"{prefix}.max_response_length={response}: prompts (image tokens included) would not fit "
+                        "the engine's context"
+                    )
         if data.min_pixels > data.max_pixels:
             raise ConfigError(f"data.min_pixels={data.min_pixels} > data.max_pixels={data.max_pixels}")
         try:
@@ -273,6 +318,40 @@ class PPOConfig:
             raise ConfigError("self_reward.objective=separate needs self_reward.enable=true")
         if self.self_reward.judge == "openai" and not (self.self_reward.judge_base_url and self.self_reward.judge_model):
             raise ConfigError("self_reward.judge=openai needs self_reward.judge_base_url and self_reward.judge_model")
+
+    def _validate_algorithm(self) -> None:
+        """The algorithm choices (estimator, policy loss, rollout correction, DAPO pieces) and
+        the combinations that cannot work together."""
+        algorithm, actor = self.algorithm, self.worker.actor
+        # remax needs the greedy baseline the trainer generates, so it is not a plain estimator.
+        _choice("algorithm.adv_estimator", algorithm.adv_estimator, (*ADVANTAGE_ESTIMATORS, "remax"))
+        _choice("worker.actor.policy_loss", actor.policy_loss, POLICY_LOSSES)
+        _choice("worker.actor.rollout_correction.mode", actor.rollout_correction.mode, ROLLOUT_CORRECTION_MODES)
+        _choice("worker.actor.rollout_correction.level", actor.rollout_correction.level, ROLLOUT_CORRECTION_LEVELS)
+        if not actor.rollout_correction.threshold > 1.0:
+            raise ConfigError(f"worker.actor.rollout_correction.threshold={actor.rollout_correction.threshold} must be > 1")
+        overlong, dynamic = algorithm.overlong, algorithm.dynamic_sampling
+        if not 0 <= overlong.buffer_length <= self.data.max_response_length:
+            raise ConfigError(
+                f"algorithm.overlong.buffer_length={overlong.buffer_length} must be in [0, "
+                f"data.max_response_length={self.data.max_response_length}]"
+            )
+        if overlong.penalty_factor < 0:
+            raise ConfigError(f"algorithm.overlong.penalty_factor={overlong.penalty_factor} must be >= 0")
+        if dynamic.max_tries < 1:
+            raise ConfigError(f"algorithm.dynamic_sampling.max_tries={dynamic.max_tries} must be >= 1")
+        multi_reward = bool(algorithm.reward_weights) or self.self_reward.objective == "separate"
+        if multi_reward and (overlong.buffer_length > 0 or algorithm.adv_estimator == "remax"):
+            raise ConfigError(
+                "algorithm.overlong and adv_estimator=remax shape the single `overall` score; they do not apply "
+                "with algorithm.reward_weights or self_reward.objective=separate"
+            )
+        if dynamic.enable and self.self_reward.objective == "separate":
+            raise ConfigError(
+                "algorithm.dynamic_sampling.enable=true does not support self_reward.objective=separate "
+                "(its pass-2 rows are tied to one generation batch)"
+            )
+
 
 
 def _choice(key: str, value: str, valid: tuple[str, ...]) -> None:

@@ -1,6 +1,7 @@
 """The single controller: one GRPO step is the list of stage calls in `RayPPOTrainer.step`.
 
-    generate -> self-reward -> reward -> old log-probs -> ref log-probs -> advantages
+    generate -> self-reward -> reward [-> ReMax greedy baseline] [-> DAPO refill: repeat]
+             -> old log-probs -> ref log-probs -> advantages
              -> actor update -> weight sync            (validate) (checkpoint)
 
 The trainer decides the algorithm and moves batches; workers (verl/workers) hold parameters.
@@ -14,7 +15,7 @@ import os
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from tqdm import tqdm
 
 from verl.protocol import DataProto, pad_to_divisor
 from verl.single_controller.worker_group import RayWorkerGroup, ResourcePool
-from verl.algorithms import core_algos
+from verl.algorithms import core_algos, dapo
 from verl.trainer.config import PPOConfig
 from verl.data.vision import blank_like
 from verl.rewards.vision_control import blank_image_control
@@ -123,6 +124,13 @@ class RayPPOTrainer:
             else:
                 self.kl_controller = core_algos.FixedKLController(config.algorithm.kl_coef)
         self.workers: RayWorkerGroup | None = None
+        self._batch_iter = None  # fit's batch iterator: dynamic sampling draws refills from it
+        correction = config.worker.actor.rollout_correction
+        if correction.mode != "off" and not correction.applies(config.worker.rollout.temperature):
+            logger.warning(
+                "worker.actor.rollout_correction.mode=%s is not applied: the rollout engines return log-probs at "
+                "temperature 1 but worker.rollout.temperature=%s", correction.mode, config.worker.rollout.temperature,
+            )
         self.self_reward: SelfRewardStage | None = None
         self.judge = judge
         self.tracker = Tracker(
@@ -227,18 +235,89 @@ class RayPPOTrainer:
             self.kl_controller.update(mean_kl, len(rollout))
             metrics["actor/reward_kl_penalty"] = mean_kl
             metrics["actor/reward_kl_coef"] = self.kl_controller.kl_coef
+        if cfg.adv_estimator == "remax":
+            advantages, _ = core_algos.compute_remax_outcome_advantage(
+                token_rewards, mask, rollout.batch["remax_baseline"]
+            )
+            return advantages
         advantages, _ = core_algos.compute_advantages(
             cfg.adv_estimator, token_rewards, mask, groups, cfg.gamma, cfg.norm_adv_by_std_in_grpo
         )
         return advantages
+
+    def _shape_scores(self, rollout: DataProto, scores: dict[str, torch.Tensor]) -> None:
+        """DAPO overlong reward shaping, added to `overall` in place (and logged as its own
+        component) when algorithm.overlong.buffer_length > 0."""
+        overlong = self.config.algorithm.overlong
+        if overlong.buffer_length > 0:
+            penalty = dapo.overlong_penalty(
+                rollout.batch["response_mask"].sum(-1), self.config.data.max_response_length,
+                overlong.buffer_length, overlong.penalty_factor,
+            )
+            scores["overlong_penalty"] = penalty
+            scores["overall"] = scores["overall"] + penalty
+
+    def _remax_baseline(self, batch: DataProto, rollout: DataProto, timing: dict) -> torch.Tensor:
+        """ReMax: one greedy response per prompt through the same engine and reward (shaping
+        included); returns its score for every row of `rollout`, matched by prompt uid."""
+        greedy_sampling = replace(self.train_sampling(), n=1, temperature=0.0, top_p=1.0, top_k=-1)
+        with timed("remax_greedy", timing):
+            greedy, _, greedy_scores, _ = self.generate_and_score(batch, greedy_sampling, {}, False)
+        self._shape_scores(greedy, greedy_scores)
+        by_uid = dict(zip(greedy.non_tensor_batch["uid"], greedy_scores["overall"].tolist()))
+        return torch.tensor([by_uid[uid] for uid in rollout.non_tensor_batch["uid"]], dtype=torch.float32)
+
+    def _sample(self, batch: DataProto, timing: dict):
+        """Rollout, self-reward, reward (+ shaping, + the ReMax baseline) for one batch of prompts."""
+        batch.non_tensor_batch["uid"] = np.array([uuid.uuid4().hex for _ in range(len(batch))], dtype=object)
+        rollout, _, scores, sr_output = self.generate_and_score(batch, self.train_sampling(), timing, False)
+        self._shape_scores(rollout, scores)
+        if self.config.algorithm.adv_estimator == "remax":
+            rollout.batch["remax_baseline"] = self._remax_baseline(batch, rollout, timing)
+        return rollout, scores, sr_output
+
+    def _sample_with_refill(self, batch: DataProto, timing: dict, metrics: dict):
+        """`_sample`, and with DAPO dynamic sampling, more prompts from the data until the batch
+        holds `len(batch)` prompts whose responses' scores differ (or the tries run out, then
+        prompts without spread fill it: see `dapo.select_groups`). Returns the rows for the
+        update, their scores, the self-reward output of the first batch, and all rows drawn
+        with their scores (for the reward metrics, unbiased by the filter)."""
+        rollout, scores, sr_output = self._sample(batch, timing)
+        dynamic = self.config.algorithm.dynamic_sampling
+        if not dynamic.enable:
+            return rollout, scores, sr_output, rollout, scores
+        n = self.config.worker.rollout.n
+        if dynamic.metric not in scores:
+            raise KeyError(f"algorithm.dynamic_sampling.metric={dynamic.metric!r} is not a reward component "
+                           f"(the reward function returns {sorted(scores)})")
+        tries = [(rollout, scores)]
+        spread = [dapo.prompt_has_spread(scores[dynamic.metric], n)]
+        while not dapo.enough_informative(spread, len(batch)) and len(tries) < dynamic.max_tries:
+            refill = next(self._batch_iter, None) if self._batch_iter is not None else None
+            if refill is None:  # the data ran out: fill with what was drawn
+                break
+            refill_rollout, refill_scores, _ = self._sample(refill, timing)
+            tries.append((refill_rollout, refill_scores))
+            spread.append(dapo.prompt_has_spread(refill_scores[dynamic.metric], n))
+        selection = dapo.select_groups(spread, len(batch))
+        rows = [(prompts[:, None] * n + np.arange(n)).reshape(-1) for prompts in selection.prompts]
+        names = list(scores)
+        kept_rollout = DataProto.concat([drawn[keep] for (drawn, _), keep in zip(tries, rows)])
+        kept_scores = {name: torch.cat([drawn[name][keep] for (_, drawn), keep in zip(tries, rows)]) for name in names}
+        all_rollout = DataProto.concat([drawn for drawn, _ in tries])
+        all_scores = {name: torch.cat([drawn[name] for _, drawn in tries]) for name in names}
+        metrics["dynamic_sampling/generation_batches"] = float(len(tries))
+        metrics["dynamic_sampling/prompts_drawn"] = float(sum(len(flags) for flags in spread))
+        metrics["dynamic_sampling/informative_prompts"] = float(selection.informative)
+        metrics["dynamic_sampling/filler_prompts"] = float(selection.filler)
+        return kept_rollout, kept_scores, sr_output, all_rollout, all_scores
 
     def step(self, batch: DataProto) -> dict[str, float]:
         """One GRPO step on a batch of prompts."""
         cfg = self.config
         timing: dict[str, float] = {}
         metrics: dict[str, float] = {}
-        batch.non_tensor_batch["uid"] = np.array([uuid.uuid4().hex for _ in range(len(batch))], dtype=object)
-        rollout, responses, scores, sr_output = self.generate_and_score(batch, self.train_sampling(), timing, False)
+        rollout, scores, sr_output, drawn_rollout, drawn_scores = self._sample_with_refill(batch, timing, metrics)
         train_rows = rollout
         separate = cfg.self_reward.enable and cfg.self_reward.objective == "separate"
         need_ref = cfg.worker.actor.use_kl_loss or self.kl_controller is not None
@@ -264,10 +343,10 @@ class RayPPOTrainer:
         with timed("sync", timing):
             sync = self.workers.execute_all("sync_rollout_weights")
         metrics["perf/sync_bytes"] = sync[0]["bytes"]
-        metrics.update(self._rollout_metrics(rollout, scores, sr_output, "train"))
+        metrics.update(self._rollout_metrics(drawn_rollout, drawn_scores, sr_output, "train"))
         metrics.update({f"timing_s/{k}": v for k, v in timing.items()})
         step_time = sum(timing.values())
-        tokens = rollout.batch["attention_mask"].sum().item()
+        tokens = drawn_rollout.batch["attention_mask"].sum().item()
         metrics["timing_s/step"] = step_time
         metrics["perf/tokens_per_s"] = tokens / step_time
         metrics["perf/tokens_per_s_per_worker"] = tokens / step_time / self.workers.world_size
@@ -293,7 +372,10 @@ class RayPPOTrainer:
 
     def _update(self, train_rows: DataProto) -> dict[str, float]:
         keys = ["input_ids", "attention_mask", "responses", "response_mask", "advantages"]
-        optional = ["old_log_probs"] + (["rollout_log_probs"] if self.skip_old_log_probs else [])
+        actor = self.config.worker.actor
+        # The rollout log-probs feed the on-policy gap metric and the rollout correction.
+        with_rollout = self.skip_old_log_probs or actor.rollout_correction.applies(self.config.worker.rollout.temperature)
+        optional = ["old_log_probs"] + (["rollout_log_probs"] if with_rollout else [])
         keys += [key for key in optional if key in train_rows.batch]
         if self.config.worker.actor.use_kl_loss:
             keys.append("ref_log_probs")
@@ -450,9 +532,12 @@ class RayPPOTrainer:
             if cfg.val_only:
                 return last_val
         progress = tqdm(total=self.total_steps, initial=self.global_step, desc="GRPO", dynamic_ncols=True)
-        epoch_iter = self._batches()
+        self._batch_iter = self._batches()
         while self.global_step < self.total_steps:
-            batch = next(epoch_iter)
+            batch = next(self._batch_iter, None)
+            if batch is None:  # dynamic sampling drew the last prompts as refills
+                print(f"training data exhausted after step {self.global_step} (dynamic sampling refills)", flush=True)
+                break
             self.global_step += 1
             metrics = self.step(batch)
             is_last = self.global_step >= self.total_steps

@@ -2,7 +2,8 @@
 
 Batch keys (per rank): `input_ids`, `attention_mask` (bs, P+R); `responses`, `response_mask`
 (bs, R); non-tensor `multi_modal_inputs` (per-sample dict, {} for text-only rows). The update
-also reads `old_log_probs`, `advantages` and, with the KL loss, `ref_log_probs` (bs, R).
+also reads `advantages`, optionally `old_log_probs` (else the update is on-policy), with the
+KL loss `ref_log_probs`, and with rollout correction `rollout_log_probs` (bs, R).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import nn
 from verl.models.qwen_vl import forward_in_step, merge_multi_modal_inputs, position_ids_for
 from verl.protocol import DataProto
 from verl.algorithms import core_algos
+from verl.algorithms.rollout_correction import rollout_importance_weights
 from verl.workers.config import ActorConfig
 from verl.workers.engine.optim import build_optimizer, clip_and_step, count_on_all_ranks
 from verl.workers.engine.micro_batch import (
@@ -182,7 +184,17 @@ class PPOActor:
         mask = mask.to(log_probs.device)
         # Exactly on-policy (one mini-batch, one epoch): the behaviour policy is the current one.
         old_log_probs = log_probs.detach() if on_policy else micro.batch["old_log_probs"].to(log_probs.device)
-        pg_loss, pg_metrics = core_algos.compute_policy_loss(
+        token_weights = None
+        correction = cfg.rollout_correction
+        if correction.applies(self.temperature) and "rollout_log_probs" in micro.batch:
+            token_weights, correction_metrics = rollout_importance_weights(
+                old_log_probs, micro.batch["rollout_log_probs"].to(log_probs.device), mask,
+                correction.mode, correction.level, correction.threshold,
+            )
+            for key, value in correction_metrics.items():
+                metrics[key].append(value)
+        pg_loss, pg_metrics = core_algos.compute_policy_loss_by_name(
+            name=cfg.policy_loss,
             old_log_probs=old_log_probs,
             log_probs=log_probs,
             advantages=micro.batch["advantages"].to(log_probs.device),
@@ -193,6 +205,7 @@ class PPOActor:
             loss_agg_mode=cfg.loss_agg_mode,
             max_response_length=max_response_length,
             normalizer=normalizer,
+            token_weights=token_weights,
         )
         loss = pg_loss
         sums["actor/pg_loss"] += pg_loss.item() * grad_scale
@@ -289,6 +302,7 @@ class PPOActor:
         metrics["actor/lr"].append(self.scheduler.get_last_lr()[0])
         result = {key: float(np.mean(values)) for key, values in metrics.items()}
         result["actor/optimizer_steps"] = float(len(metrics["actor/grad_norm"]))
-        if "rollout/logprob_gap_max" in metrics:
-            result["rollout/logprob_gap_max"] = float(np.max(metrics["rollout/logprob_gap_max"]))
+        for key in ("rollout/logprob_gap_max", "rollout_corr/ratio_max"):
+            if key in metrics:
+                result[key] = float(np.max(metrics[key]))
         return result

@@ -55,6 +55,26 @@ class ModelConfig:
 
 
 @dataclass
+class RolloutCorrectionConfig:
+    """Importance weights pi_trainer / pi_rollout on the policy loss, for the mismatch between
+    the rollout engine and the trainer (verl.algorithms.rollout_correction)."""
+
+    mode: str = "tis"
+    """tis (truncated IS weights) | mis (tokens/sequences outside [1/threshold, threshold]
+    dropped) | off. Applied when the rollout engine's log-probs are comparable to the trainer's:
+    both engines return them at temperature 1, so only when worker.rollout.temperature is 1."""
+    level: str = "token"
+    """token (each token's ratio) | sequence (the product over the response, on every token)."""
+    threshold: float = 2.0
+    """TIS cap / MIS bound (> 1)."""
+
+    def applies(self, rollout_temperature: float) -> bool:
+        """Whether the correction runs: it is on and the engine's (temperature-1) log-probs
+        describe the sampling distribution."""
+        return self.mode != "off" and rollout_temperature == 1.0
+
+
+@dataclass
 class ActorConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -84,10 +104,14 @@ class ActorConfig:
     """Passes over each rollout batch."""
     max_grad_norm: float = 1.0
     """Gradient clipping norm."""
+    policy_loss: str = "ppo"
+    """ppo (clipped surrogate, clip-higher, dual-clip) | gspo (sequence ratio and clip) |
+    gspo_token | cispo (clipped, stop-gradient IS weight on log pi). See docs/algorithms.md."""
+    rollout_correction: RolloutCorrectionConfig = field(default_factory=RolloutCorrectionConfig)
     clip_ratio_low: float = 0.2
-    """PPO lower clip (1 - eps_low)."""
+    """PPO lower clip (1 - eps_low); gspo: on the sequence ratio; cispo: IS-weight lower bound."""
     clip_ratio_high: float = 0.3
-    """PPO upper clip (1 + eps_high); > low is DAPO's clip-higher."""
+    """PPO upper clip (1 + eps_high); > low is DAPO's clip-higher; gspo/cispo as above."""
     clip_ratio_dual: float = 3.0
     """Dual-clip bound c for negative advantages (Ye et al. 2020)."""
     loss_agg_mode: str = "token-mean"
