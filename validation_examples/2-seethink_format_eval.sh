@@ -17,7 +17,9 @@
 #   OUT_DIR      outputs/eval/<basename of MODEL>      DATA_DIR   local benchmark copies (offline)
 #   ENGINE       vllm (hf on a CPU machine)            TP         vLLM tensor-parallel size (1)
 #   LIMIT        first N prompts per benchmark          MAX_RESPONSE_LENGTH   4096
-#   JUDGE_MODEL  a local judge model folder (the reference judges with Qwen2.5-14B-Instruct in vLLM)
+#   JUDGE_MODEL  a local judge model folder (a Qwen2.5-VL-Instruct; run by the same engine after the model)
+#   ANSWER_JUDGE_BASE_URL, ANSWER_JUDGE_MODEL   or an OpenAI-compatible judge server (e.g. `vllm serve
+#                Qwen/Qwen2.5-14B-Instruct`, the reference's judge); key from $OPENAI_API_KEY, never a file
 #   PYTHON       python3
 # Anything else: SUITE_ARGS="--grader mathruler --no_blank_control ..." (python3 -m verl.eval.suite --help).
 set -euo pipefail
@@ -38,6 +40,9 @@ if [[ -n ${OUT_DIR:-} ]]; then args+=(--out_dir "$OUT_DIR"); fi
 if [[ -n ${DATA_DIR:-} ]]; then args+=(--data_dir "$DATA_DIR"); fi
 if [[ -n ${LIMIT:-} ]]; then args+=(--limit "$LIMIT"); fi
 if [[ -n ${JUDGE_MODEL:-} ]]; then args+=(--answer_judge_model_path "$JUDGE_MODEL"); fi
+if [[ -n ${ANSWER_JUDGE_BASE_URL:-} ]]; then
+  args+=(--answer_judge_base_url "$ANSWER_JUDGE_BASE_URL" --answer_judge_model "${ANSWER_JUDGE_MODEL:?set ANSWER_JUDGE_MODEL}")
+fi
 export PYTHONUNBUFFERED=1
 # shellcheck disable=SC2086
 exec "$PYTHON" -m verl.eval.suite "${args[@]}" ${SUITE_ARGS:-}

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable
 
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from verl.eval.generate import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, build_engine
 from verl.workers.rollout import GenerationRequest, RolloutEngine, SamplingConfig
@@ -34,7 +35,17 @@ class EngineJudge:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, model_path: str, max_tokens: int) -> "EngineJudge":
-        """The judge on ``model_path`` with the command line's engine options (``add_engine_arguments``)."""
+        """The judge on ``model_path`` with the command line's engine options (``add_engine_arguments``).
+
+        The rollout engines run Qwen2.5-VL checkpoints (a Qwen2.5-VL-Instruct model judges text
+        too); a text-only judge (the reference's Qwen2.5-14B-Instruct) is served with ``vllm serve``
+        and reached as an OpenAI-compatible server instead.
+        """
+        if getattr(AutoConfig.from_pretrained(model_path), "image_token_id", None) is None:
+            raise ValueError(
+                f"judge model {model_path} is not a Qwen2.5-VL checkpoint, which the project's engines run: "
+                f"serve it with `vllm serve {model_path}` and pass --answer_judge_base_url/--answer_judge_model"
+            )
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         engine = build_engine(
             args, model_path, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS,
@@ -72,3 +83,16 @@ class EngineJudge:
             [self.tokenizer.decode(sample.token_ids, skip_special_tokens=True) for sample in samples]
             for samples in outputs
         ]
+
+
+class LazyJudge:
+    """A judge built on its first request (e.g. after another engine has released the accelerator)."""
+
+    def __init__(self, build: Callable[[], EngineJudge]):
+        self.build = build
+        self.judge: EngineJudge | None = None
+
+    def reanswer(self, prompts: list[str], n: int) -> list[list[str] | None]:
+        if self.judge is None:
+            self.judge = self.build()
+        return self.judge.reanswer(prompts, n)

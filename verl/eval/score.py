@@ -51,6 +51,7 @@ from verl.eval.generate import (
     build_engine,
     sidecar_path,
 )
+from verl.eval.judges import EngineJudge, LazyJudge
 from verl.protocol import DataProto
 from verl.rewards import RewardInput
 from verl.rewards.grader import extract_boxed
@@ -58,9 +59,9 @@ from verl.rewards.grading import DEFAULT_GRADER, GRADERS
 from verl.rewards.loader import BUILTIN_REWARD_FUNCTIONS, LoadedRewardFunction, load_reward_function
 from verl.rewards.vision_control import blank_image_control
 from verl.trainer.config import SelfRewardConfig
-from verl.utils.model_source import ModelPathError, check_model_path
 from verl.trainer.perception_judge import OpenAIJudge
 from verl.trainer.self_reward import ReanswerJudge, SelfRewardStage, build_reprompt, perception_of
+from verl.utils.model_source import ModelPathError, check_model_path
 from verl.workers.rollout import RolloutEngine, SamplingConfig
 from verl.workers.rollout.batching import build_rollout_batch, requests_from_batch
 
@@ -470,6 +471,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     judge.add_argument("--judge_base_url", default=None, help="e.g. http://127.0.0.1:8000/v1")
     judge.add_argument("--judge_model", default=None)
     judge.add_argument("--judge_api_key_env", default="OPENAI_API_KEY", help="env var holding the key")
+    judge.add_argument(
+        "--answer_judge_model_path", default=None,
+        help="a local judge model folder (Qwen2.5-VL) run by --engine, instead of an answer-judge server",
+    )
+    judge.add_argument("--answer_judge_max_tokens", type=int, default=256, help="local judge: reply tokens")
     judge.add_argument("--answer_judge_base_url", default=None, help="LLM check of rule-graded wrong answers")
     judge.add_argument("--answer_judge_model", default=None)
     judge.add_argument("--answer_judge_api_key_env", default="OPENAI_API_KEY", help="env var holding the key")
@@ -482,6 +488,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--self_reward_model and --judge both re-answer perceptions; give one")
     if args.judge and not (args.judge_base_url and args.judge_model):
         parser.error("--judge openai needs --judge_base_url and --judge_model")
+    if args.answer_judge_model_path and args.answer_judge_base_url:
+        parser.error("--answer_judge_model_path and --answer_judge_base_url are two judges; give one")
     if bool(args.answer_judge_base_url) != bool(args.answer_judge_model):
         parser.error("--answer_judge_base_url and --answer_judge_model go together")
     if args.judge_max_retries < 0:
@@ -627,6 +635,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         answer_judge = (
             make_openai_judge(args, args.answer_judge_base_url, args.answer_judge_model, args.answer_judge_api_key_env),
             f"openai:{args.answer_judge_model}@{args.answer_judge_base_url}",
+        )
+    elif args.answer_judge_model_path:
+        check_model_path(args.answer_judge_model_path, "--answer_judge_model_path")
+        # Built when first asked, after the re-answering engine is gone: two engines need not share the GPU.
+        answer_judge = (
+            LazyJudge(lambda: EngineJudge.from_args(args, args.answer_judge_model_path, args.answer_judge_max_tokens)),
+            f"local:{args.answer_judge_model_path}",
         )
     result = score_file(
         args.input, reward_fn, lambda records: reanswers_from_args(args, records), answer_judge,

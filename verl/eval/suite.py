@@ -76,7 +76,7 @@ class Benchmark:
     title: str
     """As the paper's table names it."""
     llm_judged: bool
-    """Open-ended answers: the paper's numbers come from an LLM judge (rule-based accuracy is a lower bound)."""
+    """The reference scored it with an LLM judge (open-ended or math answers); rule-based accuracy is a lower bound."""
 
     @property
     def hub_source(self) -> str:
@@ -89,12 +89,12 @@ BENCHMARKS = (
     Benchmark("mmmu_pro_10options", "MMMU-Pro standard (10 options)", False),
     Benchmark("mmmu-pro-vision", "MMMU-Pro vision", False),
     Benchmark("mm-vet", "MM-Vet", True),
-    Benchmark("realWorldQA", "RealWorldQA", False),
+    Benchmark("realWorldQA", "RealWorldQA", True),
     Benchmark("visnumbench", "VisNumBench", False),
-    Benchmark("mathverse", "MathVerse", False),
-    Benchmark("mathvision", "MATH-Vision", False),
+    Benchmark("mathverse", "MathVerse", True),
+    Benchmark("mathvision", "MATH-Vision", True),
     Benchmark("hallusionbench", "HallusionBench", False),
-    Benchmark("mathvista", "MathVista", False),
+    Benchmark("mathvista", "MathVista", True),
     Benchmark("mmstar", "MMStar", False),
 )
 MMMU_PRO = ("mmmu_pro_10options", "mmmu-pro-vision")
@@ -308,10 +308,11 @@ def _answer_judge(args: argparse.Namespace):
         )
     if args.answer_judge_model_path:
         check_model_path(args.answer_judge_model_path, "--answer_judge_model_path")
-        return (
-            EngineJudge.from_args(args, args.answer_judge_model_path, args.answer_judge_max_tokens),
-            f"local:{args.answer_judge_model_path}",
-        )
+        try:
+            judge = EngineJudge.from_args(args, args.answer_judge_model_path, args.answer_judge_max_tokens)
+        except ValueError as error:
+            raise SuiteError(str(error)) from error
+        return judge, f"local:{args.answer_judge_model_path}"
     return None
 
 
@@ -394,7 +395,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     text = format_aggregate(table)
     if table["llm_judged_without_judge"]:
-        text += (f"\n{', '.join(table['llm_judged_without_judge'])}: the paper judges these with an LLM; "
+        text += (f"\n{', '.join(table['llm_judged_without_judge'])}: the reference judged these with an LLM; "
                  "rule-based accuracy here (add --answer_judge_model_path DIR or --answer_judge_base_url URL)")
     write_atomically(os.path.join(out_dir, "aggregate.json"), json.dumps(table, indent=1) + "\n")
     write_atomically(os.path.join(out_dir, "aggregate.txt"), text + "\n")
