@@ -1,10 +1,13 @@
-"""Architectures of the released Qwen2.5-VL checkpoints, written down so that a CPU machine
+"""Architectures of the released Qwen2.5-VL and Qwen3-VL checkpoints, written down so that a CPU machine
 without the weights (or the hub) can still build the real model shape: on the meta device for
 `trainer.dry_run`'s parameter count and memory estimate, and with random weights for
 `benchmarks/gpu_throughput.py`.
 
 The numbers are those of the checkpoints' own config.json (Qwen/Qwen2.5-VL-3B-Instruct and
 Qwen/Qwen2.5-VL-7B-Instruct); the vision tower is the same 32-block, 1280-wide ViT in both.
+Qwen3-VL-4B/8B-Instruct: Qwen3 language models (q/k norms, head_dim 128, interleaved mrope) with
+a patch-16 ViT and deepstack mergers; the meta-device counts equal the released 4.44 B / 8.77 B.
+Sizes are unique across the two families (3b/7b vs 4b/8b), so a size alone names a model.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 
-from transformers import AutoConfig, PretrainedConfig, Qwen2_5_VLConfig
+from transformers import AutoConfig, PretrainedConfig, Qwen2_5_VLConfig, Qwen3VLConfig
 
 _VISION = {
     "depth": 32,
@@ -50,13 +53,68 @@ _TEXT = {
     },
 }
 
-PUBLISHED_SIZES = tuple(_TEXT)
+# Qwen3-VL-{4B,8B}-Instruct: (text, vision, tied embeddings) differing between the sizes.
+_QWEN3_VL = {
+    "4b": (
+        {"hidden_size": 2560, "intermediate_size": 9728},
+        {"depth": 24, "hidden_size": 1024, "intermediate_size": 4096, "deepstack_visual_indexes": [5, 11, 17]},
+        True,
+    ),
+    "8b": (
+        {"hidden_size": 4096, "intermediate_size": 12288},
+        {"depth": 27, "hidden_size": 1152, "intermediate_size": 4304, "deepstack_visual_indexes": [8, 16, 24]},
+        False,
+    ),
+}
+
+PUBLISHED_SIZES = tuple(_TEXT) + tuple(_QWEN3_VL)
 
 
-def published_config(size: str) -> Qwen2_5_VLConfig:
-    """The Qwen2.5-VL-{size}-Instruct architecture (`size` in PUBLISHED_SIZES), bf16, sdpa."""
+def _qwen3_vl_config(size: str) -> Qwen3VLConfig:
+    text, vision, tie = _QWEN3_VL[size]
+    return Qwen3VLConfig(
+        text_config={
+            **text,
+            "vocab_size": 151936,
+            "num_hidden_layers": 36,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 8,
+            "head_dim": 128,
+            "hidden_act": "silu",
+            "max_position_embeddings": 262144,
+            "rms_norm_eps": 1e-6,
+            "rope_parameters": {
+                "rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [24, 20, 20], "mrope_interleaved": True,
+            },
+            "tie_word_embeddings": tie,
+            "bos_token_id": 151643,
+            "eos_token_id": 151645,
+        },
+        vision_config={
+            **vision,
+            "num_heads": 16,
+            "patch_size": 16,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "num_position_embeddings": 2304,
+            "hidden_act": "gelu_pytorch_tanh",
+            "out_hidden_size": text["hidden_size"],
+        },
+        tie_word_embeddings=tie,
+        vision_start_token_id=151652,
+        vision_end_token_id=151653,
+        image_token_id=151655,
+        video_token_id=151656,
+        dtype="bfloat16",
+    )
+
+
+def published_config(size: str) -> Qwen2_5_VLConfig | Qwen3VLConfig:
+    """The Qwen2.5-VL-{3B,7B} / Qwen3-VL-{4B,8B}-Instruct architecture (`size` in PUBLISHED_SIZES), bf16."""
+    if size in _QWEN3_VL:
+        return _qwen3_vl_config(size)
     if size not in _TEXT:
-        raise ValueError(f"no published Qwen2.5-VL config for size {size!r}; known: {', '.join(PUBLISHED_SIZES)}")
+        raise ValueError(f"no published Qwen-VL config for size {size!r}; known: {', '.join(PUBLISHED_SIZES)}")
     text = dict(_TEXT[size])
     tie = text.pop("tie_word_embeddings")
     return Qwen2_5_VLConfig(
@@ -87,10 +145,11 @@ def config_for_model_path(model_path: str) -> tuple[PretrainedConfig, str]:
     if os.path.isfile(os.path.join(os.path.expanduser(model_path), "config.json")):
         return AutoConfig.from_pretrained(model_path), f"{model_path}/config.json"
     sizes = re.findall(r"(?<![0-9.])(\d+)b(?![a-z0-9])", model_path.lower())
-    known = [size + "b" for size in sizes if size + "b" in _TEXT]
+    known = [size + "b" for size in sizes if size + "b" in PUBLISHED_SIZES]
     if not known:
         raise FileNotFoundError(
             f"{model_path}: no config.json there, and the path names no published size "
             f"({', '.join(PUBLISHED_SIZES)}); point worker.actor.model.model_path at a folder with config.json"
         )
-    return published_config(known[-1]), f"published Qwen2.5-VL-{known[-1].upper()} architecture (no local config.json)"
+    family = "Qwen3-VL" if known[-1] in _QWEN3_VL else "Qwen2.5-VL"
+    return published_config(known[-1]), f"published {family}-{known[-1].upper()} architecture (no local config.json)"

@@ -25,12 +25,13 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
 from verl.data.synthetic import generate_split, write_rl_split
+from verl.models.lora import LoRAConfig, apply_lora
 from verl.models.published_configs import config_for_model_path
-from verl.models.qwen_vl import decoder_layers
+from verl.models.qwen_vl import decoder_layers, vision_parts
 from verl.trainer.config import PPOConfig
 from verl.trainer.main import build_rl_dataset
 from verl.utils.memory_estimate import GIB, MemoryEstimate, ModelShape, StepSettings, estimate_memory
-from verl.utils.tiny_model import TinyModelSpec, build_processor, build_tokenizer
+from verl.utils.tiny_model import QWEN3_VL_SPEC, TinyModelSpec, build_processor, build_tokenizer
 
 FIXTURE_ROWS = 8
 
@@ -98,7 +99,8 @@ def _tokenizer_and_processor(model_path: str):
     """The model folder's own tokenizer/processor, else the tiny model's (see module docstring)."""
     if os.path.isfile(os.path.join(os.path.expanduser(model_path), "tokenizer_config.json")):
         return AutoTokenizer.from_pretrained(model_path), AutoProcessor.from_pretrained(model_path), "the model's"
-    spec = TinyModelSpec()
+    # The stand-in's image processor has the recipe model's patch size: Qwen3-VL's 32-pixel tokens.
+    spec = QWEN3_VL_SPEC if config_for_model_path(model_path)[0].model_type == "qwen3_vl" else TinyModelSpec()
     tokenizer = build_tokenizer(spec)
     return tokenizer, build_processor(spec, tokenizer), "stand-in (tiny model)"
 
@@ -136,16 +138,20 @@ def data_lines(config: PPOConfig, tokenizer, processor) -> list[str]:
     return lines
 
 
-def model_shape(model_path: str, freeze_vision_tower: bool) -> tuple[ModelShape, str]:
-    """Parameter counts of the real architecture, built on the meta device (no memory, no weights)."""
+def model_shape(model_path: str, freeze_vision_tower: bool, lora: LoRAConfig | None = None) -> tuple[ModelShape, str]:
+    """Parameter counts of the real architecture, built on the meta device (no memory, no weights);
+    with `lora` enabled the adapters are added and only they count as trainable."""
     model_config, source = config_for_model_path(model_path)
     with torch.device("meta"):
         model = AutoModelForImageTextToText.from_config(model_config)
+        if lora is not None and lora.enabled:
+            apply_lora(model, lora, "worker.actor.model.lora")
     parameters = sum(p.numel() for p in model.parameters())
     frozen = 0
-    if freeze_vision_tower:
-        visual = model.model.visual
-        frozen = sum(p.numel() for module in (visual.patch_embed, visual.blocks) for p in module.parameters())
+    if lora is not None and lora.enabled:
+        frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    elif freeze_vision_tower:
+        frozen = sum(p.numel() for module in vision_parts(model)[0] for p in module.parameters())
     text = model_config.get_text_config()
     shape = ModelShape(
         parameters=parameters,
@@ -193,12 +199,13 @@ def dry_run(config: PPOConfig) -> DryRunReport:
     tokenizer, processor, tokenizer_source = _tokenizer_and_processor(actor.model.model_path)
     lines.append(f"tokenizer: {tokenizer_source}")
     lines += data_lines(config, tokenizer, processor)
-    shape, source = model_shape(actor.model.model_path, actor.model.freeze_vision_tower)
+    shape, source = model_shape(actor.model.model_path, actor.model.freeze_vision_tower, actor.model.lora)
     lines.append(
         f"model: {source}: {shape.parameters / 1e9:.2f} B parameters ({shape.trainable_parameters / 1e9:.2f} B trainable), "
         f"{shape.num_layers} layers x {shape.hidden_size}, vocab {shape.vocab_size}"
     )
-    with_reference = actor.use_kl_loss or config.algorithm.kl_coef > 0
+    # With LoRA the reference is the actor with adapters off: no second copy.
+    with_reference = (actor.use_kl_loss or config.algorithm.kl_coef > 0) and not actor.model.lora.enabled
     settings = StepSettings(
         world_size=config.world_size,
         max_prompt_length=data.max_prompt_length,
