@@ -88,3 +88,12 @@ def test_rewards_grade_with_the_chosen_grader(reward) -> None:
                        reanswers=[r"\boxed{2}"], description="d")
     assert reward([item], grader="builtin")[0]["accuracy"] == 1.0
     assert reward([item], grader="mathruler")[0]["accuracy"] == 0.0
+
+
+def test_the_config_key_selects_the_grader_through_the_loader() -> None:
+    from verl.rewards.loader import load_reward_function
+
+    item = RewardInput(response=r"<think>t</think> \boxed{two}", ground_truth="2", problem="q", response_length=3)
+    # reward.reward_function_kwargs.grader=... reaches the function as a keyword argument.
+    assert load_reward_function("cot", {"grader": "mathruler"})([item])[0]["accuracy"] == 0.0
+    assert load_reward_function("cot", {"grader": "builtin"})([item])[0]["accuracy"] == 1.0
