@@ -187,6 +187,45 @@ def test_unreadable_image_names_row_and_field(tmp_path, processor):
         make_dataset(str(tmp_path / "broken.parquet"), processor)
 
 
+def noise_png(width: int, height: int) -> bytes:
+    """PNG of random pixels: it compresses poorly, so a cut after the header loses pixel data."""
+    buffer = io.BytesIO()
+    pixels = np.random.default_rng(0).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_image_truncated_after_a_valid_header_stops_the_build_naming_its_row(tmp_path, processor):
+    truncated = noise_png(96, 96)[:2000]
+    assert Image.open(io.BytesIO(truncated)).size == (96, 96)  # the header alone still reads fine
+    rows = [{"problem": "<image>ok", "answer": "a", "images": [{"bytes": noise_png(96, 96), "path": None}]}] * 3
+    rows.append({"problem": "<image>cut", "answer": "b", "images": [{"bytes": truncated, "path": None}]})
+    pd.DataFrame(rows).to_parquet(tmp_path / "cut.parquet")
+    with pytest.raises(ValueError, match=r"cut.parquet row 3 field 'images\[0\]': cannot decode image: .*truncated"):
+        make_dataset(str(tmp_path / "cut.parquet"), processor)
+
+
+@pytest.mark.parametrize(
+    "name, content, expected",
+    [
+        ("empty.jsonl", b"", r"empty.jsonl: the file is empty \(0 bytes\)"),
+        ("empty.parquet", None, r"empty.parquet: the parquet file has no rows"),
+        ("junk.parquet", b"not a parquet file at all", r"junk.parquet: not a readable parquet file: "),
+        ("bad.jsonl", b'{"problem": "q", "answer": ', r"bad.jsonl: cannot read jsonl file: \w+Error: .+"),
+    ],
+)
+def test_empty_and_unreadable_files_say_what_is_wrong(tmp_path, processor, name, content, expected):
+    from verl.data.rl_dataset import load_table
+
+    path = tmp_path / name
+    if content is None:
+        pd.DataFrame({"problem": pd.Series([], dtype=str), "answer": pd.Series([], dtype=str)}).to_parquet(path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match=expected):
+        load_table(str(path))
+
+
 def test_placeholder_count_mismatch_names_row(tmp_path, processor):
     (tmp_path / "a.png").write_bytes(png_bytes(84, 84))
     write_jsonl(

@@ -5,7 +5,12 @@ import numpy as np
 import pytest
 
 from verl.rewards import RewardInput
-from verl.rewards.loader import BUILTIN_REWARD_FUNCTIONS, RewardFunctionError, load_reward_function
+from verl.rewards.loader import (
+    BUILTIN_REWARD_FUNCTIONS,
+    RewardFunctionError,
+    RewardTimeoutError,
+    load_reward_function,
+)
 from verl.rewards.sr1 import sr1_reward
 
 GOOD_SR1 = r"<description>A red ball.</description><think>It is red.</think>\boxed{red}"
@@ -231,3 +236,45 @@ def test_sr1_error_goes_through_the_wrapper_with_its_sample() -> None:
 def test_empty_spec(spec: object) -> None:
     with pytest.raises(ValueError, match="reward function spec must be"):
         load_reward_function(spec, {})  # type: ignore[arg-type]
+
+
+@pytest.mark.timeout(30)
+def test_a_reward_function_that_never_returns_is_stopped_naming_it_and_the_batch(tmp_path: Path) -> None:
+    import time
+
+    path = _write(
+        tmp_path,
+        """
+        import time
+
+        def stuck(reward_inputs):
+            while True:
+                time.sleep(0.05)
+        """,
+    )
+    reward = load_reward_function(f"{path}:stuck", {}, timeout_s=0.5)
+    start = time.monotonic()
+    with pytest.raises(RewardTimeoutError) as raised:
+        reward(_inputs(3), batch="training step 7")
+    elapsed = time.monotonic() - start
+    message = str(raised.value)
+    assert f"reward function '{path}:stuck'" in message
+    assert "training step 7 (3 responses)" in message and "0.5 s" in message and "reward.timeout_s" in message
+    assert 0.5 <= elapsed < 2.0  # one timeout, no sample-by-sample retry of a stuck function
+
+
+def test_a_fast_reward_function_is_unaffected_by_the_timeout(tmp_path: Path) -> None:
+    path = _write(tmp_path, "def ok(reward_inputs):\n    return [{'overall': 1.0} for _ in reward_inputs]\n")
+    assert load_reward_function(f"{path}:ok", {}, timeout_s=5.0)(_inputs(2)) == [{"overall": 1.0}] * 2
+
+
+def test_an_error_in_a_timed_call_is_still_traced_to_its_sample(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        """
+        def picky(reward_inputs):
+            return [{"overall": 1.0 / (item.response_length - 2)} for item in reward_inputs]
+        """,
+    )
+    with pytest.raises(RewardFunctionError, match=r"(?s)raised ZeroDivisionError: .*\(on validation step 3\).*index 1 of 3"):
+        load_reward_function(f"{path}:picky", {}, timeout_s=5.0)(_inputs(3), batch="validation step 3")

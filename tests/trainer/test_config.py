@@ -137,3 +137,54 @@ def test_vllm_context_shorter_than_prompt_plus_response_is_rejected_before_the_r
     with pytest.raises(ConfigError, match=r"max_model_len=1000 < data.max_prompt_length=512 \+ data.max_response_length=512"):
         config.validate()
     parse_cli(PPOConfig, _valid(**{"worker.rollout.name": "vllm", "worker.rollout.max_model_len": 1024})).validate()
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("worker.actor.optim.lr", "-1e-5", r"worker.actor.optim.lr=-1e-05 must be > 0"),
+        ("worker.actor.optim.betas", "[0.9,1.5]", r"worker.actor.optim.betas=.* must be in \[0, 1\)"),
+        ("worker.rollout.top_p", "0", r"worker.rollout.top_p=0.0 must be in \(0, 1\]"),
+        ("worker.rollout.temperature", "nan", r"worker.rollout.temperature=nan must be a finite number"),
+        ("trainer.save_freq", "0", r"trainer.save_freq=0 must be >= 1 or -1"),
+        ("trainer.max_steps", "0", r"trainer.max_steps=0 must be >= 1 or null"),
+        ("reward.timeout_s", "0", r"reward.timeout_s=0.0 must be > 0"),
+        ("algorithm.gamma", "1.5", r"algorithm.gamma=1.5 must be in \[0, 1\]"),
+        ("algorithm.reward_weights.accuracy", "nan", r"algorithm.reward_weights=.* must be a finite number"),
+        ("self_reward.judge_max_retries", "-1", r"self_reward.judge_max_retries=-1 must be >= 0"),
+    ],
+)
+def test_numeric_values_out_of_range_name_the_key(key, value, expected):
+    config = parse_cli(PPOConfig, _valid(**{key: value}))
+    with pytest.raises(ConfigError, match=expected):
+        config.validate()
+
+
+def test_every_numeric_knob_has_a_range_or_is_unbounded_on_purpose():
+    """A new numeric field must get a range (RANGES of its dataclass) or be added here with a reason."""
+    from dataclasses import fields, is_dataclass
+
+    unbounded = {
+        "data.seed", "worker.rollout.seed", "trainer.seed",  # any integer seeds a generator
+        "worker.actor.entropy_coeff",  # negative = entropy penalty
+        "algorithm.reward_weights",  # component -> weight of either sign (finite: checked for every float)
+        "trainer.nnodes", "trainer.n_gpus_per_node", "data.rollout_batch_size", "worker.actor.global_batch_size",
+        "worker.rollout.n", "self_reward.n", "worker.actor.micro_batch_size_per_device_for_update",
+        "worker.actor.micro_batch_size_per_device_for_experience", "worker.ref.micro_batch_size_per_device_for_experience",
+        "worker.actor.max_token_len_per_device", "worker.actor.max_token_len_per_device_for_experience",
+        "worker.ref.max_token_len_per_device_for_experience",  # these: PPOConfig.validate's batch checks
+        "algorithm.overlong.buffer_length", "algorithm.overlong.penalty_factor",  # PPOConfig.validate (DAPO)
+        "algorithm.dynamic_sampling.max_tries", "worker.actor.rollout_correction.threshold",  # likewise
+        "worker.actor.model.lora.rank", "worker.actor.model.lora.alpha",  # LoRAConfig.validate
+    }
+
+    def numeric_without_range(config, prefix=""):
+        for f in fields(config):
+            value = getattr(config, f.name)
+            if is_dataclass(value):
+                yield from numeric_without_range(value, prefix + f.name + ".")
+            elif "int" in str(f.type) or "float" in str(f.type):
+                if f.name not in getattr(type(config), "RANGES", {}):
+                    yield prefix + f.name
+
+    assert sorted(set(numeric_without_range(PPOConfig())) - unbounded) == []

@@ -75,3 +75,68 @@ def test_step_of_rejects_other_directories():
     assert checkpoint.step_of("/a/global_step_12/") == 12
     with pytest.raises(ValueError, match="not a global_step_N"):
         checkpoint.step_of("/a/actor")
+
+
+def _committed_with_manifest(root, step):
+    from verl.utils.manifest import write_manifest
+
+    tmp = _fake_save(root, step)
+    os.makedirs(os.path.join(tmp, "actor"))
+    with open(os.path.join(tmp, "actor", "model_world_size_1_rank_0.pt"), "wb") as f:
+        f.write(bytes(range(256)) * 4)
+    write_manifest(tmp)
+    return checkpoint.commit_checkpoint(root, step, tmp, save_limit=-1)
+
+
+def test_resume_falls_back_past_a_truncated_shard_naming_it(tmp_path):
+    root = str(tmp_path)
+    _committed_with_manifest(root, 1)
+    newest = _committed_with_manifest(root, 2)
+    shard = os.path.join(newest, "actor", "model_world_size_1_rank_0.pt")
+    with open(shard, "r+b") as f:
+        f.truncate(100)
+    path, warnings = checkpoint.find_latest_intact_checkpoint(root)
+    assert path.endswith("global_step_1")
+    assert len(warnings) == 1 and shard in warnings[0] and "has 100 bytes" in warnings[0] and "1024" in warnings[0]
+
+
+def test_flipped_bytes_unlisted_and_missing_files_fail_verification(tmp_path):
+    root = str(tmp_path)
+    path = _committed_with_manifest(root, 1)
+    assert checkpoint.verify_checkpoint(path) == (True, None)
+    shard = os.path.join(path, "actor", "model_world_size_1_rank_0.pt")
+    data = bytearray(open(shard, "rb").read())
+    data[10] ^= 0xFF
+    open(shard, "wb").write(bytes(data))
+    assert checkpoint.verify_checkpoint(path) == (False, f"{shard} fails its SHA-256 check (content differs from when it was written)")
+    open(os.path.join(path, "stray.pt"), "w").write("x")
+    assert "stray.pt is not in manifest.json" in checkpoint.verify_checkpoint(path)[1]
+    os.remove(os.path.join(path, "stray.pt"))
+    os.remove(os.path.join(path, "dataloader.pt"))
+    assert "dataloader.pt is missing (listed in manifest.json)" in checkpoint.verify_checkpoint(path)[1]
+    assert checkpoint.find_latest_intact_checkpoint(root)[0] is None
+
+
+def test_a_checkpoint_without_manifest_loads_with_a_warning(tmp_path):
+    root = str(tmp_path)
+    path = checkpoint.commit_checkpoint(root, 1, _fake_save(root, 1), save_limit=-1)
+    found, warnings = checkpoint.find_latest_intact_checkpoint(root)
+    assert found == path and "no manifest.json" in warnings[0] and "unverified" in warnings[0]
+
+
+def test_metrics_rows_after_the_resumed_step_are_superseded(tmp_path):
+    import json
+
+    from verl.utils.tracking import Tracker
+
+    tracker = Tracker(["file"], "p", "e", str(tmp_path), {})
+    for step in (0, 1, 2, 3):
+        tracker.log({"x": float(step)}, step=step)
+    tracker._file.write('{"step": 4, "x"')  # torn by a kill mid-write
+    tracker._file.flush()
+    assert tracker.drop_rows_from(3) == 2  # resuming from the step-2 checkpoint
+    tracker.log({"x": 3.5}, step=3)
+    tracker.close()
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [row["step"] for row in rows] == [0, 1, 2, 3] and rows[-1]["x"] == 3.5
+    assert len(open(tmp_path / "metrics.jsonl.superseded").readlines()) == 2

@@ -19,6 +19,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer, GenerationConfig
 
 from verl.utils.checkpoint import save_hf_metadata, save_rank_state
+from verl.utils.manifest import write_manifest
 from verl.utils.model_merger import MergeResult, find_model_shards, merge_checkpoint, merge_shards
 
 WORLD_SIZE = 2
@@ -330,6 +331,26 @@ def test_truncated_shard_file_is_named(fsdp_checkpoint: FsdpCheckpoint, tmp_path
     rank_1.write_bytes(rank_1.read_bytes()[:1000])
     with pytest.raises(ValueError, match=f"cannot read {rank_1} as a dict of plain tensors"):
         merge_checkpoint(str(actor_dir), str(tmp_path / "out"))
+
+
+@pytest.mark.timeout(120)
+def test_manifest_names_a_shard_with_flipped_bytes_and_passes_an_intact_one(
+    fsdp_checkpoint: FsdpCheckpoint, tmp_path: Path
+):
+    """64 flipped bytes inside a weight load without error and would merge silently: the
+    checkpoint's manifest (written last by the trainer) catches them, naming the file."""
+    actor_dir = copy_actor_dir(fsdp_checkpoint, tmp_path)
+    write_manifest(str(actor_dir.parent))
+    result = merge_checkpoint(str(actor_dir), str(tmp_path / "intact"))
+    assert result.num_tensors == len(fsdp_checkpoint.full_state)
+    rank_1 = actor_dir / "model_world_size_2_rank_1.pt"
+    data = bytearray(rank_1.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])
+    rank_1.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=f"integrity check failed: {rank_1} fails its SHA-256 check"):
+        merge_checkpoint(str(actor_dir), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
 
 
 def test_tied_weights_that_differ_are_an_error(fsdp_checkpoint: FsdpCheckpoint, tmp_path: Path):

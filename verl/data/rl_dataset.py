@@ -10,6 +10,7 @@ import functools
 import logging
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ from transformers import PreTrainedTokenizerBase, ProcessorMixin
 
 from verl.data.format_prompt import load_format_prompt
 from verl.data.vision import (
+    check_decodes,
     expand_image_tokens,
     image_size,
     load_image,
@@ -96,11 +98,42 @@ def load_table(data_path: str) -> LoadedTable:
     builders = {"parquet": "parquet", "json": "json", "jsonl": "json"}
     if extension not in builders:
         raise ValueError(f"{data_path}: unsupported file type .{extension}; use parquet, json or jsonl")
+    _check_readable(data_path, extension)
     try:
         rows = datasets.load_dataset(builders[extension], data_files=data_path, split="train")
     except Exception as error:  # datasets wraps parser errors in several exception types
-        raise ValueError(f"{data_path}: cannot read {extension} file: {error}") from error
+        raise ValueError(f"{data_path}: cannot read {extension} file: {_root_cause(error)}") from error
+    if len(rows) == 0:
+        raise ValueError(f"{data_path}: the {extension} file has no rows")
     return LoadedTable(rows, data_path, os.path.dirname(os.path.abspath(data_path)))
+
+
+def _check_readable(path: str, extension: str) -> None:
+    """Problems `datasets` reports only as a generic failure, named here before it is called."""
+    try:
+        with open(path, "rb") as f:
+            first = f.read(4)
+    except OSError as error:
+        raise ValueError(f"{path}: cannot open the file: {error.strerror or error}") from error
+    if not first:
+        raise ValueError(f"{path}: the file is empty (0 bytes)")
+    if extension == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            num_rows = pq.read_metadata(path).num_rows
+        except Exception as error:  # pyarrow raises ArrowInvalid / OSError for non-parquet bytes
+            raise ValueError(f"{path}: not a readable parquet file: {error}") from error
+        if num_rows == 0:
+            raise ValueError(f"{path}: the parquet file has no rows")
+
+
+def _root_cause(error: BaseException) -> str:
+    """`Type: message` of the innermost exception: `datasets` wraps the parser's error in
+    generic ones ("An error occurred while generating the dataset")."""
+    while (inner := error.__cause__ or error.__context__) is not None:
+        error = inner
+    return f"{type(error).__name__}: {error}"
 
 
 def _undecoded_images(rows: datasets.Dataset, image_key: str) -> datasets.Dataset:
@@ -205,6 +238,8 @@ class RLDataset(Dataset):
         self.prompt_lengths = np.array(
             [self._expanded_length(row_index) for row_index in range(len(self.rows))], dtype=np.int64
         )
+        if image_key is not None:
+            self._check_images_decode()
         overlong = np.flatnonzero(self.prompt_lengths > max_prompt_length)
         if len(overlong) and not filter_overlong_prompts:
             row = int(overlong[0])
@@ -226,6 +261,20 @@ class RLDataset(Dataset):
             raise ValueError(
                 f"{self.source}: every prompt is longer than max_prompt_length={max_prompt_length}"
             )
+
+    def _check_images_decode(self) -> None:
+        """Decodes every image once, now, so a corrupt one stops the run before Ray starts, naming
+        its row, rather than when its row is drawn hours in (PIL decodes outside the GIL, so
+        threads share the work). The first failing row in file order is reported."""
+
+        def decode_row(row_index: int) -> None:
+            images = self.rows[row_index][self.image_key] or []
+            for position, image_object in enumerate(images):
+                check_decodes(image_object, self._where(row_index, f"{self.image_key}[{position}]"), self.base_dir)
+
+        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+            for _ in pool.map(decode_row, range(len(self.rows))):
+                pass  # map re-raises the first failure in row order
 
     def __len__(self) -> int:
         return len(self.row_indices)

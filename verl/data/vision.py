@@ -141,6 +141,21 @@ def image_size(obj: Any, where: str, base_dir: str | None = None) -> tuple[int, 
         return image.size
 
 
+def check_decodes(obj: Any, where: str, base_dir: str | None = None) -> tuple[int, int]:
+    """Decodes every pixel of the image once and returns its (width, height): a file truncated
+    after a valid header passes `image_size` but fails here (ValueError naming ``where``)."""
+    if isinstance(obj, Image.Image):
+        return obj.size
+    image = open_image(obj, where, base_dir)
+    try:
+        image.load()
+        return image.size
+    except _PIL_READ_ERRORS as error:
+        raise ValueError(f"{where}: cannot decode image: {error}") from error
+    finally:
+        image.close()
+
+
 def load_image(obj: Any, where: str, base_dir: str | None = None) -> Image.Image:
     """Fully decoded RGB image from any input ``open_image`` accepts; errors name ``where``."""
     image = open_image(obj, where, base_dir)

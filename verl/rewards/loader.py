@@ -4,6 +4,7 @@ Configuration errors are raised at load time (missing file or function, keyword 
 function does not take); the returned ``LoadedRewardFunction`` then checks every call: a raising
 function is re-run sample by sample to name the first sample that fails, and its results must be
 one dict per input with ``overall``, the same keys for every sample and finite numbers only.
+A call that does not return within ``timeout_s`` is an error naming the function and the batch.
 """
 
 import hashlib
@@ -11,6 +12,7 @@ import importlib.util
 import inspect
 import math
 import sys
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +38,35 @@ class RewardFunctionError(RuntimeError):
     """A reward function raised, or returned something that is not one finite score dict per input."""
 
 
+class RewardTimeoutError(RewardFunctionError):
+    """A reward function did not return within its time limit."""
+
+
+def call_with_timeout(function: Callable[[], Any], timeout_s: float | None, what: str) -> Any:
+    """``function()`` run in a daemon thread and waited for at most ``timeout_s`` seconds (None:
+    no limit). A thread cannot be killed, so on a timeout the call is abandoned, still running;
+    being a daemon it does not keep the process alive when the run stops on the error raised here.
+    Exceptions of ``function`` propagate unchanged."""
+    if timeout_s is None:
+        return function()
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = function()
+        except BaseException as error:  # re-raised in the caller's thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, name=f"reward-call {what}", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise RewardTimeoutError(f"{what} did not return within {timeout_s:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 @dataclass(frozen=True)
 class LoadedRewardFunction:
     """A reward function with its config keyword arguments bound; call it with the batch's inputs."""
@@ -44,23 +75,36 @@ class LoadedRewardFunction:
     """The spec it was loaded from: a built-in name or ``path/to/file.py:function``."""
     function: Callable[..., Any]
     kwargs: dict[str, Any] = field(default_factory=dict)
+    timeout_s: float | None = None
+    """Longest one call (one batch) may take (``reward.timeout_s``); None: no limit."""
 
-    def __call__(self, reward_inputs: list[RewardInput]) -> list[dict[str, float]]:
-        """One dict of float scores (``overall`` + components) per input, in input order."""
+    def __call__(self, reward_inputs: list[RewardInput], batch: str = "a batch") -> list[dict[str, float]]:
+        """One dict of float scores (``overall`` + components) per input, in input order.
+        ``batch`` says which batch this is in error messages (e.g. "training step 7")."""
         if not reward_inputs:
             return []
         try:
-            results = self.function(reward_inputs, **self.kwargs)
+            results = self._call(reward_inputs, f"{batch} ({len(reward_inputs)} responses)")
+        except RewardTimeoutError as error:
+            raise RewardTimeoutError(f"{error} (reward.timeout_s); the run stops rather than wait forever") from None
         except Exception as error:
-            raise RewardFunctionError(self._describe_failure(reward_inputs, error)) from error
+            raise RewardFunctionError(self._describe_failure(reward_inputs, error, batch)) from error
         return self._validated(results, reward_inputs)
 
-    def _describe_failure(self, reward_inputs: list[RewardInput], error: Exception) -> str:
+    def _call(self, reward_inputs: list[RewardInput], what: str) -> Any:
+        return call_with_timeout(
+            lambda: self.function(reward_inputs, **self.kwargs), self.timeout_s,
+            f"reward function {self.name!r} on {what}",
+        )
+
+    def _describe_failure(self, reward_inputs: list[RewardInput], error: Exception, batch: str) -> str:
         """The error message, plus the first sample that also fails when scored alone."""
-        message = f"reward function {self.name!r} raised {type(error).__name__}: {error}"
+        message = f"reward function {self.name!r} raised {type(error).__name__}: {error} (on {batch})"
         for index, item in enumerate(reward_inputs):
             try:
-                self.function([item], **self.kwargs)
+                self._call([item], f"sample {index} of {batch} alone")
+            except RewardTimeoutError as timeout:
+                return f"{message}\n{timeout} while looking for the failing sample"
             except Exception:
                 location = f"index {index} of {len(reward_inputs)}, {_describe_sample(item)}"
                 return f"{message}\nfirst failing sample: {location}"
@@ -111,8 +155,11 @@ class LoadedRewardFunction:
         return validated
 
 
-def load_reward_function(spec: str, kwargs: Mapping[str, Any] | None = None) -> LoadedRewardFunction:
-    """The reward function named by ``spec`` with ``kwargs`` bound (checked against its signature).
+def load_reward_function(
+    spec: str, kwargs: Mapping[str, Any] | None = None, timeout_s: float | None = None
+) -> LoadedRewardFunction:
+    """The reward function named by ``spec`` with ``kwargs`` bound (checked against its signature)
+    and each call limited to ``timeout_s`` seconds (None: no limit).
 
     ``spec`` is a built-in name (see ``BUILTIN_REWARD_FUNCTIONS``) or ``path/to/file.py:function``
     (relative paths are relative to the working directory).
@@ -140,7 +187,7 @@ def load_reward_function(spec: str, kwargs: Mapping[str, Any] | None = None) -> 
             "a custom one is given as 'path/to/file.py:function'"
         )
     _check_signature(spec, function, kwargs)
-    return LoadedRewardFunction(name=spec, function=function, kwargs=kwargs)
+    return LoadedRewardFunction(name=spec, function=function, kwargs=kwargs, timeout_s=timeout_s)
 
 
 def _function_from_file(spec: str, path: Path, function_name: str) -> Callable[..., Any]:

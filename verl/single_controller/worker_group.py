@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,10 @@ logger = logging.getLogger(__name__)
 
 class WorkerDiedError(RuntimeError):
     """A Ray worker died or raised; the message names the rank and the method."""
+
+
+class WorkerTimeoutError(WorkerDiedError):
+    """A call did not finish on some ranks within the group's time limit; names them and the method."""
 
 
 @dataclass
@@ -44,15 +49,38 @@ def find_free_port() -> int:
 class RayWorkerGroup:
     """One Ray actor per rank of `worker_cls` (a plain class; it is wrapped with `ray.remote`).
     Ranks are packed node by node through a placement group, so rank r sits on node
-    r // procs_per_node, as torch.distributed expects."""
+    r // procs_per_node, as torch.distributed expects.
 
-    def __init__(self, worker_cls: type, pool: ResourcePool, *init_args: Any, **init_kwargs: Any):
+    Every call is waited for rank by rank as results arrive: the first rank that dies or raises
+    fails the call at once (the others may be blocked in a collective waiting for it, so waiting
+    for all would hang), and a call still running after `call_timeout_s` fails naming the ranks
+    that have not finished."""
+
+    def __init__(
+        self, worker_cls: type, pool: ResourcePool, *init_args: Any, call_timeout_s: float | None = None,
+        **init_kwargs: Any,
+    ):
         self.pool = pool
+        self.call_timeout_s = call_timeout_s
         bundle = {"CPU": pool.cpus_per_proc}
         if pool.gpus_per_proc > 0:
             bundle["GPU"] = pool.gpus_per_proc
+        available = ray.cluster_resources()
+        for resource, amount in bundle.items():
+            if amount * pool.world_size > available.get(resource, 0):
+                raise WorkerDiedError(
+                    f"{pool.world_size} workers x {amount:g} {resource} do not fit the Ray cluster's "
+                    f"{available.get(resource, 0):g} {resource} (trainer.nnodes x trainer.n_gpus_per_node, "
+                    "trainer.ray_num_cpus); a placement that cannot happen would wait forever"
+                )
         self.placement_group = ray.util.placement_group([bundle] * pool.world_size, strategy="PACK")
-        ray.get(self.placement_group.ready())
+        try:
+            ray.get(self.placement_group.ready(), timeout=call_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise WorkerTimeoutError(
+                f"Ray placed no {pool.world_size} x {bundle} workers within {call_timeout_s:g} s "
+                f"(trainer.worker_timeout_s); cluster resources: {available}"
+            ) from None
         remote_cls = ray.remote(worker_cls)
         self.workers = []
         for rank in range(pool.world_size):
@@ -80,25 +108,26 @@ class RayWorkerGroup:
         return len(self.workers)
 
     def _gather(self, method: str, refs: list) -> list:
-        try:
-            return ray.get(refs)
-        except RayActorError as error:
-            rank = self._failed_rank(refs)
-            raise WorkerDiedError(f"worker rank {rank} died during '{method}': {error}") from error
-        except RayTaskError as error:
-            rank = self._failed_rank(refs)
-            raise WorkerDiedError(f"worker rank {rank} raised in '{method}':\n{error}") from error
-
-    @staticmethod
-    def _failed_rank(refs: list) -> int | str:
-        for rank, ref in enumerate(refs):
-            try:
-                ray.get(ref, timeout=0)
-            except (RayActorError, RayTaskError):
-                return rank
-            except Exception:  # still running or other failure: not the culprit we can name
-                continue
-        return "?"
+        rank_of = {ref: rank for rank, ref in enumerate(refs)}
+        deadline = None if self.call_timeout_s is None else time.monotonic() + self.call_timeout_s
+        pending = list(refs)
+        while pending:
+            wait_s = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, pending = ray.wait(pending, num_returns=1, timeout=wait_s)
+            if not ready:
+                late = sorted(rank_of[ref] for ref in pending)
+                raise WorkerTimeoutError(
+                    f"worker rank(s) {late} did not finish '{method}' within {self.call_timeout_s:g} s "
+                    f"(trainer.worker_timeout_s); {len(refs) - len(late)} of {len(refs)} ranks finished"
+                )
+            for ref in ready:
+                try:
+                    ray.get(ref)
+                except RayActorError as error:
+                    raise WorkerDiedError(f"worker rank {rank_of[ref]} died during '{method}': {error}") from error
+                except RayTaskError as error:
+                    raise WorkerDiedError(f"worker rank {rank_of[ref]} raised in '{method}':\n{error}") from error
+        return ray.get(refs)
 
     def execute_all(self, method: str, *args: Any, **kwargs: Any) -> list:
         """Calls `method` on every rank with the same arguments; returns each rank's result."""

@@ -11,13 +11,24 @@ import difflib
 import os
 import sys
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from verl.algorithms.core_algos import ADVANTAGE_ESTIMATORS, POLICY_LOSSES
 from verl.algorithms.rollout_correction import ROLLOUT_CORRECTION_LEVELS, ROLLOUT_CORRECTION_MODES
+from verl.utils.ranges import (
+    AT_LEAST_ONE,
+    DEFAULT_OR_AT_LEAST_ONE,
+    FRACTION,
+    NON_NEGATIVE,
+    OFF_OR_AT_LEAST_ONE,
+    POSITIVE,
+    PROBABILITY,
+    Range,
+    check_ranges,
+)
 from verl.workers.config import (  # noqa: F401  (worker sections, re-exported for existing imports)
     ActorConfig,
     FSDPConfig,
@@ -36,6 +47,12 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
+    # Allowed values of the numeric fields (verl/utils/ranges.py), checked before Ray starts.
+    RANGES: ClassVar[dict[str, Range]] = {
+        "max_prompt_length": AT_LEAST_ONE, "max_response_length": AT_LEAST_ONE,
+        "val_batch_size": OFF_OR_AT_LEAST_ONE, "min_pixels": AT_LEAST_ONE, "max_pixels": AT_LEAST_ONE,
+    }
+
     train_files: str = ""
     """Training set: parquet/jsonl/json file, `datasets` dir, or `name@split`."""
     val_files: str = ""
@@ -95,6 +112,11 @@ class DynamicSamplingConfig:
 
 @dataclass
 class AlgorithmConfig:
+    # Allowed values of the numeric fields (verl/utils/ranges.py), checked before Ray starts.
+    RANGES: ClassVar[dict[str, Range]] = {
+        "gamma": FRACTION, "kl_coef": NON_NEGATIVE, "kl_target": POSITIVE, "kl_horizon": POSITIVE,
+    }
+
     adv_estimator: str = "grpo"
     """grpo | rloo | reinforce_plus_plus | reinforce_plus_plus_baseline | remax (baseline: the
     reward of one extra greedy response per prompt, through the same engine)."""
@@ -121,14 +143,31 @@ class AlgorithmConfig:
 
 @dataclass
 class RewardConfig:
+    # Allowed values of the numeric fields (verl/utils/ranges.py), checked before Ray starts.
+    RANGES: ClassVar[dict[str, Range]] = {
+        "timeout_s": POSITIVE,
+    }
+
     reward_function: str = "sr1"
     """Built-in name (sr1, r1v, see_think, cot) or `path/to/file.py:function`."""
     reward_function_kwargs: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of the reward function (e.g. accuracy_weight, format_weight)."""
+    timeout_s: float = 900.0
+    """Longest one call of the reward function (one step's batch) may take; a function that does
+    not return in time stops the run with an error naming it and the step, instead of a hang."""
 
 
 @dataclass
 class SelfRewardConfig:
+    # Allowed values of the numeric fields (verl/utils/ranges.py), checked before Ray starts.
+    RANGES: ClassVar[dict[str, Range]] = {
+        "temperature": NON_NEGATIVE, "top_p": PROBABILITY, "max_response_length": AT_LEAST_ONE,
+        "max_prompt_length": AT_LEAST_ONE, "answer_advantage_weight": NON_NEGATIVE,
+        "visual_advantage_weight": NON_NEGATIVE, "judge_timeout_s": POSITIVE,
+        "judge_total_timeout_s": POSITIVE, "judge_max_retries": NON_NEGATIVE,
+        "judge_max_workers": AT_LEAST_ONE,
+    }
+
     enable: bool = False
     """Run the Vision-SR1 re-prompt pass (perception -> text-only re-answer)."""
     n: int = 1
@@ -161,7 +200,11 @@ class SelfRewardConfig:
     judge_api_key_env: str = "OPENAI_API_KEY"
     """openai judge: environment variable holding the key (never put keys in config files)."""
     judge_timeout_s: float = 30.0
-    """openai judge: per-request timeout."""
+    """openai judge: one request's limit, connect to last byte (a stalled or trickling reply fails
+    and is retried)."""
+    judge_total_timeout_s: float = 900.0
+    """openai judge: limit for one step's whole batch of re-prompts; past it the run stops with an
+    error naming the server (rather than scoring the unanswered rest 0)."""
     judge_max_retries: int = 2
     """openai judge: retries per request before the sample counts as a judge error."""
     judge_max_workers: int = 16
@@ -170,6 +213,14 @@ class SelfRewardConfig:
 
 @dataclass
 class TrainerConfig:
+    # Allowed values of the numeric fields (verl/utils/ranges.py), checked before Ray starts.
+    RANGES: ClassVar[dict[str, Range]] = {
+        "total_epochs": AT_LEAST_ONE, "max_steps": DEFAULT_OR_AT_LEAST_ONE, "val_freq": OFF_OR_AT_LEAST_ONE,
+        "save_freq": OFF_OR_AT_LEAST_ONE, "save_limit": OFF_OR_AT_LEAST_ONE,
+        "val_generations_to_log": NON_NEGATIVE, "val_blank_image_prompts": Range(0, also=(-1,)),
+        "ray_num_cpus": DEFAULT_OR_AT_LEAST_ONE, "worker_timeout_s": POSITIVE, "dry_run_gpu_memory_gib": POSITIVE,
+    }
+
     project_name: str = "vision_sr1"
     """Logger project."""
     experiment_name: str = "run"
@@ -220,6 +271,10 @@ class TrainerConfig:
     no GPU needed."""
     dry_run_gpu_memory_gib: float = 80.0
     """Memory per GPU the dry run's estimate is compared with."""
+    worker_timeout_s: float = 3600.0
+    """Longest one stage call (generation, log-probs, update, save, ...) may run on the workers;
+    ranks still running after it fail the run with an error naming them and the stage. A rank
+    that dies fails the stage at once, whatever this is."""
 
 
 @dataclass
@@ -238,6 +293,10 @@ class PPOConfig:
     def validate(self) -> None:
         """Checks derived values before anything starts; each message names the clashing numbers."""
         data, actor, rollout, trainer = self.data, self.worker.actor, self.worker.rollout, self.trainer
+        try:
+            check_ranges(self)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         _choice("worker.rollout.name", rollout.name, ("hf", "vllm"))
         _choice("trainer.device", trainer.device, ("auto", "cuda", "cpu"))
         _choice("self_reward.missing_description", self.self_reward.missing_description, ("zero", "whole_response"))

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
+from contextlib import contextmanager
 
 from verl.trainer.config import ConfigError, PPOConfig, parse_cli_or_exit, to_yaml
 from verl.utils.model_source import ModelPathError, check_model_path
@@ -91,22 +94,49 @@ def run(config: PPOConfig) -> dict[str, float]:
     tokenizer = AutoTokenizer.from_pretrained(model_cfg.tokenizer_path or model_cfg.model_path)
     processor = AutoProcessor.from_pretrained(model_cfg.tokenizer_path or model_cfg.model_path)
     train, val = build_dataloaders(config, tokenizer, processor)
-    reward_fn = load_reward_function(config.reward.reward_function, config.reward.reward_function_kwargs)
+    reward_fn = load_reward_function(
+        config.reward.reward_function, config.reward.reward_function_kwargs, config.reward.timeout_s
+    )
     judge = make_judge(config.self_reward) if config.self_reward.enable else None
-    if not ray.is_initialized():
+    started_here = not ray.is_initialized()
+    if started_here:
         ray.init(
             address=config.trainer.ray_address,
             num_cpus=config.trainer.ray_num_cpus,
             include_dashboard=False,
             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}},
         )
-    trainer = RayPPOTrainer(config, tokenizer, train, val, reward_fn, judge)
+    trainer = None
     try:
-        trainer.init_workers()
-        return trainer.fit()
+        with stop_on_sigterm():
+            trainer = RayPPOTrainer(config, tokenizer, train, val, reward_fn, judge)
+            trainer.init_workers()
+            return trainer.fit()
     finally:
-        if trainer.workers is not None:
+        if trainer is not None and trainer.workers is not None:
             trainer.workers.shutdown()
+        if started_here:
+            # Stops what this ray.init started (raylet, GCS, the dashboard and runtime-env agents,
+            # workers) now rather than leaving them to Ray's exit hooks; with trainer.ray_address
+            # it only disconnects from the cluster, which is not ours to stop.
+            ray.shutdown()
+
+
+@contextmanager
+def stop_on_sigterm():
+    """SIGTERM (kill, a scheduler's pre-emption) raises SystemExit(143) in the main thread, so the
+    clean-up in `finally` blocks runs as for Ctrl-C; the previous handler comes back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> None:

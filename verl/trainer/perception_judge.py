@@ -8,6 +8,7 @@ and scored 0, never as correct.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -20,26 +21,52 @@ from verl.trainer.config import SelfRewardConfig
 logger = logging.getLogger(__name__)
 
 
+class JudgeTimeoutError(RuntimeError):
+    """The judge did not answer a whole batch within its total time limit."""
+
+
 class OpenAIJudge:
-    def __init__(self, base_url: str, model: str, api_key: str | None, timeout_s: float, max_retries: int, max_workers: int):
+    """`timeout_s` bounds one request from connect to the last byte of the body (a server that
+    stalls or trickles mid-response counts as failed; retries follow); `total_timeout_s` bounds
+    one `reanswer` batch: past it no request is started or continued and the batch raises
+    JudgeTimeoutError, since scoring the rest 0 would silently corrupt the reward."""
+
+    def __init__(
+        self, base_url: str, model: str, api_key: str | None, timeout_s: float, max_retries: int, max_workers: int,
+        total_timeout_s: float | None = None,
+    ):
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.headers = {"Content-Type": "application/json"}
         if api_key:
             self.headers["Authorization"] = f"Bearer {api_key}"
         self.timeout_s = timeout_s
+        self.total_timeout_s = total_timeout_s
         self.max_retries = max_retries
         self.max_workers = max_workers
         self.errors: list[str] = []
 
-    def _ask(self, prompt: str, n: int) -> list[str] | None:
+    def _post(self, payload: dict, deadline: float) -> dict:
+        """One request whose body must be complete by `deadline` (time.monotonic())."""
+        timeout = max(0.01, min(self.timeout_s, deadline - time.monotonic()))
+        with requests.post(self.url, json=payload, headers=self.headers, timeout=timeout, stream=True) as response:
+            response.raise_for_status()
+            body = bytearray()
+            # Each read waits at most `timeout` for the next bytes; the deadline caps the total.
+            for chunk in response.iter_content(chunk_size=65536):
+                body += chunk
+                if time.monotonic() > deadline:
+                    raise requests.Timeout(f"response body not complete within {self.timeout_s:g} s")
+        return json.loads(body)
+
+    def _ask(self, prompt: str, n: int, batch_deadline: float) -> list[str] | None:
         payload = {"model": self.model, "messages": [{"role": "user", "content": prompt}], "n": n, "temperature": 0.0 if n == 1 else 1.0}
         last_error = ""
         for attempt in range(self.max_retries + 1):
+            if time.monotonic() >= batch_deadline:
+                raise JudgeTimeoutError(last_error or "not started before the batch's time limit")
             try:
-                response = requests.post(self.url, json=payload, headers=self.headers, timeout=self.timeout_s)
-                response.raise_for_status()
-                choices = response.json()["choices"]
+                choices = self._post(payload, min(time.monotonic() + self.timeout_s, batch_deadline))["choices"]
                 answers = [choice["message"]["content"] for choice in choices]
                 if len(answers) != n:
                     raise ValueError(f"asked for {n} choices, got {len(answers)}")
@@ -53,8 +80,19 @@ class OpenAIJudge:
         return None
 
     def reanswer(self, reprompts: list[str], n: int) -> list[list[str] | None]:
+        start = time.monotonic()
+        batch_deadline = start + self.total_timeout_s if self.total_timeout_s is not None else float("inf")
         with ThreadPoolExecutor(max_workers=self.max_workers) as pool:
-            return list(pool.map(lambda prompt: self._ask(prompt, n), reprompts))
+            futures = [pool.submit(self._ask, prompt, n, batch_deadline) for prompt in reprompts]
+        # Every request ends by the batch deadline (plus one read timeout), so the pool has drained.
+        late = [future.exception() for future in futures if isinstance(future.exception(), JudgeTimeoutError)]
+        if late:
+            raise JudgeTimeoutError(
+                f"perception judge {self.url} answered {len(reprompts) - len(late)} of {len(reprompts)} re-prompts "
+                f"within the batch limit of {self.total_timeout_s:g} s (judge_total_timeout_s); "
+                f"last error: {late[-1]}"
+            )
+        return [future.result() for future in futures]
 
 
 def make_judge(config: SelfRewardConfig) -> OpenAIJudge | None:
@@ -66,6 +104,7 @@ def make_judge(config: SelfRewardConfig) -> OpenAIJudge | None:
         model=config.judge_model,
         api_key=os.environ.get(config.judge_api_key_env),
         timeout_s=config.judge_timeout_s,
+        total_timeout_s=config.judge_total_timeout_s,
         max_retries=config.judge_max_retries,
         max_workers=config.judge_max_workers,
     )

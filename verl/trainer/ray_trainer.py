@@ -30,6 +30,7 @@ from verl.rewards.vision_control import blank_image_control
 from verl.trainer.scoring import decode_responses, score_responses
 from verl.trainer.self_reward import SelfRewardOutput, SelfRewardStage
 from verl.utils import checkpoint
+from verl.utils.manifest import write_manifest
 from verl.utils.tracking import Tracker
 from verl.workers.engine.micro_batch import balanced_rank_order, row_tokens
 from verl.workers.fsdp_worker import FSDPWorker
@@ -152,7 +153,9 @@ class RayPPOTrainer:
             cpus_per_proc=1,
         )
         total_optimizer_steps = max(1, self.total_steps * self.mini_batches_per_step * cfg.worker.actor.ppo_epochs)
-        self.workers = RayWorkerGroup(FSDPWorker, pool, cfg, total_optimizer_steps)
+        self.workers = RayWorkerGroup(
+            FSDPWorker, pool, cfg, total_optimizer_steps, call_timeout_s=cfg.trainer.worker_timeout_s
+        )
         self.workers.execute_all("init_model")
         if cfg.self_reward.enable:
             generate = None if self.judge is not None else self._generate
@@ -207,6 +210,7 @@ class RayPPOTrainer:
                 rollout,
                 sr_output.reanswers if sr_output else None,
                 sr_output.descriptions if sr_output else None,
+                batch=f"{'validation' if validation else 'training'} step {self.global_step}",
             )
         return rollout, responses, scores, sr_output
 
@@ -501,18 +505,30 @@ class RayPPOTrainer:
         root = self.checkpoint_root
         os.makedirs(root, exist_ok=True)
         tmp_dir = checkpoint.temporary_step_dir(root, self.global_step)
-        self.workers.execute_all("save_checkpoint", tmp_dir, self.config.worker.actor.model.model_path)
+        digests = self.workers.execute_all("save_checkpoint", tmp_dir, self.config.worker.actor.model.model_path)
         torch.save(self.train_dataloader.state_dict(), os.path.join(tmp_dir, "dataloader.pt"))
+        write_manifest(tmp_dir, {rel: entry for rank_digests in digests for rel, entry in rank_digests.items()})
         return checkpoint.commit_checkpoint(root, self.global_step, tmp_dir, self.config.trainer.save_limit)
 
     def maybe_resume(self) -> None:
         path = self.config.trainer.load_checkpoint_path
-        if path is None and self.config.trainer.find_last_checkpoint:
-            path = checkpoint.find_latest_checkpoint(self.checkpoint_root)
+        if path is not None:
+            if not os.path.isdir(path):
+                raise FileNotFoundError(f"trainer.load_checkpoint_path={path} does not exist")
+            usable, note = checkpoint.verify_checkpoint(path)
+            if not usable:  # the user chose this one: no silent fall-back to another
+                raise ValueError(f"trainer.load_checkpoint_path={path} is damaged: {note}")
+            if note:
+                logger.warning(note)
+        elif self.config.trainer.find_last_checkpoint:
+            path, warnings = checkpoint.find_latest_intact_checkpoint(self.checkpoint_root)
+            for warning in warnings:
+                logger.warning(warning)
+                print(f"WARNING: {warning}", flush=True)
+        # Rows a crashed run logged past the point this run restarts from would repeat.
+        self.tracker.drop_rows_from(checkpoint.step_of(path) + 1 if path is not None else 0)
         if path is None:
             return
-        if not os.path.isdir(path):
-            raise FileNotFoundError(f"trainer.load_checkpoint_path={path} does not exist")
         self.global_step = checkpoint.step_of(path)
         self.workers.execute_all("load_checkpoint", path)
         dataloader_state = os.path.join(path, "dataloader.pt")

@@ -19,13 +19,15 @@ def decode_responses(data: DataProto, tokenizer: PreTrainedTokenizerBase) -> lis
 
 
 def score_responses(
-    reward_fn: Callable[[list[RewardInput]], list[dict[str, float]]],
+    reward_fn: Callable[..., list[dict[str, float]]],
     responses: list[str],
     data: DataProto,
     reanswers: list[list[str]] | None,
     descriptions: list[str | None] | None,
+    batch: str = "a batch",
 ) -> dict[str, torch.Tensor]:
-    """Component name -> (bs,) float tensor; always contains `overall`."""
+    """Component name -> (bs,) float tensor; always contains `overall`. `batch` names the batch
+    in the reward function's errors (e.g. "training step 7")."""
     ground_truth = data.non_tensor_batch["ground_truth"]
     problems = data.non_tensor_batch["problem"]
     lengths = data.batch["response_mask"].sum(-1).tolist()
@@ -40,6 +42,6 @@ def score_responses(
         )
         for i in range(len(responses))
     ]
-    results = reward_fn(inputs)
+    results = reward_fn(inputs, batch=batch)
     names = sorted(set().union(*(r.keys() for r in results)))
     return {name: torch.tensor([float(r.get(name, np.nan)) for r in results], dtype=torch.float32) for name in names}

@@ -8,10 +8,13 @@
         actor/extra_state_world_size_W_rank_R.pt  lr scheduler, RNG states
         actor/huggingface/                     config, tokenizer, processor (no weights)
         dataloader.pt                          sampler position
+        manifest.json                          size + SHA-256 of every file above, written last
 
 Every rank writes into `global_step_N.tmp`; the driver renames it to `global_step_N` only once
-all ranks have finished, then replaces `latest_global_step.txt`. A crash at any point leaves
-either the previous complete checkpoint or a `.tmp` directory that resume ignores.
+all ranks have finished and the manifest is written, then replaces `latest_global_step.txt`. A
+crash at any point leaves either the previous complete checkpoint or a `.tmp` directory that
+resume ignores. Damage after the fact (a truncated or altered file) fails the manifest check:
+resume then falls back to the newest intact checkpoint, and the merger refuses, naming the file.
 """
 
 from __future__ import annotations
@@ -24,8 +27,13 @@ import shutil
 import numpy as np
 import torch
 
+from verl.utils.manifest import MANIFEST, read_manifest, verify_manifest
+
 LATEST_FILE = "latest_global_step.txt"
 STEP_DIR = re.compile(r"^global_step_(\d+)$")
+
+
+RANK_FILES = ("model", "optim", "extra_state")
 
 
 def shard_file(kind: str, world_size: int, rank: int) -> str:
@@ -88,7 +96,7 @@ def _like(local: torch.Tensor, reference) -> torch.Tensor:
 def load_rank_state(actor_dir: str, world_size: int, rank: int, model: torch.nn.Module, optimizer) -> dict:
     """Restores what save_rank_state wrote; returns the extra state (RNG already restored).
     Errors name the missing file and the world size the checkpoint was written with."""
-    paths = {kind: os.path.join(actor_dir, shard_file(kind, world_size, rank)) for kind in ("model", "optim", "extra_state")}
+    paths = {kind: os.path.join(actor_dir, shard_file(kind, world_size, rank)) for kind in RANK_FILES}
     for kind, path in paths.items():
         if not os.path.isfile(path):
             found = sorted(f for f in os.listdir(actor_dir) if f.endswith(".pt")) if os.path.isdir(actor_dir) else []
@@ -152,6 +160,36 @@ def list_checkpoints(root: str) -> list[int]:
         return []
     steps = [int(m.group(1)) for name in os.listdir(root) if (m := STEP_DIR.match(name))]
     return sorted(steps)
+
+
+def verify_checkpoint(path: str) -> tuple[bool, str | None]:
+    """(usable, note): a checkpoint whose manifest matches is (True, None); one written before
+    manifests existed is (True, note saying it is unverified); a damaged one is (False, the
+    problem naming the file)."""
+    try:
+        has_manifest = read_manifest(path) is not None
+    except ValueError as error:
+        return False, str(error)
+    if not has_manifest:
+        return True, f"{path} has no {MANIFEST} (written before integrity manifests): loaded unverified"
+    problem = verify_manifest(path)
+    return problem is None, problem
+
+
+def find_latest_intact_checkpoint(root: str) -> tuple[str | None, list[str]]:
+    """The newest checkpoint under root that passes `verify_checkpoint` (the one
+    latest_global_step.txt names first), and a warning for each one skipped or unverified."""
+    warnings = []
+    latest = find_latest_checkpoint(root)
+    candidates = ([latest] if latest else []) + [
+        step_dir(root, step) for step in reversed(list_checkpoints(root)) if step_dir(root, step) != latest
+    ]
+    for path in candidates:
+        usable, note = verify_checkpoint(path)
+        if usable:
+            return path, warnings + ([note] if note else [])
+        warnings.append(f"checkpoint {path} is damaged, skipped: {note}")
+    return None, warnings
 
 
 def find_latest_checkpoint(root: str) -> str | None:

@@ -23,6 +23,7 @@ the adapter matrices; they are folded into plain weights (W + alpha/r B A), and 
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import pickle
 import re
@@ -37,6 +38,9 @@ from transformers import AutoConfig, AutoModelForImageTextToText, GenerationConf
 from verl.models.qwen_vl import checkpoint_weight_name
 from verl.utils.checkpoint import save_hf_metadata, shard_file
 from verl.models.lora import apply_lora, fold_adapters, load_lora_config, lora_scale, peft_adapter
+from verl.utils.manifest import MANIFEST, read_manifest, verify_manifest
+
+logger = logging.getLogger(__name__)
 
 HF_SUBDIR = "huggingface"
 MODEL_SHARD = re.compile(r"^model_world_size_(\d+)_rank_(\d+)\.pt$")
@@ -123,6 +127,28 @@ def find_model_shards(local_dir: str) -> ShardLayout:
             "processor) is needed to rebuild the model"
         )
     return layout
+
+
+def verify_shards(layout: ShardLayout) -> None:
+    """Checks the model shards (and, before a first merge into it, the huggingface/ metadata)
+    against the checkpoint's manifest (CKPT/global_step_N/manifest.json): ValueError naming the
+    file that is missing, truncated or altered. A checkpoint written before manifests existed
+    is merged with a warning that it is unverified."""
+    step_dir = os.path.dirname(layout.local_dir)
+    relative = [os.path.relpath(path, step_dir) for path in layout.paths]
+    hf_files = sorted(os.listdir(layout.hf_dir))
+    if not any(name.endswith(".safetensors") for name in hf_files):  # not yet replaced by a merge
+        relative += [os.path.relpath(os.path.join(layout.hf_dir, name), step_dir) for name in hf_files]
+    try:
+        has_manifest = read_manifest(step_dir) is not None
+    except ValueError as error:
+        raise ValueError(f"cannot verify {layout.local_dir}: {error}") from None
+    if not has_manifest:
+        logger.warning("%s has no %s (written before integrity manifests): merging unverified", step_dir, MANIFEST)
+        return
+    problem = verify_manifest(step_dir, only=relative)
+    if problem is not None:
+        raise ValueError(f"checkpoint integrity check failed: {problem}")
 
 
 def load_shard(path: str) -> dict[str, torch.Tensor]:
@@ -284,6 +310,7 @@ def merge_checkpoint(
     start = time.perf_counter()
     local_dir = os.path.abspath(local_dir)
     layout = find_model_shards(local_dir)
+    verify_shards(layout)
     target_dir = os.path.abspath(target_dir) if target_dir else layout.hf_dir
     _prepare_target(target_dir, local_dir)
 

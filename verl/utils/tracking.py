@@ -31,6 +31,32 @@ class Tracker:
 
             self._tensorboard = SummaryWriter(os.path.join(log_dir, "tensorboard"))
 
+    def drop_rows_from(self, step: int) -> int:
+        """Removes metrics.jsonl rows of `step` and later (and a torn last line), so a run that
+        resumes from checkpoint step-1 logs every step once; the removed rows are appended to
+        metrics.jsonl.superseded. Returns how many rows were removed."""
+        self._file.close()
+        kept, dropped = [], []
+        with open(self.metrics_path) as f:
+            for line in f:
+                try:
+                    row_step = json.loads(line)["step"]
+                except (ValueError, KeyError, TypeError):
+                    dropped.append(line if line.endswith("\n") else line + "\n")
+                    continue
+                (kept if row_step < step else dropped).append(line if line.endswith("\n") else line + "\n")
+        if dropped:
+            with open(self.metrics_path + ".superseded", "a") as f:
+                f.writelines(dropped)
+            tmp = self.metrics_path + ".tmp"
+            with open(tmp, "w") as f:
+                f.writelines(kept)
+            os.replace(tmp, self.metrics_path)
+            print(f"{self.metrics_path}: moved {len(dropped)} row(s) of step >= {step} (logged after the "
+                  "checkpoint this run starts from) to metrics.jsonl.superseded", flush=True)
+        self._file = open(self.metrics_path, "a")
+        return len(dropped)
+
     def log(self, metrics: dict[str, float], step: int) -> None:
         clean = {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in metrics.items()}
         self._file.write(json.dumps({"step": step, "time": time.time(), **clean}, allow_nan=True) + "\n")

@@ -5,12 +5,28 @@ default and a one-line docstring per field. `verl.trainer.config.PPOConfig` nest
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from verl.models.lora import LoRAConfig
+from verl.utils.ranges import (
+    AT_LEAST_ONE,
+    DEFAULT_OR_AT_LEAST_ONE,
+    FRACTION,
+    NON_NEGATIVE,
+    POSITIVE,
+    PROBABILITY,
+    Range,
+)
 
 
 @dataclass
 class OptimConfig:
+    # Allowed values of the numeric fields (verl/utils/ranges.py), checked before Ray starts.
+    RANGES: ClassVar[dict[str, Range]] = {
+        "lr": POSITIVE, "betas": Range(0, 1, high_open=True), "eps": POSITIVE, "weight_decay": NON_NEGATIVE,
+        "lr_warmup_ratio": FRACTION, "min_lr_ratio": FRACTION,
+    }
+
     lr: float = 1e-6
     """Peak learning rate."""
     betas: tuple[float, float] = (0.9, 0.999)
@@ -76,6 +92,13 @@ class RolloutCorrectionConfig:
 
 @dataclass
 class ActorConfig:
+    # Allowed values of the numeric fields (verl/utils/ranges.py), checked before Ray starts.
+    RANGES: ClassVar[dict[str, Range]] = {
+        "ppo_epochs": AT_LEAST_ONE, "max_grad_norm": POSITIVE, "clip_ratio_low": Range(0, 1, high_open=True),
+        "clip_ratio_high": NON_NEGATIVE, "clip_ratio_dual": Range(1, low_open=True),
+        "kl_loss_coef": NON_NEGATIVE,
+    }
+
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)
@@ -138,6 +161,16 @@ class RefConfig:
 
 @dataclass
 class RolloutConfig:
+    # Allowed values of the numeric fields (verl/utils/ranges.py), checked before Ray starts.
+    RANGES: ClassVar[dict[str, Range]] = {
+        "temperature": NON_NEGATIVE, "top_p": PROBABILITY, "top_k": Range(0, also=(-1,)),
+        "min_response_length": NON_NEGATIVE, "val_temperature": NON_NEGATIVE, "val_n": AT_LEAST_ONE,
+        "max_batch_size": AT_LEAST_ONE, "gpu_memory_utilization": PROBABILITY,
+        "max_model_len": DEFAULT_OR_AT_LEAST_ONE, "max_num_batched_tokens": AT_LEAST_ONE,
+        "tensor_parallel_size": AT_LEAST_ONE, "cpu_kvcache_space_gib": AT_LEAST_ONE,
+        "limit_images": AT_LEAST_ONE,
+    }
+
     name: str = "hf"
     """Engine: `hf` (transformers generate, always available) or `vllm`."""
     n: int = 8

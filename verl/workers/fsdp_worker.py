@@ -20,6 +20,7 @@ from verl.models.qwen_vl import resolve_dtype
 from verl.protocol import DataProto
 from verl.single_controller.worker_group import find_free_port
 from verl.utils import checkpoint
+from verl.utils.manifest import digest_files
 from verl.workers.actor import PPOActor, compute_log_probs
 from verl.workers.engine.fsdp import shard_model
 from verl.models.lora import adapters_disabled, save_lora_config
@@ -218,7 +219,9 @@ class FSDPWorker:
         return state if self.rank == 0 else None
 
     # ---- checkpoints -------------------------------------------------------------------------
-    def save_checkpoint(self, step_dir: str, hf_source_dir: str) -> None:
+    def save_checkpoint(self, step_dir: str, hf_source_dir: str) -> dict[str, dict]:
+        """Writes this rank's files; returns their sizes and SHA-256 for the manifest (each rank
+        hashes its own files while they are in the page cache, all ranks at once)."""
         actor_dir = os.path.join(step_dir, "actor")
         checkpoint.save_rank_state(
             actor_dir,
@@ -228,11 +231,16 @@ class FSDPWorker:
             self.actor.optimizer,
             {"scheduler": self.actor.scheduler.state_dict(), "optimizer_steps": self.actor.optimizer_steps},
         )
+        written = [f"actor/{checkpoint.shard_file(kind, self.world_size, self.rank)}" for kind in checkpoint.RANK_FILES]
         if self.rank == 0:
-            checkpoint.save_hf_metadata(hf_source_dir, os.path.join(actor_dir, "huggingface"))
+            hf_dir = os.path.join(actor_dir, "huggingface")
+            checkpoint.save_hf_metadata(hf_source_dir, hf_dir)
+            written += [f"actor/huggingface/{name}" for name in sorted(os.listdir(hf_dir))]
             if self.config.worker.actor.model.lora.enabled:  # the merger folds adapters with it
                 save_lora_config(actor_dir, self.config.worker.actor.model.lora)
+        digests = digest_files(step_dir, written)
         dist.barrier()
+        return digests
 
     def load_checkpoint(self, step_dir: str) -> None:
         extra = checkpoint.load_rank_state(

@@ -1,0 +1,165 @@
+"""Soak test: host memory (RSS) per step and per process over a long run of the tiny recipe.
+
+Runs `python3 -m verl.trainer.main config=configs/tiny_cpu.yaml` for N steps (validation and
+checkpoints as the recipe sets them, the newest 2 checkpoints kept) and samples, each time a
+step's row lands in metrics.jsonl, the RSS of the driver, of each FSDP worker (by rank) and of
+the other Ray processes together (raylet, GCS, agents). Prints RSS at a few steps, the slope of
+a least-squares line over steps 10..N (MiB per 100 steps; a leak shows as a steady positive
+slope) and writes every sample to benchmarks/results/soak.json.
+
+    python3 benchmarks/soak.py [--steps 200] [--max_minutes M] [--model_path models/tiny_qwen25vl] [--data_dir data/tiny_shapes]
+
+--max_minutes stops the run early (SIGTERM to the driver, which shuts its Ray cluster down) and
+reports the steps reached; the JSON says how many steps ran.
+
+The model and data are built (scripts/make_tiny_model.py, make_synthetic_dataset.py defaults)
+when the folders do not exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import psutil
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MIB = 1 << 20
+WARM_UP_STEPS = 10  # one-off allocations (model load, first batches, allocator growth) come first
+
+
+def process_label(process: psutil.Process, driver_pid: int) -> str | None:
+    """driver / rank N / ray (the cluster's own processes); None for a process that is gone."""
+    try:
+        if process.pid == driver_pid:
+            return "driver"
+        if "FSDPWorker" in " ".join(process.cmdline()):
+            return f"rank {process.environ().get('RANK', '?')}"
+        return "ray"
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def sample_rss(driver: psutil.Process) -> dict[str, float]:
+    """MiB of resident memory per label; 'ray' sums the cluster's helper processes."""
+    rss: dict[str, float] = {}
+    for process in [driver] + driver.children(recursive=True):
+        label = process_label(process, driver.pid)
+        try:
+            if label is not None:
+                rss[label] = rss.get(label, 0.0) + process.memory_info().rss / MIB
+        except psutil.NoSuchProcess:
+            continue
+    return rss
+
+
+def ensure_inputs(model_path: str, data_dir: str) -> None:
+    if not os.path.isdir(model_path):
+        subprocess.run([sys.executable, "scripts/make_tiny_model.py", "--out", model_path], cwd=REPO_ROOT, check=True)
+    if not os.path.isfile(os.path.join(data_dir, "train.parquet")):
+        subprocess.run([sys.executable, "scripts/make_synthetic_dataset.py", "--out", data_dir], cwd=REPO_ROOT, check=True)
+
+
+def steps_logged(metrics_path: str) -> list[int]:
+    if not os.path.isfile(metrics_path):
+        return []
+    steps = []
+    with open(metrics_path) as f:
+        for line in f:
+            try:
+                steps.append(int(json.loads(line)["step"]))
+            except (ValueError, KeyError):
+                continue  # a row being written
+    return steps
+
+
+def slope_per_100_steps(steps: list[int], values: list[float]) -> float | None:
+    points = [(s, v) for s, v in zip(steps, values) if s >= WARM_UP_STEPS]
+    if len(points) < 3:
+        return None
+    x, y = np.array(points, dtype=float).T
+    return float(np.polyfit(x, y, 1)[0] * 100)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--model_path", default="models/tiny_qwen25vl")
+    parser.add_argument("--data_dir", default="data/tiny_shapes")
+    parser.add_argument("--max_minutes", type=float, default=None, help="stop early after this much wall time")
+    parser.add_argument("--out", default=os.path.join(REPO_ROOT, "benchmarks/results/soak.json"))
+    args = parser.parse_args()
+    ensure_inputs(args.model_path, args.data_dir)
+    series: dict[str, list[float]] = {}
+    sampled_steps: list[int] = []
+    with tempfile.TemporaryDirectory() as ckpt:
+        command = [
+            sys.executable, "-m", "verl.trainer.main", "config=configs/tiny_cpu.yaml",
+            f"worker.actor.model.model_path={args.model_path}",
+            f"data.train_files={args.data_dir}/train.parquet", f"data.val_files={args.data_dir}/val.parquet",
+            f"trainer.max_steps={args.steps}", f"trainer.save_checkpoint_path={ckpt}", "trainer.save_limit=2",
+            "trainer.logger=[file]",
+        ]
+        print(" ".join(command[2:]), flush=True)
+        start = time.monotonic()
+        with open(os.path.join(ckpt, "driver.log"), "w") as log:
+            run = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+            driver = psutil.Process(run.pid)
+            metrics_path = os.path.join(ckpt, "metrics.jsonl")
+            stopped_early = False
+            while run.poll() is None:
+                if args.max_minutes is not None and time.monotonic() - start > args.max_minutes * 60 and not stopped_early:
+                    print(f"--max_minutes={args.max_minutes} reached: stopping the run", flush=True)
+                    run.terminate()
+                    stopped_early = True
+                done = [s for s in steps_logged(metrics_path) if s > 0]
+                if done and (not sampled_steps or done[-1] > sampled_steps[-1]):
+                    rss = sample_rss(driver)
+                    sampled_steps.append(done[-1])
+                    for label, mib in rss.items():
+                        series.setdefault(label, []).append(mib)
+                    if done[-1] % 10 == 0:
+                        print(f"step {done[-1]}: " + ", ".join(f"{k} {v:.0f} MiB" for k, v in sorted(rss.items())), flush=True)
+                time.sleep(0.25)
+        if run.returncode != 0 and not stopped_early:
+            sys.exit(f"training run failed (exit {run.returncode}):\n" + open(os.path.join(ckpt, "driver.log")).read()[-4000:])
+    wall_s = time.monotonic() - start
+    labels = sorted(series)
+    complete = {label: values for label, values in series.items() if len(values) == len(sampled_steps)}
+    at = lambda label, step: complete[label][sampled_steps.index(step)] if step in sampled_steps else None  # noqa: E731
+    first = WARM_UP_STEPS if WARM_UP_STEPS in sampled_steps else sampled_steps[0]
+    last = sampled_steps[-1]
+    rows = []
+    for label in labels:
+        if label not in complete:
+            continue
+        rows.append({
+            "process": label, f"rss_mib_step_{first}": at(label, first), f"rss_mib_step_{last}": at(label, last),
+            "max_rss_mib": max(complete[label]),
+            "slope_mib_per_100_steps": slope_per_100_steps(sampled_steps, complete[label]),
+        })
+    print(f"\n{len(sampled_steps)} steps sampled of {args.steps}, {wall_s:.0f} s")
+    print(f"{'process':<10} {'step ' + str(first):>10} {'step ' + str(last):>10} {'max':>8} {'MiB/100 steps':>14}")
+    for row in rows:
+        slope = row["slope_mib_per_100_steps"]
+        print(f"{row['process']:<10} {row[f'rss_mib_step_{first}']:>10.1f} {row[f'rss_mib_step_{last}']:>10.1f} "
+              f"{row['max_rss_mib']:>8.1f} {'n/a' if slope is None else f'{slope:+.2f}':>14}")
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump({
+            "config": "configs/tiny_cpu.yaml", "steps_requested": args.steps, "steps_run": last,
+            "stopped_early": stopped_early,
+            "wall_s": wall_s, "warm_up_steps": WARM_UP_STEPS, "summary": rows,
+            "steps": sampled_steps, "rss_mib": complete,
+        }, f, indent=1)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""A worker process killed mid-step (as the OOM killer or a node failure would): the driver must
+exit non-zero within a bound, naming the rank and the stage, and leave no process behind -
+neither workers nor the Ray helpers its ray.init started."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.e2e
+
+
+def _rank_of(process: psutil.Process) -> str | None:
+    try:
+        if "FSDPWorker" not in " ".join(process.cmdline()):
+            return None
+        return process.environ().get("RANK")
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+@pytest.mark.timeout(300)
+def test_killed_worker_fails_the_run_naming_rank_and_stage_and_leaves_no_processes(
+    tiny_model_dir, synthetic_data_dir, tmp_path
+):
+    command = [
+        sys.executable, "-m", "verl.trainer.main", "config=configs/tiny_cpu.yaml",
+        f"worker.actor.model.model_path={tiny_model_dir}",
+        f"data.train_files={synthetic_data_dir}/train.parquet",
+        f"data.val_files={synthetic_data_dir}/val.parquet",
+        f"trainer.save_checkpoint_path={tmp_path / 'ckpt'}",
+        "trainer.max_steps=2", "trainer.val_before_train=false", "trainer.val_freq=-1",
+        "data.rollout_batch_size=8", "worker.actor.global_batch_size=8", "worker.rollout.n=4",
+    ]
+    env = dict(os.environ, RAY_DEDUP_LOGS="0", PYTHONUNBUFFERED="1")
+    driver = subprocess.Popen(
+        command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(driver.stdout), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 180
+        while not any("GRPO" in line for line in lines):  # the first step has started
+            assert driver.poll() is None and time.monotonic() < deadline, "".join(lines)[-4000:]
+            time.sleep(0.2)
+        tree = psutil.Process(driver.pid).children(recursive=True)
+        victims = [p for p in tree if _rank_of(p) == "1"]
+        assert len(victims) == 1, [p.cmdline() for p in tree]
+        victims[0].send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        returncode = driver.wait(timeout=60)
+        exit_s = time.monotonic() - killed_at
+    finally:
+        if driver.poll() is None:  # only on failure: stop this test's own process group
+            os.killpg(driver.pid, signal.SIGKILL)
+    reader.join(timeout=10)
+    output = "".join(lines)
+    assert returncode != 0, output[-4000:]
+    assert re.search(r"worker rank 1 died during '(generate_sequences|compute_\w+|update_actor|sync_rollout_weights)'", output), output[-4000:]
+    assert exit_s < 60
+    # Workers, raylet, GCS, dashboard and runtime-env agents: everything ray.init started is gone.
+    deadline = time.monotonic() + 20
+    while (alive := [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not alive, [(p.pid, p.name()) for p in alive]
