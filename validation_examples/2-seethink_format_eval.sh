@@ -20,11 +20,11 @@
 #   JUDGE_MODEL  a local judge model folder (a Qwen2.5-VL-Instruct; run by the same engine after the model)
 #   ANSWER_JUDGE_BASE_URL, ANSWER_JUDGE_MODEL   or an OpenAI-compatible judge server (e.g. `vllm serve
 #                Qwen/Qwen2.5-14B-Instruct`, the reference's judge); key from $OPENAI_API_KEY, never a file
-#   PYTHON       python3
+#   PYTHON       the project venv (.venv/bin/python) when present, else python3
 # Anything else: SUITE_ARGS="--grader mathruler --no_blank_control ..." (python3 -m verl.eval.suite --help).
 set -euo pipefail
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PYTHON=${PYTHON:-python3}
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/find_python.sh"
 source "$REPO_ROOT/scripts/help.sh" "$@"
 if [[ $# -eq 0 ]]; then
   echo "usage: bash validation_examples/2-seethink_format_eval.sh MODEL [BENCHMARKS...] (--help: every option)" >&2

@@ -14,7 +14,8 @@
 # MAX_RESPONSE_LENGTH (96; the longest synthetic SFT answer is 70 tokens), SELF_REWARD (1: MODEL_DIR re-answers
 # its own perceptions; 0: accuracy and format only), BLANK_CONTROL (1: every prompt answered a second
 # time with a blank image of the same size -> OUT_DIR/tiny_shapes.blank.jsonl, and the summary gains
-# accuracy_blank_image, vision_reliance, accuracy_drop; 0: skip), PYTHON (python3).
+# accuracy_blank_image, vision_reliance, accuracy_drop; 0: skip), PYTHON (.venv/bin/python when present,
+# else python3).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/help.sh" "$@"
 
@@ -23,7 +24,7 @@ OUT_DIR=${2:-outputs/eval/$(basename "$MODEL_DIR")}
 ENGINE=${ENGINE:-hf}
 DATA=${DATA:-data/tiny_shapes/val.parquet}
 MAX_RESPONSE_LENGTH=${MAX_RESPONSE_LENGTH:-96}
-PYTHON=${PYTHON:-python3}
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/find_python.sh"
 REPO_ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUTPUT="$OUT_DIR/tiny_shapes.jsonl"
 # The tiny checkpoint's processor range (56x56 to 112x112 pixels); float32 on CPU.

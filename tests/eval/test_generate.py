@@ -248,3 +248,35 @@ def test_help_answers(capsys):
         parse_args(["--help"])
     assert exit_info.value.code == 0
     assert "--model_path" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(120)
+def test_skip_bad_rows_leaves_out_a_truncated_image_and_the_summary_lists_it(tiny_model_dir, val_path, tmp_path):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from verl.eval.score import main as score_main
+
+    rows = pd.read_parquet(val_path).head(3)
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    rows.at[rows.index[1], "images"] = [{"bytes": buffer.getvalue()[:2000], "path": None}]  # valid header, cut pixels
+    data = str(tmp_path / "one_bad.parquet")
+    rows.to_parquet(data)
+    output = str(tmp_path / "out.jsonl")
+    common = [
+        "--model_path", tiny_model_dir, "--data", data, "--output", output, "--engine", "hf",
+        "--min_pixels", str(SPEC.min_pixels), "--max_pixels", str(SPEC.max_pixels),
+        "--max_response_length", str(MAX_TOKENS), "--no_progress",
+    ]
+    with pytest.raises(ValueError, match=r"one_bad.parquet row 1 field 'images\[0\]': cannot decode image"):
+        main(common)
+    report = main(common + ["--skip_bad_rows"])
+    assert report.responses_written == 2
+    assert sorted(r["dataset_index"] for r in read_jsonl(output)) == [0, 2]
+    skipped = json.load(open(str(tmp_path / "out.skipped.json"), encoding="utf-8"))["skipped_rows"]
+    assert [row["dataset_index"] for row in skipped] == [1] and "cannot decode image" in skipped[0]["error"]
+    summary = score_main(["--input", output, "--reward", "see_think"])
+    assert summary["n_skipped_rows"] == 1 and summary["skipped_rows"] == skipped

@@ -184,6 +184,7 @@ class RLDataset(Dataset):
         format_prompt: str | None = None,
         filter_overlong_prompts: bool = True,
         system_prompt: str | None = None,
+        skip_bad_rows: bool = False,
     ):
         """
         Args:
@@ -195,6 +196,10 @@ class RLDataset(Dataset):
             format_prompt: jinja file rendered with ``content=<question>``; None keeps the question.
             filter_overlong_prompts: drop longer prompts (logged) instead of raising.
             system_prompt: system message; None keeps the chat template's default.
+            skip_bad_rows: a row that fails its checks (field types, placeholders, an unreadable or
+                undecodable image) is left out and recorded in ``bad_rows`` (row -> error) instead
+                of stopping the build; for evaluation, where one broken sample should not stop a
+                benchmark. Training keeps the default: a bad row stops the run, naming it.
         """
         table = load_table(data_path)
         self.source = table.source
@@ -235,11 +240,22 @@ class RLDataset(Dataset):
             self.merge_size = None
             self.rows = table.rows
 
-        self.prompt_lengths = np.array(
-            [self._expanded_length(row_index) for row_index in range(len(self.rows))], dtype=np.int64
-        )
+        self.bad_rows: dict[int, str] = {}
+        lengths = []
+        for row_index in range(len(self.rows)):
+            try:
+                lengths.append(self._expanded_length(row_index))
+            except ValueError as error:
+                if not skip_bad_rows:
+                    raise
+                self.bad_rows[row_index] = str(error)
+                lengths.append(-1)
+        self.prompt_lengths = np.array(lengths, dtype=np.int64)
         if image_key is not None:
-            self._check_images_decode()
+            self._check_images_decode(skip_bad_rows)
+        if self.bad_rows:
+            logger.warning("%s: skipped %d bad row(s) of %d: %s", self.source, len(self.bad_rows), len(self.rows),
+                           next(iter(self.bad_rows.values())))
         overlong = np.flatnonzero(self.prompt_lengths > max_prompt_length)
         if len(overlong) and not filter_overlong_prompts:
             row = int(overlong[0])
@@ -256,25 +272,39 @@ class RLDataset(Dataset):
                 len(self.rows),
                 max_prompt_length,
             )
-        self.row_indices = np.flatnonzero(self.prompt_lengths <= max_prompt_length)
+        usable = self.prompt_lengths <= max_prompt_length
+        usable[list(self.bad_rows)] = False
+        self.row_indices = np.flatnonzero(usable)
         if len(self.row_indices) == 0:
             raise ValueError(
-                f"{self.source}: every prompt is longer than max_prompt_length={max_prompt_length}"
+                f"{self.source}: no usable row: {len(self.bad_rows)} bad, {len(overlong)} longer than "
+                f"max_prompt_length={max_prompt_length}"
             )
 
-    def _check_images_decode(self) -> None:
+    def _check_images_decode(self, skip_bad_rows: bool) -> None:
         """Decodes every image once, now, so a corrupt one stops the run before Ray starts, naming
         its row, rather than when its row is drawn hours in (PIL decodes outside the GIL, so
-        threads share the work). The first failing row in file order is reported."""
+        threads share the work). The first failing row in file order is reported; with
+        `skip_bad_rows` every failing row is recorded in `bad_rows` instead."""
 
-        def decode_row(row_index: int) -> None:
+        def decode_row(row_index: int) -> str | None:
+            if row_index in self.bad_rows:
+                return None
             images = self.rows[row_index][self.image_key] or []
-            for position, image_object in enumerate(images):
-                check_decodes(image_object, self._where(row_index, f"{self.image_key}[{position}]"), self.base_dir)
+            try:
+                for position, image_object in enumerate(images):
+                    check_decodes(image_object, self._where(row_index, f"{self.image_key}[{position}]"), self.base_dir)
+            except ValueError as error:
+                if not skip_bad_rows:
+                    raise
+                return str(error)
+            return None
 
         with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-            for _ in pool.map(decode_row, range(len(self.rows))):
-                pass  # map re-raises the first failure in row order
+            # map re-raises the first failure in row order
+            for row_index, error in enumerate(pool.map(decode_row, range(len(self.rows)))):
+                if error is not None:
+                    self.bad_rows[row_index] = error
 
     def __len__(self) -> int:
         return len(self.row_indices)

@@ -405,9 +405,10 @@ def generate_to_file(
 
 
 def build_dataset(
-    settings: GenerationSettings, tokenizer: PreTrainedTokenizerBase, processor: Any
+    settings: GenerationSettings, tokenizer: PreTrainedTokenizerBase, processor: Any, skip_bad_rows: bool = False
 ) -> RLDataset:
-    """The prompts, built exactly as the trainer's validation set."""
+    """The prompts, built exactly as the trainer's validation set (with `skip_bad_rows`, rows
+    that fail their checks are left out and listed in the dataset's `bad_rows`)."""
     return RLDataset(
         settings.data,
         tokenizer,
@@ -421,7 +422,17 @@ def build_dataset(
         format_prompt=settings.format_prompt,
         filter_overlong_prompts=settings.skip_overlong_prompts,
         system_prompt=settings.system_prompt,
+        skip_bad_rows=skip_bad_rows,
     )
+
+
+def record_skipped_rows(output_path: str, dataset: RLDataset) -> str:
+    """Writes OUT.skipped.json, {"skipped_rows": [{"dataset_index", "error"}]} (an empty list when
+    none were skipped), which verl.eval.score copies into the summary; returns its path."""
+    path = sidecar_path(output_path, ".skipped.json")
+    rows = [{"dataset_index": index, "error": error} for index, error in sorted(dataset.bad_rows.items())]
+    write_atomically(path, json.dumps({"source": dataset.source, "skipped_rows": rows}, indent=1) + "\n")
+    return path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -451,6 +462,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--skip_overlong_prompts",
         action="store_true",
         help="drop prompts over max_prompt_length (logged) instead of stopping; changes the denominator",
+    )
+    parser.add_argument(
+        "--skip_bad_rows",
+        action="store_true",
+        help="leave out rows that fail their checks (e.g. an undecodable image) instead of stopping; they are "
+        "listed in OUT.skipped.json and in the score summary (skipped_rows)",
     )
     parser.add_argument("--n", type=int, default=1, help="responses per prompt")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -526,8 +543,9 @@ def main(argv: list[str] | None = None) -> GenerationReport:
     settings = settings_from_args(args)
     tokenizer = AutoTokenizer.from_pretrained(settings.model_path)
     processor = AutoProcessor.from_pretrained(settings.model_path) if settings.image_key is not None else None
-    dataset = build_dataset(settings, tokenizer, processor)
+    dataset = build_dataset(settings, tokenizer, processor, args.skip_bad_rows)
     check_or_store_settings(args.output, settings, args.overwrite)
+    skipped_path = record_skipped_rows(args.output, dataset) if args.skip_bad_rows else None
     engine = build_engine(
         args,
         settings.model_path,
@@ -548,10 +566,11 @@ def main(argv: list[str] | None = None) -> GenerationReport:
         engine, dataset, tokenizer, args.output, sampling, args.batch_size, args.limit, not args.no_progress,
         settings.blank_images,
     )
-    dropped = len(dataset.rows) - len(dataset)
+    dropped = len(dataset.rows) - len(dataset) - len(dataset.bad_rows)
+    bad = f", {len(dataset.bad_rows)} skipped as bad rows (listed in {skipped_path})" if skipped_path else ""
     print(
         f"{args.output}: {report.responses_written} responses written for {report.prompts_generated} prompts "
-        f"({report.prompts_skipped} already done, {dropped} dropped as over-long) in {report.engine_calls} "
+        f"({report.prompts_skipped} already done, {dropped} dropped as over-long{bad}) in {report.engine_calls} "
         "engine call(s)"
     )
     return report

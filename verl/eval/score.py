@@ -609,6 +609,7 @@ def score_file(
         "missing_description": missing_description,
         "blank_input": os.path.abspath(blank_input) if blank_input else None,
         **({"reanswer_metrics": reanswers.metrics} if reanswers is not None and reanswers.metrics else {}),
+        **skipped_rows_of(input_path),
         **summarize(records, rows, columns),
     }
     scored_lines = []
@@ -624,6 +625,17 @@ def score_file(
             scored["blank_image_response"] = blank_records[i].response
         scored_lines.append(json.dumps(scored, ensure_ascii=False) + "\n")
     return ScoringResult(summary, scored_lines)
+
+
+def skipped_rows_of(input_path: str) -> dict[str, Any]:
+    """`skipped_rows` (and their count) from OUT.skipped.json, which `verl.eval.generate
+    --skip_bad_rows` writes: rows left out of the benchmark must show next to its accuracy."""
+    path = sidecar_path(input_path, ".skipped.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as file:
+        rows = json.load(file)["skipped_rows"]
+    return {"n_skipped_rows": len(rows), "skipped_rows": rows}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
