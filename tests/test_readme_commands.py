@@ -140,3 +140,13 @@ def test_readme_merge_of_a_missing_checkpoint_is_one_line(monkeypatch, tmp_path)
     message = str(exit_info.value.code)
     assert message.startswith("error: checkpoint directory ") and "\n" not in message
     assert message.endswith("checkpoints/run/global_step_30/actor does not exist")
+
+
+def test_readme_suite_command_on_a_missing_model_says_to_merge_it(monkeypatch, tmp_path):
+    from verl.eval.suite import main
+    from verl.utils.model_source import ModelPathError
+
+    command = next(c for c in COMMANDS if c.startswith("bash validation_examples/2-seethink_format_eval.sh"))
+    monkeypatch.chdir(_fresh_checkout(tmp_path))
+    with pytest.raises(ModelPathError, match=r"^--model_path=outputs/merged: no such model folder: merge a checkpoint"):
+        main(["--model_path", shlex.split(command)[2], "--engine", "hf"])
