@@ -24,7 +24,9 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "validation_examples" / "2-seethink_format_eval.sh"
 ROWS = 2
 # The tiny checkpoint's pixel range; 6 new tokens keep the 11 benchmarks x (answer, blank image, re-answer) fast.
-TINY_ARGS = "--dtype float32 --min_pixels 3136 --max_pixels 12544 --max_prompt_length 1024 --batch_size 64"
+TINY_ARGS = (
+    "--dtype float32 --min_pixels 3136 --max_pixels 12544 --max_prompt_length 1024 --batch_size 64 --skip_bad_rows"
+)
 
 
 def _png(seed: int) -> bytes:
@@ -34,13 +36,15 @@ def _png(seed: int) -> bytes:
     return buffer.getvalue()
 
 
-def _write_benchmark(path: Path, name: str) -> list[str]:
-    problems = [f"<image>{name} question {i}: which option?\nA. red\nB. blue" for i in range(ROWS)]
-    answers = ["A" if i % 2 == 0 else "B" for i in range(ROWS)]
+def _write_benchmark(path: Path, name: str, bad_rows: int = 0) -> list[str]:
+    """ROWS good rows, then `bad_rows` whose image bytes are not an image."""
+    total = ROWS + bad_rows
+    problems = [f"<image>{name} question {i}: which option?\nA. red\nB. blue" for i in range(total)]
+    answers = ["A" if i % 2 == 0 else "B" for i in range(total)]
     table = pa.table({
         "problem": problems,
         "answer": answers,
-        "images": [[{"bytes": _png(i), "path": None}] for i in range(ROWS)],
+        "images": [[{"bytes": _png(i) if i < ROWS else b"not an image", "path": None}] for i in range(total)],
     })
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)
@@ -53,6 +57,8 @@ def benchmark_dir(tmp_path_factory) -> Path:
     for benchmark in BENCHMARKS:
         if benchmark.name == "mathvista":  # the DIR@test form of a local copy
             _write_benchmark(root / "mathvista" / "test.parquet", benchmark.name)
+        elif benchmark.name == "hallusionbench":  # a row with an undecodable image: left out, counted
+            _write_benchmark(root / f"{benchmark.name}.parquet", benchmark.name, bad_rows=1)
         else:
             _write_benchmark(root / f"{benchmark.name}.parquet", benchmark.name)
     return root
@@ -120,6 +126,8 @@ def test_eval_suite_end_to_end_resumes_and_aggregates(tiny_model_dir, benchmark_
         assert row["judged_accuracy"] == pytest.approx(row["accuracy"])
         assert {"format", "perception_sufficient", "language_shortcut", "accuracy_blank_image"} <= set(row)
     assert table["benchmarks"]["mmstar"]["accuracy"] == pytest.approx(0.5)
+    assert table["benchmarks"]["hallusionbench"]["n_skipped_rows"] == 1
+    assert "rows left out (--skip_bad_rows; responses/NAME.skipped.json): hallusionbench 1" in second.stdout
     pro = [table["benchmarks"][name] for name in MMMU_PRO]
     expected_pro = sum(r["n"] * r["accuracy"] for r in pro) / sum(r["n"] for r in pro)
     assert table["mmmu_pro_weighted"]["accuracy"] == pytest.approx(expected_pro)
@@ -160,3 +168,13 @@ def test_aggregate_weights_mmmu_pro_by_n_and_counts_it_once():
     assert table["mmmu_pro_weighted"] == {"n": 40, "accuracy": pytest.approx(0.3)}
     assert table["average"]["accuracy"] == pytest.approx((0.5 + 0.3) / 2)
     assert table["average"]["benchmarks"] == 2
+
+
+def test_aggregate_never_averages_counts():
+    summaries = {
+        "MMMU": {"overall": {"n": 2, "accuracy": 1.0}, "n_skipped_rows": 3},
+        "mmstar": {"overall": {"n": 2, "accuracy": 0.0}, "n_skipped_rows": 0},
+    }
+    table = aggregate(summaries)
+    assert table["benchmarks"]["MMMU"]["n_skipped_rows"] == 3
+    assert set(table["average"]) == {"benchmarks", "n", "accuracy"} and table["average"]["accuracy"] == 0.5

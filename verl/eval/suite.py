@@ -51,6 +51,7 @@ from verl.eval.generate import (
     generate_to_file,
     max_images_per_prompt,
     normalized_source,
+    record_skipped_rows,
     write_atomically,
 )
 from verl.eval.judges import EngineJudge
@@ -113,6 +114,10 @@ AGGREGATE_COLUMNS = (
     ("vision_reliance", "reliance", True),
     ("answer_judge_error", "judge_err", True),
 )
+
+
+# Row entries that are counts, not rates: never averaged.
+_COUNTS = frozenset({"n", "n_skipped_rows"})
 
 
 class SuiteError(ValueError):
@@ -184,6 +189,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_prompt_length", type=int, default=12800)
     parser.add_argument("--max_response_length", type=int, default=4096)
     parser.add_argument("--skip_overlong_prompts", action="store_true", help="drop (logged) instead of stopping")
+    parser.add_argument(
+        "--skip_bad_rows", action="store_true",
+        help="leave out rows failing their checks (e.g. an undecodable image), listed in responses/NAME.skipped.json",
+    )
     parser.add_argument("--batch_size", type=int, default=256, help="prompts per engine call")
     parser.add_argument("--limit", type=int, default=None, help="first N prompts of each benchmark (smoke tests)")
     parser.add_argument("--no_self_reward", action="store_true", help="skip the perception re-answers")
@@ -234,9 +243,11 @@ def _settings(args: argparse.Namespace, source: str, blank: bool) -> GenerationS
     )
 
 
-def _load_dataset(benchmark: Benchmark, settings: GenerationSettings, tokenizer, processor, data_dir: str | None):
+def _load_dataset(
+    benchmark: Benchmark, settings: GenerationSettings, tokenizer, processor, data_dir: str | None, skip_bad_rows: bool
+):
     try:
-        return build_dataset(settings, tokenizer, processor)
+        return build_dataset(settings, tokenizer, processor, skip_bad_rows)
     except Exception as error:  # noqa: BLE001 - turned into one line naming the benchmark and the fix
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         if settings.data == benchmark.hub_source:
@@ -255,18 +266,20 @@ def aggregate(summaries: dict[str, dict[str, Any]]) -> dict[str, Any]:
     for name, summary in summaries.items():
         overall = summary["overall"]
         rows[name] = {"n": int(overall["n"]), **{key: overall[key] for key, _, _ in AGGREGATE_COLUMNS if key in overall}}
+        if "n_skipped_rows" in summary:
+            rows[name]["n_skipped_rows"] = summary["n_skipped_rows"]
     result: dict[str, Any] = {"benchmarks": rows}
     pro = [rows[name] for name in MMMU_PRO if name in rows]
     averaged = {name: row for name, row in rows.items() if name not in MMMU_PRO}
     if pro:
         total = sum(row["n"] for row in pro)
         weighted = {"n": total}
-        for key in set.intersection(*(set(row) for row in pro)) - {"n"}:
+        for key in set.intersection(*(set(row) for row in pro)) - _COUNTS:
             weighted[key] = sum(row["n"] * row[key] for row in pro) / total
         result["mmmu_pro_weighted"] = weighted
         averaged["MMMU-Pro"] = weighted
     if averaged:
-        keys = set.intersection(*(set(row) for row in averaged.values())) - {"n"}
+        keys = set.intersection(*(set(row) for row in averaged.values())) - _COUNTS
         result["average"] = {
             "benchmarks": len(averaged),
             "n": sum(row["n"] for row in averaged.values()),
@@ -331,7 +344,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     plans = []
     for benchmark in benchmarks:
         settings = _settings(args, data_source(benchmark, args.data_dir, overrides), blank=False)
-        dataset = _load_dataset(benchmark, settings, tokenizer, processor, args.data_dir)
+        dataset = _load_dataset(benchmark, settings, tokenizer, processor, args.data_dir, args.skip_bad_rows)
         plans.append((benchmark, settings, dataset))
     engine = build_engine(
         args, args.model_path, args.min_pixels, args.max_pixels,
@@ -349,6 +362,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               f"from {settings.data}", flush=True)
         output = os.path.join(folders["responses"], f"{benchmark.name}.jsonl")
         check_or_store_settings(output, settings, overwrite=False)
+        if args.skip_bad_rows:
+            record_skipped_rows(output, dataset)
         generate_to_file(engine, dataset, tokenizer, output, sampling, args.batch_size, args.limit,
                          not args.no_progress)
         blank_output = None
@@ -394,6 +409,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         llm_judged_without_judge=[b.name for b in benchmarks if b.llm_judged and answer_judge is None],
     )
     text = format_aggregate(table)
+    skipped = {name: row["n_skipped_rows"] for name, row in table["benchmarks"].items() if row.get("n_skipped_rows")}
+    if skipped:
+        text += "\nrows left out (--skip_bad_rows; responses/NAME.skipped.json): " + ", ".join(
+            f"{name} {count}" for name, count in skipped.items()
+        )
     if table["llm_judged_without_judge"]:
         text += (f"\n{', '.join(table['llm_judged_without_judge'])}: the reference judged these with an LLM; "
                  "rule-based accuracy here (add --answer_judge_model_path DIR or --answer_judge_base_url URL)")
