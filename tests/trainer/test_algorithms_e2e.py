@@ -1,6 +1,7 @@
 """Two CLI steps of each added algorithm on the tiny model (Ray, 2 FSDP ranks, HF engine): DAPO
 (clip-higher, token-mean, overlong shaping, dynamic sampling) with sequence-level MIS, GSPO with
-the ReMax baseline, CISPO with the default token-level TIS. The maths is tested by hand in
+the ReMax baseline, and GAE with its critic and the CISPO loss under the default token-level TIS
+(step 2 after a resume that restores actor and critic). The maths is tested by hand in
 tests/algorithms/; these runs check that the config selects it and the controller wires it."""
 
 import json
@@ -30,7 +31,12 @@ VARIANTS = {
         "worker.actor.clip_ratio_low=3e-4", "worker.actor.clip_ratio_high=4e-4",
         "algorithm.adv_estimator=remax",
     ],
-    "cispo_tis": ["worker.actor.policy_loss=cispo", "worker.actor.clip_ratio_high=2.0"],
+    # GAE with the CISPO loss (estimator and loss are independent choices; one run fewer): step
+    # 1, then a second run resumes actor and critic from its checkpoint for step 2.
+    "gae_cispo": [
+        "algorithm.adv_estimator=gae", "algorithm.lam=0.95", "worker.critic.optim.lr=1e-3",
+        "worker.actor.policy_loss=cispo", "worker.actor.clip_ratio_high=2.0",
+    ],
 }
 
 
@@ -64,12 +70,17 @@ def run_two_steps_each(model: str, data: str, root: Path) -> dict[str, list[dict
         "worker.actor.global_batch_size=8", "worker.rollout.n=4", f"reward.reward_function={reward_file}:length_reward",
     ]
     runs = [common + [f"trainer.save_checkpoint_path={root / name}"] + overrides for name, overrides in VARIANTS.items()]
+    runs[-1] = runs[-1] + ["trainer.max_steps=1"]  # gae_cispo: step 1 ...
+    runs.append(runs[-1][:-1])  # ... and step 2 after resuming
     env = dict(os.environ, RAY_DEDUP_LOGS="0", PYTHONUNBUFFERED="1")
     result = subprocess.run(
         [sys.executable, "-c", DRIVER, json.dumps(runs)], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
         timeout=600,
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+    assert f"resumed from {root / 'gae_cispo'}/global_step_1 (step 1)" in result.stdout
+    critic_shards = os.listdir(root / "gae_cispo" / "global_step_2" / "critic")
+    assert {"model_world_size_2_rank_1.pt", "optim_world_size_2_rank_1.pt", "value_head.json"} <= set(critic_shards)
     metrics = {}
     for name in VARIANTS:
         with open(root / name / "metrics.jsonl") as f:
@@ -77,13 +88,17 @@ def run_two_steps_each(model: str, data: str, root: Path) -> dict[str, list[dict
     return metrics
 
 
-def test_two_steps_each_of_dapo_gspo_cispo_remax_with_tis_mis(tiny_model_dir, synthetic_data_dir, tmp_path):
+def test_two_steps_each_of_dapo_gspo_cispo_remax_gae_with_tis_mis(tiny_model_dir, synthetic_data_dir, tmp_path):
     for variant, steps in run_two_steps_each(tiny_model_dir, synthetic_data_dir, tmp_path).items():
         check_variant(variant, steps)
 
 
 def check_variant(variant: str, steps: list[dict]) -> None:
     assert [m["step"] for m in steps] == [1, 2], variant
+    if variant == "gae_cispo":
+        # The value head starts at zero; step 2 runs in a new process, so non-zero values there
+        # mean the critic's trained weights came back from the checkpoint.
+        assert steps[0]["critic/values_mean"] == 0.0 and steps[1]["critic/values_mean"] != 0.0
     for step in steps:
         assert math.isfinite(step["actor/pg_loss"]) and step["actor/grad_norm"] > 0.0
         # fp32 HF engine and fp32 FSDP actor: the importance ratio is 1 up to numerics
@@ -99,5 +114,7 @@ def check_variant(variant: str, steps: list[dict]) -> None:
             assert -1.0 <= step["train/reward/overlong_penalty"] <= 0.0
         if variant == "gspo_remax":
             assert step["timing_s/remax_greedy"] > 0.0
-        if variant == "cispo_tis":
+        if variant == "gae_cispo":
             assert step["rollout_corr/truncated_frac"] == 0.0
+            assert step["critic/vf_loss"] > 0.0 and step["critic/grad_norm"] > 0.0
+            assert "timing_s/values" in step and "timing_s/update_critic" in step

@@ -112,7 +112,7 @@ def test_shipped_configs_load_and_validate():
     ("override", "message"),
     [
         ({"worker.actor.policy_loss": "gspo_seq"}, r"worker.actor.policy_loss='gspo_seq' is not one of ppo, gspo"),
-        ({"algorithm.adv_estimator": "gae"}, r"algorithm.adv_estimator='gae' is not one of .*remax"),
+        ({"algorithm.adv_estimator": "ppo"}, r"algorithm.adv_estimator=.ppo. is not one of .*remax, gae"),
         ({"worker.actor.rollout_correction.mode": "is"}, r"rollout_correction.mode='is' is not one of off, tis, mis"),
         ({"worker.actor.rollout_correction.threshold": 1.0}, r"rollout_correction.threshold=1.0 must be > 1"),
         ({"algorithm.overlong.buffer_length": 600}, r"buffer_length=600 must be in \[0, data.max_response_length=512\]"),

@@ -92,6 +92,9 @@ def test_on_policy_update_without_old_log_probs_equals_explicit_old_log_probs(ti
     """Skipping the old-log-prob pass: the update's detached log-probs stand in for it exactly."""
     config = actor_config("token-mean")
     config.max_grad_norm = 1e9  # clipping would rescale the gradients compared below
+    # The made-up 0.01 rollout gap below would get TIS weights exp(-0.01) (on by default);
+    # this test compares the update with and without the old-log-prob pass, nothing else.
+    config.rollout_correction.mode = "off"
     explicit_model = load(tiny_model_dir)
     old, _ = compute_log_probs(explicit_model, padded_batch, 99, 1.0, False, max_token_len=BUDGET)
     explicit = PPOActor(explicit_model, config, 1, 1.0, max_token_len=BUDGET)

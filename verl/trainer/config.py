@@ -16,7 +16,7 @@ from typing import Any, ClassVar, TypeVar
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from verl.algorithms.core_algos import ADVANTAGE_ESTIMATORS, POLICY_LOSSES
+from verl.algorithms.core_algos import ADVANTAGE_ESTIMATORS, LOSS_AGG_MODES, POLICY_LOSSES
 from verl.algorithms.rollout_correction import ROLLOUT_CORRECTION_LEVELS, ROLLOUT_CORRECTION_MODES
 from verl.utils.ranges import (
     AT_LEAST_ONE,
@@ -31,6 +31,7 @@ from verl.utils.ranges import (
 )
 from verl.workers.config import (  # noqa: F401  (worker sections, re-exported for existing imports)
     ActorConfig,
+    CriticConfig,
     FSDPConfig,
     ModelConfig,
     OptimConfig,
@@ -114,16 +115,19 @@ class DynamicSamplingConfig:
 class AlgorithmConfig:
     # Allowed values of the numeric fields (verl/utils/ranges.py), checked before Ray starts.
     RANGES: ClassVar[dict[str, Range]] = {
-        "gamma": FRACTION, "kl_coef": NON_NEGATIVE, "kl_target": POSITIVE, "kl_horizon": POSITIVE,
+        "gamma": FRACTION, "lam": FRACTION, "kl_coef": NON_NEGATIVE, "kl_target": POSITIVE, "kl_horizon": POSITIVE,
     }
 
     adv_estimator: str = "grpo"
     """grpo | rloo | reinforce_plus_plus | reinforce_plus_plus_baseline | remax (baseline: the
-    reward of one extra greedy response per prompt, through the same engine)."""
+    reward of one extra greedy response per prompt, through the same engine) | gae (a learned
+    critic, worker.critic)."""
     norm_adv_by_std_in_grpo: bool = True
     """False = Dr. GRPO (mean-centred advantages)."""
     gamma: float = 1.0
-    """Discount for REINFORCE++ returns."""
+    """Discount for REINFORCE++ and GAE returns."""
+    lam: float = 1.0
+    """GAE lambda (1: Monte-Carlo return minus the value; 0: one-step TD)."""
     reward_weights: dict[str, float] = field(default_factory=dict)
     """Multi-reward mode: component -> weight, each component group-normalised separately and
     summed (e.g. {accuracy: 0.5, visual: 0.5}); empty = one advantage from `overall`."""
@@ -382,8 +386,10 @@ class PPOConfig:
         """The algorithm choices (estimator, policy loss, rollout correction, DAPO pieces) and
         the combinations that cannot work together."""
         algorithm, actor = self.algorithm, self.worker.actor
-        # remax needs the greedy baseline the trainer generates, so it is not a plain estimator.
-        _choice("algorithm.adv_estimator", algorithm.adv_estimator, (*ADVANTAGE_ESTIMATORS, "remax"))
+        # remax needs the greedy baseline the trainer generates and gae the critic's values, so
+        # neither is a plain estimator of the registry.
+        _choice("algorithm.adv_estimator", algorithm.adv_estimator, (*ADVANTAGE_ESTIMATORS, "remax", "gae"))
+        _choice("worker.critic.loss_agg_mode", self.worker.critic.loss_agg_mode, LOSS_AGG_MODES)
         _choice("worker.actor.policy_loss", actor.policy_loss, POLICY_LOSSES)
         _choice("worker.actor.rollout_correction.mode", actor.rollout_correction.mode, ROLLOUT_CORRECTION_MODES)
         _choice("worker.actor.rollout_correction.level", actor.rollout_correction.level, ROLLOUT_CORRECTION_LEVELS)
@@ -400,9 +406,9 @@ class PPOConfig:
         if dynamic.max_tries < 1:
             raise ConfigError(f"algorithm.dynamic_sampling.max_tries={dynamic.max_tries} must be >= 1")
         multi_reward = bool(algorithm.reward_weights) or self.self_reward.objective == "separate"
-        if multi_reward and (overlong.buffer_length > 0 or algorithm.adv_estimator == "remax"):
+        if multi_reward and (overlong.buffer_length > 0 or algorithm.adv_estimator in ("remax", "gae")):
             raise ConfigError(
-                "algorithm.overlong and adv_estimator=remax shape the single `overall` score; they do not apply "
+                "algorithm.overlong and adv_estimator=remax/gae use the single `overall` score; they do not apply "
                 "with algorithm.reward_weights or self_reward.objective=separate"
             )
         if dynamic.enable and self.self_reward.objective == "separate":

@@ -239,6 +239,15 @@ class RayPPOTrainer:
             self.kl_controller.update(mean_kl, len(rollout))
             metrics["actor/reward_kl_penalty"] = mean_kl
             metrics["actor/reward_kl_coef"] = self.kl_controller.kl_coef
+        if cfg.adv_estimator == "gae":
+            advantages, returns = core_algos.compute_gae_advantage_return(
+                token_rewards, rollout.batch["values"], mask, cfg.gamma, cfg.lam
+            )
+            rollout.batch["returns"] = returns.float()  # the critic's regression targets
+            valid = mask.bool()
+            metrics["critic/values_mean"] = rollout.batch["values"][valid].mean().item()
+            metrics["critic/returns_mean"] = returns[valid].mean().item()
+            return advantages
         if cfg.adv_estimator == "remax":
             advantages, _ = core_algos.compute_remax_outcome_advantage(
                 token_rewards, mask, rollout.batch["remax_baseline"]
@@ -335,6 +344,10 @@ class RayPPOTrainer:
         if need_ref:
             with timed("ref", timing):
                 train_rows = train_rows.union(self._dispatch_balanced("compute_ref_log_probs", train_rows))
+        gae = cfg.algorithm.adv_estimator == "gae"
+        if gae:
+            with timed("values", timing):
+                train_rows = train_rows.union(self._dispatch_balanced("compute_values", train_rows))
         with timed("adv", timing):
             advantages = self.compute_advantages(train_rows, scores, metrics)
         train_rows.batch["advantages"] = advantages.float()
@@ -342,8 +355,11 @@ class RayPPOTrainer:
             with timed("pass2_log_prob", timing):
                 train_rows = self._with_pass2_rows(train_rows, sr_output, scores, need_ref)
         metrics["actor/pass2_rows"] = float(len(train_rows) - len(rollout))
+        if gae:
+            with timed("update_critic", timing):
+                metrics.update(self._update("update_critic", train_rows, ["values", "returns"]))
         with timed("update_actor", timing):
-            metrics.update(self._update(train_rows))
+            metrics.update(self._update("update_actor", train_rows, self._actor_update_keys(train_rows)))
         with timed("sync", timing):
             sync = self.workers.execute_all("sync_rollout_weights")
         metrics["perf/sync_bytes"] = sync[0]["bytes"]
@@ -374,15 +390,22 @@ class RayPPOTrainer:
             return self.workers.dispatch(method, data)
         return self.workers.dispatch(method, data[order])[np.argsort(order)]
 
-    def _update(self, train_rows: DataProto) -> dict[str, float]:
-        keys = ["input_ids", "attention_mask", "responses", "response_mask", "advantages"]
+    def _actor_update_keys(self, train_rows: DataProto) -> list[str]:
+        keys = ["advantages"]
         actor = self.config.worker.actor
         # The rollout log-probs feed the on-policy gap metric and the rollout correction.
         with_rollout = self.skip_old_log_probs or actor.rollout_correction.applies(self.config.worker.rollout.temperature)
         optional = ["old_log_probs"] + (["rollout_log_probs"] if with_rollout else [])
         keys += [key for key in optional if key in train_rows.batch]
-        if self.config.worker.actor.use_kl_loss:
+        if actor.use_kl_loss:
             keys.append("ref_log_probs")
+        return keys
+
+    def _update(self, method: str, train_rows: DataProto, keys: list[str]) -> dict[str, float]:
+        """`method` ("update_actor" / "update_critic") on the rows' model inputs plus `keys`,
+        padded to the world size and spread over the ranks by token count; per-rank metrics
+        averaged (maxima for `*_max`)."""
+        keys = ["input_ids", "attention_mask", "responses", "response_mask", *keys]
         update_batch = train_rows.select(batch_keys=keys, non_tensor_batch_keys=["multi_modal_inputs"])
         update_batch, pad_size = pad_to_divisor(update_batch, self.workers.world_size)
         if pad_size:  # padding rows keep ranks in lockstep but must not be trained on twice
@@ -391,9 +414,7 @@ class RayPPOTrainer:
         order = balanced_rank_order(row_tokens(update_batch), self.workers.world_size, self.mini_batches_per_step)
         if order is not None:
             update_batch = update_batch[order]
-        per_rank, _ = self.workers.dispatch_each(
-            "update_actor", update_batch, self.mini_batches_per_step, self.global_step
-        )
+        per_rank, _ = self.workers.dispatch_each(method, update_batch, self.mini_batches_per_step, self.global_step)
         return {
             key: float((np.max if key.endswith("_max") else np.mean)([m[key] for m in per_rank]))
             for key in per_rank[0]

@@ -38,6 +38,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText, GenerationConf
 from verl.models.qwen_vl import checkpoint_weight_name
 from verl.utils.checkpoint import save_hf_metadata, shard_file
 from verl.models.lora import apply_lora, fold_adapters, load_lora_config, lora_scale, peft_adapter
+from verl.models.value_head import attach_value_head, is_value_checkpoint, mark_value_checkpoint
 from verl.utils.manifest import MANIFEST, read_manifest, verify_manifest
 
 logger = logging.getLogger(__name__)
@@ -301,7 +302,8 @@ def write_peft_adapter(adapter_dir: str, adapter_config: dict, tensors: dict[str
 def merge_checkpoint(
     local_dir: str, target_dir: str | None = None, dtype: torch.dtype | None = None, adapter_dir: str | None = None
 ) -> MergeResult:
-    """Merges `local_dir` (CKPT/global_step_N/actor) into a Hugging Face folder at `target_dir`
+    """Merges `local_dir` (CKPT/global_step_N/actor, or .../critic: a value model, see
+    `verl.models.value_head`) into a Hugging Face folder at `target_dir`
     (default `local_dir/huggingface`, as EasyR1 does). Tensors keep their saved dtype unless
     `dtype` is given. Keys are checked strictly against the model the config builds (with the
     run's adapters for a LoRA checkpoint, whose adapters are then folded in; `adapter_dir`
@@ -318,6 +320,8 @@ def merge_checkpoint(
     # Parameters on the meta device cost no memory; the merged tensors are assigned into them.
     with torch.device("meta"):
         model: PreTrainedModel = AutoModelForImageTextToText.from_config(config)
+        if is_value_checkpoint(local_dir):  # a GAE critic: the LM head is a scalar value head
+            attach_value_head(model)
     lora = load_lora_config(local_dir)
     if adapter_dir is not None and lora is None:
         raise ValueError(f"--adapter_dir given but {local_dir} has no lora_config.json: it was not a LoRA run")
@@ -353,6 +357,8 @@ def merge_checkpoint(
     shutil.rmtree(tmp_dir, ignore_errors=True)
     save_hf_metadata(layout.hf_dir, tmp_dir)
     model.save_pretrained(tmp_dir, safe_serialization=True)
+    if is_value_checkpoint(local_dir):  # `load_value_model` reads the merged folder
+        mark_value_checkpoint(tmp_dir)
     weight_bytes = sum(
         os.path.getsize(os.path.join(tmp_dir, name)) for name in os.listdir(tmp_dir) if name.endswith(".safetensors")
     )

@@ -30,11 +30,9 @@ from verl.workers.engine.micro_batch import (
 )
 
 
-def forward_response_log_probs(
-    model: nn.Module, micro_batch: DataProto, temperature: float, with_entropy: bool
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(bs, R) log-probs of `responses` under `model` (logits divided by `temperature`, as the
-    sampler used them), and the per-token entropy when asked."""
+def forward_response_logits(model: nn.Module, micro_batch: DataProto) -> torch.Tensor:
+    """(bs, R, V) float32 outputs of `model` at the positions that predict each response token
+    (for a value model, V = 1: the value of the state before each response token)."""
     input_ids = micro_batch.batch["input_ids"]
     attention_mask = micro_batch.batch["attention_mask"]
     responses = micro_batch.batch["responses"]
@@ -56,7 +54,17 @@ def forward_response_log_probs(
         logits_to_keep=response_length + 1,
         **multi_modal,
     )
-    logits = output.logits[:, :-1, :].float()
+    return output.logits[:, :-1, :].float()
+
+
+def forward_response_log_probs(
+    model: nn.Module, micro_batch: DataProto, temperature: float, with_entropy: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(bs, R) log-probs of `responses` under `model` (logits divided by `temperature`, as the
+    sampler used them), and the per-token entropy when asked."""
+    logits = forward_response_logits(model, micro_batch)
+    responses = micro_batch.batch["responses"]
+    device = logits.device
     if temperature != 1.0:
         logits = logits / temperature
     log_probs = core_algos.log_probs_from_logits(logits, responses.to(device))
@@ -102,6 +110,19 @@ def compute_log_probs(
             entropies[rows, : ent.shape[1]] = ent.float().cpu()
     model.train(was_training)
     return log_probs, entropies
+
+
+def mini_batch_normalizer(mini: DataProto, loss_agg_mode: str) -> tuple[float, float]:
+    """The loss normaliser of a mini-batch, the same on every rank: its token count over all
+    ranks for token-mean, its sequence count for the seq-mean modes (at least 1: an all-padding
+    mini-batch has every loss term 0); and the gradient scale, the world size (FSDP averages
+    gradients over ranks, the normaliser already divides by the global count)."""
+    mask = mini.batch["response_mask"]
+    local_counts = [float(mask.sum().item()), float((mask.sum(-1) > 0).sum().item())]
+    global_tokens, global_sequences = sum_across_ranks(local_counts)
+    normalizer = global_tokens if loss_agg_mode == "token-mean" else global_sequences
+    grad_scale = float(dist.get_world_size()) if dist.is_initialized() else 1.0
+    return max(normalizer, 1.0), grad_scale
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -243,12 +264,7 @@ class PPOActor:
         micro-batches."""
         cfg = self.config
         metrics = metrics if metrics is not None else defaultdict(list)
-        mask = mini.batch["response_mask"]
-        local_counts = [float(mask.sum().item()), float((mask.sum(-1) > 0).sum().item())]
-        global_tokens, global_sequences = sum_across_ranks(local_counts)
-        normalizer = global_tokens if cfg.loss_agg_mode == "token-mean" else global_sequences
-        normalizer = max(normalizer, 1.0)  # an all-padding mini-batch: every loss term is 0
-        grad_scale = float(dist.get_world_size()) if dist.is_initialized() else 1.0
+        normalizer, grad_scale = mini_batch_normalizer(mini, cfg.loss_agg_mode)
         # Dr. GRPO's constant: the configured response width, not a micro-batch's trimmed one.
         max_response_length = mini.batch["responses"].shape[1]
         sums: dict[str, float] = defaultdict(float)

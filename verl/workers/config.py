@@ -150,6 +150,40 @@ class ActorConfig:
 
 
 @dataclass
+class CriticConfig:
+    """The value model of algorithm.adv_estimator=gae (verl.workers.critic.PPOCritic): the
+    policy's model family with a scalar value head, its own FSDP shards, AdamW and checkpoint
+    (`global_step_N/critic/`). Unused by the other estimators."""
+
+    RANGES: ClassVar[dict[str, Range]] = {
+        "micro_batch_size_per_device_for_update": AT_LEAST_ONE,
+        "micro_batch_size_per_device_for_experience": AT_LEAST_ONE,
+        "max_token_len_per_device": DEFAULT_OR_AT_LEAST_ONE, "ppo_epochs": AT_LEAST_ONE,
+        "max_grad_norm": POSITIVE, "clip_range_value": POSITIVE,
+    }
+
+    model_path: str | None = None
+    """Language model the critic starts from (a fresh zero value head on top); None = the actor's."""
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5))
+    fsdp: FSDPConfig = field(default_factory=FSDPConfig)
+    micro_batch_size_per_device_for_update: int = 4
+    """Responses per forward/backward of the value update."""
+    micro_batch_size_per_device_for_experience: int = 16
+    """Responses per forward when computing values."""
+    max_token_len_per_device: int | None = None
+    """Token budget per update micro-batch (see worker.actor.use_dynamic_batch_size); None = from
+    micro_batch_size_per_device_for_update."""
+    ppo_epochs: int = 1
+    """Passes of the value update over each rollout batch."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
+    clip_range_value: float = 0.5
+    """Value-loss clip: predictions move at most this far from the collection-time values."""
+    loss_agg_mode: str = "token-mean"
+    """Aggregation of the per-token value loss (see worker.actor.loss_agg_mode)."""
+
+
+@dataclass
 class RefConfig:
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)
     micro_batch_size_per_device_for_experience: int = 16
@@ -218,4 +252,5 @@ class RolloutConfig:
 class WorkerConfig:
     actor: ActorConfig = field(default_factory=ActorConfig)
     ref: RefConfig = field(default_factory=RefConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)

@@ -20,8 +20,10 @@ from verl.models.qwen_vl import resolve_dtype
 from verl.protocol import DataProto
 from verl.single_controller.worker_group import find_free_port
 from verl.utils import checkpoint
+from verl.models.value_head import mark_value_checkpoint
 from verl.utils.manifest import digest_files
 from verl.workers.actor import PPOActor, compute_log_probs
+from verl.workers.critic import PPOCritic
 from verl.workers.engine.fsdp import shard_model
 from verl.models.lora import adapters_disabled, save_lora_config
 from verl.workers.engine.model import build_policy
@@ -111,7 +113,33 @@ class FSDPWorker:
             self.ref_module = shard_model(
                 ref_model, self.mesh, MixedPrecisionPolicy(param_dtype=ref_dtype), cfg.worker.ref.fsdp.param_offload
             )
+        self.critic = self._build_critic() if cfg.algorithm.adv_estimator == "gae" else None
         self.rollout = make_rollout_engine(cfg.worker.rollout.name, model_cfg.model_path, **self._engine_kwargs())
+
+    def _build_critic(self) -> PPOCritic:
+        """GAE's value model: the actor's model family with a value head, its own FSDP shards,
+        AdamW and lr schedule (one optimizer step per mini-batch, like the actor)."""
+        cfg, critic_cfg = self.config, self.config.worker.critic
+        model_cfg = cfg.worker.actor.model
+        dtype = resolve_dtype(critic_cfg.fsdp.torch_dtype, self.device)
+        model = build_policy(
+            critic_cfg.model_path or model_cfg.model_path, self.device, model_cfg.attn_implementation,
+            gradient_checkpointing=model_cfg.enable_gradient_checkpointing,
+            move_to_device=not critic_cfg.fsdp.param_offload, value_model=True,
+        )
+        self.critic_module = shard_model(
+            model, self.mesh,
+            MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32), critic_cfg.fsdp.param_offload,
+        )
+        # The same mini-batches as the actor, with the critic's own number of epochs.
+        steps = max(1, self.total_optimizer_steps // cfg.worker.actor.ppo_epochs * critic_cfg.ppo_epochs)
+        return PPOCritic(
+            self.critic_module, critic_cfg, steps,
+            max_token_len=self._token_budget(critic_cfg.max_token_len_per_device, critic_cfg.micro_batch_size_per_device_for_update),
+            max_token_len_for_experience=self._token_budget(
+                None, critic_cfg.micro_batch_size_per_device_for_experience
+            ),
+        )
 
     def _longest_row(self) -> int:
         """The configured maximum tokens of a training row (rollout or self-reward re-prompt)."""
@@ -211,6 +239,18 @@ class FSDPWorker:
     def update_actor(self, data: DataProto, num_mini_batches: int, step: int) -> dict[str, float]:
         return self.actor.update_policy(data, num_mini_batches, step)
 
+    def _require_critic(self) -> PPOCritic:
+        if self.critic is None:
+            raise RuntimeError("no critic: it is built only for algorithm.adv_estimator=gae")
+        return self.critic
+
+    def compute_values(self, data: DataProto) -> DataProto:
+        self._set_rollout_awake(False)
+        return DataProto.from_dict(tensors={"values": self._require_critic().compute_values(data)})
+
+    def update_critic(self, data: DataProto, num_mini_batches: int, step: int) -> dict[str, float]:
+        return self._require_critic().update_critic(data, num_mini_batches, step)
+
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """The actor's full (unsharded) state dict on rank 0, None elsewhere (a collective)."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -238,6 +278,17 @@ class FSDPWorker:
             written += [f"actor/huggingface/{name}" for name in sorted(os.listdir(hf_dir))]
             if self.config.worker.actor.model.lora.enabled:  # the merger folds adapters with it
                 save_lora_config(actor_dir, self.config.worker.actor.model.lora)
+        if self.critic is not None:
+            critic_dir = os.path.join(step_dir, "critic")
+            checkpoint.save_rank_state(
+                critic_dir, self.world_size, self.rank, self.critic_module, self.critic.optimizer,
+                {"scheduler": self.critic.scheduler.state_dict(), "optimizer_steps": self.critic.optimizer_steps},
+            )
+            written += [f"critic/{checkpoint.shard_file(kind, self.world_size, self.rank)}" for kind in checkpoint.RANK_FILES]
+            if self.rank == 0:  # the merger rebuilds a value model from these
+                critic_source = self.config.worker.critic.model_path or hf_source_dir
+                checkpoint.save_hf_metadata(critic_source, os.path.join(critic_dir, "huggingface"))
+                mark_value_checkpoint(critic_dir)
         digests = digest_files(step_dir, written)
         dist.barrier()
         return digests
@@ -248,4 +299,15 @@ class FSDPWorker:
         )
         self.actor.scheduler.load_state_dict(extra["scheduler"])
         self.actor.optimizer_steps = extra["optimizer_steps"]
+        if self.critic is not None:
+            critic_dir = os.path.join(step_dir, "critic")
+            if not os.path.isdir(critic_dir):
+                raise FileNotFoundError(
+                    f"checkpoint {step_dir} has no critic/ (saved without algorithm.adv_estimator=gae?)"
+                )
+            extra = checkpoint.load_rank_state(
+                critic_dir, self.world_size, self.rank, self.critic_module, self.critic.optimizer
+            )
+            self.critic.scheduler.load_state_dict(extra["scheduler"])
+            self.critic.optimizer_steps = extra["optimizer_steps"]
         self.sync_rollout_weights()

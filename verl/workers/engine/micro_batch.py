@@ -31,6 +31,7 @@ from verl.protocol import DataProto
 # (bs, R) tensors that live on response positions and are sliced with `responses`.
 RESPONSE_KEYS = (
     "responses", "response_mask", "old_log_probs", "ref_log_probs", "advantages", "rollout_log_probs", "entropy",
+    "values", "returns",
 )
 
 

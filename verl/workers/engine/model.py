@@ -7,6 +7,7 @@ from torch import nn
 
 from verl.models.qwen_vl import load_policy, resolve_attn_implementation, vision_parts
 from verl.models.lora import LoRAConfig, apply_lora
+from verl.models.value_head import attach_value_head, is_value_checkpoint, load_value_model
 
 
 def freeze_vision(model: nn.Module, vision_tower: bool, projector: bool) -> None:
@@ -30,13 +31,22 @@ def build_policy(
     move_to_device: bool = True,
     lora: LoRAConfig | None = None,
     lora_key: str = "lora",
+    value_model: bool = False,
 ) -> nn.Module:
     """`from_pretrained` in `dtype` (fp32 master weights for training; FSDP's mixed-precision
     policy casts for compute), no KV cache, optional freezing and activation checkpointing;
     `trainable=False` freezes everything (a reference model). With `lora` enabled only the
     adapters train (`apply_lora`; `lora_key` names the config in errors). Moved to `device` unless
-    `move_to_device` is False (FSDP parameter offload streams it there itself)."""
-    model = load_policy(model_path, dtype, resolve_attn_implementation(attn_implementation, device))
+    `move_to_device` is False (FSDP parameter offload streams it there itself). `value_model`:
+    a critic (`verl.models.value_head`): a merged value model as saved, or a language model
+    with a fresh value head."""
+    attn_implementation = resolve_attn_implementation(attn_implementation, device)
+    if value_model and is_value_checkpoint(model_path):
+        model = load_value_model(model_path, dtype, attn_implementation)
+    else:
+        model = load_policy(model_path, dtype, attn_implementation)
+        if value_model:
+            attach_value_head(model)
     model.config.use_cache = False
     if trainable:
         if lora is not None and lora.enabled:
