@@ -570,10 +570,13 @@ class RayPPOTrainer:
                 return last_val
         progress = tqdm(total=self.total_steps, initial=self.global_step, desc="GRPO", dynamic_ncols=True)
         self._batch_iter = self._batches()
+        saved_step = self.global_step
         while self.global_step < self.total_steps:
             batch = next(self._batch_iter, None)
             if batch is None:  # dynamic sampling drew the last prompts as refills
                 print(f"training data exhausted after step {self.global_step} (dynamic sampling refills)", flush=True)
+                if cfg.save_freq != 0 and self.global_step > saved_step:  # the run's end: keep its last step
+                    self.save_checkpoint()
                 break
             self.global_step += 1
             metrics = self.step(batch)
@@ -584,6 +587,7 @@ class RayPPOTrainer:
             if cfg.save_freq != 0 and ((cfg.save_freq > 0 and self.global_step % cfg.save_freq == 0) or is_last):
                 with timed("save_checkpoint", metrics_timing := {}):
                     self.save_checkpoint()
+                saved_step = self.global_step
                 metrics["timing_s/save_checkpoint"] = metrics_timing["save_checkpoint"]
             self.tracker.log(metrics, step=self.global_step)
             progress.update(1)

@@ -1,0 +1,40 @@
+"""The training loop when DAPO's refills use up the data before trainer.max_steps: it stops with a
+message and still checkpoints its last step (the loop alone, with the stages stubbed)."""
+
+from verl.trainer.config import PPOConfig
+from verl.trainer.ray_trainer import RayPPOTrainer
+
+
+class RecordingTracker:
+    def __init__(self):
+        self.steps = []
+
+    def log(self, metrics, step):
+        self.steps.append(step)
+
+    def close(self):
+        pass
+
+
+def test_dapo_refills_exhausting_the_data_stop_the_loop_and_save_the_last_step(capsys):
+    trainer = RayPPOTrainer.__new__(RayPPOTrainer)
+    trainer.config = PPOConfig()
+    trainer.config.trainer.save_freq = -1  # only at the end
+    trainer.config.trainer.val_before_train = False
+    trainer.global_step, trainer.total_steps = 0, 10
+    trainer.val_dataloader = None
+    trainer.tracker = RecordingTracker()
+    trainer.maybe_resume = lambda: None
+    trainer._batches = lambda: iter(["b1", "b2", "b3"])
+    consumed, saved = [], []
+
+    def step(batch):  # each step draws one refill batch from the same iterator, as dynamic sampling does
+        consumed.append([batch, next(trainer._batch_iter, None)])
+        return {"train/reward/overall": 0.0, "perf/tokens_per_s": 0.0}
+
+    trainer.step = step
+    trainer.save_checkpoint = lambda: saved.append(trainer.global_step)
+    trainer.fit()
+    assert consumed == [["b1", "b2"], ["b3", None]]
+    assert trainer.tracker.steps == [1, 2] and saved == [2]
+    assert "training data exhausted after step 2" in capsys.readouterr().out
