@@ -1,9 +1,8 @@
-"""A worker process killed mid-step (as the OOM killer or a node failure would): the driver must
-exit non-zero within a bound, naming the rank and the stage, and leave no process behind -
-neither workers nor the Ray helpers its ray.init started."""
+"""A worker process killed mid-step, inside the actor update (as the OOM killer or a node failure
+would): the driver must exit non-zero within a bound, naming the dead rank and the stage, and
+leave no process behind - neither workers nor the Ray helpers its ray.init started."""
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -28,7 +27,7 @@ def _rank_of(process: psutil.Process) -> str | None:
         return None
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_killed_worker_fails_the_run_naming_rank_and_stage_and_leaves_no_processes(
     tiny_model_dir, synthetic_data_dir, tmp_path
 ):
@@ -50,14 +49,18 @@ def test_killed_worker_fails_the_run_naming_rank_and_stage_and_leaves_no_process
     reader = threading.Thread(target=lambda: lines.extend(driver.stdout), daemon=True)
     reader.start()
     try:
-        deadline = time.monotonic() + 180
-        while not any("GRPO" in line for line in lines):  # the first step has started
+        deadline = time.monotonic() + 480  # start-up and the first rollout on a busy machine
+        victim = None
+        # Killed inside the update: rank 0 is then in an FSDP collective with it (a plain
+        # ray.get of both ranks would wait on rank 0, or name rank 0's lost-peer error).
+        while victim is None or "update_actor" not in " ".join(victim.cmdline()):
             assert driver.poll() is None and time.monotonic() < deadline, "".join(lines)[-4000:]
-            time.sleep(0.2)
+            if victim is None:
+                ranked = [p for p in psutil.Process(driver.pid).children(recursive=True) if _rank_of(p) == "1"]
+                victim = ranked[0] if ranked else None
+            time.sleep(0.02)
         tree = psutil.Process(driver.pid).children(recursive=True)
-        victims = [p for p in tree if _rank_of(p) == "1"]
-        assert len(victims) == 1, [p.cmdline() for p in tree]
-        victims[0].send_signal(signal.SIGKILL)
+        victim.send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
         returncode = driver.wait(timeout=60)
         exit_s = time.monotonic() - killed_at
@@ -67,7 +70,7 @@ def test_killed_worker_fails_the_run_naming_rank_and_stage_and_leaves_no_process
     reader.join(timeout=10)
     output = "".join(lines)
     assert returncode != 0, output[-4000:]
-    assert re.search(r"worker rank 1 died during '(generate_sequences|compute_\w+|update_actor|sync_rollout_weights)'", output), output[-4000:]
+    assert "worker rank 1 died during 'update_actor'" in output, output[-4000:]
     assert exit_s < 60
     # Workers, raylet, GCS, dashboard and runtime-env agents: everything ray.init started is gone.
     deadline = time.monotonic() + 20

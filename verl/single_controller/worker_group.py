@@ -17,6 +17,11 @@ from verl.protocol import DataProto, pad_to_divisor, unpad
 logger = logging.getLogger(__name__)
 
 
+# How long a failed call waits for the other ranks' outcome, to tell a dead rank (the cause) from
+# its peers' collective errors (the effect); Ray reports a dead worker process within a second or two.
+DEAD_PEER_GRACE_S = 10.0
+
+
 class WorkerDiedError(RuntimeError):
     """A Ray worker died or raised; the message names the rank and the method."""
 
@@ -126,8 +131,29 @@ class RayWorkerGroup:
                 except RayActorError as error:
                     raise WorkerDiedError(f"worker rank {rank_of[ref]} died during '{method}': {error}") from error
                 except RayTaskError as error:
+                    dead = self._dead_rank(pending, rank_of)
+                    if dead is not None:  # this rank only lost its collective peer: name the cause
+                        raise WorkerDiedError(
+                            f"worker rank {dead[0]} died during '{method}': {dead[1]}\n(rank {rank_of[ref]} then "
+                            f"raised: {str(error).splitlines()[-1]})"
+                        ) from error
                     raise WorkerDiedError(f"worker rank {rank_of[ref]} raised in '{method}':\n{error}") from error
         return ray.get(refs)
+
+    @staticmethod
+    def _dead_rank(pending: list, rank_of: dict, grace_s: float = DEAD_PEER_GRACE_S) -> tuple[int, Exception] | None:
+        """A rank among `pending` whose process died, waiting up to `grace_s` for its death to be
+        reported: when one rank dies in a collective, its peers raise a connection error at about
+        the same moment, and the dead one is the culprit to name."""
+        ready, _ = ray.wait(pending, num_returns=len(pending), timeout=grace_s) if pending else ([], [])
+        for ref in ready:
+            try:
+                ray.get(ref)
+            except RayActorError as error:
+                return rank_of[ref], error
+            except Exception:  # noqa: BLE001 - another rank's own error or result: not a death
+                continue
+        return None
 
     def execute_all(self, method: str, *args: Any, **kwargs: Any) -> list:
         """Calls `method` on every rank with the same arguments; returns each rank's result."""
