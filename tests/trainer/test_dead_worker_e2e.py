@@ -1,6 +1,7 @@
 """A worker process killed mid-step, inside the actor update (as the OOM killer or a node failure
 would): the driver must exit non-zero within a bound, naming the dead rank and the stage, and
-leave no process behind - neither workers nor the Ray helpers its ray.init started."""
+leave no process behind - neither workers nor the Ray helpers its ray.init started. The same
+holds when the driver itself gets SIGTERM."""
 
 import os
 import signal
@@ -27,18 +28,16 @@ def _rank_of(process: psutil.Process) -> str | None:
         return None
 
 
-@pytest.mark.timeout(600)
-def test_killed_worker_fails_the_run_naming_rank_and_stage_and_leaves_no_processes(
-    tiny_model_dir, synthetic_data_dir, tmp_path
-):
+def start_driver(model: str, data: str, tmp_path, *overrides: str):
+    """The CLI on the tiny config in its own session; its output is collected by a thread."""
     command = [
         sys.executable, "-m", "verl.trainer.main", "config=configs/tiny_cpu.yaml",
-        f"worker.actor.model.model_path={tiny_model_dir}",
-        f"data.train_files={synthetic_data_dir}/train.parquet",
-        f"data.val_files={synthetic_data_dir}/val.parquet",
+        f"worker.actor.model.model_path={model}",
+        f"data.train_files={data}/train.parquet",
+        f"data.val_files={data}/val.parquet",
         f"trainer.save_checkpoint_path={tmp_path / 'ckpt'}",
         "trainer.max_steps=2", "trainer.val_before_train=false", "trainer.val_freq=-1",
-        "data.rollout_batch_size=8", "worker.actor.global_batch_size=8", "worker.rollout.n=4",
+        "data.rollout_batch_size=8", "worker.actor.global_batch_size=8", "worker.rollout.n=4", *overrides,
     ]
     env = dict(os.environ, RAY_DEDUP_LOGS="0", PYTHONUNBUFFERED="1")
     driver = subprocess.Popen(
@@ -48,6 +47,21 @@ def test_killed_worker_fails_the_run_naming_rank_and_stage_and_leaves_no_process
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(driver.stdout), daemon=True)
     reader.start()
+    return driver, lines, reader
+
+
+def assert_all_gone(tree: list[psutil.Process], within_s: float = 20) -> None:
+    deadline = time.monotonic() + within_s
+    while (alive := [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not alive, [(p.pid, p.name()) for p in alive]
+
+
+@pytest.mark.timeout(600)
+def test_killed_worker_fails_the_run_naming_rank_and_stage_and_leaves_no_processes(
+    tiny_model_dir, synthetic_data_dir, tmp_path
+):
+    driver, lines, reader = start_driver(tiny_model_dir, synthetic_data_dir, tmp_path)
     try:
         deadline = time.monotonic() + 480  # start-up and the first rollout on a busy machine
         victim = None
@@ -73,7 +87,38 @@ def test_killed_worker_fails_the_run_naming_rank_and_stage_and_leaves_no_process
     assert "worker rank 1 died during 'update_actor'" in output, output[-4000:]
     assert exit_s < 60
     # Workers, raylet, GCS, dashboard and runtime-env agents: everything ray.init started is gone.
-    deadline = time.monotonic() + 20
-    while (alive := [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not alive, [(p.pid, p.name()) for p in alive]
+    assert_all_gone(tree)
+
+
+@pytest.mark.timeout(600)
+def test_sigterm_while_a_reward_function_hangs_stops_the_run_and_its_ray_cluster(
+    tiny_model_dir, synthetic_data_dir, tmp_path
+):
+    """SIGTERM (a scheduler's pre-emption, `kill`) used to end the driver at once, leaving Ray's
+    raylet, GCS and agents running; now it unwinds like Ctrl-C and stops the cluster it started."""
+    marker = tmp_path / "reward_called"
+    reward_file = tmp_path / "stuck_reward.py"
+    reward_file.write_text(
+        "import pathlib, time\n\n"
+        "def stuck(reward_inputs):\n"
+        f"    pathlib.Path({str(marker)!r}).touch()\n"
+        "    time.sleep(3600)\n"
+    )
+    driver, lines, reader = start_driver(
+        tiny_model_dir, synthetic_data_dir, tmp_path, f"reward.reward_function={reward_file}:stuck"
+    )
+    try:
+        deadline = time.monotonic() + 480  # start-up and the first rollout on a busy machine
+        while not marker.exists():  # the driver is inside the reward stage
+            assert driver.poll() is None and time.monotonic() < deadline, "".join(lines)[-4000:]
+            time.sleep(0.2)
+        tree = psutil.Process(driver.pid).children(recursive=True)
+        assert any(_rank_of(p) is not None for p in tree) and len(tree) > 2
+        driver.send_signal(signal.SIGTERM)
+        returncode = driver.wait(timeout=60)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    reader.join(timeout=10)
+    assert returncode == 128 + signal.SIGTERM, "".join(lines)[-4000:]
+    assert_all_gone(tree)
