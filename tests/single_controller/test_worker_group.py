@@ -61,7 +61,7 @@ def test_a_placement_the_cluster_cannot_hold_fails_at_once(ray_cluster):
 
 @pytest.mark.timeout(90)
 def test_a_dead_rank_fails_the_call_while_the_others_still_block(group):
-    """Without the rank-by-rank wait, ray.get would wait on rank 0, blocked for 600 s."""
+    """Rank 0 stays blocked (for 600 s); the call fails as soon as rank 1's death is known."""
     group.call_timeout_s = None
     start = time.monotonic()
     with pytest.raises(WorkerDiedError, match="worker rank 1 died during 'hang_unless_rank'"):

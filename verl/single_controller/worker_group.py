@@ -56,10 +56,11 @@ class RayWorkerGroup:
     Ranks are packed node by node through a placement group, so rank r sits on node
     r // procs_per_node, as torch.distributed expects.
 
-    Every call is waited for rank by rank as results arrive: the first rank that dies or raises
-    fails the call at once (the others may be blocked in a collective waiting for it, so waiting
-    for all would hang), and a call still running after `call_timeout_s` fails naming the ranks
-    that have not finished."""
+    Results are taken rank by rank as they arrive: the first rank that dies or raises fails the
+    call at once, naming it (a rank that only raised because its collective peer died is reported
+    as that peer's death), and a call still running after `call_timeout_s` fails naming the ranks
+    that have not finished - a stuck rank (a hung kernel, a collective whose peer hangs) otherwise
+    blocks the driver forever."""
 
     def __init__(
         self, worker_cls: type, pool: ResourcePool, *init_args: Any, call_timeout_s: float | None = None,
