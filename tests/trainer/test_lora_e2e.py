@@ -82,6 +82,7 @@ def test_qwen3_vl_lora_grpo_moves_only_adapters_resumes_and_merges(tiny_qwen3_vl
     merge_checkpoint(os.path.join(ckpt, "global_step_3/actor"), merged_dir, adapter_dir=adapter_dir)
     adapter_config = json.load(open(os.path.join(adapter_dir, "adapter_config.json")))
     assert adapter_config["peft_type"] == "LORA" and adapter_config["r"] == RANK and adapter_config["lora_alpha"] == ALPHA
+    assert adapter_config["base_model_name_or_path"] == tiny_qwen3_vl_dir  # the adapter applies to the base
     adapter = load_file(os.path.join(adapter_dir, "adapter_model.safetensors"))
     assert len(adapter) == 2 * 14 and not any("visual" in key for key in adapter)
 

@@ -160,18 +160,22 @@ def fold_adapters(state: Mapping[str, torch.Tensor], scale: float) -> dict[str, 
     return folded
 
 
-def save_lora_config(directory: str, config: LoRAConfig) -> None:
+def save_lora_config(directory: str, config: LoRAConfig, base_model: str) -> None:
+    """Writes the adapter settings and the base model the adapters were trained on."""
     with open(os.path.join(directory, LORA_CONFIG_FILE), "w") as f:
-        json.dump(asdict(config), f, indent=2)
+        json.dump({**asdict(config), "base_model": base_model}, f, indent=2)
 
 
-def load_lora_config(directory: str) -> LoRAConfig | None:
-    """The LoRA config saved beside a checkpoint's shards; None when it was full fine-tuning."""
+def load_lora_config(directory: str) -> tuple[LoRAConfig, str] | None:
+    """(LoRA config, base model path) saved beside a checkpoint's shards; None when the run was
+    full fine-tuning."""
     path = os.path.join(directory, LORA_CONFIG_FILE)
     if not os.path.isfile(path):
         return None
     with open(path) as f:
-        return LoRAConfig(**json.load(f))
+        saved = json.load(f)
+    base_model = saved.pop("base_model")
+    return LoRAConfig(**saved), base_model
 
 
 def peft_adapter(
@@ -181,7 +185,9 @@ def peft_adapter(
 
     `name_of(in-memory weight name) -> checkpoint-file weight name` puts the adapter on the base
     checkpoint's own module names, the names PEFT and vLLM resolve against the base model's files:
-    key `base_model.model.<module>.lora_A.weight` (r, in) and `...lora_B.weight` (out, r)."""
+    key `base_model.model.<module>.lora_A.weight` (r, in) and `...lora_B.weight` (out, r).
+    `base_model` is the model the adapter applies to: the one training started from (never a
+    merged folder, which already contains the adapter)."""
     tensors = {}
     for name, tensor in state.items():
         if is_adapter_name(name):

@@ -37,7 +37,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText, GenerationConf
 
 from verl.models.qwen_vl import checkpoint_weight_name
 from verl.utils.checkpoint import save_hf_metadata, shard_file
-from verl.models.lora import apply_lora, fold_adapters, load_lora_config, lora_scale, peft_adapter
+from verl.models.lora import LORA_CONFIG_FILE, apply_lora, fold_adapters, load_lora_config, lora_scale, peft_adapter
 from verl.models.value_head import attach_value_head, is_value_checkpoint, mark_value_checkpoint
 from verl.utils.manifest import MANIFEST, read_manifest, verify_manifest
 
@@ -137,6 +137,8 @@ def verify_shards(layout: ShardLayout) -> None:
     is merged with a warning that it is unverified."""
     step_dir = os.path.dirname(layout.local_dir)
     relative = [os.path.relpath(path, step_dir) for path in layout.paths]
+    if os.path.isfile(os.path.join(layout.local_dir, LORA_CONFIG_FILE)):  # rank/alpha the fold uses
+        relative.append(os.path.relpath(os.path.join(layout.local_dir, LORA_CONFIG_FILE), step_dir))
     hf_files = sorted(os.listdir(layout.hf_dir))
     if not any(name.endswith(".safetensors") for name in hf_files):  # not yet replaced by a merge
         relative += [os.path.relpath(os.path.join(layout.hf_dir, name), step_dir) for name in hf_files]
@@ -322,7 +324,8 @@ def merge_checkpoint(
         model: PreTrainedModel = AutoModelForImageTextToText.from_config(config)
         if is_value_checkpoint(local_dir):  # a GAE critic: the LM head is a scalar value head
             attach_value_head(model)
-    lora = load_lora_config(local_dir)
+    saved_lora = load_lora_config(local_dir)
+    lora, base_model = saved_lora if saved_lora else (None, None)
     if adapter_dir is not None and lora is None:
         raise ValueError(f"--adapter_dir given but {local_dir} has no lora_config.json: it was not a LoRA run")
     with torch.device("meta"):
@@ -338,7 +341,7 @@ def merge_checkpoint(
             adapter_dir = os.path.abspath(adapter_dir)
             write_peft_adapter(
                 adapter_dir,
-                *peft_adapter(state, lora, lambda name: checkpoint_weight_name(name, config.model_type), target_dir),
+                *peft_adapter(state, lora, lambda name: checkpoint_weight_name(name, config.model_type), base_model),
             )
         state = fold_adapters(state, lora_scale(lora))
     if dtype is not None:

@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy
 
+from verl.models.lora import LORA_CONFIG_FILE, adapters_disabled, save_lora_config
 from verl.models.qwen_vl import resolve_dtype
 from verl.protocol import DataProto
 from verl.single_controller.worker_group import find_free_port
@@ -25,7 +26,6 @@ from verl.utils.manifest import digest_files
 from verl.workers.actor import PPOActor, compute_log_probs
 from verl.workers.critic import PPOCritic
 from verl.workers.engine.fsdp import shard_model
-from verl.models.lora import adapters_disabled, save_lora_config
 from verl.workers.engine.model import build_policy
 from verl.workers.rollout import make_rollout_engine
 from verl.workers.rollout.base import SamplingConfig
@@ -277,7 +277,9 @@ class FSDPWorker:
             checkpoint.save_hf_metadata(hf_source_dir, hf_dir)
             written += [f"actor/huggingface/{name}" for name in sorted(os.listdir(hf_dir))]
             if self.config.worker.actor.model.lora.enabled:  # the merger folds adapters with it
-                save_lora_config(actor_dir, self.config.worker.actor.model.lora)
+                model_cfg = self.config.worker.actor.model
+                save_lora_config(actor_dir, model_cfg.lora, model_cfg.model_path)
+                written.append(f"actor/{LORA_CONFIG_FILE}")
         if self.critic is not None:
             critic_dir = os.path.join(step_dir, "critic")
             checkpoint.save_rank_state(

@@ -304,3 +304,24 @@ def test_load_weights_rejects_unknown_and_missing_names_and_stays_usable(engine,
 def test_unknown_engine_name_is_rejected(tiny_model_dir):
     with pytest.raises(ValueError, match="unknown rollout engine 'sglang'"):
         make_rollout_engine("sglang", tiny_model_dir)
+
+
+@pytest.mark.vllm
+def test_vllm_multimodal_caches_hold_one_step_and_are_emptied_by_each_sync(vllm_engine, tokenizer, original_weights):
+    """The colocated-vLLM hazard EasyR1 fixed: the processor cache (an LRU bounded only at 4 GiB) and
+    the encoder cache keep one entry per image per step. Here each weight sync empties both, so
+    over steps of new images they hold at most one step's images and cannot grow."""
+    llm = vllm_engine.llm
+    processor_cache = llm.llm_engine.renderer._mm_processor_cache._cache
+    encoder_cache = llm.llm_engine.engine_core.engine_core.scheduler.encoder_cache_manager
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What color is it?"}]}],
+        add_generation_prompt=True, tokenize=True, return_dict=False,
+    )
+    sampling = SamplingConfig(n=2, temperature=1.0, max_tokens=4, seed=0)
+    for step in range(3):  # 4 new images per step, 2 samples each
+        images = [shapes_image((60 + 10 * i, 80 + step), ("red", "blue", "green", "black")[i]) for i in range(4)]
+        vllm_engine.generate([GenerationRequest(prompt, [image]) for image in images], sampling)
+        assert len(processor_cache) == 4 and len(encoder_cache.cached) == 4, step
+        vllm_engine.load_weights(iter(original_weights))
+        assert len(processor_cache) == 0 and len(encoder_cache.cached) == 0, step
