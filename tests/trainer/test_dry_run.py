@@ -101,3 +101,12 @@ def test_lora_dry_run_trains_only_adapters_and_keeps_no_reference_copy():
     assert "8.94 B parameters (0.17 B trainable)" in lora.text()
     assert full.memory.reference > 0 and lora.memory.reference == 0
     assert lora.memory.actor_state < full.memory.actor_state / 3
+
+
+def test_gae_dry_run_names_the_critic_state_it_does_not_count():
+    config = load_config(
+        PPOConfig, str(REPO / "configs/qwen2_5_vl_7b_selfReward.yaml"),
+        ["algorithm.adv_estimator=gae", "self_reward.objective=summed"],
+    )
+    # 8.29 B parameters x 16 bytes / 8 GPUs
+    assert "the GAE critic's state, ~15.4 GiB per GPU" in dry_run(config).text()

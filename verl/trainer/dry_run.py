@@ -222,4 +222,11 @@ def dry_run(config: PPOConfig) -> DryRunReport:
     )
     memory = estimate_memory(shape, settings)
     lines += memory_lines(memory, trainer.dry_run_gpu_memory_gib, rollout.name)
+    if config.algorithm.adv_estimator == "gae":
+        # The critic is a second full model with its own fp32 master weights, gradients and AdamW moments.
+        critic_gib = 16.0 * shape.parameters / config.world_size / 2**30
+        lines.append(
+            f"not counted above: the GAE critic's state, ~{critic_gib:.1f} GiB per GPU (fp32 weights, gradients, "
+            "AdamW moments), plus its forward/backward activations"
+        )
     return DryRunReport(lines, shape, memory, trainer.dry_run_gpu_memory_gib)

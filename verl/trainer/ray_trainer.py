@@ -215,6 +215,8 @@ class RayPPOTrainer:
         return rollout, responses, scores, sr_output
 
     def compute_advantages(self, rollout: DataProto, scores: dict[str, torch.Tensor], metrics: dict) -> torch.Tensor:
+        """(bs, R) advantages of the configured estimator; for gae also the critic's targets,
+        stored as `rollout.batch["returns"]`."""
         cfg = self.config.algorithm
         mask = rollout.batch["response_mask"]
         groups = group_index_of(rollout.non_tensor_batch["uid"])
