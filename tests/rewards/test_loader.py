@@ -278,3 +278,62 @@ def test_an_error_in_a_timed_call_is_still_traced_to_its_sample(tmp_path: Path) 
     )
     with pytest.raises(RewardFunctionError, match=r"(?s)raised ZeroDivisionError: .*\(on validation step 3\).*index 1 of 3"):
         load_reward_function(f"{path}:picky", {}, timeout_s=5.0)(_inputs(3), batch="validation step 3")
+
+
+@pytest.mark.timeout(30)
+def test_the_timeout_also_stops_a_call_outside_the_main_thread(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    path = _write(tmp_path, "import time\n\ndef stuck(reward_inputs):\n    time.sleep(3600)\n")
+    reward = load_reward_function(f"{path}:stuck", {}, timeout_s=0.5)
+    caught: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            reward(_inputs(2), batch="training step 1")
+        except RewardTimeoutError as error:
+            caught.append(error)
+
+    start = time.monotonic()
+    worker = threading.Thread(target=call)
+    worker.start()
+    worker.join(10)
+    assert len(caught) == 1 and "training step 1 (2 responses)" in str(caught[0])
+    assert time.monotonic() - start < 3
+
+
+@pytest.mark.timeout(30)
+def test_a_grader_with_its_own_sigalrm_limit_keeps_it_and_except_exception_cannot_swallow_the_timeout(
+    tmp_path: Path,
+) -> None:
+    """The driver calls rewards in its main thread, where per-sample SIGALRM limits (math_verify's)
+    work; a function that catches every Exception and retries still stops at reward.timeout_s."""
+    import time
+
+    path = _write(
+        tmp_path,
+        """
+        import signal, time
+
+        def alarm_then_stubborn(reward_inputs):
+            def expired(signum, frame):
+                raise TimeoutError("per-sample limit")
+            signal.signal(signal.SIGALRM, expired)
+            signal.setitimer(signal.ITIMER_REAL, 0.1)
+            try:
+                time.sleep(5)
+            except TimeoutError:
+                pass  # the grader's own limit fired: the sample would be scored as wrong
+            while True:
+                try:
+                    time.sleep(3600)
+                except Exception:
+                    continue
+        """,
+    )
+    reward = load_reward_function(f"{path}:alarm_then_stubborn", {}, timeout_s=1.0)
+    start = time.monotonic()
+    with pytest.raises(RewardTimeoutError, match="did not return within 1 s"):
+        reward(_inputs(1), batch="training step 2")
+    assert time.monotonic() - start < 4

@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import inspect
 import math
+import signal
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -42,13 +43,24 @@ class RewardTimeoutError(RewardFunctionError):
     """A reward function did not return within its time limit."""
 
 
+class _Interrupted(BaseException):
+    """Raised into a timed-out call; a BaseException so `except Exception` inside it cannot swallow it."""
+
+
 def call_with_timeout(function: Callable[[], Any], timeout_s: float | None, what: str) -> Any:
-    """``function()`` run in a daemon thread and waited for at most ``timeout_s`` seconds (None:
-    no limit). A thread cannot be killed, so on a timeout the call is abandoned, still running;
-    being a daemon it does not keep the process alive when the run stops on the error raised here.
+    """``function()``, stopped with RewardTimeoutError after ``timeout_s`` seconds (None: no limit).
+
+    In the main thread (the driver) the function runs there, so graders that set their own
+    per-sample SIGALRM limits (math_verify, mathruler) keep them; a watchdog thread interrupts it
+    with SIGUSR1, repeated each second until it gives up (a blocking sleep or socket read is cut
+    short too). Elsewhere signals cannot reach it, so the call runs in a daemon thread that is
+    abandoned on a timeout (it cannot be killed; as a daemon it does not keep the process alive).
     Exceptions of ``function`` propagate unchanged."""
     if timeout_s is None:
         return function()
+    message = f"{what} did not return within {timeout_s:g} s"
+    if threading.current_thread() is threading.main_thread():
+        return _call_interrupting_main_thread(function, timeout_s, message)
     outcome: dict[str, Any] = {}
 
     def target() -> None:
@@ -61,10 +73,38 @@ def call_with_timeout(function: Callable[[], Any], timeout_s: float | None, what
     thread.start()
     thread.join(timeout_s)
     if thread.is_alive():
-        raise RewardTimeoutError(f"{what} did not return within {timeout_s:g} s")
+        raise RewardTimeoutError(message)
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
+
+
+def _call_interrupting_main_thread(function: Callable[[], Any], timeout_s: float, message: str) -> Any:
+    done, fired = threading.Event(), threading.Event()
+
+    def on_signal(signum, frame) -> None:
+        if fired.is_set() and not done.is_set():
+            raise _Interrupted()
+
+    def watchdog() -> None:
+        if done.wait(timeout_s):
+            return
+        fired.set()
+        while not done.is_set():
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
+            done.wait(1.0)
+
+    previous = signal.signal(signal.SIGUSR1, on_signal)
+    thread = threading.Thread(target=watchdog, name="reward-call watchdog", daemon=True)
+    thread.start()
+    try:
+        return function()
+    except _Interrupted:
+        raise RewardTimeoutError(message) from None
+    finally:
+        done.set()
+        thread.join()
+        signal.signal(signal.SIGUSR1, previous)
 
 
 @dataclass(frozen=True)
