@@ -8,6 +8,7 @@ a least-squares line over steps 10..N (MiB per 100 steps; a leak shows as a stea
 slope) and writes every sample to benchmarks/results/soak.json.
 
     python3 benchmarks/soak.py [--steps 200] [--max_minutes M] [--model_path models/tiny_qwen25vl] [--data_dir data/tiny_shapes]
+        [key=value ...]   (config overrides, e.g. worker.rollout.name=vllm for the colocated vLLM engine)
 
 --max_minutes stops the run early (SIGTERM to the driver, which shuts its Ray cluster down) and
 reports the steps reached; the JSON says how many steps ran.
@@ -94,6 +95,7 @@ def main() -> None:
     parser.add_argument("--data_dir", default="data/tiny_shapes")
     parser.add_argument("--max_minutes", type=float, default=None, help="stop early after this much wall time")
     parser.add_argument("--out", default=os.path.join(REPO_ROOT, "benchmarks/results/soak.json"))
+    parser.add_argument("overrides", nargs="*", help="config overrides (key=value) appended to the run's command")
     args = parser.parse_args()
     ensure_inputs(args.model_path, args.data_dir)
     series: dict[str, list[float]] = {}
@@ -104,7 +106,7 @@ def main() -> None:
             f"worker.actor.model.model_path={args.model_path}",
             f"data.train_files={args.data_dir}/train.parquet", f"data.val_files={args.data_dir}/val.parquet",
             f"trainer.max_steps={args.steps}", f"trainer.save_checkpoint_path={ckpt}", "trainer.save_limit=2",
-            "trainer.logger=[file]",
+            "trainer.logger=[file]", *args.overrides,
         ]
         print(" ".join(command[2:]), flush=True)
         start = time.monotonic()
@@ -153,7 +155,7 @@ def main() -> None:
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({
-            "config": "configs/tiny_cpu.yaml", "steps_requested": args.steps, "steps_run": last,
+            "config": "configs/tiny_cpu.yaml", "overrides": args.overrides, "steps_requested": args.steps, "steps_run": last,
             "stopped_early": stopped_early,
             "wall_s": wall_s, "warm_up_steps": WARM_UP_STEPS, "summary": rows,
             "steps": sampled_steps, "rss_mib": complete,

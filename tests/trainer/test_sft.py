@@ -287,3 +287,22 @@ def test_two_fsdp_ranks_match_one_process(tiny_model_dir, sft_file, tmp_path):
     # differences; a wrong weighting or scale shows up in the losses and gradient norms above.
     for name, weight in trained.items():
         torch.testing.assert_close(sharded[name], weight.detach(), rtol=0, atol=5e-4, msg=name)
+
+
+def test_lora_sft_trains_adapters_only_and_saves_them_folded(tiny_model_dir, sft_file, tmp_path):
+    overrides = {"model.lora.rank": 4, "model.lora.alpha": 8, "model.gradient_checkpointing": True, "trainer.max_steps": 2}
+    trainer = SFTTrainer(make_config(tiny_model_dir, sft_file, str(tmp_path / "out"), **overrides))
+    assert all(name.endswith((".lora_A", ".lora_B")) for name, p in trainer.model.named_parameters() if p.requires_grad)
+    trainer.fit()
+    initial = dict(AutoModelForImageTextToText.from_pretrained(tiny_model_dir).named_parameters())
+    saved = dict(AutoModelForImageTextToText.from_pretrained(trainer.config.trainer.output_dir).named_parameters())
+    assert saved.keys() == initial.keys()
+    live = dict(trainer.model.named_parameters())
+    for name, weight in saved.items():
+        module = name.removesuffix(".weight")
+        if f"{module}.lora_A" in live:  # adapted: base + alpha/r B A, and moved by training
+            expected = initial[name] + 2.0 * live[f"{module}.lora_B"].detach() @ live[f"{module}.lora_A"].detach()
+            torch.testing.assert_close(weight, expected, rtol=0, atol=1e-6, msg=name)
+            assert not torch.equal(weight, initial[name]), name
+        else:
+            assert torch.equal(weight, initial[name]), name
