@@ -55,7 +55,7 @@ def test_a_call_past_the_limit_names_the_stage_and_the_ranks_still_running(group
 
 @pytest.mark.timeout(60)
 def test_a_placement_the_cluster_cannot_hold_fails_at_once(ray_cluster):
-    with pytest.raises(WorkerDiedError, match="8 workers x 1 CPU do not fit the Ray cluster's 2 CPU"):
+    with pytest.raises(ValueError, match="8 workers x 1 CPU do not fit the Ray cluster's 2 CPU"):
         RayWorkerGroup(SleepyWorker, ResourcePool(1, 8, 0, 1), call_timeout_s=2.0)
 
 

@@ -74,7 +74,7 @@ class RayWorkerGroup:
         available = ray.cluster_resources()
         for resource, amount in bundle.items():
             if amount * pool.world_size > available.get(resource, 0):
-                raise WorkerDiedError(
+                raise ValueError(
                     f"{pool.world_size} workers x {amount:g} {resource} do not fit the Ray cluster's "
                     f"{available.get(resource, 0):g} {resource} (trainer.nnodes x trainer.n_gpus_per_node, "
                     "trainer.ray_num_cpus); a placement that cannot happen would wait forever"
