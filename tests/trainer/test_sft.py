@@ -234,6 +234,12 @@ def test_config_errors_name_the_key(tmp_path, capsys):
     config = make_config("m", "t.json", str(tmp_path / "o"), **{"trainer.gradient_accumulation_steps": 0})
     with pytest.raises(ConfigError, match=r"trainer.gradient_accumulation_steps=0 must be >= 1"):
         config.validate()
+    for key, value, message in (
+        ("optim.betas", "[0.9,1.0]", r"optim.betas=\(0.9, 1.0\) must be in \[0, 1\)"),
+        ("optim.lr", float("nan"), r"optim.lr=nan must be a finite number"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            make_config("m", "t.json", str(tmp_path / "o"), **{key: value}).validate()
     with pytest.raises(SystemExit) as exit_info:
         main(["model.model_path=m", "data.train_file=t.json", "trainer.output_dir=o", "optim.lr_scheduler=linear"])
     assert exit_info.value.code == 2

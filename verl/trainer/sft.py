@@ -40,7 +40,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from functools import partial
-from typing import Any, Iterable, Iterator
+from typing import Any, ClassVar, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -58,6 +58,7 @@ from verl.models.lora import LoRAConfig, fold_adapters, lora_scale
 from verl.models.qwen_vl import forward_in_step, position_ids_for, resolve_dtype
 from verl.trainer.config import ConfigError, parse_cli_or_exit, to_yaml
 from verl.utils.model_source import ModelPathError, check_model_path
+from verl.utils.ranges import FRACTION, NON_NEGATIVE, POSITIVE, Range, check_ranges
 from verl.utils.tracking import Tracker
 from verl.workers.engine.fsdp import shard_model
 from verl.workers.engine.micro_batch import sum_across_ranks
@@ -117,6 +118,11 @@ class SFTDataConfig:
 
 @dataclass
 class SFTOptimConfig:
+    # Ranges not checked in SFTConfig.validate (verl/utils/ranges.py); NaN is refused everywhere.
+    RANGES: ClassVar[dict[str, Range]] = {
+        "betas": Range(0, 1, high_open=True), "eps": POSITIVE, "weight_decay": NON_NEGATIVE, "min_lr_ratio": FRACTION,
+    }
+
     lr: float = 1e-5
     """Peak learning rate."""
     betas: tuple[float, float] = (0.9, 0.999)
@@ -175,6 +181,10 @@ class SFTConfig:
     def validate(self) -> None:
         """Checks values before anything is loaded; each message names the key."""
         model, data, optim, trainer = self.model, self.data, self.optim, self.trainer
+        try:
+            check_ranges(self)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         for key, value in (
             ("model.model_path", model.model_path),
             ("data.train_file", data.train_file),
