@@ -319,6 +319,7 @@ def test_vllm_multimodal_caches_hold_one_step_and_are_emptied_by_each_sync(vllm_
         add_generation_prompt=True, tokenize=True, return_dict=False,
     )
     sampling = SamplingConfig(n=2, temperature=1.0, max_tokens=4, seed=0)
+    vllm_engine.load_weights(iter(original_weights))  # a step boundary: earlier tests' images go
     for step in range(3):  # 4 new images per step, 2 samples each
         images = [shapes_image((60 + 10 * i, 80 + step), ("red", "blue", "green", "black")[i]) for i in range(4)]
         vllm_engine.generate([GenerationRequest(prompt, [image]) for image in images], sampling)
