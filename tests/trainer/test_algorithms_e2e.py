@@ -21,7 +21,7 @@ VARIANTS = {
     "dapo_mis": [
         "worker.actor.clip_ratio_low=0.2", "worker.actor.clip_ratio_high=0.28",
         "worker.actor.loss_agg_mode=token-mean",
-        "algorithm.overlong.buffer_length=16",
+        "algorithm.overlong.buffer_length=8",
         "algorithm.dynamic_sampling.enable=true", "algorithm.dynamic_sampling.max_tries=2",
         "algorithm.dynamic_sampling.metric=accuracy",
         "worker.actor.rollout_correction.mode=mis", "worker.actor.rollout_correction.level=sequence",
@@ -44,7 +44,7 @@ REWARD = """
 def length_reward(reward_inputs):
     # The random tiny model earns no format or accuracy; the length gives every group spread, and
     # "stopped before the limit" (some groups all yes or all no) gives dynamic sampling work.
-    return [{"overall": item.response_length / 48.0, "accuracy": float(item.response_length < 48)}
+    return [{"overall": item.response_length / 24.0, "accuracy": float(item.response_length < 24)}
             for item in reward_inputs]
 """
 
@@ -68,6 +68,7 @@ def run_two_steps_each(model: str, data: str, root: Path) -> dict[str, list[dict
         f"data.val_files={data}/val.parquet", "trainer.logger=[file]", "trainer.max_steps=2",
         "trainer.val_before_train=false", "trainer.val_freq=-1", "data.rollout_batch_size=8",
         "worker.actor.global_batch_size=8", "worker.rollout.n=4", f"reward.reward_function={reward_file}:length_reward",
+        "data.max_response_length=24",  # half the recipe's 48: the wiring, not the lengths, is under test
     ]
     runs = [common + [f"trainer.save_checkpoint_path={root / name}"] + overrides for name, overrides in VARIANTS.items()]
     runs[-1] = runs[-1] + ["trainer.max_steps=1"]  # gae_cispo: step 1 ...
