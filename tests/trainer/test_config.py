@@ -118,6 +118,8 @@ def test_shipped_configs_load_and_validate():
         ({"algorithm.overlong.buffer_length": 600}, r"buffer_length=600 must be in \[0, data.max_response_length=512\]"),
         ({"algorithm.dynamic_sampling.max_tries": 0}, r"dynamic_sampling.max_tries=0 must be >= 1"),
         ({"algorithm.adv_estimator": "remax", "algorithm.reward_weights": "{accuracy: 1.0}"}, r"do not apply"),
+        ({"algorithm.adv_estimator": "gae", "worker.critic.fsdp.optimizer_offload": True},
+         r"worker.critic.fsdp.optimizer_offload=true is not implemented for the critic"),
     ],
 )
 def test_dapo_gspo_cispo_remax_tis_mis_config_errors_name_the_key(override, message):

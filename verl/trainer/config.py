@@ -390,6 +390,11 @@ class PPOConfig:
         # neither is a plain estimator of the registry.
         _choice("algorithm.adv_estimator", algorithm.adv_estimator, (*ADVANTAGE_ESTIMATORS, "remax", "gae"))
         _choice("worker.critic.loss_agg_mode", self.worker.critic.loss_agg_mode, LOSS_AGG_MODES)
+        if algorithm.adv_estimator == "gae" and self.worker.critic.fsdp.optimizer_offload:
+            raise ConfigError(
+                "worker.critic.fsdp.optimizer_offload=true is not implemented for the critic (its AdamW state stays "
+                "on the GPU); use worker.critic.fsdp.param_offload=true to keep its state on the CPU"
+            )
         _choice("worker.actor.policy_loss", actor.policy_loss, POLICY_LOSSES)
         _choice("worker.actor.rollout_correction.mode", actor.rollout_correction.mode, ROLLOUT_CORRECTION_MODES)
         _choice("worker.actor.rollout_correction.level", actor.rollout_correction.level, ROLLOUT_CORRECTION_LEVELS)
