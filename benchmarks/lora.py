@@ -9,8 +9,8 @@ Part 2 (`sync`): a LoRA policy (random adapters) handed to an in-process vLLM CP
 "step" in the two possible ways: (a) merged weights streamed into the live engine
 (`VLLMRolloutEngine.load_weights`, what training does), (b) the adapter written in PEFT format
 and served as a vLLM LoRA adapter (a new `LoRARequest` per step, `enable_lora=True`). Reports the
-hand-over time, the generation time of the same batch, and whether (a) and (b) give the same
-greedy tokens (they must: same policy).
+hand-over time, the generation time of the same batch, and how far (a) and (b) agree on greedy
+tokens (same policy; they differ only by rounding).
 
 Part 3 (`estimate`): the dry run's per-GPU memory estimate for Qwen3-VL-8B (no offload) full vs
 LoRA rank 64: what the tiny model cannot show.
@@ -82,6 +82,7 @@ def sync_worker(mode: str, model_path: str, rank: int, out_path: str) -> None:
     from verl.workers.weight_sync import iter_full_state_dict
 
     config = LoRAConfig(rank=rank, alpha=2.0 * rank)
+    torch.manual_seed(0)  # A's Kaiming init: both modes (separate processes) must hold the same policy
     policy = build_policy(model_path, torch.device("cpu"), attn_implementation="sdpa", lora=config)
     prompts = [{"prompt_token_ids": [10 + i, 20, 30, 40, 50]} for i in range(16)]
     greedy = vllm.SamplingParams(temperature=0.0, max_tokens=32)
@@ -142,7 +143,11 @@ def part_sync(args) -> dict:
                 sys.exit(f"[sync:{mode}] failed:\n{(done.stdout + done.stderr)[-4000:]}")
             with open(out) as f:
                 results[mode] = json.load(f)
-    same = results["merged"]["tokens"] == results["adapter"]["tokens"]
+    # Greedy rows of the two modes, round by round: identical rows, and the mean length of the
+    # common prefix (fp32 merged weights vs x A^T B^T at run time round differently; a near-tie
+    # between two tokens of the random tiny model can then flip and the rows diverge from there).
+    pairs = [(m, a) for rm, ra in zip(results["merged"]["tokens"], results["adapter"]["tokens"]) for m, a in zip(rm, ra)]
+    prefix = [next((i for i, (x, y) in enumerate(zip(m, a)) if x != y), min(len(m), len(a))) for m, a in pairs]
     summary = {
         mode: {
             "startup_s": r["startup_s"],
@@ -151,7 +156,9 @@ def part_sync(args) -> dict:
         }
         for mode, r in results.items()
     }
-    summary["same_greedy_tokens"] = same
+    summary["identical_greedy_rows"] = f"{sum(m == a for m, a in pairs)}/{len(pairs)}"
+    summary["mean_common_prefix_tokens"] = statistics.mean(prefix)
+    summary["tokens_per_row"] = max(len(m) for m, _ in pairs)
     return summary
 
 
@@ -200,7 +207,9 @@ def main() -> None:
         for mode in ("merged", "adapter"):
             r = report["sync"][mode]
             print(f"{mode:9}{r['startup_s']:10.2f}{r['handover_s_median']:12.3f}{r['generate_s_median']:11.3f}")
-        print(f"same greedy tokens: {report['sync']['same_greedy_tokens']}")
+        sync = report["sync"]
+        print(f"greedy rows identical in both modes: {sync['identical_greedy_rows']}, mean common prefix "
+              f"{sync['mean_common_prefix_tokens']:.1f} of {sync['tokens_per_row']} tokens")
     if "estimate" in parts:
         report["estimate_qwen3_vl_8b"] = part_estimate()
         print("\nQwen3-VL-8B recipe, no offload, dry-run estimate per GPU (GiB):")
