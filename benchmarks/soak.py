@@ -3,9 +3,10 @@
 Runs `python3 -m verl.trainer.main config=configs/tiny_cpu.yaml` for N steps (validation and
 checkpoints as the recipe sets them, the newest 2 checkpoints kept) and samples, each time a
 step's row lands in metrics.jsonl, the RSS of the driver, of each FSDP worker (by rank) and of
-the other Ray processes together (raylet, GCS, agents). Prints RSS at a few steps, the slope of
-a least-squares line over steps 10..N (MiB per 100 steps; a leak shows as a steady positive
-slope) and writes every sample to benchmarks/results/soak.json.
+the other Ray processes together (raylet, GCS, agents). Prints RSS at step 10 and at the last
+step, the slope of a least-squares line over steps 10..N and over the second half (MiB per 100
+steps; a leak shows as a steady positive slope, allocator warm-up as an early rise that levels
+off) and writes every sample to benchmarks/results/soak.json.
 
     python3 benchmarks/soak.py [--steps 200] [--max_minutes M] [--model_path models/tiny_qwen25vl] [--data_dir data/tiny_shapes]
         [key=value ...]   (config overrides, e.g. worker.rollout.name=vllm for the colocated vLLM engine)
@@ -98,7 +99,8 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides (key=value) appended to the run's command")
     args = parser.parse_args()
     ensure_inputs(args.model_path, args.data_dir)
-    series: dict[str, list[float]] = {}
+    series: dict[str, dict[int, float]] = {}  # label -> step -> MiB (a label may miss a sample, e.g.
+    # the workers are already stopped when the last step's row lands)
     sampled_steps: list[int] = []
     with tempfile.TemporaryDirectory() as ckpt:
         command = [
@@ -125,40 +127,42 @@ def main() -> None:
                     rss = sample_rss(driver)
                     sampled_steps.append(done[-1])
                     for label, mib in rss.items():
-                        series.setdefault(label, []).append(mib)
+                        series.setdefault(label, {})[done[-1]] = mib
                     if done[-1] % 10 == 0:
                         print(f"step {done[-1]}: " + ", ".join(f"{k} {v:.0f} MiB" for k, v in sorted(rss.items())), flush=True)
                 time.sleep(0.25)
         if run.returncode != 0 and not stopped_early:
             sys.exit(f"training run failed (exit {run.returncode}):\n" + open(os.path.join(ckpt, "driver.log")).read()[-4000:])
     wall_s = time.monotonic() - start
-    labels = sorted(series)
-    complete = {label: values for label, values in series.items() if len(values) == len(sampled_steps)}
-    at = lambda label, step: complete[label][sampled_steps.index(step)] if step in sampled_steps else None  # noqa: E731
-    first = WARM_UP_STEPS if WARM_UP_STEPS in sampled_steps else sampled_steps[0]
     last = sampled_steps[-1]
     rows = []
-    for label in labels:
-        if label not in complete:
-            continue
+    for label in sorted(series):
+        points = sorted(series[label].items())
+        steps, values = [s for s, _ in points], [v for _, v in points]
+        first = next((s for s in steps if s >= WARM_UP_STEPS), steps[0])
+        half = steps[-1] // 2
         rows.append({
-            "process": label, f"rss_mib_step_{first}": at(label, first), f"rss_mib_step_{last}": at(label, last),
-            "max_rss_mib": max(complete[label]),
-            "slope_mib_per_100_steps": slope_per_100_steps(sampled_steps, complete[label]),
+            "process": label, "first_step": first, "rss_mib_first": series[label][first],
+            "last_step": steps[-1], "rss_mib_last": values[-1], "max_rss_mib": max(values),
+            "slope_mib_per_100_steps": slope_per_100_steps(steps, values),
+            "slope_mib_per_100_steps_second_half": slope_per_100_steps(
+                [s for s in steps if s >= half], [v for s, v in points if s >= half]
+            ),
         })
-    print(f"\n{len(sampled_steps)} steps sampled of {args.steps}, {wall_s:.0f} s")
-    print(f"{'process':<10} {'step ' + str(first):>10} {'step ' + str(last):>10} {'max':>8} {'MiB/100 steps':>14}")
+    print(f"\n{len(sampled_steps)} steps sampled of {args.steps} (last {last}), {wall_s:.0f} s")
+    print(f"{'process':<8} {'step':>5} {'MiB':>8} {'step':>5} {'MiB':>8} {'max':>8} {'MiB/100 st':>11} {'2nd half':>9}")
+    fmt = lambda slope: "n/a" if slope is None else f"{slope:+.2f}"  # noqa: E731
     for row in rows:
-        slope = row["slope_mib_per_100_steps"]
-        print(f"{row['process']:<10} {row[f'rss_mib_step_{first}']:>10.1f} {row[f'rss_mib_step_{last}']:>10.1f} "
-              f"{row['max_rss_mib']:>8.1f} {'n/a' if slope is None else f'{slope:+.2f}':>14}")
+        print(f"{row['process']:<8} {row['first_step']:>5} {row['rss_mib_first']:>8.1f} {row['last_step']:>5} "
+              f"{row['rss_mib_last']:>8.1f} {row['max_rss_mib']:>8.1f} {fmt(row['slope_mib_per_100_steps']):>11} "
+              f"{fmt(row['slope_mib_per_100_steps_second_half']):>9}")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({
             "config": "configs/tiny_cpu.yaml", "overrides": args.overrides, "steps_requested": args.steps, "steps_run": last,
-            "stopped_early": stopped_early,
+            "stopped_early": stopped_early, "nice": os.nice(0), "load_avg_1m_at_end": os.getloadavg()[0],
             "wall_s": wall_s, "warm_up_steps": WARM_UP_STEPS, "summary": rows,
-            "steps": sampled_steps, "rss_mib": complete,
+            "rss_mib": {label: {str(step): mib for step, mib in sorted(values.items())} for label, values in series.items()},
         }, f, indent=1)
     print(f"wrote {args.out}")
 
