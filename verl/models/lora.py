@@ -23,7 +23,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
@@ -179,7 +179,7 @@ def load_lora_config(directory: str) -> tuple[LoRAConfig, str] | None:
 
 
 def peft_adapter(
-    state: Mapping[str, torch.Tensor], config: LoRAConfig, name_of: callable, base_model: str
+    state: Mapping[str, torch.Tensor], config: LoRAConfig, name_of: Callable[[str], str], base_model: str
 ) -> tuple[dict, dict[str, torch.Tensor]]:
     """(adapter_config.json content, adapter_model.safetensors tensors) in PEFT's LoRA format.
 
