@@ -13,6 +13,10 @@ from verl.models.qwen_vl import forward_in_step
 
 @pytest.fixture
 def process_group():
+    """A one-rank gloo group; an in-process engine of an earlier test may have left one open."""
+    if dist.is_initialized():
+        yield
+        return
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
