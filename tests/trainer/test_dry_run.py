@@ -76,3 +76,24 @@ def test_an_inconsistent_batch_fails_before_anything_loads():
     )
     with pytest.raises(ConfigError, match="not a multiple"):
         run(config)
+
+
+def test_lora_dry_run_trains_only_adapters_and_keeps_no_reference_copy():
+    recipe = str(REPO / "configs/qwen3_vl_8b_selfReward.yaml")
+    on_gpu = ["worker.ref.fsdp.param_offload=false", "worker.actor.fsdp.param_offload=false",
+              "worker.actor.fsdp.optimizer_offload=false"]  # so both copies count in the estimate
+    full = dry_run(load_config(PPOConfig, recipe, on_gpu))
+    lora = dry_run(load_config(PPOConfig, recipe, [*on_gpu, "worker.actor.model.lora.rank=64"]))
+    # rank 64 x (in + out) of 7 projections x 36 layers of Qwen3-VL-8B: 64 x 75776 x 36 = 174.6 M.
+    assert "8.94 B parameters (0.17 B trainable)" in lora.text()
+    assert full.memory.reference > 0 and lora.memory.reference == 0
+    assert lora.memory.actor_state < full.memory.actor_state / 3
+
+
+def test_gae_dry_run_names_the_critic_state_it_does_not_count():
+    config = load_config(
+        PPOConfig, str(REPO / "configs/qwen2_5_vl_7b_selfReward.yaml"),
+        ["algorithm.adv_estimator=gae", "self_reward.objective=summed"],
+    )
+    # 8.29 B parameters x 16 bytes / 8 GPUs
+    assert "the GAE critic's state, ~15.4 GiB per GPU" in dry_run(config).text()
