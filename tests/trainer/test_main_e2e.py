@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from verl.utils.model_merger import load_shard
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,6 +68,22 @@ def test_grpo_two_steps_with_resume(tiny_model_dir, synthetic_data_dir, tmp_path
     assert open(os.path.join(ckpt, "latest_global_step.txt")).read() == "2"
     shards = sorted(os.listdir(os.path.join(ckpt, "global_step_2", "actor")))
     assert "model_world_size_2_rank_1.pt" in shards and "huggingface" in shards
+
+    # The resumed run reproduces the uninterrupted one: same step-2 metrics, same weights.
+    straight = str(tmp_path / "straight")
+    run_cli("configs/tiny_cpu.yaml", *common(tiny_model_dir, synthetic_data_dir, straight), "trainer.save_freq=1",
+            "trainer.val_freq=-1", "trainer.max_steps=2", "trainer.val_before_train=true")
+    uninterrupted = read_metrics(straight)[-1]
+    for key in ("train/reward/overall", "actor/pg_loss", "actor/kl_loss", "actor/grad_norm", "actor/entropy",
+                "train/response_length/mean"):
+        assert step2[key] == uninterrupted[key], key
+    for rank in (0, 1):
+        shard = f"global_step_2/actor/model_world_size_2_rank_{rank}.pt"
+        resumed_weights = load_shard(os.path.join(ckpt, shard))
+        straight_weights = load_shard(os.path.join(straight, shard))
+        assert resumed_weights.keys() == straight_weights.keys()
+        for name, weight in straight_weights.items():
+            assert torch.equal(resumed_weights[name], weight), f"rank {rank}: {name}"
 
 
 def test_self_reward_step_runs_second_pass_in_one_engine_call(tiny_model_dir, synthetic_data_dir, tmp_path):
