@@ -29,7 +29,7 @@ from verl.models.lora import LoRAConfig, apply_lora
 from verl.models.published_configs import config_for_model_path
 from verl.models.qwen_vl import decoder_layers, vision_parts
 from verl.trainer.config import PPOConfig
-from verl.trainer.main import build_rl_dataset
+from verl.trainer.datasets import build_rl_dataset
 from verl.utils.memory_estimate import GIB, MemoryEstimate, ModelShape, StepSettings, estimate_memory
 from verl.utils.tiny_model import QWEN3_VL_SPEC, TinyModelSpec, build_processor, build_tokenizer
 
