@@ -289,28 +289,7 @@ def build_config(spec: TinyModelSpec, tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLCo
         "vision_start_token_id": token_id(VISION_START_TOKEN),
         "vision_end_token_id": token_id(VISION_END_TOKEN),
     }
-    if spec.family == "qwen3_vl":
-        text_config["head_dim"] = spec.text_head_dim
-        text_config["rope_parameters"]["mrope_interleaved"] = True  # Qwen3-VL's own layout
-        vision_config = {
-            "depth": spec.vision_depth,
-            "hidden_size": spec.vision_hidden_size,
-            "intermediate_size": spec.vision_intermediate_size,
-            "num_heads": spec.vision_num_heads,
-            "out_hidden_size": spec.text_hidden_size,
-            "patch_size": spec.patch_size,
-            "spatial_merge_size": spec.spatial_merge_size,
-            "temporal_patch_size": spec.temporal_patch_size,
-            # 8x8 learned position grid (interpolated to each image's patch grid).
-            "num_position_embeddings": 64,
-            # One deepstack merger fed from the last vision block, injected into decoder layer 0.
-            "deepstack_visual_indexes": [spec.vision_depth - 1],
-            "initializer_range": spec.initializer_range,
-        }
-        return Qwen3VLConfig(
-            text_config=text_config, vision_config=vision_config, tie_word_embeddings=True, dtype="float32", **token_ids
-        )
-    vision_config = {
+    vision_common = {  # the vision tower's shape, the same keys in both families
         "depth": spec.vision_depth,
         "hidden_size": spec.vision_hidden_size,
         "intermediate_size": spec.vision_intermediate_size,
@@ -319,9 +298,22 @@ def build_config(spec: TinyModelSpec, tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLCo
         "patch_size": spec.patch_size,
         "spatial_merge_size": spec.spatial_merge_size,
         "temporal_patch_size": spec.temporal_patch_size,
-        "fullatt_block_indexes": [],
         "initializer_range": spec.initializer_range,
     }
+    if spec.family == "qwen3_vl":
+        text_config["head_dim"] = spec.text_head_dim
+        text_config["rope_parameters"]["mrope_interleaved"] = True  # Qwen3-VL's own layout
+        vision_config = {
+            **vision_common,
+            # 8x8 learned position grid (interpolated to each image's patch grid).
+            "num_position_embeddings": 64,
+            # One deepstack merger fed from the last vision block, injected into decoder layer 0.
+            "deepstack_visual_indexes": [spec.vision_depth - 1],
+        }
+        return Qwen3VLConfig(
+            text_config=text_config, vision_config=vision_config, tie_word_embeddings=True, dtype="float32", **token_ids
+        )
+    vision_config = {**vision_common, "fullatt_block_indexes": []}
     return Qwen2_5_VLConfig(
         text_config=text_config,
         vision_config=vision_config,
