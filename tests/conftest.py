@@ -5,9 +5,10 @@ import gc
 import json
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import torch
@@ -32,6 +33,7 @@ def tiny_qwen3_vl_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="session")
@@ -99,9 +101,10 @@ def chat_server() -> type[ChatServer]:
 
 
 @contextmanager
-def in_process_vllm(model_dir: str) -> Iterator:
-    """A `vllm.LLM` on `model_dir` inside the test process (fp32, eager); vLLM's process-global
-    side effects are undone on exit so later engines and tests are unaffected."""
+def vllm_in_process(start: Callable[[], T]) -> Iterator[T]:
+    """Yields the engine `start()` builds inside the test process: a `vllm.LLM`, or an object holding
+    one at `.llm` (the rollout's `VLLMRolloutEngine`). On exit the engine is shut down and vLLM's
+    process-global side effects are undone so later engines and tests are unaffected."""
     with pytest.MonkeyPatch.context() as patch:
         # In-process engine core: no engine subprocess, so the test needs no __main__ guard.
         patch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -111,15 +114,12 @@ def in_process_vllm(model_dir: str) -> Iterator:
         import vllm
         from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
 
-        llm = vllm.LLM(
-            model=model_dir, dtype="float32", max_model_len=512, enforce_eager=True,
-            limit_mm_per_prompt={"image": 1}, seed=0,
-        )
+        engine = start()
         try:
-            yield llm
+            yield engine
         finally:
-            llm.llm_engine.engine_core.shutdown()
-            del llm
+            getattr(engine, "llm", engine).llm_engine.engine_core.shutdown()
+            del engine
             # The engine initialised a one-rank process group here, froze live objects out of garbage
             # collection and cached the VLLM_* variables; later engines in this process need them reset.
             destroy_model_parallel()
@@ -128,7 +128,28 @@ def in_process_vllm(model_dir: str) -> Iterator:
             vllm.envs.disable_envs_cache()
 
 
+def in_process_vllm(model_dir: str) -> AbstractContextManager:
+    """A plain `vllm.LLM` on `model_dir` inside the test process (fp32, eager); see vllm_in_process."""
+
+    def start():
+        import vllm
+
+        return vllm.LLM(
+            model=model_dir, dtype="float32", max_model_len=512, enforce_eager=True,
+            limit_mm_per_prompt={"image": 1}, seed=0,
+        )
+
+    return vllm_in_process(start)
+
+
 @pytest.fixture(scope="session")
 def vllm_engine_on():
     """`with vllm_engine_on(model_dir) as llm:` an in-process vLLM engine (see in_process_vllm)."""
     return in_process_vllm
+
+
+@pytest.fixture(scope="session")
+def vllm_started():
+    """`with vllm_started(lambda: VLLMRolloutEngine(...)) as engine:` any in-process vLLM engine,
+    shut down and cleaned up on exit (see vllm_in_process)."""
+    return vllm_in_process

@@ -1,21 +1,31 @@
 """LoRA GRPO on the tiny Qwen3-VL through the real CLI (Ray, 2 FSDP2 ranks): vLLM rollout on merged
-weights, the reference = adapters off, resume, and the merger's folded model and PEFT adapter."""
+weights, the reference = adapters off, resume, and the merger's folded model and PEFT adapter, which
+vLLM loads from disk and decodes like HF `generate`."""
 
 import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
+from verl.data.rl_dataset import RLDataset
 from verl.utils.model_merger import merge_checkpoint
+from verl.workers.rollout import GenerationRequest, RolloutEngine, RolloutTokenIds, SamplingConfig, make_rollout_engine
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RANK, ALPHA = 8, 16.0
+MIN_PIXELS, MAX_PIXELS = 4096, 16384
+GREEDY_TOKENS = 8
+# fp32 on both sides, the same weights and the same expanded prompt: HF and vLLM differ only in kernels
+# and summation order (fp32 eps 1.2e-7 on log-probs near -6, the tiny vocabulary's ln 600). Measured:
+# 2.6e-6 over 8 tokens; the bound leaves ~40x margin and sits ~4 orders below the adapters' effect.
+LOGPROB_TOLERANCE = 1e-4
 
 pytestmark = pytest.mark.e2e
 
@@ -35,8 +45,20 @@ def run_cli(*overrides: str) -> str:
     return output
 
 
-@pytest.mark.vllm
-def test_qwen3_vl_lora_grpo_moves_only_adapters_resumes_and_merges(tiny_qwen3_vl_dir, synthetic_data_dir, tmp_path):
+@dataclass(frozen=True)
+class LoraRun:
+    """The CLI run's checkpoint folder, the resumed run's output, and the merger's two folders."""
+
+    ckpt: str
+    resumed_output: str
+    merged_dir: str
+    adapter_dir: str
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_qwen3_vl_dir, synthetic_data_dir, tmp_path_factory) -> LoraRun:
+    """Two LoRA GRPO steps with vLLM, a resumed third step with HF, the step-3 checkpoint merged."""
+    tmp_path = tmp_path_factory.mktemp("lora_run")
     ckpt = str(tmp_path / "ckpt")
     reward_file = tmp_path / "length_reward.py"
     reward_file.write_text(LENGTH_REWARD)
@@ -51,8 +73,8 @@ def test_qwen3_vl_lora_grpo_moves_only_adapters_resumes_and_merges(tiny_qwen3_vl
         "trainer.save_freq=1",
         f"reward.reward_function={reward_file}:length_reward",
         # Qwen3-VL's 32-pixel tokens: 64x64 .. 128x128 images are 4 to 16 visual tokens.
-        "data.min_pixels=4096",
-        "data.max_pixels=16384",
+        f"data.min_pixels={MIN_PIXELS}",
+        f"data.max_pixels={MAX_PIXELS}",
         f"worker.actor.model.lora.rank={RANK}",
         f"worker.actor.model.lora.alpha={ALPHA}",
         "worker.actor.optim.lr=2e-2",  # adapters start at B = 0: big steps make step 2's KL visible
@@ -63,7 +85,15 @@ def test_qwen3_vl_lora_grpo_moves_only_adapters_resumes_and_merges(tiny_qwen3_vl
     run_cli(*common, "worker.rollout.name=vllm", "worker.rollout.enforce_eager=true", "trainer.max_steps=2")
     # Resume for a third step, rolled out by the HF engine from the same merged weights.
     resumed = run_cli(*common, "worker.rollout.name=hf", "trainer.max_steps=3")
-    assert f"resumed from {ckpt}/global_step_2 (step 2)" in resumed
+    merged_dir, adapter_dir = str(tmp_path / "merged"), str(tmp_path / "adapter")
+    merge_checkpoint(os.path.join(ckpt, "global_step_3/actor"), merged_dir, adapter_dir=adapter_dir)
+    return LoraRun(ckpt, resumed, merged_dir, adapter_dir)
+
+
+@pytest.mark.vllm
+def test_qwen3_vl_lora_grpo_moves_only_adapters_resumes_and_merges(lora_run: LoraRun, tiny_qwen3_vl_dir):
+    ckpt, merged_dir, adapter_dir = lora_run.ckpt, lora_run.merged_dir, lora_run.adapter_dir
+    assert f"resumed from {ckpt}/global_step_2 (step 2)" in lora_run.resumed_output
 
     with open(os.path.join(ckpt, "metrics.jsonl")) as f:
         metrics = [json.loads(line) for line in f]
@@ -78,8 +108,6 @@ def test_qwen3_vl_lora_grpo_moves_only_adapters_resumes_and_merges(tiny_qwen3_vl
     optim = torch.load(os.path.join(ckpt, "global_step_3/actor/optim_world_size_2_rank_0.pt"), weights_only=False)
     assert len(optim["state"]) == 2 * 14
 
-    merged_dir, adapter_dir = str(tmp_path / "merged"), str(tmp_path / "adapter")
-    merge_checkpoint(os.path.join(ckpt, "global_step_3/actor"), merged_dir, adapter_dir=adapter_dir)
     adapter_config = json.load(open(os.path.join(adapter_dir, "adapter_config.json")))
     assert adapter_config["peft_type"] == "LORA" and adapter_config["r"] == RANK and adapter_config["lora_alpha"] == ALPHA
     assert adapter_config["base_model_name_or_path"] == tiny_qwen3_vl_dir  # the adapter applies to the base
@@ -101,12 +129,63 @@ def test_qwen3_vl_lora_grpo_moves_only_adapters_resumes_and_merges(tiny_qwen3_vl
             assert torch.equal(weight, base[name]), name
     assert delta_norm > 0
 
-    # The merged folder is a plain Qwen3-VL checkpoint: HF generates from it (vLLM ran these weights above).
-    processor = AutoProcessor.from_pretrained(merged_dir)
-    text = processor.apply_chat_template(
-        [{"role": "user", "content": [{"type": "text", "text": "How many red circles are in the image?"}]}],
-        add_generation_prompt=True, tokenize=False,
+
+@pytest.mark.vllm
+def test_vllm_on_merged_folder_equals_hf_generate_with_an_image(
+    lora_run: LoraRun, tiny_qwen3_vl_dir, synthetic_data_dir, vllm_started
+):
+    """The merged folder, loaded from disk by the rollout's vLLM engine, greedy-decodes an image prompt
+    of the training data into HF `generate`'s tokens with the same per-token log-probs."""
+    merged_dir = lora_run.merged_dir
+    tokenizer, processor = AutoTokenizer.from_pretrained(merged_dir), AutoProcessor.from_pretrained(merged_dir)
+    token_ids = RolloutTokenIds.from_tokenizer(tokenizer, AutoConfig.from_pretrained(merged_dir))
+    # The rollout's request: a validation row chat-templated by the run's dataset (one image pad) and
+    # its image resized to the run's pixel range.
+    dataset = RLDataset(
+        f"{synthetic_data_dir}/val.parquet", tokenizer, processor, max_prompt_length=256,
+        min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS, format_prompt=str(REPO_ROOT / "configs/format_prompt/r1v.jinja"),
     )
-    inputs = processor(text=[text], return_tensors="pt")
-    generated = merged_model.generate(**inputs, max_new_tokens=4, do_sample=False)
-    assert generated.shape[1] == inputs["input_ids"].shape[1] + 4
+    item = dataset[0]
+    assert len(item["images"]) == 1
+    # Stops suppressed until the end: both engines decode exactly GREEDY_TOKENS tokens.
+    greedy = SamplingConfig(n=1, temperature=0.0, max_tokens=GREEDY_TOKENS, min_tokens=GREEDY_TOKENS)
+
+    def start() -> RolloutEngine:
+        return make_rollout_engine(
+            "vllm", merged_dir, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS, dtype="float32", max_model_len=512,
+            enforce_eager=True, max_num_batched_tokens=512, max_num_seqs=1, cpu_kv_cache_space_gib=1,
+        )
+
+    with vllm_started(start) as engine:
+        ((from_vllm,),) = engine.generate([GenerationRequest(item["raw_prompt_ids"], item["images"])], greedy)
+
+    # HF's own path: the processor expands the image pads (as the dataset did for the trainer).
+    inputs = processor(text=[tokenizer.decode(item["raw_prompt_ids"])], images=item["images"], return_tensors="pt")
+    assert inputs["input_ids"][0].tolist() == item["input_ids"].tolist()
+    hf_generate = dict(
+        do_sample=False, max_new_tokens=GREEDY_TOKENS, min_new_tokens=GREEDY_TOKENS, eos_token_id=list(token_ids.stop),
+        suppress_tokens=list(token_ids.forbidden), pad_token_id=token_ids.pad, output_logits=True,
+        return_dict_in_generate=True,
+    )
+    merged_model = AutoModelForImageTextToText.from_pretrained(merged_dir, dtype=torch.float32).eval()
+    base_model = AutoModelForImageTextToText.from_pretrained(tiny_qwen3_vl_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        merged_out = merged_model.generate(**inputs, **hf_generate)
+        base_first_logits = base_model(**inputs).logits[0, -1]
+    hf_tokens = merged_out.sequences[0, inputs["input_ids"].shape[1] :].tolist()
+    # Raw log-probs (before suppression), the quantity both engines return and the trainer recomputes.
+    hf_logprobs = [
+        float(torch.log_softmax(step_logits[0], dim=-1)[token])
+        for step_logits, token in zip(merged_out.logits, hf_tokens)
+    ]
+
+    assert from_vllm.token_ids == hf_tokens and len(hf_tokens) == GREEDY_TOKENS
+    gap = max(abs(a - b) for a, b in zip(from_vllm.logprobs, hf_logprobs))
+    # The same first token's log-prob under the base model: how far the adapters moved it. A vLLM that
+    # loaded the base weights, or dropped the folded deltas, would be off by this much.
+    base_first = float(torch.log_softmax(base_first_logits, dim=-1)[hf_tokens[0]])
+    adapter_shift = abs(base_first - hf_logprobs[0])
+    print(f"merged LoRA: vLLM vs HF greedy tokens {hf_tokens}, max |log-prob gap| {gap:.2e}; "
+          f"first token's log-prob shift from the base {adapter_shift:.2e}")
+    assert gap < LOGPROB_TOLERANCE
+    assert adapter_shift > 100 * LOGPROB_TOLERANCE
