@@ -32,7 +32,7 @@ from verl.trainer.self_reward import SelfRewardOutput, SelfRewardStage
 from verl.utils import checkpoint
 from verl.utils.manifest import write_manifest
 from verl.utils.tracking import Tracker
-from verl.workers.engine.micro_batch import balanced_rank_order, row_tokens
+from verl.workers.engine.micro_batch import rank_order
 from verl.workers.fsdp_worker import FSDPWorker
 from verl.workers.rollout.base import SamplingConfig
 
@@ -385,9 +385,9 @@ class RayPPOTrainer:
         )
 
     def _dispatch_balanced(self, method: str, data: DataProto) -> DataProto:
-        """`dispatch` with rows reordered so every rank gets about the same number of tokens;
-        results come back in the original row order."""
-        order = balanced_rank_order(row_tokens(data), self.workers.world_size)
+        """`dispatch` with rows reordered so every rank gets about the same number of tokens (a
+        prompt's rows together); results come back in the original row order."""
+        order = rank_order(data, self.workers.world_size, share_prefix=self.config.worker.actor.model.share_prompt_prefix)
         if order is None:
             return self.workers.dispatch(method, data)
         return self.workers.dispatch(method, data[order])[np.argsort(order)]
@@ -412,8 +412,12 @@ class RayPPOTrainer:
         update_batch, pad_size = pad_to_divisor(update_batch, self.workers.world_size)
         if pad_size:  # padding rows keep ranks in lockstep but must not be trained on twice
             update_batch.batch["response_mask"][-pad_size:] = 0
-        # Each mini-batch's rows spread over the ranks by token count (equal rows per rank).
-        order = balanced_rank_order(row_tokens(update_batch), self.workers.world_size, self.mini_batches_per_step)
+        # Each mini-batch's rows spread over the ranks by token count (equal rows per rank), the
+        # rows of one prompt on one rank where they fit (they share the prompt's forward there).
+        order = rank_order(
+            update_batch, self.workers.world_size, self.mini_batches_per_step,
+            share_prefix=self.config.worker.actor.model.share_prompt_prefix,
+        )
         if order is not None:
             update_batch = update_batch[order]
         per_rank, _ = self.workers.dispatch_each(method, update_batch, self.mini_batches_per_step, self.global_step)

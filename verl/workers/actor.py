@@ -20,6 +20,7 @@ from verl.protocol import DataProto
 from verl.algorithms import core_algos
 from verl.algorithms.rollout_correction import rollout_importance_weights
 from verl.workers.config import ActorConfig
+from verl.workers.engine.shared_prefix import block_mask_for, pack_shared_prefix, prompt_group_labels
 from verl.workers.engine.optim import build_optimizer, clip_and_step, count_on_all_ranks
 from verl.workers.engine.micro_batch import (
     max_across_ranks,
@@ -30,19 +31,35 @@ from verl.workers.engine.micro_batch import (
 )
 
 
-def forward_response_logits(model: nn.Module, micro_batch: DataProto) -> torch.Tensor:
+def forward_response_logits(model: nn.Module, micro_batch: DataProto, share_prefix: bool = False) -> torch.Tensor:
     """(bs, R, V) float32 outputs of `model` at the positions that predict each response token
-    (for a value model, V = 1: the value of the state before each response token)."""
+    (for a value model, V = 1: the value of the state before each response token).
+    `share_prefix`: rows with the same prompt are computed as one packed sequence
+    (`verl.workers.engine.shared_prefix`), the same outputs at a fraction of the tokens."""
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    labels = prompt_group_labels(micro_batch) if share_prefix else None
+    if labels is not None and labels.max() + 1 < len(labels):
+        packed = pack_shared_prefix(
+            micro_batch, labels, lambda ids, mask, grid: position_ids_for(model, ids, mask, grid)
+        )
+        packed.inputs["attention_mask"] = block_mask_for(
+            packed.inputs["attention_mask"], model.config._attn_implementation, dtype
+        )
+        inputs = {k: v.to(device) for k, v in packed.inputs.items()}
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+        output = forward_in_step(model, use_cache=False, **inputs)
+        return packed.row_outputs(output.logits).float()
     input_ids = micro_batch.batch["input_ids"]
     attention_mask = micro_batch.batch["attention_mask"]
     responses = micro_batch.batch["responses"]
-    device = next(model.parameters()).device
     multi_modal = merge_multi_modal_inputs(micro_batch.non_tensor_batch["multi_modal_inputs"])
     image_grid_thw = multi_modal.get("image_grid_thw")
     position_ids = position_ids_for(model, input_ids, attention_mask, image_grid_thw)
     multi_modal = {k: v.to(device) for k, v in multi_modal.items()}
     if "pixel_values" in multi_modal:
-        multi_modal["pixel_values"] = multi_modal["pixel_values"].to(next(model.parameters()).dtype)
+        multi_modal["pixel_values"] = multi_modal["pixel_values"].to(dtype)
     response_length = responses.shape[1]
     output = forward_in_step(
         model,
@@ -58,11 +75,11 @@ def forward_response_logits(model: nn.Module, micro_batch: DataProto) -> torch.T
 
 
 def forward_response_log_probs(
-    model: nn.Module, micro_batch: DataProto, temperature: float, with_entropy: bool
+    model: nn.Module, micro_batch: DataProto, temperature: float, with_entropy: bool, share_prefix: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(bs, R) log-probs of `responses` under `model` (logits divided by `temperature`, as the
     sampler used them), and the per-token entropy when asked."""
-    logits = forward_response_logits(model, micro_batch)
+    logits = forward_response_logits(model, micro_batch, share_prefix)
     responses = micro_batch.batch["responses"]
     device = logits.device
     if temperature != 1.0:
@@ -72,17 +89,21 @@ def forward_response_log_probs(
     return log_probs, entropy
 
 
-def split_micro_batches(data: DataProto, micro_batch_size: int, max_token_len: int | None) -> list[np.ndarray]:
+def split_micro_batches(
+    data: DataProto, micro_batch_size: int, max_token_len: int | None, share_prefix: bool = False
+) -> list[np.ndarray]:
     """Row indices of each micro-batch of `data`: by token budget when `max_token_len` is set
-    (dynamic batch size), else `micro_batch_size` rows each; rows of similar length together.
-    The count is the same on every rank (FSDP collectives run per forward)."""
+    (dynamic batch size), else `micro_batch_size` rows each; rows of similar length together
+    (with `share_prefix`, the rows of a prompt group together, sized as packed). The count is
+    the same on every rank (FSDP collectives run per forward)."""
     prompt, response = row_lengths(data)
     max_rows = None if max_token_len is not None else micro_batch_size
-    groups = plan_micro_batches(prompt, response, max_token_len, max_rows)
-    count = max_across_ranks(len(groups))
-    if count > len(groups):
-        groups = plan_micro_batches(prompt, response, max_token_len, max_rows, min_count=count)
-    return groups
+    labels = prompt_group_labels(data) if share_prefix else None
+    plans = plan_micro_batches(prompt, response, max_token_len, max_rows, groups=labels)
+    count = max_across_ranks(len(plans))
+    if count > len(plans):
+        plans = plan_micro_batches(prompt, response, max_token_len, max_rows, min_count=count, groups=labels)
+    return plans
 
 
 @torch.no_grad()
@@ -93,17 +114,19 @@ def compute_log_probs(
     temperature: float,
     with_entropy: bool,
     max_token_len: int | None = None,
+    share_prefix: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (and entropy) of every row of `data`, (bs, R) on CPU, 0 at padding. Each
-    micro-batch (see `split_micro_batches`) is cut to its longest row before the forward."""
+    micro-batch (see `split_micro_batches`) is cut to its longest row before the forward;
+    `share_prefix`: rows of one prompt share its forward (`forward_response_logits`)."""
     was_training = model.training
     model.eval()
     shape = data.batch["responses"].shape
     log_probs = torch.zeros(shape, dtype=torch.float32)
     entropies = torch.zeros(shape, dtype=torch.float32) if with_entropy else None
-    for indices in split_micro_batches(data, micro_batch_size, max_token_len):
+    for indices in split_micro_batches(data, micro_batch_size, max_token_len, share_prefix):
         micro = trim_padding(data[indices])
-        lp, ent = forward_response_log_probs(model, micro, temperature, with_entropy)
+        lp, ent = forward_response_log_probs(model, micro, temperature, with_entropy, share_prefix)
         rows = torch.as_tensor(indices)
         log_probs[rows, : lp.shape[1]] = lp.float().cpu()
         if ent is not None:
@@ -133,7 +156,8 @@ class PPOActor:
     """The trainable policy on one rank: FSDP-sharded model, AdamW, lr schedule.
 
     `max_token_len` / `max_token_len_for_experience`: token budgets per micro-batch of the
-    update / the no-grad log-prob pass (None: `micro_batch_size_per_device_*` rows each)."""
+    update / the no-grad log-prob pass (None: `micro_batch_size_per_device_*` rows each).
+    `share_prefix`: rows with the same prompt are computed as one packed sequence."""
 
     def __init__(
         self,
@@ -144,10 +168,12 @@ class PPOActor:
         offload_optimizer: bool = False,
         max_token_len: int | None = None,
         max_token_len_for_experience: int | None = None,
+        share_prefix: bool = False,
     ):
         self.model = model
         self.config = config
         self.temperature = temperature
+        self.share_prefix = share_prefix
         self.max_token_len = max_token_len
         self.max_token_len_for_experience = max_token_len_for_experience
         optim = config.optim
@@ -181,6 +207,7 @@ class PPOActor:
             self.temperature,
             True,
             self.max_token_len_for_experience,
+            self.share_prefix,
         )
         return log_probs, entropy
 
@@ -201,7 +228,9 @@ class PPOActor:
         mask = micro.batch["response_mask"].float()
         on_policy = "old_log_probs" not in micro.batch
         need_entropy = cfg.entropy_coeff != 0.0 or on_policy
-        log_probs, entropy = forward_response_log_probs(self.model, micro, self.temperature, need_entropy)
+        log_probs, entropy = forward_response_log_probs(
+            self.model, micro, self.temperature, need_entropy, self.share_prefix
+        )
         mask = mask.to(log_probs.device)
         # Exactly on-policy (one mini-batch, one epoch): the behaviour policy is the current one.
         old_log_probs = log_probs.detach() if on_policy else micro.batch["old_log_probs"].to(log_probs.device)
@@ -269,7 +298,9 @@ class PPOActor:
         max_response_length = mini.batch["responses"].shape[1]
         sums: dict[str, float] = defaultdict(float)
         nonfinite = 0
-        groups = split_micro_batches(mini, cfg.micro_batch_size_per_device_for_update, self.max_token_len)
+        groups = split_micro_batches(
+            mini, cfg.micro_batch_size_per_device_for_update, self.max_token_len, self.share_prefix
+        )
         for indices in groups:
             micro = trim_padding(mini[indices])
             loss = self._micro_batch_loss(micro, normalizer, grad_scale, max_response_length, sums, metrics)

@@ -65,6 +65,12 @@ class ModelConfig:
     """Recompute activations in backward (saves memory on long responses)."""
     freeze_vision_tower: bool = False
     """Train only the language model and merger."""
+    share_prompt_prefix: bool = True
+    """Training-side forwards (log-probs, update, values) compute the responses of one prompt as
+    ONE sequence [prompt | response 1 | ... | response n] with a block attention mask: the prompt
+    and its images once per group instead of n times, the same log-probs and gradients
+    (`verl/workers/engine/shared_prefix.py`). Needs sdpa or eager attention; with
+    flash_attention_2 it is off (logged)."""
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     """LoRA adapters instead of full fine-tuning (rank > 0): only adapters train, the reference
     model is the base with adapters off, rollout engines receive merged weights."""

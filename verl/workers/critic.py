@@ -22,17 +22,18 @@ from verl.workers.engine.micro_batch import trim_padding
 from verl.workers.engine.optim import build_optimizer, clip_and_step, count_on_all_ranks
 
 
-def forward_response_values(model: nn.Module, micro_batch: DataProto) -> torch.Tensor:
+def forward_response_values(model: nn.Module, micro_batch: DataProto, share_prefix: bool = False) -> torch.Tensor:
     """(bs, R) values of a value model (`verl.models.value_head`) at the state before each
     response token, the positions whose logits predict the tokens in the policy."""
-    return forward_response_logits(model, micro_batch)[..., 0]
+    return forward_response_logits(model, micro_batch, share_prefix)[..., 0]
 
 
 class PPOCritic:
     """The trainable value model on one rank: (FSDP-sharded) model, AdamW, lr schedule.
 
     `max_token_len` / `max_token_len_for_experience`: token budgets per micro-batch of the update
-    / the no-grad value pass (None: the configured row counts)."""
+    / the no-grad value pass (None: the configured row counts). `share_prefix`: rows with the
+    same prompt are computed as one packed sequence (as the actor's)."""
 
     def __init__(
         self,
@@ -41,9 +42,11 @@ class PPOCritic:
         total_optimizer_steps: int,
         max_token_len: int | None = None,
         max_token_len_for_experience: int | None = None,
+        share_prefix: bool = False,
     ):
         self.model = model
         self.config = config
+        self.share_prefix = share_prefix
         self.max_token_len = max_token_len
         self.max_token_len_for_experience = max_token_len_for_experience
         optim = config.optim
@@ -61,9 +64,9 @@ class PPOCritic:
         self.model.eval()
         values = torch.zeros(data.batch["responses"].shape, dtype=torch.float32)
         micro_rows = self.config.micro_batch_size_per_device_for_experience
-        for indices in split_micro_batches(data, micro_rows, self.max_token_len_for_experience):
+        for indices in split_micro_batches(data, micro_rows, self.max_token_len_for_experience, self.share_prefix):
             micro = trim_padding(data[indices])
-            micro_values = forward_response_values(self.model, micro).float().cpu()
+            micro_values = forward_response_values(self.model, micro, self.share_prefix).float().cpu()
             values[torch.as_tensor(indices), : micro_values.shape[1]] = micro_values
         self.model.train(was_training)
         return values * data.batch["response_mask"]
@@ -82,9 +85,12 @@ class PPOCritic:
                 self.optimizer.zero_grad(set_to_none=True)
                 normalizer, grad_scale = mini_batch_normalizer(mini, cfg.loss_agg_mode)
                 loss_sum, nonfinite = 0.0, 0
-                for indices in split_micro_batches(mini, cfg.micro_batch_size_per_device_for_update, self.max_token_len):
+                micro_batches = split_micro_batches(
+                    mini, cfg.micro_batch_size_per_device_for_update, self.max_token_len, self.share_prefix
+                )
+                for indices in micro_batches:
                     micro = trim_padding(mini[indices])
-                    values = forward_response_values(self.model, micro)
+                    values = forward_response_values(self.model, micro, self.share_prefix)
                     device = values.device
                     mask = micro.batch["response_mask"].float().to(device)
                     loss, loss_metrics = core_algos.compute_value_loss(

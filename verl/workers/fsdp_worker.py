@@ -27,6 +27,7 @@ from verl.workers.actor import PPOActor, compute_log_probs
 from verl.workers.critic import PPOCritic
 from verl.workers.engine.fsdp import shard_model
 from verl.workers.engine.model import build_policy
+from verl.workers.engine.shared_prefix import supports_shared_prefix
 from verl.workers.rollout import make_rollout_engine
 from verl.workers.rollout.base import SamplingConfig
 from verl.workers.rollout.batching import build_rollout_batch, requests_from_batch
@@ -91,6 +92,15 @@ class FSDPWorker:
         )
         self.actor_module = shard_model(actor_model, self.mesh, mp_policy, actor_fsdp.param_offload)
         actor_cfg = cfg.worker.actor
+        # Rows of one prompt computed as one packed sequence where the attention takes its mask.
+        self.share_prefix = model_cfg.share_prompt_prefix and supports_shared_prefix(
+            actor_model.config._attn_implementation
+        )
+        if model_cfg.share_prompt_prefix and not self.share_prefix and self.rank == 0:
+            logger.info(
+                "shared-prompt packing is off: %s attention takes no block mask (sdpa/eager do)",
+                actor_model.config._attn_implementation,
+            )
         self.actor = PPOActor(
             self.actor_module,
             actor_cfg,
@@ -101,6 +111,7 @@ class FSDPWorker:
             max_token_len_for_experience=self._token_budget(
                 actor_cfg.max_token_len_per_device_for_experience, actor_cfg.micro_batch_size_per_device_for_experience
             ),
+            share_prefix=self.share_prefix,
         )
         self.ref_module = None
         # With LoRA the reference is the actor with its adapters off (`compute_ref_log_probs`).
@@ -139,6 +150,7 @@ class FSDPWorker:
             max_token_len_for_experience=self._token_budget(
                 None, critic_cfg.micro_batch_size_per_device_for_experience
             ),
+            share_prefix=self.share_prefix,
         )
 
     def _longest_row(self) -> int:
@@ -233,6 +245,7 @@ class FSDPWorker:
                 max_token_len=self._token_budget(
                     ref_cfg.max_token_len_per_device_for_experience, ref_cfg.micro_batch_size_per_device_for_experience
                 ),
+                share_prefix=self.share_prefix,
             )
         return DataProto.from_dict(tensors={"ref_log_probs": log_probs})
 

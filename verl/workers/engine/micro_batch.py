@@ -20,13 +20,12 @@ Every rank must run the same number of forwards (FSDP collectives pair up per mo
 
 from __future__ import annotations
 
-import heapq
-
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from verl.protocol import DataProto
+from verl.workers.engine.shared_prefix import prompt_group_labels
 
 # (bs, R) tensors that live on response positions and are sliced with `responses`.
 RESPONSE_KEYS = (
@@ -78,11 +77,17 @@ def trim_padding(data: DataProto) -> DataProto:
     return DataProto(batch=tensors, non_tensor_batch=dict(data.non_tensor_batch), meta_info=dict(data.meta_info))
 
 
-def padded_tokens(prompt: np.ndarray, response: np.ndarray) -> int:
-    """Tokens a micro-batch of these rows computes once trimmed: rows x (longest prompt + longest response)."""
+def padded_tokens(prompt: np.ndarray, response: np.ndarray, groups: np.ndarray | None = None) -> int:
+    """Tokens a micro-batch of these rows computes once trimmed: rows x (longest prompt +
+    longest response); with prompt-group labels (shared-prompt packing, see
+    `verl.workers.engine.shared_prefix`): sequences x (longest prompt + largest group x longest
+    response)."""
     if len(prompt) == 0:
         return 0
-    return int(len(prompt) * (prompt.max() + response.max()))
+    if groups is None:
+        return int(len(prompt) * (prompt.max() + response.max()))
+    _, counts = np.unique(groups, return_counts=True)
+    return int(len(counts) * (prompt.max() + counts.max() * response.max()))
 
 
 def plan_micro_batches(
@@ -91,39 +96,58 @@ def plan_micro_batches(
     max_token_len: int | None,
     max_rows: int | None = None,
     min_count: int = 1,
+    groups: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """Row indices of each micro-batch. Rows are taken longest first and a micro-batch is closed
     when one more row would take its trimmed size (`padded_tokens`) over `max_token_len` or its
     row count over `max_rows` (None: no limit of that kind; a single row longer than the budget
-    forms its own micro-batch). Then the largest micro-batch (by trimmed size) is halved until
-    there are `min_count` (at most one per row). Every row appears exactly once."""
+    forms its own micro-batch). With prompt-group labels `groups`, rows are taken by longest
+    prompt, a group's rows one after another, and sized as packed (each group's prompt once).
+    Then the largest micro-batch (by trimmed size) is halved until there are `min_count` (at
+    most one per row). Every row appears exactly once."""
     n = len(prompt)
     if n == 0:
         return []
     if max_token_len is None and max_rows is None:
         raise ValueError("plan_micro_batches needs max_token_len or max_rows")
-    order = np.argsort(-(prompt + response), kind="stable")
-    groups: list[list[int]] = []
+    if groups is None:
+        order = np.argsort(-(prompt + response), kind="stable")
+    else:
+        order = np.lexsort((-response, groups, -prompt))
+    plans: list[list[int]] = []
     current: list[int] = []
+    group_rows: dict[int, int] = {}  # rows of each prompt group in `current`
     longest_p = longest_r = 0
     for i in order:
         p, r = max(longest_p, prompt[i]), max(longest_r, response[i])
-        too_many_tokens = max_token_len is not None and (len(current) + 1) * (p + r) > max_token_len
+        if groups is None:
+            size = (len(current) + 1) * (p + r)
+        else:
+            label = int(groups[i])
+            largest = max(max(group_rows.values(), default=0), group_rows.get(label, 0) + 1)
+            size = (len(group_rows) + (label not in group_rows)) * (p + largest * r)
+        too_many_tokens = max_token_len is not None and size > max_token_len
         too_many_rows = max_rows is not None and len(current) >= max_rows
         if current and (too_many_tokens or too_many_rows):
-            groups.append(current)
+            plans.append(current)
             current, p, r = [], prompt[i], response[i]
+            group_rows = {}
         current.append(int(i))
+        if groups is not None:
+            group_rows[int(groups[i])] = group_rows.get(int(groups[i]), 0) + 1
         longest_p, longest_r = p, r
-    groups.append(current)
+    plans.append(current)
     target = min(max(min_count, 1), n)
-    while len(groups) < target:
-        sizes = [padded_tokens(prompt[g], response[g]) if len(g) > 1 else -1 for g in groups]
+    while len(plans) < target:
+        sizes = [
+            padded_tokens(prompt[g], response[g], None if groups is None else groups[g]) if len(g) > 1 else -1
+            for g in plans
+        ]
         largest = int(np.argmax(sizes))
-        group = groups.pop(largest)
-        half = len(group) // 2
-        groups[largest:largest] = [group[:half], group[half:]]
-    return [np.asarray(g, dtype=np.int64) for g in groups]
+        plan = plans.pop(largest)
+        half = len(plan) // 2
+        plans[largest:largest] = [plan[:half], plan[half:]]
+    return [np.asarray(g, dtype=np.int64) for g in plans]
 
 
 def max_across_ranks(value: int) -> int:
@@ -148,12 +172,16 @@ def sum_across_ranks(values: list[float]) -> list[float]:
     return tensor.cpu().tolist()
 
 
-def balanced_rank_order(costs: np.ndarray, world_size: int, num_mini_batches: int = 1) -> np.ndarray | None:
+def balanced_rank_order(
+    costs: np.ndarray, world_size: int, num_mini_batches: int = 1, groups: np.ndarray | None = None
+) -> np.ndarray | None:
     """A permutation of the rows such that splitting the permuted rows into `world_size` equal
     contiguous chunks (rank r gets chunk r) and each chunk into `num_mini_batches` equal parts
     (`np.array_split`) gives every rank the same rows per mini-batch as before, with the token
     `costs` of each mini-batch spread evenly over the ranks. Mini-batch m is the m-th contiguous
-    block of the original order. None when the row count does not divide into
+    block of the original order. With prompt-group labels `groups`, a group's rows go to one rank
+    where it has room for all of them (so they can share their prompt there), split over ranks
+    only where none has. None when the row count does not divide into
     `world_size x num_mini_batches` equal parts (the caller keeps its order then)."""
     n = len(costs)
     if world_size <= 1 or n == 0 or n % (world_size * num_mini_batches) != 0:
@@ -161,26 +189,51 @@ def balanced_rank_order(costs: np.ndarray, world_size: int, num_mini_batches: in
     per_rank_per_mini = n // (world_size * num_mini_batches)
     rank_rows: list[list[int]] = [[] for _ in range(world_size)]
     for block in np.array_split(np.arange(n), num_mini_batches):
-        # Longest first onto the least-loaded rank that still has room (equal counts).
-        loads = [(0, rank) for rank in range(world_size)]
-        counts = [0] * world_size
-        heapq.heapify(loads)
-        for row in block[np.argsort(-costs[block], kind="stable")]:
-            skipped = []
-            while True:
-                load, rank = heapq.heappop(loads)
-                if counts[rank] < per_rank_per_mini:
+        if groups is None:
+            units = [[int(row)] for row in block]
+        else:
+            by_label: dict[int, list[int]] = {}
+            for row in block:
+                by_label.setdefault(int(groups[row]), []).append(int(row))
+            units = list(by_label.values())
+        units.sort(key=lambda rows: -int(costs[rows].sum()))
+        loads, counts = [0] * world_size, [0] * world_size
+        # Largest first onto the least-loaded rank with room for the whole unit; a unit no rank
+        # has room for is split over the least-loaded ranks with room (equal row counts).
+        for rows in units:
+            by_load = sorted(range(world_size), key=lambda rank: (loads[rank], rank))
+            whole = [rank for rank in by_load if per_rank_per_mini - counts[rank] >= len(rows)]
+            targets = whole[:1] or [rank for rank in by_load if counts[rank] < per_rank_per_mini]
+            remaining = list(rows)
+            for rank in targets:
+                take = remaining[: per_rank_per_mini - counts[rank]]
+                remaining = remaining[len(take) :]
+                rank_rows[rank].extend(take)
+                counts[rank] += len(take)
+                loads[rank] += int(costs[take].sum())
+                if not remaining:
                     break
-                skipped.append((load, rank))
-            rank_rows[rank].append(int(row))
-            counts[rank] += 1
-            heapq.heappush(loads, (load + int(costs[row]), rank))
-            for item in skipped:
-                heapq.heappush(loads, item)
     return np.concatenate([np.asarray(rows, dtype=np.int64) for rows in rank_rows])
+
+
+def shared_prefix_costs(data: DataProto, groups: np.ndarray) -> np.ndarray:
+    """Tokens per row when rows of a prompt group share their prompt: the response plus the
+    prompt's share (prompt / group size); the cost `balanced_rank_order` spreads then."""
+    prompt, response = row_lengths(data)
+    _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    return np.ceil(prompt / counts[inverse]).astype(np.int64) + response
 
 
 def row_tokens(data: DataProto) -> np.ndarray:
     """Real tokens per row (prompt + response): the cost `balanced_rank_order` spreads."""
     prompt, response = row_lengths(data)
     return prompt + response
+
+
+def rank_order(data: DataProto, world_size: int, num_mini_batches: int = 1, share_prefix: bool = False) -> np.ndarray | None:
+    """`balanced_rank_order` of `data`'s rows by their real tokens; with `share_prefix`, by
+    their shared-prompt cost, keeping each prompt group on one rank where it fits."""
+    if not share_prefix:
+        return balanced_rank_order(row_tokens(data), world_size, num_mini_batches)
+    labels = prompt_group_labels(data)
+    return balanced_rank_order(shared_prefix_costs(data, labels), world_size, num_mini_batches, labels)

@@ -1,0 +1,179 @@
+"""Shared-prompt packing on the tiny models: the rows of one prompt computed as one sequence
+[prompt | response 1 | ... | response k] give the same log-probs, entropies and gradients as
+one row each, with fewer tokens and one vision-tower pass per prompt."""
+
+from collections import defaultdict
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+from verl.data.rl_dataset import RLDataset, collate_rl
+from verl.protocol import DataProto
+from verl.trainer.config import ActorConfig
+from verl.workers.actor import PPOActor, compute_log_probs, forward_response_log_probs, split_micro_batches
+from verl.workers.engine.micro_batch import balanced_rank_order, padded_tokens, plan_micro_batches, trim_padding
+from verl.workers.engine.shared_prefix import pack_shared_prefix, prompt_group_labels
+
+MAX_PROMPT = 512
+WIDTH = 16
+# (dataset row or text prompt, samples): three image prompts with 3, 4 and 2 samples, one
+# text-only prompt with 2, and dataset row 0's prompt again at the end (not next to its group).
+LAYOUT = [(0, 3), (1, 4), ("What colour is the square?", 2), (2, 2), (0, 1)]
+
+
+def grouped_batch(model_dir: str, data_dir: str, min_pixels: int = 3136, max_pixels: int = 12544) -> DataProto:
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    processor = AutoProcessor.from_pretrained(model_dir)
+    dataset = RLDataset(
+        f"{data_dir}/val.parquet", tokenizer, processor, max_prompt_length=MAX_PROMPT,
+        min_pixels=min_pixels, max_pixels=max_pixels, format_prompt="configs/format_prompt/r1v.jinja",
+    )
+    prompts, masks, images = [], [], []
+    for source, samples in LAYOUT:
+        if isinstance(source, int):
+            tensors, non_tensors = collate_rl([dataset[source]], tokenizer.pad_token_id, MAX_PROMPT)
+            ids, mask, image = tensors["input_ids"], tensors["attention_mask"], non_tensors["multi_modal_inputs"][0]
+        else:
+            text = torch.tensor(tokenizer(source)["input_ids"])
+            ids = torch.full((1, MAX_PROMPT), tokenizer.pad_token_id)
+            mask = torch.zeros(1, MAX_PROMPT, dtype=torch.long)
+            ids[0, -len(text):], mask[0, -len(text):] = text, 1
+            image = {}
+        for _ in range(samples):
+            prompts.append(ids)
+            masks.append(mask)
+            # A copy (as after a Ray round trip): equal images, not the same tensors.
+            images.append({k: v.clone() for k, v in image.items()})
+    bs = len(prompts)
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, WIDTH + 1, (bs,), generator=generator)
+    response_mask = (torch.arange(WIDTH)[None] < lengths[:, None]).long()
+    responses = torch.randint(0, 600, (bs, WIDTH), generator=generator)
+    responses[response_mask == 0] = tokenizer.pad_token_id
+    data = DataProto.from_dict(
+        tensors={
+            "input_ids": torch.cat([torch.cat(prompts), responses], 1),
+            "attention_mask": torch.cat([torch.cat(masks), response_mask], 1),
+            "responses": responses,
+            "response_mask": response_mask,
+            "advantages": torch.randn(bs, 1, generator=generator) * response_mask,
+        },
+        non_tensors={"multi_modal_inputs": np.array(images, dtype=object)},
+    )
+    noise = lambda: 0.3 * torch.randn(bs, WIDTH, generator=generator)  # noqa: E731
+    data.batch["old_log_probs"] = noise() * response_mask - 6.0 * response_mask
+    data.batch["ref_log_probs"] = noise() * response_mask - 6.0 * response_mask
+    return data
+
+
+@pytest.fixture(scope="module")
+def batch(tiny_model_dir, synthetic_data_dir) -> DataProto:
+    return grouped_batch(tiny_model_dir, synthetic_data_dir)
+
+
+def load(model_dir, attn="sdpa"):
+    return AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=attn)
+
+
+def test_labels_group_rows_with_the_same_prompt_and_image(batch):
+    labels = prompt_group_labels(batch)
+    assert labels.tolist() == [0] * 3 + [1] * 4 + [2] * 2 + [3] * 2 + [0]
+    # Same prompt tokens, a different image: not the same prompt.
+    other = batch[[0, 1]]
+    pixels = other.non_tensor_batch["multi_modal_inputs"][1]["pixel_values"]
+    other.non_tensor_batch["multi_modal_inputs"][1] = {
+        "pixel_values": pixels + 1.0, "image_grid_thw": other.non_tensor_batch["multi_modal_inputs"][1]["image_grid_thw"],
+    }
+    assert prompt_group_labels(other).tolist() == [0, 1]
+
+
+def test_packing_computes_each_prompt_once(batch):
+    micro = trim_padding(batch)
+    prompt_width = micro.batch["input_ids"].shape[1] - micro.batch["responses"].shape[1]
+    positions = lambda ids, mask, grid: torch.zeros(3, *ids.shape, dtype=torch.long)  # noqa: E731
+    packed = pack_shared_prefix(micro, prompt_group_labels(micro), positions)
+    ids = packed.inputs["input_ids"]
+    assert ids.shape[1] == prompt_width + 4 * micro.batch["responses"].shape[1]  # the largest group: 4 rows
+    assert ids.shape[0] == 4  # four distinct prompts (the last row joins the first prompt's group)
+    assert ids.numel() < micro.batch["input_ids"].numel() / 2
+    assert packed.inputs["image_grid_thw"].shape[0] == 3  # one image per image prompt, not one per row
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_log_probs_equal_one_row_each(tiny_model_dir, batch, attn):
+    model = load(tiny_model_dir, attn)
+    micro = trim_padding(batch)
+    mask = micro.batch["response_mask"].bool()
+    with torch.no_grad():
+        expected_lp, expected_ent = forward_response_log_probs(model, micro, 1.0, True, share_prefix=False)
+        log_probs, entropy = forward_response_log_probs(model, micro, 1.0, True, share_prefix=True)
+    torch.testing.assert_close(log_probs[mask], expected_lp[mask], atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(entropy[mask], expected_ent[mask], atol=2e-5, rtol=1e-5)
+    # The whole log-prob pass, by token budget, packed: the same values.
+    budgeted, _ = compute_log_probs(model, batch, 99, 1.0, False, max_token_len=300, share_prefix=True)
+    torch.testing.assert_close(budgeted[batch.batch["response_mask"].bool()], expected_lp[mask], atol=2e-5, rtol=1e-5)
+
+
+def test_qwen3_vl_packed_log_probs_equal_one_row_each(tiny_qwen3_vl_dir, synthetic_data_dir):
+    data = grouped_batch(tiny_qwen3_vl_dir, synthetic_data_dir, min_pixels=4096, max_pixels=16384)
+    model = load(tiny_qwen3_vl_dir)
+    micro = trim_padding(data)
+    mask = micro.batch["response_mask"].bool()
+    with torch.no_grad():
+        expected, _ = forward_response_log_probs(model, micro, 1.0, False, share_prefix=False)
+        packed, _ = forward_response_log_probs(model, micro, 1.0, False, share_prefix=True)
+    torch.testing.assert_close(packed[mask], expected[mask], atol=2e-5, rtol=1e-5)
+
+
+def test_packed_update_gradients_equal_one_row_each(tiny_model_dir, batch):
+    def update_gradients(share_prefix: bool) -> dict[str, torch.Tensor]:
+        model = load(tiny_model_dir)
+        config = ActorConfig(loss_agg_mode="token-mean", use_kl_loss=True, kl_loss_coef=0.1, entropy_coeff=0.01)
+        actor = PPOActor(model, config, 1, 1.0, max_token_len=400, share_prefix=share_prefix)
+        metrics = defaultdict(list)
+        assert actor.backward_mini_batch(batch, metrics) == 0
+        assert metrics["actor/micro_batches"][0] >= 2
+        return {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+
+    expected, packed = update_gradients(False), update_gradients(True)
+    assert packed.keys() == expected.keys() and any("visual" in name for name in packed)
+    for name, grad in expected.items():
+        torch.testing.assert_close(packed[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_micro_batch_plan_keeps_groups_together_under_the_packed_budget(batch):
+    labels = prompt_group_labels(batch)
+    from verl.workers.engine.micro_batch import row_lengths
+
+    prompt, response = row_lengths(batch)
+    budget = 320
+    plans = plan_micro_batches(prompt, response, budget, groups=labels)
+    assert sorted(np.concatenate(plans).tolist()) == list(range(len(batch)))
+    for plan in plans:
+        assert padded_tokens(prompt[plan], response[plan], labels[plan]) <= budget or len(plan) == 1
+    # Packed, the rows fit in fewer micro-batches than one row each.
+    assert len(plans) < len(plan_micro_batches(prompt, response, budget))
+    # Every rank the same count: halving splits the largest.
+    assert len(plan_micro_batches(prompt, response, budget, min_count=len(plans) + 2, groups=labels)) == len(plans) + 2
+    assert split_micro_batches(batch, 99, budget, share_prefix=True)[0].tolist() == plans[0].tolist()
+
+
+def test_rank_order_keeps_a_group_on_one_rank_where_it_fits():
+    groups = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 3, 3])
+    costs = np.array([10] * 4 + [8] * 4 + [30, 30, 1, 1])
+    order = balanced_rank_order(costs, world_size=2, groups=groups)
+    ranks = [set(groups[order[:6]].tolist()), set(groups[order[6:]].tolist())]
+    assert sorted(order.tolist()) == list(range(12))
+    # Groups of 4 can't share a rank of 6 rows with each other: 0 and 1 on different ranks,
+    # each completed by a group of 2.
+    assert {frozenset(r) for r in ranks} in ({frozenset({0, 2}), frozenset({1, 3})}, {frozenset({0, 3}), frozenset({1, 2})})
+    # A group larger than a rank's share is split, row counts stay equal.
+    order = balanced_rank_order(np.ones(8, dtype=np.int64), world_size=2, groups=np.zeros(8, dtype=np.int64))
+    assert sorted(order.tolist()) == list(range(8))
+    # Mini-batches keep their rows.
+    order = balanced_rank_order(costs, world_size=2, num_mini_batches=2, groups=groups)
+    for rank in range(2):
+        first_mini = order[rank * 6 : rank * 6 + 3]
+        assert set(first_mini.tolist()) <= set(range(6))
