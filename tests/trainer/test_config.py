@@ -53,6 +53,14 @@ def test_wrong_type_names_key():
         load_config(PPOConfig, None, ["worker.rollout.n=abc"])
 
 
+def test_yaml_boolean_words_stay_words_for_string_fields_and_convert_for_booleans():
+    config = load_config(
+        PPOConfig, None, ["worker.actor.rollout_correction.mode=off", "self_reward.enable=yes", "trainer.val_before_train=off"]
+    )
+    assert config.worker.actor.rollout_correction.mode == "off"
+    assert config.self_reward.enable is True and config.trainer.val_before_train is False
+
+
 def test_override_without_equals_is_rejected():
     with pytest.raises(ConfigError, match="not of the form key=value"):
         load_config(PPOConfig, None, ["trainer.max_steps"])

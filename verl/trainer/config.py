@@ -430,6 +430,7 @@ def _choice(key: str, value: str, valid: tuple[str, ...]) -> None:
 
 
 ConfigT = TypeVar("ConfigT")
+YAML_BOOLEAN_WORDS = ("on", "off", "yes", "no", "y", "n")
 
 
 def _all_keys(schema: type, prefix: str = "") -> list[str]:
@@ -467,6 +468,11 @@ def load_config(schema: type[ConfigT], yaml_path: str | None, overrides: list[st
     for override in overrides:
         if "=" not in override:
             raise ConfigError(f"command-line override {override!r} is not of the form key=value")
+        key, value = override.split("=", 1)
+        if value.lower() in YAML_BOOLEAN_WORDS:
+            # YAML 1.1 reads `off`/`on`/`yes`/`no` as booleans, which a string field would keep
+            # as "False"; quoted they stay words (and a boolean field still converts them).
+            override = f"{key}='{value}'"
         try:
             config = OmegaConf.merge(config, OmegaConf.from_dotlist([override]))
         except OmegaConfBaseException as error:
