@@ -1,18 +1,22 @@
-"""Padding-free vs padded training path on one process, A/B interleaved (robust to a busy machine).
+"""Padded vs padding-free vs shared-prompt training path on one process, interleaved rounds
+(robust to a busy machine).
 
-The same rollout-like batch (sr1 format prompts with one image, left-padded to the tiny
-config's max_prompt_length 400; responses of `--response_length` tokens) goes through the
-actor's log-prob pass and one update, twice per round:
+The same rollout-like batch (GRPO groups: `--rows / --group_size` sr1 format prompts with one
+image, each with `--group_size` different random responses of `--response_length` tokens; prompts
+left-padded to the tiny config's max_prompt_length 400) goes through the actor's log-prob pass
+and one update, three ways per round:
 
-- padded: what the code did before: fixed micro-batches of `--micro_batch_size` rows, every
+- padded: what the code did first: fixed micro-batches of `--micro_batch_size` rows, every
   row as wide as max_prompt_length + max_response_length (trimming switched off);
-- padding-free: micro-batches cut to their longest row, formed by the token budget
-  (the default: micro_batch_size x (max_prompt_length + max_response_length)).
+- padding_free: micro-batches cut to their longest row, formed by the token budget
+  (the default: micro_batch_size x (max_prompt_length + max_response_length)), one row each;
+- shared_prompt: as padding_free, and a prompt's responses packed into one sequence that
+  computes the prompt and its image once (`worker.actor.model.share_prompt_prefix`, the default).
 
-Rounds alternate A and B so both see the same background load; prints median seconds per
-pass and the ratio, writes benchmarks/results/padding_free.json.
+Rounds alternate the three so all see the same background load; prints median seconds per
+pass and the speed-ups over padded, writes benchmarks/results/padding_free.json.
 
-    python3 benchmarks/padding_free.py [--rows 64] [--rounds 5] [--threads 1]
+    python3 benchmarks/padding_free.py [--rows 64] [--group_size 8] [--rounds 5] [--threads 1]
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from verl.workers.engine.micro_batch import trim_padding  # noqa: E402
 MAX_PROMPT = 400
 
 
-def build_batch(work: str, rows: int, response_length: int) -> tuple[str, DataProto]:
+def build_batch(work: str, rows: int, group_size: int, response_length: int) -> tuple[str, DataProto]:
     from transformers import AutoProcessor, AutoTokenizer
 
     from verl.data.rl_dataset import RLDataset, collate_rl
@@ -51,7 +55,10 @@ def build_batch(work: str, rows: int, response_length: int) -> tuple[str, DataPr
     tokenizer, processor = AutoTokenizer.from_pretrained(model_dir), AutoProcessor.from_pretrained(model_dir)
     dataset = RLDataset(os.path.join(work, "data/train.parquet"), tokenizer, processor, max_prompt_length=MAX_PROMPT,
                         min_pixels=3136, max_pixels=12544, format_prompt=format_prompt)
-    tensors, non_tensors = collate_rl([dataset[i] for i in range(rows)], tokenizer.pad_token_id, MAX_PROMPT)
+    # rows // group_size prompts, each repeated for its group's responses (as rollout.n does).
+    tensors, non_tensors = collate_rl(
+        [dataset[i // group_size] for i in range(rows)], tokenizer.pad_token_id, MAX_PROMPT
+    )
     generator = torch.Generator().manual_seed(0)
     responses = torch.randint(0, 500, (rows, response_length), generator=generator)
     mask = torch.ones(rows, response_length, dtype=torch.long)
@@ -76,6 +83,7 @@ def timed(fn) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=64, help="rows on the device (64 = the tiny config's per rank)")
+    parser.add_argument("--group_size", type=int, default=8, help="responses per prompt (rollout.n)")
     parser.add_argument("--response_length", type=int, default=32)
     parser.add_argument("--micro_batch_size", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=5)
@@ -86,7 +94,7 @@ def main() -> None:
     from verl.workers.engine.model import build_policy
 
     with tempfile.TemporaryDirectory() as work:
-        model_dir, data = build_batch(work, args.rows, args.response_length)
+        model_dir, data = build_batch(work, args.rows, args.group_size, args.response_length)
         model = build_policy(model_dir, torch.device("cpu"))
     config = ActorConfig(use_kl_loss=False)
     config.micro_batch_size_per_device_for_update = config.micro_batch_size_per_device_for_experience = args.micro_batch_size
@@ -94,33 +102,37 @@ def main() -> None:
     padded_width = data.batch["input_ids"].shape[1]
     trimmed_width = trim_padding(data).batch["input_ids"].shape[1]
 
-    def run(padding_free: bool) -> tuple[float, float]:
-        # The padded variant: no trimming and fixed row counts, i.e. the path before this change.
+    def run(arm: str) -> tuple[float, float]:
+        # The padded arm: no trimming and fixed row counts, i.e. the first path.
+        padding_free = arm != "padded"
         actor_module.trim_padding = trim_padding if padding_free else (lambda d: d)
         actor = actor_module.PPOActor(model, config, 1000, 1.0, max_token_len=budget if padding_free else None,
-                                      max_token_len_for_experience=budget if padding_free else None)
+                                      max_token_len_for_experience=budget if padding_free else None,
+                                      share_prefix=arm == "shared_prompt")
         log_prob_s = timed(lambda: actor.compute_log_probs(data))
         update_s = timed(lambda: actor.update_policy(data, 1, 1))
         return log_prob_s, update_s
 
-    run(True)  # warm-up
-    results = {"padded": [], "padding_free": []}
+    arms = ("padded", "padding_free", "shared_prompt")
+    run("shared_prompt")  # warm-up
+    results = {arm: [] for arm in arms}
     for _ in range(args.rounds):
-        for name, flag in (("padded", False), ("padding_free", True)):
-            results[name].append(run(flag))
+        for arm in arms:
+            results[arm].append(run(arm))
     actor_module.trim_padding = trim_padding
     summary = {
-        "rows": args.rows, "threads": args.threads, "rounds": args.rounds, "padded_width": padded_width,
-        "trimmed_width": trimmed_width, "load_average": os.getloadavg()[0],
+        "rows": args.rows, "group_size": args.group_size, "threads": args.threads, "rounds": args.rounds,
+        "padded_width": padded_width, "trimmed_width": trimmed_width, "load_average": os.getloadavg()[0],
     }
-    print(f"{args.rows} rows, prompt padded to {MAX_PROMPT}, responses {args.response_length} tokens; "
-          f"widths {padded_width} -> {trimmed_width}; {args.threads} thread(s); median of {args.rounds} A/B rounds")
-    print(f"{'pass':12s} {'padded s':>9s} {'padding-free s':>15s} {'speed-up':>9s}")
+    print(f"{args.rows} rows = {args.rows // args.group_size} prompts x {args.group_size} responses, prompt padded "
+          f"to {MAX_PROMPT}, responses {args.response_length} tokens; widths {padded_width} -> {trimmed_width}; "
+          f"{args.threads} thread(s); median of {args.rounds} rounds")
+    print(f"{'pass':12s} {'padded s':>9s} {'padding-free s':>15s} {'shared-prompt s':>16s} {'speed-ups vs padded':>20s}")
     for index, name in enumerate(("log_probs", "update")):
-        padded = statistics.median(r[index] for r in results["padded"])
-        free = statistics.median(r[index] for r in results["padding_free"])
-        summary[name] = {"padded_s": padded, "padding_free_s": free, "speedup": padded / free}
-        print(f"{name:12s} {padded:9.3f} {free:15.3f} {padded / free:8.2f}x")
+        padded, free, shared = (statistics.median(r[index] for r in results[arm]) for arm in arms)
+        summary[name] = {"padded_s": padded, "padding_free_s": free, "shared_prompt_s": shared,
+                         "speedup_padding_free": padded / free, "speedup_shared_prompt": padded / shared}
+        print(f"{name:12s} {padded:9.3f} {free:15.3f} {shared:16.3f} {padded / free:9.2f}x {padded / shared:8.2f}x")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(summary, f, indent=2)
