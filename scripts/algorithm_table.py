@@ -13,8 +13,12 @@ import glob
 import json
 import os
 import re
+import sys
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sweep_table import cell  # noqa: E402  (mean ± sd over seeds, as the recipe's table)
 
 RUN_NAME = re.compile(r"^(?P<arm>.+)_seed(?P<seed>\d+)$")
 ARM_ORDER = ("grpo", "grpo_tis", "dapo", "gspo")
@@ -36,15 +40,6 @@ def read_run(path: str) -> dict:
         "last": {key: last_val.get(key) for key, _ in LAST_STEP_METRICS},
         "median_step_s": float(np.median(steps)) if steps else None,
     }
-
-
-def cell(values: list[float], scale: float = 100.0) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{scale * values[0]:.1f}"
-    return f"{scale * np.mean(values):.1f} ± {scale * np.std(values):.1f}"
 
 
 def main() -> None:

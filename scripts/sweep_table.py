@@ -42,10 +42,14 @@ def read_runs(root: str) -> dict[str, dict[int, dict]]:
     return runs
 
 
-def cell(values: list[float]) -> str:
+def cell(values: list[float | None], scale: float = 100.0) -> str:
+    """mean ± population sd of the values present, times `scale` (100: fractions as percent)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
     if len(values) == 1:
-        return f"{100 * values[0]:.1f}"
-    return f"{100 * np.mean(values):.1f} ± {100 * np.std(values):.1f}"
+        return f"{scale * values[0]:.1f}"
+    return f"{scale * np.mean(values):.1f} ± {scale * np.std(values):.1f}"
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
 """Fixtures of the worker tests: a fully padded training batch on the tiny model."""
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
@@ -13,6 +14,43 @@ RESPONSE_WIDTH = 16
 RESPONSE_LENGTHS = [12, 3, 7, 1, 9, 5]
 
 
+
+
+def text_prompt(tokenizer, text: str, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, width) left-padded ids and mask of a text-only prompt."""
+    ids = torch.tensor(tokenizer(text)["input_ids"])
+    row, mask = torch.full((1, width), tokenizer.pad_token_id), torch.zeros(1, width, dtype=torch.long)
+    row[0, -len(ids):], mask[0, -len(ids):] = ids, 1
+    return row, mask
+
+
+def rollout_rows(prompt_ids, prompt_mask, multi_modal, lengths, width: int, pad_id: int, generator) -> DataProto:
+    """Rows as a rollout returns them: the prompts (bs, P) with random responses of `lengths`
+    right-padded to `width`, and made-up advantages."""
+    bs = len(lengths)
+    responses = torch.randint(0, 600, (bs, width), generator=generator)
+    response_mask = (torch.arange(width)[None] < torch.as_tensor(lengths)[:, None]).long()
+    responses[response_mask == 0] = pad_id
+    return DataProto.from_dict(
+        tensors={
+            "input_ids": torch.cat([prompt_ids, responses], 1),
+            "attention_mask": torch.cat([prompt_mask, response_mask], 1),
+            "responses": responses,
+            "response_mask": response_mask,
+            "advantages": torch.randn(bs, 1, generator=generator) * response_mask,
+        },
+        non_tensors={"multi_modal_inputs": np.array(multi_modal, dtype=object)},
+    )
+
+
+@pytest.fixture(scope="session")
+def make_rollout_rows():
+    return rollout_rows
+
+
+@pytest.fixture(scope="session")
+def make_text_prompt():
+    return text_prompt
 
 
 @pytest.fixture(scope="session")
@@ -29,29 +67,17 @@ def padded_batch(tiny_model_dir: str, synthetic_data_dir: str) -> DataProto:
     input_ids, attention_mask = [tensors["input_ids"]], [tensors["attention_mask"]]
     multi_modal = list(non_tensors["multi_modal_inputs"])
     for text in ("What colour is the square? Answer in one word.", "Count: one two three"):
-        ids = torch.tensor(tokenizer(text)["input_ids"])
-        row, mask = torch.full((1, MAX_PROMPT), tokenizer.pad_token_id), torch.zeros(1, MAX_PROMPT, dtype=torch.long)
-        row[0, -len(ids):], mask[0, -len(ids):] = ids, 1
+        row, mask = text_prompt(tokenizer, text, MAX_PROMPT)
         input_ids.append(row)
         attention_mask.append(mask)
         multi_modal.append({})
     bs = len(RESPONSE_LENGTHS)
     generator = torch.Generator().manual_seed(0)
-    responses = torch.randint(0, 600, (bs, RESPONSE_WIDTH), generator=generator)
-    response_mask = torch.zeros(bs, RESPONSE_WIDTH, dtype=torch.long)
-    for i, length in enumerate(RESPONSE_LENGTHS):
-        response_mask[i, :length] = 1
-    responses[response_mask == 0] = tokenizer.pad_token_id
-    data = DataProto.from_dict(
-        tensors={
-            "input_ids": torch.cat([torch.cat(input_ids), responses], 1),
-            "attention_mask": torch.cat([torch.cat(attention_mask), response_mask], 1),
-            "responses": responses,
-            "response_mask": response_mask,
-            "advantages": torch.randn(bs, 1, generator=generator) * response_mask,
-        },
-        non_tensors={"multi_modal_inputs": multi_modal},
+    data = rollout_rows(
+        torch.cat(input_ids), torch.cat(attention_mask), multi_modal, RESPONSE_LENGTHS, RESPONSE_WIDTH,
+        tokenizer.pad_token_id, generator,
     )
+    response_mask = data.batch["response_mask"]
     model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa")
     with torch.no_grad():
         log_probs, _ = forward_response_log_probs(model, data, 1.0, False)

@@ -23,54 +23,46 @@ WIDTH = 16
 LAYOUT = [(0, 3), (1, 4), ("What colour is the square?", 2), (2, 2), (0, 1)]
 
 
-def grouped_batch(model_dir: str, data_dir: str, min_pixels: int = 3136, max_pixels: int = 12544) -> DataProto:
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    processor = AutoProcessor.from_pretrained(model_dir)
-    dataset = RLDataset(
-        f"{data_dir}/val.parquet", tokenizer, processor, max_prompt_length=MAX_PROMPT,
-        min_pixels=min_pixels, max_pixels=max_pixels, format_prompt="configs/format_prompt/r1v.jinja",
-    )
-    prompts, masks, images = [], [], []
-    for source, samples in LAYOUT:
-        if isinstance(source, int):
-            tensors, non_tensors = collate_rl([dataset[source]], tokenizer.pad_token_id, MAX_PROMPT)
-            ids, mask, image = tensors["input_ids"], tensors["attention_mask"], non_tensors["multi_modal_inputs"][0]
-        else:
-            text = torch.tensor(tokenizer(source)["input_ids"])
-            ids = torch.full((1, MAX_PROMPT), tokenizer.pad_token_id)
-            mask = torch.zeros(1, MAX_PROMPT, dtype=torch.long)
-            ids[0, -len(text):], mask[0, -len(text):] = text, 1
-            image = {}
-        for _ in range(samples):
-            prompts.append(ids)
-            masks.append(mask)
-            # A copy (as after a Ray round trip): equal images, not the same tensors.
-            images.append({k: v.clone() for k, v in image.items()})
-    bs = len(prompts)
-    generator = torch.Generator().manual_seed(0)
-    lengths = torch.randint(1, WIDTH + 1, (bs,), generator=generator)
-    response_mask = (torch.arange(WIDTH)[None] < lengths[:, None]).long()
-    responses = torch.randint(0, 600, (bs, WIDTH), generator=generator)
-    responses[response_mask == 0] = tokenizer.pad_token_id
-    data = DataProto.from_dict(
-        tensors={
-            "input_ids": torch.cat([torch.cat(prompts), responses], 1),
-            "attention_mask": torch.cat([torch.cat(masks), response_mask], 1),
-            "responses": responses,
-            "response_mask": response_mask,
-            "advantages": torch.randn(bs, 1, generator=generator) * response_mask,
-        },
-        non_tensors={"multi_modal_inputs": np.array(images, dtype=object)},
-    )
-    noise = lambda: 0.3 * torch.randn(bs, WIDTH, generator=generator)  # noqa: E731
-    data.batch["old_log_probs"] = noise() * response_mask - 6.0 * response_mask
-    data.batch["ref_log_probs"] = noise() * response_mask - 6.0 * response_mask
-    return data
+@pytest.fixture(scope="module")
+def grouped_batch(make_rollout_rows, make_text_prompt, synthetic_data_dir):
+    """The rows of LAYOUT for a model folder (its processor sizes the images), random responses
+    of 1..WIDTH tokens, made-up old/ref log-probs."""
+
+    def build(model_dir: str, min_pixels: int = 3136, max_pixels: int = 12544) -> DataProto:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        dataset = RLDataset(
+            f"{synthetic_data_dir}/val.parquet", tokenizer, AutoProcessor.from_pretrained(model_dir),
+            max_prompt_length=MAX_PROMPT, min_pixels=min_pixels, max_pixels=max_pixels,
+            format_prompt="configs/format_prompt/r1v.jinja",
+        )
+        prompts, masks, images = [], [], []
+        for source, samples in LAYOUT:
+            if isinstance(source, int):
+                tensors, non_tensors = collate_rl([dataset[source]], tokenizer.pad_token_id, MAX_PROMPT)
+                ids, mask, image = tensors["input_ids"], tensors["attention_mask"], non_tensors["multi_modal_inputs"][0]
+            else:
+                (ids, mask), image = make_text_prompt(tokenizer, source, MAX_PROMPT), {}
+            for _ in range(samples):
+                prompts.append(ids)
+                masks.append(mask)
+                # A copy (as after a Ray round trip): equal images, not the same tensors.
+                images.append({k: v.clone() for k, v in image.items()})
+        generator = torch.Generator().manual_seed(0)
+        lengths = torch.randint(1, WIDTH + 1, (len(prompts),), generator=generator)
+        data = make_rollout_rows(
+            torch.cat(prompts), torch.cat(masks), images, lengths, WIDTH, tokenizer.pad_token_id, generator
+        )
+        response_mask = data.batch["response_mask"]
+        for key in ("old_log_probs", "ref_log_probs"):
+            data.batch[key] = (0.3 * torch.randn(response_mask.shape, generator=generator) - 6.0) * response_mask
+        return data
+
+    return build
 
 
 @pytest.fixture(scope="module")
-def batch(tiny_model_dir, synthetic_data_dir) -> DataProto:
-    return grouped_batch(tiny_model_dir, synthetic_data_dir)
+def batch(tiny_model_dir, grouped_batch) -> DataProto:
+    return grouped_batch(tiny_model_dir)
 
 
 def load(model_dir, attn="sdpa"):
@@ -101,10 +93,17 @@ def test_packing_computes_each_prompt_once(batch):
     assert packed.inputs["image_grid_thw"].shape[0] == 3  # one image per image prompt, not one per row
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_packed_log_probs_equal_one_row_each(tiny_model_dir, batch, attn):
-    model = load(tiny_model_dir, attn)
-    micro = trim_padding(batch)
+@pytest.mark.parametrize(
+    "family, attn", [("qwen2_5_vl", "sdpa"), ("qwen2_5_vl", "eager"), ("qwen3_vl", "sdpa")]
+)
+def test_packed_log_probs_equal_one_row_each(request, grouped_batch, family, attn):
+    if family == "qwen2_5_vl":
+        model_dir, data = request.getfixturevalue("tiny_model_dir"), request.getfixturevalue("batch")
+    else:  # Qwen3-VL's 32-pixel tokens: 64x64 .. 128x128 images
+        model_dir = request.getfixturevalue("tiny_qwen3_vl_dir")
+        data = grouped_batch(model_dir, min_pixels=4096, max_pixels=16384)
+    model = load(model_dir, attn)
+    micro = trim_padding(data)
     mask = micro.batch["response_mask"].bool()
     with torch.no_grad():
         expected_lp, expected_ent = forward_response_log_probs(model, micro, 1.0, True, share_prefix=False)
@@ -112,19 +111,8 @@ def test_packed_log_probs_equal_one_row_each(tiny_model_dir, batch, attn):
     torch.testing.assert_close(log_probs[mask], expected_lp[mask], atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(entropy[mask], expected_ent[mask], atol=2e-5, rtol=1e-5)
     # The whole log-prob pass, by token budget, packed: the same values.
-    budgeted, _ = compute_log_probs(model, batch, 99, 1.0, False, max_token_len=300, share_prefix=True)
-    torch.testing.assert_close(budgeted[batch.batch["response_mask"].bool()], expected_lp[mask], atol=2e-5, rtol=1e-5)
-
-
-def test_qwen3_vl_packed_log_probs_equal_one_row_each(tiny_qwen3_vl_dir, synthetic_data_dir):
-    data = grouped_batch(tiny_qwen3_vl_dir, synthetic_data_dir, min_pixels=4096, max_pixels=16384)
-    model = load(tiny_qwen3_vl_dir)
-    micro = trim_padding(data)
-    mask = micro.batch["response_mask"].bool()
-    with torch.no_grad():
-        expected, _ = forward_response_log_probs(model, micro, 1.0, False, share_prefix=False)
-        packed, _ = forward_response_log_probs(model, micro, 1.0, False, share_prefix=True)
-    torch.testing.assert_close(packed[mask], expected[mask], atol=2e-5, rtol=1e-5)
+    budgeted, _ = compute_log_probs(model, data, 99, 1.0, False, max_token_len=300, share_prefix=True)
+    torch.testing.assert_close(budgeted[data.batch["response_mask"].bool()], expected_lp[mask], atol=2e-5, rtol=1e-5)
 
 
 def test_packed_update_gradients_equal_one_row_each(tiny_model_dir, batch):
