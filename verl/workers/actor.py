@@ -21,7 +21,7 @@ from verl.algorithms import core_algos
 from verl.algorithms.rollout_correction import rollout_importance_weights
 from verl.workers.config import ActorConfig
 from verl.workers.engine.shared_prefix import block_mask_for, pack_shared_prefix, prompt_group_labels
-from verl.workers.engine.optim import build_optimizer, clip_and_step, count_on_all_ranks
+from verl.workers.engine.optim import clip_and_step, count_on_all_ranks, optimizer_for
 from verl.workers.engine.micro_batch import (
     max_across_ranks,
     plan_micro_batches,
@@ -176,12 +176,7 @@ class PPOActor:
         self.share_prefix = share_prefix
         self.max_token_len = max_token_len
         self.max_token_len_for_experience = max_token_len_for_experience
-        optim = config.optim
-        self.trainable_parameters = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer, self.scheduler = build_optimizer(
-            self.trainable_parameters, optim.lr, optim.betas, optim.eps, optim.weight_decay,
-            total_optimizer_steps, optim.lr_warmup_ratio, optim.lr_scheduler, optim.min_lr_ratio,
-        )
+        self.trainable_parameters, self.optimizer, self.scheduler = optimizer_for(model, config.optim, total_optimizer_steps)
         self.optimizer_steps = 0
         # AdamW moments stay on CPU except during the step: GPU memory for long rollouts.
         self.offload_optimizer_between_steps = offload_optimizer

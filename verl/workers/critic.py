@@ -19,7 +19,7 @@ from verl.protocol import DataProto
 from verl.workers.actor import forward_response_logits, mini_batch_normalizer, split_micro_batches
 from verl.workers.config import CriticConfig
 from verl.workers.engine.micro_batch import trim_padding
-from verl.workers.engine.optim import build_optimizer, clip_and_step, count_on_all_ranks
+from verl.workers.engine.optim import clip_and_step, count_on_all_ranks, optimizer_for
 
 
 def forward_response_values(model: nn.Module, micro_batch: DataProto, share_prefix: bool = False) -> torch.Tensor:
@@ -49,12 +49,7 @@ class PPOCritic:
         self.share_prefix = share_prefix
         self.max_token_len = max_token_len
         self.max_token_len_for_experience = max_token_len_for_experience
-        optim = config.optim
-        self.trainable_parameters = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer, self.scheduler = build_optimizer(
-            self.trainable_parameters, optim.lr, optim.betas, optim.eps, optim.weight_decay,
-            total_optimizer_steps, optim.lr_warmup_ratio, optim.lr_scheduler, optim.min_lr_ratio,
-        )
+        self.trainable_parameters, self.optimizer, self.scheduler = optimizer_for(model, config.optim, total_optimizer_steps)
         self.optimizer_steps = 0
 
     @torch.no_grad()

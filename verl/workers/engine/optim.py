@@ -50,6 +50,19 @@ def build_optimizer(
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
+def optimizer_for(
+    model: nn.Module, optim, total_steps: int
+) -> tuple[list[nn.Parameter], torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """(trainable parameters, AdamW, lr schedule) of an RL worker's model from its
+    `verl.workers.config.OptimConfig` (the actor's and the critic's)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer, scheduler = build_optimizer(
+        params, optim.lr, optim.betas, optim.eps, optim.weight_decay,
+        total_steps, optim.lr_warmup_ratio, optim.lr_scheduler, optim.min_lr_ratio,
+    )
+    return params, optimizer, scheduler
+
+
 def count_on_all_ranks(local: int) -> int:
     """Sum of `local` over ranks: every rank learns about a non-finite loss before any raises."""
     if not dist.is_initialized():
