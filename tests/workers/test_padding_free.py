@@ -117,3 +117,22 @@ def test_on_policy_update_without_old_log_probs_equals_explicit_old_log_probs(ti
             torch.testing.assert_close(param.grad, expected[name], atol=1e-6, rtol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
     with pytest.raises(ValueError, match="only an on-policy update"):
         actor.update_policy(on_policy, num_mini_batches=2, step=2)
+
+
+def test_loss_metrics_are_token_means_whatever_the_micro_batch_split(tiny_model_dir, padded_batch):
+    """Clip fractions, the PPO KL and the rollout-correction ratios are means over the
+    mini-batch's tokens: splitting its rows into several micro-batches does not change them."""
+    config = actor_config("token-mean")
+    tensors = dict(padded_batch.batch)
+    tensors["rollout_log_probs"] = padded_batch.batch["old_log_probs"] + 0.5 * padded_batch.batch["response_mask"]
+    data = DataProto.from_dict(tensors=tensors, non_tensors=dict(padded_batch.non_tensor_batch))
+    results = []
+    for budget in (BUDGET, 10**6):  # several micro-batches of unequal token counts, then one
+        metrics = defaultdict(list)
+        PPOActor(load(tiny_model_dir), config, 1, 1.0, max_token_len=budget).backward_mini_batch(data, metrics)
+        results.append(metrics)
+    several, one = results
+    assert several["actor/micro_batches"][0] >= 3 and one["actor/micro_batches"][0] == 1
+    assert one["actor/pg_clipfrac"][0] > 0 and one["rollout_corr/ratio_mean"][0] != 1.0
+    for key in ("actor/pg_clipfrac", "actor/ppo_kl", "rollout_corr/ratio_mean", "rollout_corr/ratio_max"):
+        assert several[key] == [pytest.approx(one[key][0], rel=1e-5, abs=1e-7)], key

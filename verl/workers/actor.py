@@ -148,6 +148,29 @@ def mini_batch_normalizer(mini: DataProto, loss_agg_mode: str) -> tuple[float, f
     return max(normalizer, 1.0), grad_scale
 
 
+WEIGHTED, TOKENS, MAXIMUM = "weighted_sum:", "metric_tokens", "maximum:"
+
+
+def record_micro_batch_metrics(values: dict[str, float], tokens: float, sums: dict[str, float]) -> None:
+    """Adds a micro-batch's loss metrics (means over its `tokens`; `*_max` maxima) to `sums`;
+    the caller adds `tokens` to `sums[TOKENS]` once per micro-batch. `mini_batch_metrics` then
+    gives means over all of the mini-batch's tokens on this rank, however its rows were split
+    into micro-batches."""
+    for key, value in values.items():
+        if key.endswith("_max"):
+            sums[MAXIMUM + key] = max(sums.get(MAXIMUM + key, float("-inf")), float(value))
+        else:
+            sums[WEIGHTED + key] += float(value) * tokens
+
+
+def mini_batch_metrics(sums: dict[str, float]) -> dict[str, float]:
+    """The token-weighted means and the maxima `record_micro_batch_metrics` collected."""
+    total = sums.get(TOKENS, 0.0)
+    result = {key.removeprefix(WEIGHTED): sums[key] / total if total else 0.0 for key in sums if key.startswith(WEIGHTED)}
+    result.update({key.removeprefix(MAXIMUM): sums[key] for key in sums if key.startswith(MAXIMUM)})
+    return result
+
+
 class NonFiniteLossError(FloatingPointError):
     """The policy loss became NaN/inf; the message names the step and the loss terms."""
 
@@ -227,6 +250,8 @@ class PPOActor:
             self.model, micro, self.temperature, need_entropy, self.share_prefix
         )
         mask = mask.to(log_probs.device)
+        tokens = float(mask.sum().item())
+        sums[TOKENS] += tokens
         # Exactly on-policy (one mini-batch, one epoch): the behaviour policy is the current one.
         old_log_probs = log_probs.detach() if on_policy else micro.batch["old_log_probs"].to(log_probs.device)
         token_weights = None
@@ -236,8 +261,7 @@ class PPOActor:
                 old_log_probs, micro.batch["rollout_log_probs"].to(log_probs.device), mask,
                 correction.mode, correction.level, correction.threshold,
             )
-            for key, value in correction_metrics.items():
-                metrics[key].append(value)
+            record_micro_batch_metrics(correction_metrics, tokens, sums)
         pg_loss, pg_metrics = core_algos.compute_policy_loss_by_name(
             name=cfg.policy_loss,
             old_log_probs=old_log_probs,
@@ -254,8 +278,7 @@ class PPOActor:
         )
         loss = pg_loss
         sums["actor/pg_loss"] += pg_loss.item() * grad_scale
-        for key, value in pg_metrics.items():
-            metrics[f"actor/{key}"].append(float(value))
+        record_micro_batch_metrics({f"actor/{key}": value for key, value in pg_metrics.items()}, tokens, sums)
         if cfg.use_kl_loss:
             kl_loss = core_algos.compute_kl_loss(
                 log_probs, micro.batch["ref_log_probs"].to(log_probs.device), mask, cfg.kl_loss_type,
@@ -301,6 +324,8 @@ class PPOActor:
             loss = self._micro_batch_loss(micro, normalizer, grad_scale, max_response_length, sums, metrics)
             nonfinite += int(not torch.isfinite(loss).item())
         metrics["actor/micro_batches"].append(float(len(groups)))
+        for key, value in mini_batch_metrics(sums).items():
+            metrics[key].append(value)
         for key in ("actor/pg_loss", "actor/kl_loss", "actor/entropy_loss"):
             if key in sums:
                 metrics[key].append(sums[key])
