@@ -62,13 +62,16 @@ def test_a_text_only_judge_model_is_refused_in_one_line(tmp_path):
 
 
 @pytest.mark.vllm
-def test_tiny_model_judges_through_the_vllm_engine_and_its_failures_count_as_errors(tiny_model_dir):
+def test_tiny_model_judges_through_the_vllm_engine_and_its_failures_count_as_errors(tiny_model_dir, vllm_started):
     args = argparse.Namespace(
         engine="vllm", dtype="float32", gpu_memory_utilization=0.5, tensor_parallel_size=1, max_model_len=None,
         max_num_seqs=16, enforce_eager=True, hf_max_batch_size=16,
     )
-    judge = EngineJudge.from_args(args, tiny_model_dir, max_tokens=8)
-    replies = judge.reanswer(["Is 7 equal to 7? Reply <judgment>correct</judgment>.", "Is 1 equal to 7?"], 1)
-    assert [len(reply) for reply in replies] == [1, 1] and all(isinstance(r[0], str) for r in replies)
-    # Eight random tokens cannot spell a verdict: every judged answer is an error, none is correct.
-    assert set(judge_answers(judge, _records(3), [0, 1, 2]).values()) == {"error"}
+    # The engine is shut down and its process group destroyed afterwards (later in-process engines
+    # would otherwise find torch.distributed initialised and try to join it).
+    with vllm_started(lambda: EngineJudge.from_args(args, tiny_model_dir, max_tokens=8).engine) as engine:
+        judge = EngineJudge(engine, AutoTokenizer.from_pretrained(tiny_model_dir), max_tokens=8)
+        replies = judge.reanswer(["Is 7 equal to 7? Reply <judgment>correct</judgment>.", "Is 1 equal to 7?"], 1)
+        assert [len(reply) for reply in replies] == [1, 1] and all(isinstance(r[0], str) for r in replies)
+        # Eight random tokens cannot spell a verdict: every judged answer is an error, none is correct.
+        assert set(judge_answers(judge, _records(3), [0, 1, 2]).values()) == {"error"}
