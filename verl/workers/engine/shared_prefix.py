@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from verl.models.qwen_vl import merge_multi_modal_inputs
 from verl.protocol import DataProto
 
 SHARED_PREFIX_ATTENTION = ("sdpa", "eager")
@@ -139,15 +140,8 @@ def pack_shared_prefix(micro: DataProto, labels: np.ndarray, position_ids_fn) ->
     mask |= torch.eye(length, dtype=torch.bool)[None]  # padding queries attend to themselves (no empty rows)
 
     images = micro.non_tensor_batch.get("multi_modal_inputs")
-    firsts = [int(rows[0]) for rows in groups]
-    group_images = [images[i] for i in firsts] if images is not None else [{} for _ in firsts]
-    pixel_values = [s["pixel_values"] for s in group_images if s and "pixel_values" in s]
-    multi_modal = {}
-    if pixel_values:
-        multi_modal = {
-            "pixel_values": torch.cat(pixel_values, dim=0),
-            "image_grid_thw": torch.cat([s["image_grid_thw"] for s in group_images if s and "pixel_values" in s]),
-        }
+    # Each group's images once, merged as for any batch.
+    multi_modal = merge_multi_modal_inputs([images[int(rows[0])] for rows in groups]) if images is not None else {}
     prompt_positions = position_ids_fn(
         packed_ids[:, :prompt_width], real[:, :prompt_width].long(), multi_modal.get("image_grid_thw")
     )
