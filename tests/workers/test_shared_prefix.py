@@ -12,7 +12,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokeniz
 from verl.data.rl_dataset import RLDataset, collate_rl
 from verl.protocol import DataProto
 from verl.trainer.config import ActorConfig
-from verl.workers.actor import PPOActor, compute_log_probs, forward_response_log_probs, split_micro_batches
+from verl.workers.actor import PPOActor, compute_log_probs, forward_response_log_probs, micro_batches, split_micro_batches
 from verl.workers.engine.micro_batch import balanced_rank_order, padded_tokens, plan_micro_batches, trim_padding
 from verl.workers.engine.shared_prefix import pack_shared_prefix, prompt_group_labels
 
@@ -106,8 +106,8 @@ def test_packed_log_probs_equal_one_row_each(request, grouped_batch, family, att
     micro = trim_padding(data)
     mask = micro.batch["response_mask"].bool()
     with torch.no_grad():
-        expected_lp, expected_ent = forward_response_log_probs(model, micro, 1.0, True, share_prefix=False)
-        log_probs, entropy = forward_response_log_probs(model, micro, 1.0, True, share_prefix=True)
+        expected_lp, expected_ent = forward_response_log_probs(model, micro, 1.0, True)
+        log_probs, entropy = forward_response_log_probs(model, micro, 1.0, True, prompt_group_labels(micro))
     torch.testing.assert_close(log_probs[mask], expected_lp[mask], atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(entropy[mask], expected_ent[mask], atol=2e-5, rtol=1e-5)
     # The whole log-prob pass, by token budget, packed: the same values.
@@ -145,7 +145,12 @@ def test_micro_batch_plan_keeps_groups_together_under_the_packed_budget(batch):
     assert len(plans) < len(plan_micro_batches(prompt, response, budget))
     # Every rank the same count: halving splits the largest.
     assert len(plan_micro_batches(prompt, response, budget, min_count=len(plans) + 2, groups=labels)) == len(plans) + 2
-    assert split_micro_batches(batch, 99, budget, share_prefix=True)[0].tolist() == plans[0].tolist()
+    assert split_micro_batches(batch, 99, budget, labels)[0].tolist() == plans[0].tolist()
+    # The worker's pairs: the same plans, each with its rows' labels.
+    pairs = micro_batches(batch, 99, budget, share_prefix=True)
+    assert [indices.tolist() for indices, _ in pairs] == [plan.tolist() for plan in plans]
+    assert all(np.array_equal(groups, labels[indices]) for indices, groups in pairs)
+    assert all(groups is None for _, groups in micro_batches(batch, 99, budget, share_prefix=False))
 
 
 def test_rank_order_keeps_a_group_on_one_rank_where_it_fits():

@@ -31,17 +31,17 @@ from verl.workers.engine.micro_batch import (
 )
 
 
-def forward_response_logits(model: nn.Module, micro_batch: DataProto, share_prefix: bool = False) -> torch.Tensor:
+def forward_response_logits(model: nn.Module, micro_batch: DataProto, groups: np.ndarray | None = None) -> torch.Tensor:
     """(bs, R, V) float32 outputs of `model` at the positions that predict each response token
     (for a value model, V = 1: the value of the state before each response token).
-    `share_prefix`: rows with the same prompt are computed as one packed sequence
-    (`verl.workers.engine.shared_prefix`), the same outputs at a fraction of the tokens."""
+    `groups`: (bs,) prompt-group labels of the rows (`prompt_group_labels`); rows with the same
+    label are computed as one packed sequence (`verl.workers.engine.shared_prefix`), the same
+    outputs at a fraction of the tokens. None: one sequence per row."""
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    labels = prompt_group_labels(micro_batch) if share_prefix else None
-    if labels is not None and labels.max() + 1 < len(labels):
+    if groups is not None and len(np.unique(groups)) < len(groups):
         packed = pack_shared_prefix(
-            micro_batch, labels, lambda ids, mask, grid: position_ids_for(model, ids, mask, grid)
+            micro_batch, groups, lambda ids, mask, grid: position_ids_for(model, ids, mask, grid)
         )
         packed.inputs["attention_mask"] = block_mask_for(
             packed.inputs["attention_mask"], model.config._attn_implementation, dtype
@@ -75,11 +75,12 @@ def forward_response_logits(model: nn.Module, micro_batch: DataProto, share_pref
 
 
 def forward_response_log_probs(
-    model: nn.Module, micro_batch: DataProto, temperature: float, with_entropy: bool, share_prefix: bool = False
+    model: nn.Module, micro_batch: DataProto, temperature: float, with_entropy: bool, groups: np.ndarray | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(bs, R) log-probs of `responses` under `model` (logits divided by `temperature`, as the
-    sampler used them), and the per-token entropy when asked."""
-    logits = forward_response_logits(model, micro_batch, share_prefix)
+    sampler used them), and the per-token entropy when asked. `groups`: see
+    `forward_response_logits`."""
+    logits = forward_response_logits(model, micro_batch, groups)
     responses = micro_batch.batch["responses"]
     device = logits.device
     if temperature != 1.0:
@@ -90,20 +91,29 @@ def forward_response_log_probs(
 
 
 def split_micro_batches(
-    data: DataProto, micro_batch_size: int, max_token_len: int | None, share_prefix: bool = False
+    data: DataProto, micro_batch_size: int, max_token_len: int | None, groups: np.ndarray | None = None
 ) -> list[np.ndarray]:
     """Row indices of each micro-batch of `data`: by token budget when `max_token_len` is set
     (dynamic batch size), else `micro_batch_size` rows each; rows of similar length together
-    (with `share_prefix`, the rows of a prompt group together, sized as packed). The count is
-    the same on every rank (FSDP collectives run per forward)."""
+    (with prompt-group labels `groups`, the rows of a group together, sized as packed). The
+    count is the same on every rank (FSDP collectives run per forward)."""
     prompt, response = row_lengths(data)
     max_rows = None if max_token_len is not None else micro_batch_size
-    labels = prompt_group_labels(data) if share_prefix else None
-    plans = plan_micro_batches(prompt, response, max_token_len, max_rows, groups=labels)
+    plans = plan_micro_batches(prompt, response, max_token_len, max_rows, groups=groups)
     count = max_across_ranks(len(plans))
     if count > len(plans):
-        plans = plan_micro_batches(prompt, response, max_token_len, max_rows, min_count=count, groups=labels)
+        plans = plan_micro_batches(prompt, response, max_token_len, max_rows, min_count=count, groups=groups)
     return plans
+
+
+def micro_batches(
+    data: DataProto, micro_batch_size: int, max_token_len: int | None, share_prefix: bool
+) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """`split_micro_batches` of `data` as (row indices, their prompt-group labels) pairs; with
+    `share_prefix` the labels are computed once for the whole batch and planned by, else None."""
+    groups = prompt_group_labels(data) if share_prefix else None
+    plans = split_micro_batches(data, micro_batch_size, max_token_len, groups)
+    return [(indices, None if groups is None else groups[indices]) for indices in plans]
 
 
 @torch.no_grad()
@@ -124,9 +134,9 @@ def compute_log_probs(
     shape = data.batch["responses"].shape
     log_probs = torch.zeros(shape, dtype=torch.float32)
     entropies = torch.zeros(shape, dtype=torch.float32) if with_entropy else None
-    for indices in split_micro_batches(data, micro_batch_size, max_token_len, share_prefix):
+    for indices, groups in micro_batches(data, micro_batch_size, max_token_len, share_prefix):
         micro = trim_padding(data[indices])
-        lp, ent = forward_response_log_probs(model, micro, temperature, with_entropy, share_prefix)
+        lp, ent = forward_response_log_probs(model, micro, temperature, with_entropy, groups)
         rows = torch.as_tensor(indices)
         log_probs[rows, : lp.shape[1]] = lp.float().cpu()
         if ent is not None:
@@ -237,18 +247,17 @@ class PPOActor:
         max_response_length: int,
         sums: dict[str, float],
         metrics: dict[str, list[float]],
+        groups: np.ndarray | None,
     ) -> torch.Tensor:
         """Backward of this micro-batch's share of the mini-batch loss: token (or sequence) sums
         divided by the mini-batch's global count `normalizer`, times `grad_scale` (the world
         size: FSDP averages gradients over ranks). Loss terms are added to `sums` as shares of
-        the global mini-batch loss."""
+        the global mini-batch loss. `groups`: the rows' prompt-group labels (None: no packing)."""
         cfg = self.config
         mask = micro.batch["response_mask"].float()
         on_policy = "old_log_probs" not in micro.batch
         need_entropy = cfg.entropy_coeff != 0.0 or on_policy
-        log_probs, entropy = forward_response_log_probs(
-            self.model, micro, self.temperature, need_entropy, self.share_prefix
-        )
+        log_probs, entropy = forward_response_log_probs(self.model, micro, self.temperature, need_entropy, groups)
         mask = mask.to(log_probs.device)
         tokens = float(mask.sum().item())
         sums[TOKENS] += tokens
@@ -316,14 +325,12 @@ class PPOActor:
         max_response_length = mini.batch["responses"].shape[1]
         sums: dict[str, float] = defaultdict(float)
         nonfinite = 0
-        groups = split_micro_batches(
-            mini, cfg.micro_batch_size_per_device_for_update, self.max_token_len, self.share_prefix
-        )
-        for indices in groups:
+        plans = micro_batches(mini, cfg.micro_batch_size_per_device_for_update, self.max_token_len, self.share_prefix)
+        for indices, groups in plans:
             micro = trim_padding(mini[indices])
-            loss = self._micro_batch_loss(micro, normalizer, grad_scale, max_response_length, sums, metrics)
+            loss = self._micro_batch_loss(micro, normalizer, grad_scale, max_response_length, sums, metrics, groups)
             nonfinite += int(not torch.isfinite(loss).item())
-        metrics["actor/micro_batches"].append(float(len(groups)))
+        metrics["actor/micro_batches"].append(float(len(plans)))
         for key, value in mini_batch_metrics(sums).items():
             metrics[key].append(value)
         for key in ("actor/pg_loss", "actor/kl_loss", "actor/entropy_loss"):

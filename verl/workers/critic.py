@@ -16,16 +16,17 @@ from torch import nn
 
 from verl.algorithms import core_algos
 from verl.protocol import DataProto
-from verl.workers.actor import forward_response_logits, mini_batch_normalizer, split_micro_batches
+from verl.workers.actor import forward_response_logits, micro_batches, mini_batch_normalizer
 from verl.workers.config import CriticConfig
 from verl.workers.engine.micro_batch import trim_padding
 from verl.workers.engine.optim import clip_and_step, count_on_all_ranks, optimizer_for
 
 
-def forward_response_values(model: nn.Module, micro_batch: DataProto, share_prefix: bool = False) -> torch.Tensor:
+def forward_response_values(model: nn.Module, micro_batch: DataProto, groups: np.ndarray | None = None) -> torch.Tensor:
     """(bs, R) values of a value model (`verl.models.value_head`) at the state before each
-    response token, the positions whose logits predict the tokens in the policy."""
-    return forward_response_logits(model, micro_batch, share_prefix)[..., 0]
+    response token, the positions whose logits predict the tokens in the policy. `groups`:
+    prompt-group labels, see `forward_response_logits`."""
+    return forward_response_logits(model, micro_batch, groups)[..., 0]
 
 
 class PPOCritic:
@@ -59,9 +60,9 @@ class PPOCritic:
         self.model.eval()
         values = torch.zeros(data.batch["responses"].shape, dtype=torch.float32)
         micro_rows = self.config.micro_batch_size_per_device_for_experience
-        for indices in split_micro_batches(data, micro_rows, self.max_token_len_for_experience, self.share_prefix):
+        for indices, groups in micro_batches(data, micro_rows, self.max_token_len_for_experience, self.share_prefix):
             micro = trim_padding(data[indices])
-            micro_values = forward_response_values(self.model, micro, self.share_prefix).float().cpu()
+            micro_values = forward_response_values(self.model, micro, groups).float().cpu()
             values[torch.as_tensor(indices), : micro_values.shape[1]] = micro_values
         self.model.train(was_training)
         return values * data.batch["response_mask"]
@@ -80,12 +81,10 @@ class PPOCritic:
                 self.optimizer.zero_grad(set_to_none=True)
                 normalizer, grad_scale = mini_batch_normalizer(mini, cfg.loss_agg_mode)
                 loss_sum, nonfinite = 0.0, 0
-                micro_batches = split_micro_batches(
-                    mini, cfg.micro_batch_size_per_device_for_update, self.max_token_len, self.share_prefix
-                )
-                for indices in micro_batches:
+                plans = micro_batches(mini, cfg.micro_batch_size_per_device_for_update, self.max_token_len, self.share_prefix)
+                for indices, groups in plans:
                     micro = trim_padding(mini[indices])
-                    values = forward_response_values(self.model, micro, self.share_prefix)
+                    values = forward_response_values(self.model, micro, groups)
                     device = values.device
                     mask = micro.batch["response_mask"].float().to(device)
                     loss, loss_metrics = core_algos.compute_value_loss(
