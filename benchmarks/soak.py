@@ -6,7 +6,9 @@ step's row lands in metrics.jsonl, the RSS of the driver, of each FSDP worker (b
 the other Ray processes together (raylet, GCS, agents). Prints RSS at step 10 and at the last
 step, the slope of a least-squares line over steps 10..N and over the second half (MiB per 100
 steps; a leak shows as a steady positive slope, allocator warm-up as an early rise that levels
-off) and writes every sample to benchmarks/results/soak.json.
+off) and writes every sample to benchmarks/results/soak.json. The driver's and the ranks' RSS is
+also split into anonymous memory (heap and tensors, where a leak lives) and file-backed pages
+(shared libraries paged in as code first runs, e.g. at the first validation or checkpoint).
 
     python3 benchmarks/soak.py [--steps 200] [--max_minutes M] [--model_path models/tiny_qwen25vl] [--data_dir data/tiny_shapes]
         [key=value ...]   (config overrides, e.g. worker.rollout.name=vllm for the colocated vLLM engine)
@@ -48,14 +50,34 @@ def process_label(process: psutil.Process, driver_pid: int) -> str | None:
         return None
 
 
+def resident_split(pid: int) -> dict[str, float]:
+    """MiB of a process's resident memory that is anonymous (heap, tensors: where a leak shows)
+    and file-backed (shared libraries' pages, faulted in as new code paths first run), from
+    /proc/PID/status (Linux; empty elsewhere)."""
+    split = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("RssAnon", "RssFile"):
+                    split[key[3:].lower()] = int(value.split()[0]) / 1024
+    except OSError:
+        pass
+    return split
+
+
 def sample_rss(driver: psutil.Process) -> dict[str, float]:
-    """MiB of resident memory per label; 'ray' sums the cluster's helper processes."""
+    """MiB of resident memory per label; 'ray' sums the cluster's helper processes. The driver
+    and the ranks also get '<label> anon' and '<label> file' (see `resident_split`)."""
     rss: dict[str, float] = {}
     for process in [driver] + driver.children(recursive=True):
         label = process_label(process, driver.pid)
         try:
             if label is not None:
                 rss[label] = rss.get(label, 0.0) + process.memory_info().rss / MIB
+                if label != "ray":
+                    for kind, mib in resident_split(process.pid).items():
+                        rss[f"{label} {kind}"] = mib
         except psutil.NoSuchProcess:
             continue
     return rss
@@ -129,7 +151,8 @@ def main() -> None:
                     for label, mib in rss.items():
                         series.setdefault(label, {})[done[-1]] = mib
                     if done[-1] % 10 == 0:
-                        print(f"step {done[-1]}: " + ", ".join(f"{k} {v:.0f} MiB" for k, v in sorted(rss.items())), flush=True)
+                        totals = {k: v for k, v in rss.items() if not k.endswith((" anon", " file"))}
+                        print(f"step {done[-1]}: " + ", ".join(f"{k} {v:.0f} MiB" for k, v in sorted(totals.items())), flush=True)
                 time.sleep(0.25)
         if run.returncode != 0 and not stopped_early:
             sys.exit(f"training run failed (exit {run.returncode}):\n" + open(os.path.join(ckpt, "driver.log")).read()[-4000:])
@@ -150,10 +173,10 @@ def main() -> None:
             ),
         })
     print(f"\n{len(sampled_steps)} steps sampled of {args.steps} (last {last}), {wall_s:.0f} s")
-    print(f"{'process':<8} {'step':>5} {'MiB':>8} {'step':>5} {'MiB':>8} {'max':>8} {'MiB/100 st':>11} {'2nd half':>9}")
+    print(f"{'process':<13} {'step':>5} {'MiB':>8} {'step':>5} {'MiB':>8} {'max':>8} {'MiB/100 st':>11} {'2nd half':>9}")
     fmt = lambda slope: "n/a" if slope is None else f"{slope:+.2f}"  # noqa: E731
     for row in rows:
-        print(f"{row['process']:<8} {row['first_step']:>5} {row['rss_mib_first']:>8.1f} {row['last_step']:>5} "
+        print(f"{row['process']:<13} {row['first_step']:>5} {row['rss_mib_first']:>8.1f} {row['last_step']:>5} "
               f"{row['rss_mib_last']:>8.1f} {row['max_rss_mib']:>8.1f} {fmt(row['slope_mib_per_100_steps']):>11} "
               f"{fmt(row['slope_mib_per_100_steps_second_half']):>9}")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

@@ -16,7 +16,7 @@ from verl.eval.score import (
     score_records,
 )
 from verl.rewards.grader import grade_response
-from verl.rewards.loader import load_reward_function
+from verl.rewards.loader import RewardFunctionError, load_reward_function
 from verl.utils.tiny_model import TinyModelSpec
 from verl.workers.rollout.hf import HFRolloutEngine
 
@@ -91,6 +91,17 @@ def test_explicit_grouping_and_a_missing_group_column(records_path):
     assert list(summary["groups"]) == ["distractor"]
     with pytest.raises(ValueError, match="responses.jsonl line 1: no column 'subject' to group by"):
         main(["--input", records_path, "--reward", "see_think", "--group_by", "subject"])
+
+
+def test_a_reward_function_that_hangs_is_an_error_naming_it_and_the_file(records_path, tmp_path):
+    reward_file = tmp_path / "slow_reward.py"
+    reward_file.write_text("import time\n\ndef score(reward_inputs):\n    time.sleep(60)\n")
+    start = time.monotonic()
+    with pytest.raises(RewardFunctionError, match=rf"slow_reward.py:score.*{records_path}.*did not return within 0.5 s \(--reward_timeout_s\)"):
+        main(["--input", records_path, "--reward", f"{reward_file}:score", "--reward_timeout_s", "0.5"])
+    assert time.monotonic() - start < 10
+    with pytest.raises(ValueError, match="--reward_timeout_s must be > 0"):
+        main(["--input", records_path, "--reward", "see_think", "--reward_timeout_s", "0"])
 
 
 def test_sr1_without_a_reanswerer_is_refused(records_path):

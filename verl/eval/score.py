@@ -56,7 +56,8 @@ from verl.protocol import DataProto
 from verl.rewards import RewardInput
 from verl.rewards.grader import extract_boxed
 from verl.rewards.grading import DEFAULT_GRADER, GRADERS
-from verl.rewards.loader import BUILTIN_REWARD_FUNCTIONS, LoadedRewardFunction, load_reward_function
+from verl.rewards.loader import BUILTIN_REWARD_FUNCTIONS, LoadedRewardFunction, RewardFunctionError, load_reward_function
+from verl.rewards.loader import DEFAULT_TIMEOUT_S as DEFAULT_REWARD_TIMEOUT_S
 from verl.rewards.vision_control import blank_image_control
 from verl.trainer.config import SelfRewardConfig
 from verl.trainer.perception_judge import OpenAIJudge
@@ -291,9 +292,11 @@ def pair_blank_records(
 
 
 def score_records(
-    records: Sequence[ResponseRecord], reward_fn: LoadedRewardFunction, reanswers: Reanswers | None
+    records: Sequence[ResponseRecord], reward_fn: LoadedRewardFunction, reanswers: Reanswers | None,
+    source: str = "the records",
 ) -> list[dict[str, float]]:
-    """The reward function's components per record (re-answers and perceptions passed in)."""
+    """The reward function's components per record (re-answers and perceptions passed in);
+    `source` names the records in the reward function's errors."""
     inputs = [
         RewardInput(
             response=record.response,
@@ -306,7 +309,7 @@ def score_records(
         )
         for i, record in enumerate(records)
     ]
-    return reward_fn(inputs)
+    return reward_fn(inputs, batch=source)
 
 
 def per_record_metrics(
@@ -433,6 +436,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--reward_kwargs", default="{}", help="JSON object of keyword arguments for the reward function"
     )
     parser.add_argument(
+        "--reward_timeout_s", type=float, default=DEFAULT_REWARD_TIMEOUT_S,
+        help="longest one call of the reward function (all records) may take before it is an error "
+        "(default %(default)g)",
+    )
+    parser.add_argument(
         "--grader",
         choices=tuple(GRADERS),
         default=None,
@@ -540,8 +548,12 @@ def reanswers_from_args(
     return None, None
 
 
-def load_reward(reward_name: str | None, reward_kwargs_json: str, grader: str | None, reanswering: bool) -> LoadedRewardFunction:
-    """The reward function the command line names (default: sr1 with re-answers, see_think without)."""
+def load_reward(
+    reward_name: str | None, reward_kwargs_json: str, grader: str | None, reanswering: bool,
+    timeout_s: float = DEFAULT_REWARD_TIMEOUT_S,
+) -> LoadedRewardFunction:
+    """The reward function the command line names (default: sr1 with re-answers, see_think
+    without), each call limited to `timeout_s` seconds."""
     reward_name = reward_name or ("sr1" if reanswering else "see_think")
     if reward_name == "sr1" and not reanswering:
         raise ValueError(
@@ -558,7 +570,9 @@ def load_reward(reward_name: str | None, reward_kwargs_json: str, grader: str | 
         if reward_name not in BUILTIN_REWARD_FUNCTIONS:
             raise ValueError(f"--grader applies to the built-in rewards, not {reward_name!r}")
         reward_kwargs["grader"] = grader
-    return load_reward_function(reward_name, reward_kwargs)
+    if not timeout_s > 0:
+        raise ValueError(f"--reward_timeout_s must be > 0, got {timeout_s}")
+    return load_reward_function(reward_name, reward_kwargs, timeout_s, timeout_setting="--reward_timeout_s")
 
 
 @dataclass
@@ -589,7 +603,7 @@ def score_file(
         if lacking is not None:
             raise ValueError(f"{input_path} line {lacking.line}: no column {column!r} to group by")
     reanswers, reanswerer = reanswer(records)
-    scores = score_records(records, reward_fn, reanswers)
+    scores = score_records(records, reward_fn, reanswers, input_path)
     verdicts: dict[int, str] | None = None
     if answer_judge is not None:
         if "accuracy" not in scores[0]:
@@ -641,7 +655,9 @@ def skipped_rows_of(input_path: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    reward_fn = load_reward(args.reward, args.reward_kwargs, args.grader, bool(args.self_reward_model or args.judge))
+    reward_fn = load_reward(
+        args.reward, args.reward_kwargs, args.grader, bool(args.self_reward_model or args.judge), args.reward_timeout_s
+    )
     answer_judge = None
     if args.answer_judge_base_url:
         answer_judge = (
@@ -669,5 +685,5 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 if __name__ == "__main__":
     try:
         main()
-    except ModelPathError as error:
+    except (ModelPathError, RewardFunctionError) as error:
         raise SystemExit(f"error: {error}") from None

@@ -39,6 +39,11 @@ class RewardFunctionError(RuntimeError):
     """A reward function raised, or returned something that is not one finite score dict per input."""
 
 
+DEFAULT_TIMEOUT_S = 900.0
+"""Default limit on one call of a reward function (training's `reward.timeout_s`, the scorer's
+`--reward_timeout_s`): far above a rule-based batch, and a hang still ends with an error."""
+
+
 class RewardTimeoutError(RewardFunctionError):
     """A reward function did not return within its time limit."""
 
@@ -117,6 +122,8 @@ class LoadedRewardFunction:
     kwargs: dict[str, Any] = field(default_factory=dict)
     timeout_s: float | None = None
     """Longest one call (one batch) may take (``reward.timeout_s``); None: no limit."""
+    timeout_setting: str = "reward.timeout_s"
+    """The setting that sets ``timeout_s``, named in the timeout error."""
 
     def __call__(self, reward_inputs: list[RewardInput], batch: str = "a batch") -> list[dict[str, float]]:
         """One dict of float scores (``overall`` + components) per input, in input order.
@@ -126,7 +133,7 @@ class LoadedRewardFunction:
         try:
             results = self._call(reward_inputs, f"{batch} ({len(reward_inputs)} responses)")
         except RewardTimeoutError as error:
-            raise RewardTimeoutError(f"{error} (reward.timeout_s); the run stops rather than wait forever") from None
+            raise RewardTimeoutError(f"{error} ({self.timeout_setting}); the run stops rather than wait forever") from None
         except Exception as error:
             raise RewardFunctionError(self._describe_failure(reward_inputs, error, batch)) from error
         return self._validated(results, reward_inputs)
@@ -196,10 +203,12 @@ class LoadedRewardFunction:
 
 
 def load_reward_function(
-    spec: str, kwargs: Mapping[str, Any] | None = None, timeout_s: float | None = None
+    spec: str, kwargs: Mapping[str, Any] | None = None, timeout_s: float | None = None,
+    timeout_setting: str = "reward.timeout_s",
 ) -> LoadedRewardFunction:
     """The reward function named by ``spec`` with ``kwargs`` bound (checked against its signature)
-    and each call limited to ``timeout_s`` seconds (None: no limit).
+    and each call limited to ``timeout_s`` seconds (None: no limit; ``timeout_setting`` is the
+    setting a timeout error tells the user to raise).
 
     ``spec`` is a built-in name (see ``BUILTIN_REWARD_FUNCTIONS``) or ``path/to/file.py:function``
     (relative paths are relative to the working directory).
@@ -227,7 +236,9 @@ def load_reward_function(
             "a custom one is given as 'path/to/file.py:function'"
         )
     _check_signature(spec, function, kwargs)
-    return LoadedRewardFunction(name=spec, function=function, kwargs=kwargs, timeout_s=timeout_s)
+    return LoadedRewardFunction(
+        name=spec, function=function, kwargs=kwargs, timeout_s=timeout_s, timeout_setting=timeout_setting
+    )
 
 
 def _function_from_file(spec: str, path: Path, function_name: str) -> Callable[..., Any]:

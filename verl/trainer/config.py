@@ -18,6 +18,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from verl.algorithms.core_algos import ADVANTAGE_ESTIMATORS, LOSS_AGG_MODES, POLICY_LOSSES
 from verl.algorithms.rollout_correction import ROLLOUT_CORRECTION_LEVELS, ROLLOUT_CORRECTION_MODES
+from verl.rewards.loader import DEFAULT_TIMEOUT_S as DEFAULT_REWARD_TIMEOUT_S
 from verl.utils.ranges import (
     AT_LEAST_ONE,
     DEFAULT_OR_AT_LEAST_ONE,
@@ -156,7 +157,7 @@ class RewardConfig:
     """Built-in name (sr1, r1v, see_think, cot) or `path/to/file.py:function`."""
     reward_function_kwargs: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of the reward function (e.g. accuracy_weight, format_weight)."""
-    timeout_s: float = 900.0
+    timeout_s: float = DEFAULT_REWARD_TIMEOUT_S
     """Longest one call of the reward function (one step's batch) may take; a function that does
     not return in time stops the run with an error naming it and the step, instead of a hang."""
 
