@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from verl.trainer.config import ConfigError, PPOConfig, load_config
-from verl.trainer.dry_run import dry_run
+from verl.trainer.dry_run import dry_run, update_tokens
 from verl.trainer.main import run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,6 +45,19 @@ def test_an_oversized_micro_batch_is_reported_as_not_fitting():
     )
     report = dry_run(config)
     assert not report.fits and "DOES NOT FIT" in report.text()
+
+
+def test_packed_attention_masks_are_counted_unless_flash_attention_turns_packing_off():
+    path = str(REPO / "configs/qwen2_5_vl_7b_selfReward.yaml")
+    config = load_config(PPOConfig, path, ["worker.actor.model.attn_implementation=sdpa"])
+    packed = dry_run(config)
+    budget = update_tokens(config)  # the update micro-batch's tokens
+    longest_group = config.data.max_prompt_length + config.worker.rollout.n * config.data.max_response_length
+    assert packed.memory.update_packing_mask == budget * min(budget, longest_group) > 0
+    assert "packed attention masks (update)" in packed.text()
+    flash = dry_run(load_config(PPOConfig, path, ["worker.actor.model.attn_implementation=flash_attention_2"]))
+    assert flash.memory.update_packing_mask == flash.memory.experience_packing_mask == 0
+    assert flash.memory.update_phase == packed.memory.update_phase - packed.memory.update_packing_mask
 
 
 def test_a_local_data_file_is_read_in_full(synthetic_data_dir, tiny_model_dir):

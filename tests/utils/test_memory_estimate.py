@@ -48,6 +48,18 @@ def test_components_by_hand():
     assert memory.experience_logits == 10 * 20 * 100
     assert memory.rollout_engine == 0.5 * GIB
     assert memory.peak == memory.rollout_phase == 5200 + 800 + 0.5 * GIB
+    assert memory.update_packing_mask == memory.experience_packing_mask == 0  # packing off
+
+
+def test_packed_block_masks_are_bounded_by_the_budget_and_the_group_length():
+    # Groups of at most 30 + 4 x 10 = 70 tokens: the update's 40-token micro-batch holds masks
+    # of at most 40 x 40 bytes, the log-prob pass's 80 tokens at most 80 x 70.
+    memory = estimate_memory(SHAPE, settings(packed_group_tokens=70))
+    assert memory.update_packing_mask == 40 * 40
+    assert memory.experience_packing_mask == 80 * 70
+    unpacked = estimate_memory(SHAPE, settings())
+    assert memory.update_phase - unpacked.update_phase == 40 * 40
+    assert memory.experience_phase - unpacked.experience_phase == 80 * 70
 
 
 def test_offload_and_checkpointing_switches():

@@ -32,6 +32,7 @@ from verl.trainer.config import PPOConfig
 from verl.trainer.datasets import build_rl_dataset
 from verl.utils.memory_estimate import GIB, MemoryEstimate, ModelShape, StepSettings, estimate_memory
 from verl.utils.tiny_model import QWEN3_VL_SPEC, TinyModelSpec, build_processor, build_tokenizer
+from verl.workers.engine.shared_prefix import supports_shared_prefix
 
 FIXTURE_ROWS = 8
 
@@ -93,6 +94,18 @@ def experience_tokens(config: PPOConfig) -> int:
     actor, data = config.worker.actor, config.data
     row = data.max_prompt_length + data.max_response_length
     return actor.max_token_len_per_device_for_experience or actor.micro_batch_size_per_device_for_experience * row
+
+
+def packed_group_tokens(config: PPOConfig) -> int:
+    """P + n x R when shared-prompt packing may run: it is on and the attention is sdpa/eager, or
+    `auto`, which is sdpa wherever flash-attn is not installed (unknown from here: the worst
+    case is counted). 0 with flash_attention_2, which does not pack."""
+    model, data = config.worker.actor.model, config.data
+    if not model.share_prompt_prefix or not (
+        model.attn_implementation == "auto" or supports_shared_prefix(model.attn_implementation)
+    ):
+        return 0
+    return data.max_prompt_length + config.worker.rollout.n * data.max_response_length
 
 
 def _tokenizer_and_processor(model_path: str):
@@ -177,6 +190,8 @@ def memory_lines(memory: MemoryEstimate, gpu_memory_gib: float, rollout_name: st
         ("update logits", memory.update_logits),
         ("log-prob activations", memory.experience_activations),
         ("log-prob logits", memory.experience_logits),
+        ("packed attention masks (update)", memory.update_packing_mask),
+        ("packed attention masks (log-probs)", memory.experience_packing_mask),
         (f"rollout engine ({rollout_name})", memory.rollout_engine),
     ]
     lines = ["per-GPU memory estimate (GiB; lower bound, see verl/utils/memory_estimate.py):"]
@@ -219,6 +234,7 @@ def dry_run(config: PPOConfig) -> DryRunReport:
         reference_offload=config.worker.ref.fsdp.param_offload,
         gpu_memory_utilization=rollout.gpu_memory_utilization if rollout.name == "vllm" else 0.0,
         gpu_memory_gib=trainer.dry_run_gpu_memory_gib,
+        packed_group_tokens=packed_group_tokens(config),
     )
     memory = estimate_memory(shape, settings)
     lines += memory_lines(memory, trainer.dry_run_gpu_memory_gib, rollout.name)

@@ -19,6 +19,11 @@ which P_t trainable, FSDP2 fully sharded; fp32 master weights, bf16 compute as i
   R x vocab x 14 bytes: bf16 logits, their fp32 copy, fp32 log-softmax and its gradient.
 - experience forward (old/ref log-probs, no gradient): one layer's working set plus logits at
   10 bytes per value (no gradient).
+- shared-prompt packing (`share_prompt_prefix`, sdpa/eager attention only): each micro-batch
+  carries a dense boolean block mask, one L x L matrix per packed group of length L <= T; the
+  sum of L^2 over the groups is at most T x min(T, P + n x R) bytes (P, R the configured maximum
+  prompt and response lengths, n responses per prompt). It is built for both the update and the
+  log-prob micro-batches. flash_attention_2 takes no mask and does not pack (0 here).
 - rollout: vLLM claims gpu_memory_utilization of the card (its bf16 weights, 2P / tensor-parallel
   size, and its KV cache are inside that share) while the actor state that is not offloaded
   stays resident.
@@ -61,6 +66,8 @@ class StepSettings:
     gpu_memory_utilization: float
     """vLLM's share of the card (0 for the HF engine, whose KV cache is not estimated)."""
     gpu_memory_gib: float
+    packed_group_tokens: int = 0
+    """P + n x R, the longest shared-prompt packed sequence; 0 when packing is off."""
 
 
 @dataclass(frozen=True)
@@ -75,15 +82,21 @@ class MemoryEstimate:
     experience_activations: float
     experience_logits: float
     rollout_engine: float
+    update_packing_mask: float = 0.0
+    experience_packing_mask: float = 0.0
 
     @property
     def update_phase(self) -> float:
-        return self.actor_state + self.reference + self.gathered_units + self.update_activations + self.update_logits
+        return (
+            self.actor_state + self.reference + self.gathered_units + self.update_activations + self.update_logits
+            + self.update_packing_mask
+        )
 
     @property
     def experience_phase(self) -> float:
         return (
             self.actor_state + self.reference + self.gathered_units + self.experience_activations + self.experience_logits
+            + self.experience_packing_mask
         )
 
     @property
@@ -103,6 +116,11 @@ def layer_working_set(tokens: int, shape: ModelShape) -> float:
 def response_tokens(tokens: int, settings: StepSettings) -> float:
     """Response tokens of a micro-batch of `tokens` tokens made of full-length rows."""
     return tokens * settings.max_response_length / (settings.max_prompt_length + settings.max_response_length)
+
+
+def packing_mask_bytes(tokens: int, settings: StepSettings) -> float:
+    """Upper bound on the boolean block masks of a packed micro-batch of `tokens` tokens."""
+    return float(tokens * min(tokens, settings.packed_group_tokens))
 
 
 def estimate_memory(shape: ModelShape, settings: StepSettings) -> MemoryEstimate:
@@ -134,4 +152,6 @@ def estimate_memory(shape: ModelShape, settings: StepSettings) -> MemoryEstimate
         experience_activations=layer_working_set(experience_tokens, shape),
         experience_logits=10.0 * response_tokens(experience_tokens, settings) * shape.vocab_size,
         rollout_engine=settings.gpu_memory_utilization * settings.gpu_memory_gib * GIB,
+        update_packing_mask=packing_mask_bytes(update_tokens, settings),
+        experience_packing_mask=packing_mask_bytes(experience_tokens, settings),
     )
