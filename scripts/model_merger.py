@@ -4,8 +4,9 @@ Example:
   python3 scripts/model_merger.py --local_dir checkpoints/run/global_step_15/actor
 writes the merged model into checkpoints/run/global_step_15/actor/huggingface (next to its
 config, tokenizer and processor files), loadable by transformers' from_pretrained and vLLM.
-A LoRA run's adapters are folded into the weights; --adapter_dir also writes the adapter alone
-(PEFT format: adapter_config.json + adapter_model.safetensors).
+A LoRA run's checkpoint holds its adapters alone: they are folded into the base model the run
+started from (recorded in lora_config.json; --base_model_dir if it has moved); --adapter_dir also
+writes the adapter alone (PEFT format: adapter_config.json + adapter_model.safetensors).
 """
 
 import argparse
@@ -38,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="LoRA checkpoints only: also write the adapter alone here in PEFT format",
     )
     parser.add_argument(
+        "--base_model_dir", default=None,
+        help="LoRA checkpoints only: the base model folder the adapters were trained on "
+        "(default: the one lora_config.json records)",
+    )
+    parser.add_argument(
         "--hf_upload_path", default=None,
         help="Hugging Face Hub repo id (user/name) to upload the merged folder to (created private if new)",
     )
@@ -47,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     result = merge_checkpoint(
-        args.local_dir, args.target_dir, DTYPES[args.dtype] if args.dtype else None, args.adapter_dir
+        args.local_dir, args.target_dir, DTYPES[args.dtype] if args.dtype else None, args.adapter_dir,
+        args.base_model_dir,
     )
     print(
         f"merged {result.world_size} shards: {result.num_tensors} tensors ({', '.join(result.dtypes)}), "

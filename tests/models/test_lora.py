@@ -1,15 +1,30 @@
 """LoRA adapters (verl.models.lora) on the tiny Qwen2.5-VL: a fresh adapter is the base model,
 switched-off adapters are the base model, and the merged weights streamed to rollout engines
-compute what base + adapter computes. The FSDP2 run, resume and merger are in
-tests/trainer/test_lora_e2e.py."""
+compute what base + adapter computes; adapter-only checkpoints resume and merge onto the base
+folder. The FSDP2 run, resume and merger through the CLI are in tests/trainer/test_lora_e2e.py."""
+
+import json
+import shutil
+from dataclasses import asdict
 
 import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
 from verl.data.rl_dataset import RLDataset, collate_rl
-from verl.models.lora import LoRAConfig, adapters_disabled, apply_lora, fold_adapters, lora_modules
+from verl.models.lora import (
+    LORA_CONFIG_FILE,
+    LoRAConfig,
+    adapters_disabled,
+    apply_lora,
+    fold_adapters,
+    is_adapter_name,
+    lora_modules,
+    save_lora_config,
+)
 from verl.protocol import DataProto
+from verl.utils.checkpoint import load_rank_state, save_hf_metadata, save_rank_state
+from verl.utils.model_merger import merge_checkpoint
 from verl.workers.actor import forward_response_log_probs
 from verl.workers.engine.model import build_policy
 from verl.workers.weight_sync import iter_full_state_dict
@@ -93,3 +108,54 @@ def test_bad_lora_configs_name_the_key(tiny_model_dir):
         LoRAConfig(rank=-1).check("lora")
     with pytest.raises(KeyError, match="has no matching"):
         fold_adapters({"m.lora_A": torch.zeros(1, 2), "m.weight": torch.zeros(2, 2)}, 1.0)
+
+
+def test_adapter_only_checkpoint_resumes_and_merges_onto_the_base_folder(tiny_model_dir, tmp_path):
+    model = build_policy(tiny_model_dir, CPU, attn_implementation="sdpa", lora=LORA)
+    randomise_adapters(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    actor_dir = tmp_path / "global_step_1" / "actor"
+    save_rank_state(str(actor_dir), 1, 0, model, torch.optim.AdamW(trainable), {}, keep=is_adapter_name)
+    save_hf_metadata(tiny_model_dir, str(actor_dir / "huggingface"))
+    save_lora_config(str(actor_dir), LORA, tiny_model_dir)
+    shard = torch.load(actor_dir / "model_world_size_1_rank_0.pt", weights_only=True)
+    assert set(shard) == {name for name in model.state_dict() if is_adapter_name(name)} and len(shard) == 2 * 14
+
+    # Resume: a fresh LoRA model (B = 0) gets the adapters back over the base it loaded itself.
+    resumed = build_policy(tiny_model_dir, CPU, attn_implementation="sdpa", lora=LORA)
+    resumed_optimizer = torch.optim.AdamW([p for p in resumed.parameters() if p.requires_grad])
+    load_rank_state(str(actor_dir), 1, 0, resumed, resumed_optimizer, keep=is_adapter_name)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], tensor), name
+
+    # Merge: the adapters folded into the base read from the recorded folder, bit for bit what
+    # folding the live model's weights gives.
+    expected = fold_adapters(model.state_dict(), LORA.alpha / LORA.rank)
+    merged = merge_checkpoint(str(actor_dir), str(tmp_path / "merged"))
+    merged_state = AutoModelForImageTextToText.from_pretrained(merged.target_dir, dtype=torch.float32).state_dict()
+    assert set(merged_state) == set(expected)
+    for name, tensor in merged_state.items():
+        assert torch.equal(tensor, expected[name]), name
+
+    # A base folder that has moved: an error naming the option, which then finds it.
+    moved = shutil.copytree(tiny_model_dir, tmp_path / "moved_base")
+    save_lora_config(str(actor_dir), LORA, str(tmp_path / "deleted_base"))
+    with pytest.raises(FileNotFoundError, match="deleted_base.*--base_model_dir"):
+        merge_checkpoint(str(actor_dir), str(tmp_path / "merged_again"))
+    again = merge_checkpoint(str(actor_dir), str(tmp_path / "merged_again"), base_model_dir=str(moved))
+    again_state = AutoModelForImageTextToText.from_pretrained(again.target_dir, dtype=torch.float32).state_dict()
+    assert all(torch.equal(tensor, expected[name]) for name, tensor in again_state.items())
+
+
+def test_checkpoints_with_base_weights_in_their_shards_still_merge(tiny_model_dir, tmp_path):
+    """LoRA checkpoints written before adapter-only saving hold every weight and no `shards` key."""
+    model = build_policy(tiny_model_dir, CPU, attn_implementation="sdpa", lora=LORA)
+    randomise_adapters(model)
+    actor_dir = tmp_path / "actor"
+    save_rank_state(str(actor_dir), 1, 0, model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad]), {})
+    save_hf_metadata(tiny_model_dir, str(actor_dir / "huggingface"))
+    (actor_dir / LORA_CONFIG_FILE).write_text(json.dumps({**asdict(LORA), "base_model": str(tmp_path / "gone")}))
+    merged = merge_checkpoint(str(actor_dir), str(tmp_path / "merged"))  # the base is in the shards: not read
+    expected = fold_adapters(model.state_dict(), LORA.alpha / LORA.rank)
+    merged_state = AutoModelForImageTextToText.from_pretrained(merged.target_dir, dtype=torch.float32).state_dict()
+    assert all(torch.equal(tensor, expected[name]) for name, tensor in merged_state.items())

@@ -104,9 +104,13 @@ def test_qwen3_vl_lora_grpo_moves_only_adapters_resumes_and_merges(lora_run: Lor
         assert step["actor/grad_norm"] > 0
     # Step 1 starts at B = 0 (actor = reference); after an adapter update the KL is non-zero.
     assert metrics[0]["actor/kl_loss"] == 0.0 and metrics[1]["actor/kl_loss"] > 0 and metrics[2]["actor/kl_loss"] > 0
-    # Only adapters train: the optimizer state holds them alone (2 x 14 adapted linears, 2 ranks' pieces).
+    # Only adapters train: the optimizer state holds them alone (2 x 14 adapted linears, 2 ranks' pieces),
+    # and so do the model shards (the frozen base is the model folder; the merger reads it there).
     optim = torch.load(os.path.join(ckpt, "global_step_3/actor/optim_world_size_2_rank_0.pt"), weights_only=False)
     assert len(optim["state"]) == 2 * 14
+    for rank in range(2):
+        shard = torch.load(os.path.join(ckpt, f"global_step_3/actor/model_world_size_2_rank_{rank}.pt"), weights_only=True)
+        assert len(shard) == 2 * 14 and all(name.endswith((".lora_A", ".lora_B")) for name in shard)
 
     adapter_config = json.load(open(os.path.join(adapter_dir, "adapter_config.json")))
     assert adapter_config["peft_type"] == "LORA" and adapter_config["r"] == RANK and adapter_config["lora_alpha"] == ALPHA

@@ -160,22 +160,36 @@ def fold_adapters(state: Mapping[str, torch.Tensor], scale: float) -> dict[str, 
     return folded
 
 
+@dataclass(frozen=True)
+class SavedLoRA:
+    """What a LoRA checkpoint records beside its shards (`lora_config.json`)."""
+
+    config: LoRAConfig
+    base_model: str
+    """The model folder training started from: the frozen base the adapters apply to."""
+    adapters_only: bool
+    """The shards hold the adapters alone (the base is read from `base_model`); False for
+    checkpoints written before adapter-only saving, whose shards hold every weight."""
+
+
 def save_lora_config(directory: str, config: LoRAConfig, base_model: str) -> None:
-    """Writes the adapter settings and the base model the adapters were trained on."""
+    """Writes the adapter settings and the base model the adapters were trained on, for shards
+    that hold the adapters alone."""
     with open(os.path.join(directory, LORA_CONFIG_FILE), "w") as f:
-        json.dump({**asdict(config), "base_model": base_model}, f, indent=2)
+        json.dump({**asdict(config), "base_model": base_model, "shards": "adapters"}, f, indent=2)
 
 
-def load_lora_config(directory: str) -> tuple[LoRAConfig, str] | None:
-    """(LoRA config, base model path) saved beside a checkpoint's shards; None when the run was
-    full fine-tuning."""
+def load_lora_config(directory: str) -> SavedLoRA | None:
+    """The LoRA settings saved beside a checkpoint's shards; None when the run was full
+    fine-tuning."""
     path = os.path.join(directory, LORA_CONFIG_FILE)
     if not os.path.isfile(path):
         return None
     with open(path) as f:
         saved = json.load(f)
     base_model = saved.pop("base_model")
-    return LoRAConfig(**saved), base_model
+    adapters_only = saved.pop("shards", "all") == "adapters"
+    return SavedLoRA(LoRAConfig(**saved), base_model, adapters_only)
 
 
 def peft_adapter(

@@ -23,6 +23,7 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -71,11 +72,17 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_rank_state(
-    actor_dir: str, world_size: int, rank: int, model: torch.nn.Module, optimizer, extra: dict
+    actor_dir: str, world_size: int, rank: int, model: torch.nn.Module, optimizer, extra: dict,
+    keep: Callable[[str], bool] | None = None,
 ) -> None:
-    """Writes this rank's model shards, optimizer state and extra state into `actor_dir`."""
+    """Writes this rank's model shards, optimizer state and extra state into `actor_dir`.
+    `keep(name)`: which state-dict entries to write (None: all); a LoRA run keeps only its
+    adapters, since the frozen base is the model folder the run starts from."""
     os.makedirs(actor_dir, exist_ok=True)
-    torch.save(to_local(model.state_dict()), os.path.join(actor_dir, shard_file("model", world_size, rank)))
+    state = model.state_dict()
+    if keep is not None:
+        state = {name: value for name, value in state.items() if keep(name)}
+    torch.save(to_local(state), os.path.join(actor_dir, shard_file("model", world_size, rank)))
     torch.save(to_local(optimizer.state_dict()), os.path.join(actor_dir, shard_file("optim", world_size, rank)))
     torch.save({**extra, "rng": rng_state()}, os.path.join(actor_dir, shard_file("extra_state", world_size, rank)))
 
@@ -93,9 +100,13 @@ def _like(local: torch.Tensor, reference) -> torch.Tensor:
     return local.to(reference.device)
 
 
-def load_rank_state(actor_dir: str, world_size: int, rank: int, model: torch.nn.Module, optimizer) -> dict:
-    """Restores what save_rank_state wrote; returns the extra state (RNG already restored).
-    Errors name the missing file and the world size the checkpoint was written with."""
+def load_rank_state(
+    actor_dir: str, world_size: int, rank: int, model: torch.nn.Module, optimizer,
+    keep: Callable[[str], bool] | None = None,
+) -> dict:
+    """Restores what save_rank_state wrote (with the same `keep`: the other entries keep the
+    values `model` was loaded with); returns the extra state (RNG already restored). Errors name
+    the missing file and the world size the checkpoint was written with."""
     paths = {kind: os.path.join(actor_dir, shard_file(kind, world_size, rank)) for kind in RANK_FILES}
     for kind, path in paths.items():
         if not os.path.isfile(path):
@@ -105,11 +116,12 @@ def load_rank_state(actor_dir: str, world_size: int, rank: int, model: torch.nn.
                 f"found: {found[:6]}{' ...' if len(found) > 6 else ''}"
             )
     live = model.state_dict()
+    wanted = [name for name in live if keep is None or keep(name)]
     saved = torch.load(paths["model"], map_location="cpu", weights_only=False)
-    missing = set(live) - set(saved)
+    missing = set(wanted) - set(saved)
     if missing:
         raise KeyError(f"{paths['model']} lacks parameters: {sorted(missing)[:5]}")
-    model.load_state_dict({name: _like(saved[name], live[name]) for name in live})
+    model.load_state_dict({name: _like(saved[name], live[name]) for name in wanted}, strict=keep is None)
     optim_state = torch.load(paths["optim"], map_location="cpu", weights_only=False)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     for index, state in optim_state["state"].items():

@@ -15,9 +15,11 @@ tests/utils/test_model_merger.py).
 Output: a folder `AutoModelForImageTextToText` / `AutoProcessor` / vLLM load directly, built in
 `TARGET.tmp` and renamed into place, so an interrupted merge never leaves a partial TARGET.
 
-A LoRA run's checkpoint (ACTOR_DIR/lora_config.json beside the shards) holds the base weights and
-the adapter matrices; they are folded into plain weights (W + alpha/r B A), and with
-`adapter_dir` the adapter alone is also written in PEFT's format.
+A LoRA run's checkpoint (ACTOR_DIR/lora_config.json beside the shards) holds the adapter matrices
+alone; the frozen base weights are read from the base model folder the run started from (its
+`base_model`, or `base_model_dir` when that folder has moved; checkpoints written before
+adapter-only saving hold the base weights too). The adapters are folded into plain weights
+(W + alpha/r B A), and with `adapter_dir` the adapter alone is also written in PEFT's format.
 """
 
 from __future__ import annotations
@@ -37,7 +39,15 @@ from transformers import AutoConfig, AutoModelForImageTextToText, GenerationConf
 
 from verl.models.qwen_vl import checkpoint_weight_name
 from verl.utils.checkpoint import save_hf_metadata, shard_file
-from verl.models.lora import LORA_CONFIG_FILE, apply_lora, fold_adapters, load_lora_config, lora_scale, peft_adapter
+from verl.models.lora import (
+    LORA_CONFIG_FILE,
+    apply_lora,
+    fold_adapters,
+    is_adapter_name,
+    load_lora_config,
+    lora_scale,
+    peft_adapter,
+)
 from verl.models.value_head import attach_value_head, is_value_checkpoint, mark_value_checkpoint
 from verl.utils.manifest import MANIFEST, read_manifest, verify_manifest
 
@@ -301,15 +311,29 @@ def write_peft_adapter(adapter_dir: str, adapter_config: dict, tensors: dict[str
     _publish(tmp_dir, adapter_dir)
 
 
+def base_weights(base_model_dir: str, lora_config_path: str) -> dict[str, torch.Tensor]:
+    """The frozen base of an adapter-only LoRA checkpoint, as the actor held it: the model
+    folder's weights in fp32 (the actor's master dtype), by in-memory parameter name."""
+    if not os.path.isfile(os.path.join(base_model_dir, "config.json")):
+        raise FileNotFoundError(
+            f"{lora_config_path} holds adapters only; their base model folder {base_model_dir} (its base_model) "
+            "has no config.json: pass the base model folder with --base_model_dir"
+        )
+    base = AutoModelForImageTextToText.from_pretrained(base_model_dir, dtype=torch.float32)
+    return dict(base.state_dict())
+
+
 def merge_checkpoint(
-    local_dir: str, target_dir: str | None = None, dtype: torch.dtype | None = None, adapter_dir: str | None = None
+    local_dir: str, target_dir: str | None = None, dtype: torch.dtype | None = None, adapter_dir: str | None = None,
+    base_model_dir: str | None = None,
 ) -> MergeResult:
     """Merges `local_dir` (CKPT/global_step_N/actor, or .../critic: a value model, see
     `verl.models.value_head`) into a Hugging Face folder at `target_dir`
     (default `local_dir/huggingface`, as EasyR1 does). Tensors keep their saved dtype unless
     `dtype` is given. Keys are checked strictly against the model the config builds (with the
-    run's adapters for a LoRA checkpoint, whose adapters are then folded in; `adapter_dir`
-    additionally receives the adapter alone in PEFT format).
+    run's adapters for a LoRA checkpoint, whose adapters are then folded into the base read from
+    `base_model_dir` (default: the base model the checkpoint records); `adapter_dir` additionally
+    receives the adapter alone in PEFT format).
     """
     start = time.perf_counter()
     local_dir = os.path.abspath(local_dir)
@@ -325,18 +349,30 @@ def merge_checkpoint(
         if is_value_checkpoint(local_dir):  # a GAE critic: the LM head is a scalar value head
             attach_value_head(model)
     saved_lora = load_lora_config(local_dir)
-    lora, base_model = saved_lora if saved_lora else (None, None)
-    if adapter_dir is not None and lora is None:
-        raise ValueError(f"--adapter_dir given but {local_dir} has no lora_config.json: it was not a LoRA run")
+    lora = saved_lora.config if saved_lora else None
+    lora_config_path = os.path.join(local_dir, LORA_CONFIG_FILE)
+    if lora is None and (adapter_dir is not None or base_model_dir is not None):
+        option = "--adapter_dir" if adapter_dir is not None else "--base_model_dir"
+        raise ValueError(f"{option} given but {local_dir} has no {LORA_CONFIG_FILE}: it was not a LoRA run")
     with torch.device("meta"):
         trained = AutoModelForImageTextToText.from_config(config) if lora else model
         if lora:
-            apply_lora(trained, lora, f"{local_dir}/lora_config.json")
+            apply_lora(trained, lora, lora_config_path)
     expected_shapes = {name: tensor.shape for name, tensor in trained.state_dict().items()}
+    adapters_only = saved_lora is not None and saved_lora.adapters_only
+    if adapters_only:
+        expected_shapes = {name: shape for name, shape in expected_shapes.items() if is_adapter_name(name)}
     rank_states = [load_shard(path) for path in layout.paths]
     state = merge_shards(rank_states, expected_shapes, [os.path.basename(p) for p in layout.paths])
     del rank_states
+    if adapters_only:
+        base = base_weights(base_model_dir or saved_lora.base_model, lora_config_path)
+        missing = sorted(set(trained.state_dict()) - set(state) - set(base))
+        if missing:
+            raise KeyError(f"base model {base_model_dir or saved_lora.base_model} lacks weights the run had: {_listing(missing)}")
+        state = {**{name: base[name] for name in trained.state_dict() if name not in state}, **state}
     if lora:
+        base_model = saved_lora.base_model
         if adapter_dir is not None:
             adapter_dir = os.path.abspath(adapter_dir)
             write_peft_adapter(

@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import os
 from datetime import timedelta
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import ray
@@ -16,7 +17,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy
 
-from verl.models.lora import LORA_CONFIG_FILE, adapters_disabled, save_lora_config
+from verl.models.lora import LORA_CONFIG_FILE, adapters_disabled, is_adapter_name, load_lora_config, save_lora_config
 from verl.models.qwen_vl import resolve_dtype
 from verl.protocol import DataProto
 from verl.single_controller.worker_group import find_free_port
@@ -283,13 +284,14 @@ class FSDPWorker:
             self.actor_module,
             self.actor.optimizer,
             {"scheduler": self.actor.scheduler.state_dict(), "optimizer_steps": self.actor.optimizer_steps},
+            keep=self._saved_actor_weights,
         )
         written = [f"actor/{checkpoint.shard_file(kind, self.world_size, self.rank)}" for kind in checkpoint.RANK_FILES]
         if self.rank == 0:
             hf_dir = os.path.join(actor_dir, "huggingface")
             checkpoint.save_hf_metadata(hf_source_dir, hf_dir)
             written += [f"actor/huggingface/{name}" for name in sorted(os.listdir(hf_dir))]
-            if self.config.worker.actor.model.lora.enabled:  # the merger folds adapters with it
+            if self.config.worker.actor.model.lora.enabled:  # the merger folds adapters into the base with it
                 model_cfg = self.config.worker.actor.model
                 save_lora_config(actor_dir, model_cfg.lora, model_cfg.model_path)
                 written.append(f"actor/{LORA_CONFIG_FILE}")
@@ -308,9 +310,26 @@ class FSDPWorker:
         dist.barrier()
         return digests
 
+    @property
+    def _saved_actor_weights(self) -> Callable[[str], bool] | None:
+        """Which actor weights a checkpoint holds: a LoRA run's adapters alone (its frozen base is
+        the model folder it starts from, and resume loads that first), else all."""
+        return is_adapter_name if self.config.worker.actor.model.lora.enabled else None
+
     def load_checkpoint(self, step_dir: str) -> None:
+        actor_dir = os.path.join(step_dir, "actor")
+        model_cfg = self.config.worker.actor.model
+        saved_lora = load_lora_config(actor_dir)
+        if model_cfg.lora.enabled and saved_lora is not None and (
+            os.path.realpath(saved_lora.base_model) != os.path.realpath(model_cfg.model_path)
+        ):
+            raise ValueError(
+                f"{actor_dir}/{LORA_CONFIG_FILE}: the adapters were trained on base model {saved_lora.base_model}, "
+                f"but this run loads {model_cfg.model_path} (worker.actor.model.model_path); resume with that base"
+            )
         extra = checkpoint.load_rank_state(
-            os.path.join(step_dir, "actor"), self.world_size, self.rank, self.actor_module, self.actor.optimizer
+            actor_dir, self.world_size, self.rank, self.actor_module, self.actor.optimizer,
+            keep=self._saved_actor_weights,
         )
         self.actor.scheduler.load_state_dict(extra["scheduler"])
         self.actor.optimizer_steps = extra["optimizer_steps"]
