@@ -13,7 +13,9 @@ hand-over time, the generation time of the same batch, and how far (a) and (b) a
 tokens (same policy; they differ only by rounding).
 
 Part 3 (`estimate`): the dry run's per-GPU memory estimate for Qwen3-VL-8B (no offload) full vs
-LoRA rank 64: what the tiny model cannot show.
+LoRA rank 64: what the tiny model cannot show; and the size of one checkpoint (fp32 model shards
++ AdamW's two fp32 moments): full fine-tuning 12 bytes per parameter, LoRA 12 bytes per adapter
+parameter (the shards hold the adapters alone; the frozen base stays in the model folder).
 
     nice -n 19 python3 benchmarks/lora.py --model_path models/tiny_qwen25vl --data_dir data/tiny_shapes \
         [--steps 6] [--rank 8] [--parts train,sync,estimate]
@@ -172,9 +174,11 @@ def part_estimate() -> dict:
     gib = 1024**3
     out = {}
     for label, extra in (("full", []), ("lora_r64", ["worker.actor.model.lora.rank=64"])):
-        memory = dry_run(load_config(PPOConfig, recipe, [*on_gpu, *extra])).memory
+        report = dry_run(load_config(PPOConfig, recipe, [*on_gpu, *extra]))
+        memory, shape = report.memory, report.shape
         out[label] = {"actor_state_gib": memory.actor_state / gib, "reference_gib": memory.reference / gib,
-                      "update_phase_gib": memory.update_phase / gib, "peak_gib": memory.peak / gib}
+                      "update_phase_gib": memory.update_phase / gib, "peak_gib": memory.peak / gib,
+                      "checkpoint_gib": 12.0 * shape.trainable_parameters / gib}
     return out
 
 
@@ -215,7 +219,8 @@ def main() -> None:
         print("\nQwen3-VL-8B recipe, no offload, dry-run estimate per GPU (GiB):")
         for label, r in report["estimate_qwen3_vl_8b"].items():
             print(f"{label:9} actor state {r['actor_state_gib']:6.1f}  reference {r['reference_gib']:5.1f}  "
-                  f"update phase {r['update_phase_gib']:6.1f}  peak {r['peak_gib']:6.1f}")
+                  f"update phase {r['update_phase_gib']:6.1f}  peak {r['peak_gib']:6.1f}  "
+                  f"checkpoint {r['checkpoint_gib']:6.2f}")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(report, f, indent=2)
