@@ -358,26 +358,28 @@ def merge_checkpoint(
         trained = AutoModelForImageTextToText.from_config(config) if lora else model
         if lora:
             apply_lora(trained, lora, lora_config_path)
-    expected_shapes = {name: tensor.shape for name, tensor in trained.state_dict().items()}
+    trained_shapes = {name: tensor.shape for name, tensor in trained.state_dict().items()}
+    # An adapter-only LoRA checkpoint's shards hold the adapters; every other weight is the base folder's.
     adapters_only = saved_lora is not None and saved_lora.adapters_only
-    if adapters_only:
-        expected_shapes = {name: shape for name, shape in expected_shapes.items() if is_adapter_name(name)}
+    saved_shapes = {n: s for n, s in trained_shapes.items() if is_adapter_name(n)} if adapters_only else trained_shapes
     rank_states = [load_shard(path) for path in layout.paths]
-    state = merge_shards(rank_states, expected_shapes, [os.path.basename(p) for p in layout.paths])
+    state = merge_shards(rank_states, saved_shapes, [os.path.basename(p) for p in layout.paths])
     del rank_states
     if adapters_only:
-        base = base_weights(base_model_dir or saved_lora.base_model, lora_config_path)
-        missing = sorted(set(trained.state_dict()) - set(state) - set(base))
+        base_dir = base_model_dir or saved_lora.base_model
+        base = base_weights(base_dir, lora_config_path)
+        missing = sorted(name for name in trained_shapes if name not in state and name not in base)
         if missing:
-            raise KeyError(f"base model {base_model_dir or saved_lora.base_model} lacks weights the run had: {_listing(missing)}")
-        state = {**{name: base[name] for name in trained.state_dict() if name not in state}, **state}
+            raise KeyError(f"base model {base_dir} lacks weights the run had: {_listing(missing)}")
+        state = {name: state[name] if name in state else base[name] for name in trained_shapes}
     if lora:
-        base_model = saved_lora.base_model
         if adapter_dir is not None:
             adapter_dir = os.path.abspath(adapter_dir)
             write_peft_adapter(
                 adapter_dir,
-                *peft_adapter(state, lora, lambda name: checkpoint_weight_name(name, config.model_type), base_model),
+                *peft_adapter(
+                    state, lora, lambda name: checkpoint_weight_name(name, config.model_type), saved_lora.base_model
+                ),
             )
         state = fold_adapters(state, lora_scale(lora))
     if dtype is not None:

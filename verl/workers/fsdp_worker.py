@@ -7,8 +7,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from datetime import timedelta
 from collections.abc import Callable
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import ray
