@@ -131,6 +131,7 @@ def test_vllm_rollout_two_steps_with_self_reward(tiny_model_dir, synthetic_data_
         assert step["train/self_reward/engine_calls_per_rank"] == 1.0, output[-3000:]
         assert step["perf/sync_bytes"] > 0
         assert step["actor/pass2_rows"] == 0  # summed objective: only pass-1 tokens are trained
+        assert all(0.0 <= step[f"train/group_spread/{name}"] <= 1.0 for name in ("overall", "accuracy", "visual"))
         # vLLM's CPU kernels vs the FSDP actor, same fp32 weights (synced after step 1).
         assert 0 < step["rollout/logprob_gap_max"] < 1e-3
     assert "val/reward/visual" in metrics[-1]

@@ -366,6 +366,10 @@ class RayPPOTrainer:
             sync = self.workers.execute_all("sync_rollout_weights")
         metrics["perf/sync_bytes"] = sync[0]["bytes"]
         metrics.update(self._rollout_metrics(drawn_rollout, drawn_scores, sr_output, "train"))
+        # Share of prompts whose n samples score differently: only those carry a group advantage.
+        for name, values in drawn_scores.items():
+            spread = dapo.prompt_has_spread(values, cfg.worker.rollout.n)
+            metrics[f"train/group_spread/{name}"] = float(spread.mean())
         metrics.update({f"timing_s/{k}": v for k, v in timing.items()})
         step_time = sum(timing.values())
         tokens = drawn_rollout.batch["attention_mask"].sum().item()
