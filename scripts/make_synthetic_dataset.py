@@ -40,6 +40,12 @@ def parse_args() -> argparse.Namespace:
         help="the same for the RL train split (default: none, uniform answers like val)",
     )
     parser.add_argument(
+        "--vague-description-rate",
+        type=float,
+        default=defaults.vague_description_rate,
+        help="share of cold-start image rows whose description only counts the shapes (an insufficient perception)",
+    )
+    parser.add_argument(
         "--format-prompt", default=DEFAULT_FORMAT_PROMPT, help="jinja format prompt for the SFT user turns"
     )
     return parser.parse_args()
@@ -59,6 +65,7 @@ def main() -> None:
             image_size=args.image_size,
             prior_strength=args.prior_strength,
             train_prior_strength=args.train_prior_strength,
+            vague_description_rate=args.vague_description_rate,
         ),
     )
     print(f"wrote {files.train}, {files.val}, {files.sft} in {time.perf_counter() - start:.1f} s")

@@ -7,8 +7,9 @@
 #   bash train_examples/0-tiny_cpu_seed_sweep.sh          # ~6 x 9 min on 2 cores after one SFT
 #
 # Environment: SEEDS ("1 2 3"), ROOT (outputs/sweep), ENGINE (vllm, the recipe's; hf is the
-# bit-reproducible engine but ~5x slower to generate on CPU), and whatever
-# 0-tiny_cpu_selfReward.sh reads (STEPS, MODEL, DATA, PYTHON, ...).
+# bit-reproducible engine but ~5x slower to generate on CPU), SFT_DIR (another run's OUT whose SFT
+# model and evals every run reuses; default: the first run trains it), and whatever
+# 0-tiny_cpu_selfReward.sh reads (STEPS, MODEL, DATA, SYNTHETIC_ARGS, PYTHON, ...).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/help.sh" "$@"
 cd "$(dirname "$0")/.."
@@ -20,7 +21,8 @@ if [ -z "${PYTHON:-}" ]; then
 fi
 export PYTHON
 read -r -a seeds <<< "$SEEDS"
-SFT_RUN="$ROOT/selfReward_seed${seeds[0]}"  # its cold-start SFT serves every run
+SFT_RUN=${SFT_DIR:-"$ROOT/selfReward_seed${seeds[0]}"}  # its cold-start SFT serves every run
+unset SFT_DIR
 for seed in "${seeds[@]}"; do
   for variant in selfReward visionR1; do
     out="$ROOT/${variant}_seed${seed}"

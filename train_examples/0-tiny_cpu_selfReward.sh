@@ -11,7 +11,10 @@
 # deterministic, and on the tiny model faster than three vLLM start-ups per evaluation),
 # PYTHON (.venv/bin/python if present),
 # MODEL (tiny model folder, built if absent), DATA (synthetic data folder, built if absent),
-# SFT_ARGS (extra key=value overrides for the SFT stage, e.g. "trainer.max_steps=4").
+# SFT_ARGS (extra key=value overrides for the SFT stage, e.g. "trainer.max_steps=4"),
+# SYNTHETIC_ARGS (extra scripts/make_synthetic_dataset.py flags, used only when DATA is built, e.g.
+# "--vague-description-rate 0.5": cold-start descriptions that cannot answer the question, the
+# condition the self-reward targets; give such data its own DATA folder).
 # VARIANT=visionR1 runs the same recipe with the self-reward off (format + accuracy reward).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/help.sh" "$@"
@@ -30,6 +33,7 @@ export PYTHON
 MODEL=${MODEL:-models/tiny_qwen25vl}
 DATA=${DATA:-data/tiny_shapes}
 read -r -a SFT_EXTRA <<< "${SFT_ARGS:-}"
+read -r -a SYNTHETIC_EXTRA <<< "${SYNTHETIC_ARGS:-}"
 case "$VARIANT" in
   selfReward) GRPO_ARGS=(self_reward.enable=true reward.reward_function=sr1) ;;
   visionR1) GRPO_ARGS=(self_reward.enable=false reward.reward_function=see_think) ;;
@@ -45,7 +49,7 @@ evaluate() {  # evaluate MODEL_DIR NAME: greedy responses + self-reward scoring 
 
 step "tiny model and synthetic data"
 [ -f "$MODEL/config.json" ] || "$PYTHON" scripts/make_tiny_model.py --out "$MODEL" --seed 0
-[ -f "$DATA/train.parquet" ] || "$PYTHON" scripts/make_synthetic_dataset.py --out "$DATA" --seed 0
+[ -f "$DATA/train.parquet" ] || "$PYTHON" scripts/make_synthetic_dataset.py --out "$DATA" --seed 0 "${SYNTHETIC_EXTRA[@]}"
 mkdir -p "$OUT"
 
 if [ -n "${SFT_DIR:-}" ]; then

@@ -230,3 +230,36 @@ def test_cli_writes_the_three_files(tmp_path):
     assert len(pd.read_parquet(out_dir / "val.parquet")) == 4
     assert len(json.load(open(out_dir / "sft.json"))) == 4 + 4  # + text-only re-prompt records
     assert len(os.listdir(out_dir / "images")) == 4
+
+
+def test_vague_descriptions_change_only_the_cold_start_descriptions(written, tmp_path):
+    """A vague share of the cold-start rows says only how many shapes there are; scenes, answers,
+    images, the RL splits and the text-only re-prompts stay those of the same seed without it."""
+    _, plain = written
+    vague = write_synthetic_dataset(
+        str(tmp_path), SR1_PROMPT, seed=1, train_size=40, val_size=20, sft_size=200,
+        spec=SyntheticTaskSpec(vague_description_rate=0.5),
+    )
+    for first, second in [(plain.train, vague.train), (plain.val, vague.val)]:
+        assert open(first, "rb").read() == open(second, "rb").read()
+    records = json.load(open(vague.sft, encoding="utf-8"))
+    samples = generate_split(200, seed=1, split="sft")
+    image_records = [r for r in records if r["images"]]
+    text_records = [r for r in records if not r["images"]]
+    vague_rows = 0
+    for record, text_record, sample in zip(image_records, text_records, samples, strict=True):
+        response = record["messages"][1]["content"]
+        assert response.endswith(f"</think> \\boxed{{{sample.answer}}}")
+        noun = "shape" if len(sample.shapes) == 1 else "shapes"
+        if f"<description> The image shows {len(sample.shapes)} {noun}. </description>" in response:
+            vague_rows += 1
+            assert not any(color in response.split("</description>")[0] for color in COLORS)
+        else:
+            assert response == sft_response(sample)
+        assert text_record["messages"][0]["content"] == build_reprompt(describe(sample), sample.question)
+    assert 70 <= vague_rows <= 130  # 200 rows at rate 0.5
+    with pytest.raises(ValueError, match="vague_description_rate"):
+        write_synthetic_dataset(
+            str(tmp_path / "bad"), SR1_PROMPT, seed=1, train_size=4, val_size=4, sft_size=4,
+            spec=SyntheticTaskSpec(vague_description_rate=1.5),
+        )

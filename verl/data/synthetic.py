@@ -62,6 +62,7 @@ PRIOR_COUNT = "2"
 Split = Literal["train", "val", "sft"]
 # Independent random streams per split: changing the val size never changes the train rows.
 _SPLIT_STREAMS: dict[str, int] = {"train": 0, "val": 1, "sft": 2}
+_VAGUE_STREAM = 3
 
 RL_FEATURES = Features(
     {
@@ -86,6 +87,12 @@ class SyntheticTaskSpec:
     """The same for the RL train split; None = uniform answers, like val. Measured on the tiny
     recipe: with 0.7 here, 30 GRPO steps took val accuracy from 62.0% to 46.0% and distractor
     accuracy from 45.9% to 21.1% (the policy learned the prior the split pays for)."""
+    vague_description_rate: float = 0.0
+    """Share of cold-start image rows whose description is vague ("The image shows 2 shapes.":
+    no colour, kind or place) while the answer still comes from the image. This is the
+    insufficient perception the Vision-SR1 self-reward targets: a policy that learned it answers
+    right with a description that cannot answer the question on its own (a language shortcut in
+    the paper's terms), and only a reward on the description itself pays it to say more."""
 
     def prior_strength_of(self, split: str) -> float | None:
         """The prior strength ``split`` is drawn with; None = uniform answers."""
@@ -250,6 +257,12 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def vague_description(sample: SyntheticSample) -> str:
+    """A description that counts the shapes and says nothing else, e.g. "The image shows 2 shapes."."""
+    noun = "shape" if len(sample.shapes) == 1 else "shapes"
+    return f"The image shows {len(sample.shapes)} {noun}."
+
+
 def describe(sample: SyntheticSample) -> str:
     """Ground-truth description of the scene, e.g. "The image shows a red circle on the left."."""
     parts = [f"a {shape.color} {shape.kind} {SLOT_PHRASES[shape.slot]}" for shape in sample.shapes]
@@ -278,10 +291,12 @@ def reasoning(sample: SyntheticSample) -> str:
     )
 
 
-def sft_response(sample: SyntheticSample) -> str:
-    """Assistant turn in the Vision-SR1 format: description, reasoning, boxed answer."""
+def sft_response(sample: SyntheticSample, vague: bool = False) -> str:
+    """Assistant turn in the Vision-SR1 format: description (``vague_description`` when
+    ``vague``), reasoning, boxed answer."""
+    description = vague_description(sample) if vague else describe(sample)
     return (
-        f"<description> {describe(sample)} </description> "
+        f"<description> {description} </description> "
         f"<think> {reasoning(sample)} </think> \\boxed{{{sample.answer}}}"
     )
 
@@ -322,7 +337,11 @@ def write_rl_split(samples: list[SyntheticSample], path: str, image_size: int) -
 
 
 def write_sft_file(
-    samples: list[SyntheticSample], out_dir: str, format_prompt_path: str, image_size: int
+    samples: list[SyntheticSample],
+    out_dir: str,
+    format_prompt_path: str,
+    image_size: int,
+    vague: list[bool] | None = None,
 ) -> str:
     """LLaMA-Factory sharegpt ``out_dir/sft.json``; images saved under ``out_dir/images/``.
 
@@ -331,11 +350,16 @@ def write_sft_file(
     record (``text_only_record``), as the Vision-SR1 cold-start set has: with only every second
     sample, the tiny model re-answered 0% of shape and 2% of position questions correctly from its
     own (correct) descriptions after SFT, so the visual reward could not tell good perceptions apart.
+    ``vague[i]`` gives sample i a ``vague_description`` in its image record; its text-only record
+    keeps the full description (the re-answerer learns to read complete perceptions only).
     """
+    vague = vague if vague is not None else [False] * len(samples)
+    if len(vague) != len(samples):
+        raise ValueError(f"vague has {len(vague)} flags for {len(samples)} samples")
     format_prompt = load_format_prompt(format_prompt_path)
     os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
     records = []
-    for index, sample in enumerate(samples):
+    for index, (sample, is_vague) in enumerate(zip(samples, vague, strict=True)):
         relative_path = f"images/sft_{index:05d}.png"
         with open(os.path.join(out_dir, relative_path), "wb") as file:
             file.write(png_bytes(render_image(sample, image_size)))
@@ -343,7 +367,7 @@ def write_sft_file(
             {
                 "messages": [
                     {"role": "user", "content": format_prompt.render(content=problem_text(sample))},
-                    {"role": "assistant", "content": sft_response(sample)},
+                    {"role": "assistant", "content": sft_response(sample, is_vague)},
                 ],
                 "images": [relative_path],
             }
@@ -374,7 +398,11 @@ def write_synthetic_dataset(
     spec: SyntheticTaskSpec = SyntheticTaskSpec(),
 ) -> SyntheticDatasetFiles:
     """Writes ``train.parquet``, ``val.parquet`` (RL) and ``sft.json`` + ``images/`` (cold start)."""
-    for name, value in (("prior_strength", spec.prior_strength), ("train_prior_strength", spec.train_prior_strength)):
+    for name, value in (
+        ("prior_strength", spec.prior_strength),
+        ("train_prior_strength", spec.train_prior_strength),
+        ("vague_description_rate", spec.vague_description_rate),
+    ):
         if value is not None and not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {value}")
     os.makedirs(out_dir, exist_ok=True)
@@ -385,5 +413,8 @@ def write_synthetic_dataset(
     )
     write_rl_split(generate_split(train_size, seed, "train", spec), files.train, spec.image_size)
     write_rl_split(generate_split(val_size, seed, "val", spec), files.val, spec.image_size)
-    write_sft_file(generate_split(sft_size, seed, "sft", spec), out_dir, format_prompt_path, spec.image_size)
+    # Its own random stream, so the rate never changes which scenes and answers the rows hold.
+    vague = list(np.random.default_rng([seed, _VAGUE_STREAM]).random(sft_size) < spec.vague_description_rate)
+    sft_samples = generate_split(sft_size, seed, "sft", spec)
+    write_sft_file(sft_samples, out_dir, format_prompt_path, spec.image_size, vague)
     return files
