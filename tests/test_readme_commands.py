@@ -33,6 +33,8 @@ def _readme_commands() -> list[str]:
 def _entry_point(command: str) -> tuple[str, str] | None:
     """("script", path) or ("module", name) a README command runs; None for pytest."""
     words = shlex.split(command)
+    while re.match(r"^[A-Z_][A-Z0-9_]*=", words[0]):  # environment assignments before the command
+        words = words[1:]
     if words[0] == "bash":
         return "script", words[1]
     if "-m" in words:
