@@ -92,7 +92,8 @@ class SyntheticTaskSpec:
     no colour, kind or place) while the answer still comes from the image. This is the
     insufficient perception the Vision-SR1 self-reward targets: a policy that learned it answers
     right with a description that cannot answer the question on its own (a language shortcut in
-    the paper's terms), and only a reward on the description itself pays it to say more."""
+    the paper's terms). Measured at 0.5 (README): GRPO with the self-reward dropped the vague
+    descriptions in 3 of 3 seeds, GRPO on the answer reward alone in 2 of 3."""
 
     def prior_strength_of(self, split: str) -> float | None:
         """The prior strength ``split`` is drawn with; None = uniform answers."""
@@ -359,7 +360,7 @@ def write_sft_file(
     format_prompt = load_format_prompt(format_prompt_path)
     os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
     records = []
-    for index, (sample, is_vague) in enumerate(zip(samples, vague, strict=True)):
+    for index, (sample, is_vague) in enumerate(zip(samples, vague)):
         relative_path = f"images/sft_{index:05d}.png"
         with open(os.path.join(out_dir, relative_path), "wb") as file:
             file.write(png_bytes(render_image(sample, image_size)))
