@@ -10,7 +10,7 @@ import argparse
 import os
 import time
 
-from verl.data.synthetic import SyntheticTaskSpec, write_synthetic_dataset
+from verl.data.synthetic import SHAPE_PLACEMENTS, SyntheticTaskSpec, write_synthetic_dataset
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_FORMAT_PROMPT = os.path.join(REPO_ROOT, "configs", "format_prompt", "sr1.jinja")
@@ -46,6 +46,12 @@ def parse_args() -> argparse.Namespace:
         help="share of cold-start image rows whose description only counts the shapes (an insufficient perception)",
     )
     parser.add_argument(
+        "--shape-placement",
+        choices=SHAPE_PLACEMENTS,
+        default=defaults.shape_placement,
+        help="scattered: each shape at a random height in its slot; centred: in the middle of its slot (one visual token per shape)",
+    )
+    parser.add_argument(
         "--format-prompt", default=DEFAULT_FORMAT_PROMPT, help="jinja format prompt for the SFT user turns"
     )
     return parser.parse_args()
@@ -66,6 +72,7 @@ def main() -> None:
             prior_strength=args.prior_strength,
             train_prior_strength=args.train_prior_strength,
             vague_description_rate=args.vague_description_rate,
+            shape_placement=args.shape_placement,
         ),
     )
     print(f"wrote {files.train}, {files.val}, {files.sft} in {time.perf_counter() - start:.1f} s")

@@ -263,3 +263,23 @@ def test_vague_descriptions_change_only_the_cold_start_descriptions(written, tmp
             str(tmp_path / "bad"), SR1_PROMPT, seed=1, train_size=4, val_size=4, sft_size=4,
             spec=SyntheticTaskSpec(vague_description_rate=1.5),
         )
+
+
+def test_centred_placement_moves_only_the_pixels(train_rows):
+    """Centred shapes: the same scenes, answers and sizes as scattered ones from the same seed, each
+    shape drawn at its slot's centre in the middle row, so it fills one merged 28-px visual token."""
+    centred = generate_split(2000, seed=0, split="train", spec=SyntheticTaskSpec(shape_placement="centred"))
+    cell = SPEC.image_size // 3
+    for scattered_sample, sample in zip(train_rows, centred, strict=True):
+        assert (sample.question, sample.answer, sample.prior_answer) == (
+            scattered_sample.question, scattered_sample.answer, scattered_sample.prior_answer)
+        for scattered_shape, shape in zip(scattered_sample.shapes, sample.shapes, strict=True):
+            assert (shape.kind, shape.color, shape.slot, shape.size) == (
+                scattered_shape.kind, scattered_shape.color, scattered_shape.slot, scattered_shape.size)
+            assert (shape.center_x, shape.center_y) == (SLOTS.index(shape.slot) * cell + cell // 2, cell + cell // 2)
+            assert shape.size <= cell
+    assert len({shape.center_y for sample in train_rows for shape in sample.shapes}) > 10
+    image = np.asarray(render_image(centred[0], SPEC.image_size))
+    assert (image[:cell] == 255).all() and (image[2 * cell :] == 255).all()  # top and bottom rows blank
+    with pytest.raises(ValueError, match="shape_placement"):
+        generate_split(4, seed=0, split="train", spec=SyntheticTaskSpec(shape_placement="diagonal"))

@@ -60,6 +60,8 @@ PRIOR_SIDE_OF_COLOR = {"red": "left", "green": "right", "blue": "left", "yellow"
 PRIOR_COUNT = "2"
 
 Split = Literal["train", "val", "sft"]
+ShapePlacement = Literal["scattered", "centred"]
+SHAPE_PLACEMENTS: tuple[str, ...] = ("scattered", "centred")
 # Independent random streams per split: changing the val size never changes the train rows.
 _SPLIT_STREAMS: dict[str, int] = {"train": 0, "val": 1, "sft": 2}
 _VAGUE_STREAM = 3
@@ -94,6 +96,14 @@ class SyntheticTaskSpec:
     right with a description that cannot answer the question on its own (a language shortcut in
     the paper's terms). Measured at 0.5 (README): GRPO with the self-reward dropped the vague
     descriptions in 3 of 3 seeds, GRPO on the answer reward alone in 2 of 3."""
+    shape_placement: ShapePlacement = "scattered"
+    """Where a shape sits in its slot. "scattered": at a random height (and +-1 px sideways);
+    "centred": at the centre of its slot's cell in the middle row of the image, which at 84 px is
+    one merged 28x28 visual token of Qwen2.5-VL per shape (2x2 patches of 14 px). Scenes, answers
+    and shape sizes are the same in both (the same random draws, only the pixels move). Measured
+    (README, one seed, 6-epoch SFT of the tiny model): greedy descriptions name kind / colour /
+    place right 50% / 61% / 93% of the time on scattered shapes and 99.5% / 99.5% / 99.8% on
+    centred ones: a scattered shape straddles tokens the 2-layer vision tower cannot piece together."""
 
     def prior_strength_of(self, split: str) -> float | None:
         """The prior strength ``split`` is drawn with; None = uniform answers."""
@@ -159,12 +169,16 @@ def _place_shapes(
     target: tuple[str, str] | None,
     target_slot: str | None,
     image_size: int,
+    placement: ShapePlacement,
 ) -> tuple[tuple[PlacedShape, ...], PlacedShape]:
     """Random scene of ``num_shapes`` shapes with distinct kinds, colours and slots.
 
     ``target`` (kind, colour) is always in the scene, in ``target_slot`` when given. Returns the
     shapes ordered left to right and the target shape (an arbitrary one without a target).
+    ``placement`` is ``SyntheticTaskSpec.shape_placement``; it never changes the random draws.
     """
+    if placement not in SHAPE_PLACEMENTS:
+        raise ValueError(f"unknown shape_placement {placement!r}; expected one of {SHAPE_PLACEMENTS}")
     kinds = list(rng.permutation(SHAPES))
     colors = list(rng.permutation(list(COLORS)))
     slots = list(rng.permutation(SLOTS))
@@ -181,8 +195,13 @@ def _place_shapes(
     for kind, color, slot in zip(kinds[:num_shapes], colors[:num_shapes], slots[:num_shapes], strict=True):
         size = int(rng.integers(int(0.7 * slot_width), int(0.85 * slot_width) + 1))
         margin = size // 2 + 1
-        center_x = SLOTS.index(slot) * slot_width + slot_width // 2 + int(rng.integers(-1, 2))
-        center_y = int(rng.integers(margin, image_size - margin + 1))
+        jitter_x = int(rng.integers(-1, 2))
+        random_y = int(rng.integers(margin, image_size - margin + 1))
+        center_x = SLOTS.index(slot) * slot_width + slot_width // 2
+        if placement == "scattered":
+            center_x, center_y = center_x + jitter_x, random_y
+        else:
+            center_y = image_size // 2
         shapes.append(PlacedShape(str(kind), str(color), str(slot), center_x, center_y, size))
     return tuple(sorted(shapes, key=lambda shape: SLOTS.index(shape.slot))), shapes[0]
 
@@ -197,18 +216,18 @@ def make_sample(
         kind = SHAPES[rng.integers(len(SHAPES))]
         prior = prior_answer("color", None, kind)
         answer = _draw_answer(rng, tuple(COLORS), prior, strength)
-        shapes, subject = _place_shapes(rng, num_shapes, (kind, answer), None, spec.image_size)
+        shapes, subject = _place_shapes(rng, num_shapes, (kind, answer), None, spec.image_size, spec.shape_placement)
         question = f"What color is the {kind}?"
     elif question_type == "shape":
         color = list(COLORS)[rng.integers(len(COLORS))]
         prior = prior_answer("shape", color, None)
         answer = _draw_answer(rng, SHAPES, prior, strength)
-        shapes, subject = _place_shapes(rng, num_shapes, (answer, color), None, spec.image_size)
+        shapes, subject = _place_shapes(rng, num_shapes, (answer, color), None, spec.image_size, spec.shape_placement)
         question = f"What shape is the {color} object?"
     elif question_type == "count":
         prior = prior_answer("count", None, None)
         answer = _draw_answer(rng, COUNTS, prior, strength)
-        shapes, _ = _place_shapes(rng, int(answer), None, None, spec.image_size)
+        shapes, _ = _place_shapes(rng, int(answer), None, None, spec.image_size, spec.shape_placement)
         subject = None
         question = "How many shapes are in the image?"
     elif question_type == "position":
@@ -216,7 +235,7 @@ def make_sample(
         color = list(COLORS)[rng.integers(len(COLORS))]
         prior = prior_answer("position", color, kind)
         answer = _draw_answer(rng, SIDES, prior, strength)
-        shapes, subject = _place_shapes(rng, num_shapes, (kind, color), answer, spec.image_size)
+        shapes, subject = _place_shapes(rng, num_shapes, (kind, color), answer, spec.image_size, spec.shape_placement)
         question = f"Is the {color} {kind} on the left or on the right?"
     else:
         raise ValueError(f"unknown question type {question_type!r}; expected one of {QUESTION_TYPES}")
