@@ -4,7 +4,7 @@
 # and the self-reward add. Then scripts/sweep_table.py prints the README's table (mean +- std over
 # seeds) and writes ROOT/sweep.json.
 #
-#   bash train_examples/0-tiny_cpu_seed_sweep.sh          # ~6 x 9 min on 2 cores after one SFT
+#   bash train_examples/0-tiny_cpu_seed_sweep.sh [key=value GRPO overrides, passed to every run]
 #
 # Environment: SEEDS ("1 2 3"), ROOT (outputs/sweep), ENGINE (vllm, the recipe's; hf is the
 # bit-reproducible engine but ~5x slower to generate on CPU), SFT_DIR (another run's OUT whose SFT
@@ -29,9 +29,9 @@ for seed in "${seeds[@]}"; do
     if [ -f "$out/summary.json" ]; then echo "=== $out done, skipped"; continue; fi
     echo "=== $variant seed $seed -> $out"
     if [ "$out" = "$SFT_RUN" ]; then
-      VARIANT=$variant SEED=$seed OUT=$out bash train_examples/0-tiny_cpu_selfReward.sh
+      VARIANT=$variant SEED=$seed OUT=$out bash train_examples/0-tiny_cpu_selfReward.sh "$@"
     else
-      VARIANT=$variant SEED=$seed OUT=$out SFT_DIR=$SFT_RUN bash train_examples/0-tiny_cpu_selfReward.sh
+      VARIANT=$variant SEED=$seed OUT=$out SFT_DIR=$SFT_RUN bash train_examples/0-tiny_cpu_selfReward.sh "$@"
     fi
   done
 done
