@@ -49,7 +49,7 @@ def parse_args() -> argparse.Namespace:
         "--shape-placement",
         choices=SHAPE_PLACEMENTS,
         default=defaults.shape_placement,
-        help="scattered: each shape at a random height in its slot; centred: in the middle of its slot (one visual token per shape)",
+        help="centred (default): each shape in the middle of its slot, one visual token per shape; scattered: at a random height in its slot",
     )
     parser.add_argument(
         "--format-prompt", default=DEFAULT_FORMAT_PROMPT, help="jinja format prompt for the SFT user turns"

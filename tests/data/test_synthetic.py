@@ -266,11 +266,13 @@ def test_vague_descriptions_change_only_the_cold_start_descriptions(written, tmp
 
 
 def test_centred_placement_moves_only_the_pixels(train_rows):
-    """Centred shapes: the same scenes, answers and sizes as scattered ones from the same seed, each
-    shape drawn at its slot's centre in the middle row, so it fills one merged 28-px visual token."""
-    centred = generate_split(2000, seed=0, split="train", spec=SyntheticTaskSpec(shape_placement="centred"))
+    """Centred shapes (the default): the same scenes, answers and sizes as scattered ones from the
+    same seed, each shape at its slot's centre in the middle row, so it fills one merged 28-px token."""
+    assert SPEC.shape_placement == "centred"
+    centred = train_rows
+    scattered = generate_split(2000, seed=0, split="train", spec=SyntheticTaskSpec(shape_placement="scattered"))
     cell = SPEC.image_size // 3
-    for scattered_sample, sample in zip(train_rows, centred, strict=True):
+    for scattered_sample, sample in zip(scattered, centred, strict=True):
         assert (sample.question, sample.answer, sample.prior_answer) == (
             scattered_sample.question, scattered_sample.answer, scattered_sample.prior_answer)
         for scattered_shape, shape in zip(scattered_sample.shapes, sample.shapes, strict=True):
@@ -278,7 +280,7 @@ def test_centred_placement_moves_only_the_pixels(train_rows):
                 scattered_shape.kind, scattered_shape.color, scattered_shape.slot, scattered_shape.size)
             assert (shape.center_x, shape.center_y) == (SLOTS.index(shape.slot) * cell + cell // 2, cell + cell // 2)
             assert shape.size <= cell
-    assert len({shape.center_y for sample in train_rows for shape in sample.shapes}) > 10
+    assert len({shape.center_y for sample in scattered for shape in sample.shapes}) > 10
     image = np.asarray(render_image(centred[0], SPEC.image_size))
     assert (image[:cell] == 255).all() and (image[2 * cell :] == 255).all()  # top and bottom rows blank
     with pytest.raises(ValueError, match="shape_placement"):

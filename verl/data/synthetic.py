@@ -96,14 +96,15 @@ class SyntheticTaskSpec:
     right with a description that cannot answer the question on its own (a language shortcut in
     the paper's terms). Measured at 0.5 (README): GRPO with the self-reward dropped the vague
     descriptions in 3 of 3 seeds, GRPO on the answer reward alone in 2 of 3."""
-    shape_placement: ShapePlacement = "scattered"
-    """Where a shape sits in its slot. "scattered": at a random height (and +-1 px sideways);
-    "centred": at the centre of its slot's cell in the middle row of the image, which at 84 px is
-    one merged 28x28 visual token of Qwen2.5-VL per shape (2x2 patches of 14 px). Scenes, answers
-    and shape sizes are the same in both (the same random draws, only the pixels move). Measured
-    (README, one seed, 6-epoch SFT of the tiny model): greedy descriptions name kind / colour /
-    place right 50% / 61% / 93% of the time on scattered shapes and 99.5% / 99.5% / 99.8% on
-    centred ones: a scattered shape straddles tokens the 2-layer vision tower cannot piece together."""
+    shape_placement: ShapePlacement = "centred"
+    """Where a shape sits in its slot. "centred": at the centre of its slot's cell in the middle
+    row of the image, which at 84 px is one merged 28x28 visual token of Qwen2.5-VL per shape (2x2
+    patches of 14 px); "scattered" (the default until 2026-12-02): at a random height and +-1 px
+    sideways. Scenes, answers and shape sizes are the same in both (the same random draws; only the
+    pixels move). Measured on the tiny model (README): after its 6-epoch SFT on scattered shapes
+    greedy descriptions named a shape's kind right for 50% of shapes and its colour for 61% (a
+    shape straddling tokens is more than the 1-layer vision tower pieces together); centred, every
+    description of a colour or shape question named them right."""
 
     def prior_strength_of(self, split: str) -> float | None:
         """The prior strength ``split`` is drawn with; None = uniform answers."""

@@ -114,6 +114,12 @@ class TinyModelSpec:
     text_num_heads: int = 2
     text_num_kv_heads: int = 1
     mrope_section: tuple[int, int, int] = (8, 12, 12)
+    # The text rotary base. Qwen2.5-VL's 1e6 gives the width section (the lowest frequencies)
+    # 2e-4..2e-6 rad per image column: on a 3x3-token image the text model cannot tell left from
+    # right (after SFT on centred shapes it placed shapes right 40% of the time in 3-shape scenes,
+    # i.e. chance). 10 gives 0.24..0.11 rad per column (measured: 79-100%); a toy sequence of a
+    # few hundred tokens needs no long-range base.
+    rope_theta: float = 10.0
     vision_depth: int = 1
     vision_hidden_size: int = 32
     vision_intermediate_size: int = 64
@@ -274,7 +280,7 @@ def build_config(spec: TinyModelSpec, tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLCo
         "max_position_embeddings": tokenizer.model_max_length,
         "rope_parameters": {
             "rope_type": "default",
-            "rope_theta": 1000000.0,
+            "rope_theta": spec.rope_theta,
             "mrope_section": list(spec.mrope_section),
         },
         "tie_word_embeddings": True,
