@@ -93,6 +93,16 @@ def test_parameter_count_matches_hand_computed_sizes(tokenizer, model):
     assert sum(p.numel() for p in model.parameters()) == text + vision
 
 
+def test_text_rotary_tells_image_columns_apart(model):
+    """The multimodal rotary gives an image's width the lowest frequencies of the text model. The
+    loaded model's slowest width frequency must still turn a key by >= 0.1 rad per merged-token
+    column, or on a 3-token-wide image left and right look alike (Qwen's base 1e6: 1.5e-6 rad)."""
+    inv_freq = model.model.language_model.rotary_emb.inv_freq
+    temporal, height, width = model.config.text_config.rope_parameters["mrope_section"]
+    assert inv_freq.numel() == temporal + height + width
+    assert inv_freq[temporal + height :].min().item() >= 0.1
+
+
 def test_chat_template_renders_qwen_turns(tokenizer, processor):
     conversation = [
         {"role": "system", "content": "Be brief."},
