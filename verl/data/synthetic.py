@@ -29,7 +29,7 @@ import io
 import json
 import os
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import pyarrow as pa
@@ -61,7 +61,7 @@ PRIOR_COUNT = "2"
 
 Split = Literal["train", "val", "sft"]
 ShapePlacement = Literal["scattered", "centred"]
-SHAPE_PLACEMENTS: tuple[str, ...] = ("scattered", "centred")
+SHAPE_PLACEMENTS: tuple[str, ...] = get_args(ShapePlacement)
 # Independent random streams per split: changing the val size never changes the train rows.
 _SPLIT_STREAMS: dict[str, int] = {"train": 0, "val": 1, "sft": 2}
 _VAGUE_STREAM = 3
@@ -105,6 +105,10 @@ class SyntheticTaskSpec:
     greedy descriptions named a shape's kind right for 50% of shapes and its colour for 61% (a
     shape straddling tokens is more than the 1-layer vision tower pieces together); centred, every
     description of a colour or shape question named them right."""
+
+    def __post_init__(self) -> None:
+        if self.shape_placement not in SHAPE_PLACEMENTS:
+            raise ValueError(f"unknown shape_placement {self.shape_placement!r}; expected one of {SHAPE_PLACEMENTS}")
 
     def prior_strength_of(self, split: str) -> float | None:
         """The prior strength ``split`` is drawn with; None = uniform answers."""
@@ -169,17 +173,15 @@ def _place_shapes(
     num_shapes: int,
     target: tuple[str, str] | None,
     target_slot: str | None,
-    image_size: int,
-    placement: ShapePlacement,
+    spec: SyntheticTaskSpec,
 ) -> tuple[tuple[PlacedShape, ...], PlacedShape]:
     """Random scene of ``num_shapes`` shapes with distinct kinds, colours and slots.
 
     ``target`` (kind, colour) is always in the scene, in ``target_slot`` when given. Returns the
     shapes ordered left to right and the target shape (an arbitrary one without a target).
-    ``placement`` is ``SyntheticTaskSpec.shape_placement``; it never changes the random draws.
+    ``spec.shape_placement`` moves the shapes' pixels; it never changes the random draws.
     """
-    if placement not in SHAPE_PLACEMENTS:
-        raise ValueError(f"unknown shape_placement {placement!r}; expected one of {SHAPE_PLACEMENTS}")
+    image_size = spec.image_size
     kinds = list(rng.permutation(SHAPES))
     colors = list(rng.permutation(list(COLORS)))
     slots = list(rng.permutation(SLOTS))
@@ -199,7 +201,7 @@ def _place_shapes(
         jitter_x = int(rng.integers(-1, 2))
         random_y = int(rng.integers(margin, image_size - margin + 1))
         center_x = SLOTS.index(slot) * slot_width + slot_width // 2
-        if placement == "scattered":
+        if spec.shape_placement == "scattered":
             center_x, center_y = center_x + jitter_x, random_y
         else:
             center_y = image_size // 2
@@ -217,18 +219,18 @@ def make_sample(
         kind = SHAPES[rng.integers(len(SHAPES))]
         prior = prior_answer("color", None, kind)
         answer = _draw_answer(rng, tuple(COLORS), prior, strength)
-        shapes, subject = _place_shapes(rng, num_shapes, (kind, answer), None, spec.image_size, spec.shape_placement)
+        shapes, subject = _place_shapes(rng, num_shapes, (kind, answer), None, spec)
         question = f"What color is the {kind}?"
     elif question_type == "shape":
         color = list(COLORS)[rng.integers(len(COLORS))]
         prior = prior_answer("shape", color, None)
         answer = _draw_answer(rng, SHAPES, prior, strength)
-        shapes, subject = _place_shapes(rng, num_shapes, (answer, color), None, spec.image_size, spec.shape_placement)
+        shapes, subject = _place_shapes(rng, num_shapes, (answer, color), None, spec)
         question = f"What shape is the {color} object?"
     elif question_type == "count":
         prior = prior_answer("count", None, None)
         answer = _draw_answer(rng, COUNTS, prior, strength)
-        shapes, _ = _place_shapes(rng, int(answer), None, None, spec.image_size, spec.shape_placement)
+        shapes, _ = _place_shapes(rng, int(answer), None, None, spec)
         subject = None
         question = "How many shapes are in the image?"
     elif question_type == "position":
@@ -236,7 +238,7 @@ def make_sample(
         color = list(COLORS)[rng.integers(len(COLORS))]
         prior = prior_answer("position", color, kind)
         answer = _draw_answer(rng, SIDES, prior, strength)
-        shapes, subject = _place_shapes(rng, num_shapes, (kind, color), answer, spec.image_size, spec.shape_placement)
+        shapes, subject = _place_shapes(rng, num_shapes, (kind, color), answer, spec)
         question = f"Is the {color} {kind} on the left or on the right?"
     else:
         raise ValueError(f"unknown question type {question_type!r}; expected one of {QUESTION_TYPES}")

@@ -116,8 +116,8 @@ class TinyModelSpec:
     mrope_section: tuple[int, int, int] = (8, 12, 12)
     # The text rotary base. Qwen2.5-VL's 1e6 gives the width section (the lowest frequencies)
     # 2e-4..2e-6 rad per image column: on a 3x3-token image the text model cannot tell left from
-    # right (after SFT on centred shapes it placed shapes right 40% of the time in 3-shape scenes,
-    # i.e. chance). 10 gives 0.24..0.11 rad per column (measured: 79-100%); a toy sequence of a
+    # right (after SFT on centred shapes it placed the shapes of 3-shape scenes right 36% of the
+    # time, chance 33%). 10 gives 0.24..0.11 rad per column (measured: 79-100% per slot); a toy sequence of a
     # few hundred tokens needs no long-range base.
     rope_theta: float = 10.0
     vision_depth: int = 1
