@@ -84,10 +84,9 @@ def sample_rss(driver: psutil.Process) -> dict[str, float]:
 
 
 def ensure_inputs(model_path: str, data_dir: str) -> None:
-    if not os.path.isdir(model_path):
-        subprocess.run([sys.executable, "scripts/make_tiny_model.py", "--out", model_path], cwd=REPO_ROOT, check=True)
-    if not os.path.isfile(os.path.join(data_dir, "train.parquet")):
-        subprocess.run([sys.executable, "scripts/make_synthetic_dataset.py", "--out", data_dir], cwd=REPO_ROOT, check=True)
+    """Builds the tiny model and data unless the folders hold builds of the current defaults."""
+    for script, out in (("scripts/make_tiny_model.py", model_path), ("scripts/make_synthetic_dataset.py", data_dir)):
+        subprocess.run([sys.executable, script, "--out", out, "--reuse"], cwd=REPO_ROOT, check=True)
 
 
 def steps_logged(metrics_path: str) -> list[int]:

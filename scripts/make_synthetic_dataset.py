@@ -7,10 +7,14 @@ question_type) and DIR/sft.json with its images under DIR/images/. See verl/data
 """
 
 import argparse
+import dataclasses
+import hashlib
 import os
+import sys
 import time
 
 from verl.data.synthetic import SHAPE_PLACEMENTS, SyntheticTaskSpec, write_synthetic_dataset
+from verl.utils.build_stamp import UnstampedFolderError, needs_build, write_build_stamp
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_FORMAT_PROMPT = os.path.join(REPO_ROOT, "configs", "format_prompt", "sr1.jinja")
@@ -54,11 +58,38 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--format-prompt", default=DEFAULT_FORMAT_PROMPT, help="jinja format prompt for the SFT user turns"
     )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep OUT if it holds a build of these arguments (its build_stamp.json); rebuild a stamped build of others",
+    )
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse_args()
+    spec = SyntheticTaskSpec(
+        image_size=args.image_size,
+        prior_strength=args.prior_strength,
+        train_prior_strength=args.train_prior_strength,
+        vague_description_rate=args.vague_description_rate,
+        shape_placement=args.shape_placement,
+    )
+    with open(args.format_prompt, "rb") as f:
+        format_prompt_sha256 = hashlib.sha256(f.read()).hexdigest()
+    stamp = {
+        "builder": "make_synthetic_dataset",
+        "seed": args.seed,
+        "sizes": {"train": args.train, "val": args.val, "sft": args.sft},
+        "spec": dataclasses.asdict(spec),
+        "format_prompt_sha256": format_prompt_sha256,
+    }
+    try:
+        if args.reuse and not needs_build(args.out, stamp):
+            print(f"synthetic data in {args.out} is up to date")
+            return
+    except UnstampedFolderError as error:
+        sys.exit(f"make_synthetic_dataset.py: {error}")
     start = time.perf_counter()
     files = write_synthetic_dataset(
         out_dir=args.out,
@@ -67,14 +98,9 @@ def main() -> None:
         train_size=args.train,
         val_size=args.val,
         sft_size=args.sft,
-        spec=SyntheticTaskSpec(
-            image_size=args.image_size,
-            prior_strength=args.prior_strength,
-            train_prior_strength=args.train_prior_strength,
-            vague_description_rate=args.vague_description_rate,
-            shape_placement=args.shape_placement,
-        ),
+        spec=spec,
     )
+    write_build_stamp(args.out, stamp)
     print(f"wrote {files.train}, {files.val}, {files.sft} in {time.perf_counter() - start:.1f} s")
 
 

@@ -5,8 +5,11 @@ Example: python scripts/make_tiny_model.py --out /tmp/tiny-qwen2.5-vl --seed 0
 """
 
 import argparse
+import dataclasses
+import sys
 import time
 
+from verl.utils.build_stamp import UnstampedFolderError, needs_build, write_build_stamp
 from verl.utils.tiny_model import FAMILIES, QWEN3_VL_SPEC, TinyModelSpec, build_tiny_model
 
 
@@ -15,10 +18,23 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="folder to write the checkpoint into")
     parser.add_argument("--seed", type=int, default=0, help="weight-initialisation seed")
     parser.add_argument("--family", choices=FAMILIES, default="qwen2_5_vl", help="model type to build")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep OUT if it holds a build of this seed and spec (its build_stamp.json); rebuild a stamped build of another",
+    )
     args = parser.parse_args()
-    start = time.perf_counter()
     spec = QWEN3_VL_SPEC if args.family == "qwen3_vl" else TinyModelSpec()
+    stamp = {"builder": "make_tiny_model", "seed": args.seed, "spec": dataclasses.asdict(spec)}
+    try:
+        if args.reuse and not needs_build(args.out, stamp):
+            print(f"tiny {args.family} in {args.out} is up to date")
+            return
+    except UnstampedFolderError as error:
+        sys.exit(f"make_tiny_model.py: {error}")
+    start = time.perf_counter()
     out_dir = build_tiny_model(args.out, seed=args.seed, spec=spec)
+    write_build_stamp(out_dir, stamp)
     print(f"tiny {args.family} written to {out_dir} in {time.perf_counter() - start:.1f} s")
 
 

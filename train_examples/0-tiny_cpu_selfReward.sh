@@ -10,11 +10,12 @@
 # ENGINE (GRPO rollout engine: vllm | hf, default vllm), EVAL_ENGINE (evaluation engine, default hf:
 # deterministic, and on the tiny model faster than three vLLM start-ups per evaluation),
 # PYTHON (.venv/bin/python if present),
-# MODEL (tiny model folder, built if absent), DATA (synthetic data folder, built if absent),
+# MODEL (tiny model folder), DATA (synthetic data folder): each built unless it holds a build of
+# the current defaults (its build_stamp.json),
 # SFT_ARGS (extra key=value overrides for the SFT stage, e.g. "trainer.max_steps=4"),
-# SYNTHETIC_ARGS (extra scripts/make_synthetic_dataset.py flags, used only when DATA is built, e.g.
+# SYNTHETIC_ARGS (extra scripts/make_synthetic_dataset.py flags, part of DATA's stamp, e.g.
 # "--vague-description-rate 0.5": cold-start descriptions that cannot answer the question, the
-# condition the self-reward targets; give such data its own DATA folder).
+# condition the self-reward targets; give such data its own DATA folder, or DATA is rebuilt).
 # VARIANT=visionR1 runs the same recipe with the self-reward off (format + accuracy reward).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/help.sh" "$@"
@@ -48,8 +49,10 @@ evaluate() {  # evaluate MODEL_DIR NAME: greedy responses + self-reward scoring 
 }
 
 step "tiny model and synthetic data"
-[ -f "$MODEL/config.json" ] || "$PYTHON" scripts/make_tiny_model.py --out "$MODEL" --seed 0
-[ -f "$DATA/train.parquet" ] || "$PYTHON" scripts/make_synthetic_dataset.py --out "$DATA" --seed 0 "${SYNTHETIC_EXTRA[@]}"
+# --reuse: kept when the folder's build_stamp.json matches, rebuilt when it records other arguments
+# (a folder left by an older checkout), refused when it holds files without a stamp.
+"$PYTHON" scripts/make_tiny_model.py --out "$MODEL" --seed 0 --reuse
+"$PYTHON" scripts/make_synthetic_dataset.py --out "$DATA" --seed 0 --reuse "${SYNTHETIC_EXTRA[@]}"
 mkdir -p "$OUT"
 
 if [ -n "${SFT_DIR:-}" ]; then
