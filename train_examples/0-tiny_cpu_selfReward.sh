@@ -10,12 +10,13 @@
 # ENGINE (GRPO rollout engine: vllm | hf, default vllm), EVAL_ENGINE (evaluation engine, default hf:
 # deterministic, and on the tiny model faster than three vLLM start-ups per evaluation),
 # PYTHON (.venv/bin/python if present),
-# MODEL (tiny model folder), DATA (synthetic data folder): each built unless it holds a build of
-# the current defaults (its build_stamp.json),
+# MODEL (tiny model folder), DATA (synthetic data folder): a folder you name is used as it is and
+# built only if absent; the defaults (models/tiny_qwen25vl, data/tiny_shapes) are the recipe's own and
+# also rebuilt when their build_stamp.json records other arguments (an older checkout's defaults),
 # SFT_ARGS (extra key=value overrides for the SFT stage, e.g. "trainer.max_steps=4"),
-# SYNTHETIC_ARGS (extra scripts/make_synthetic_dataset.py flags, part of DATA's stamp, e.g.
+# SYNTHETIC_ARGS (extra scripts/make_synthetic_dataset.py flags, used when DATA is built, e.g.
 # "--vague-description-rate 0.5": cold-start descriptions that cannot answer the question, the
-# condition the self-reward targets; give such data its own DATA folder, or DATA is rebuilt).
+# condition the self-reward targets; give such data its own DATA folder).
 # VARIANT=visionR1 runs the same recipe with the self-reward off (format + accuracy reward).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/help.sh" "$@"
@@ -31,6 +32,8 @@ if [ -z "${PYTHON:-}" ]; then
   if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
 export PYTHON
+MODEL_GIVEN=${MODEL:+yes}
+DATA_GIVEN=${DATA:+yes}
 MODEL=${MODEL:-models/tiny_qwen25vl}
 DATA=${DATA:-data/tiny_shapes}
 read -r -a SFT_EXTRA <<< "${SFT_ARGS:-}"
@@ -49,10 +52,12 @@ evaluate() {  # evaluate MODEL_DIR NAME: greedy responses + self-reward scoring 
 }
 
 step "tiny model and synthetic data"
-# --reuse: kept when the folder's build_stamp.json matches, rebuilt when it records other arguments
-# (a folder left by an older checkout), refused when it holds files without a stamp.
-"$PYTHON" scripts/make_tiny_model.py --out "$MODEL" --seed 0 --reuse
-"$PYTHON" scripts/make_synthetic_dataset.py --out "$DATA" --seed 0 --reuse "${SYNTHETIC_EXTRA[@]}"
+# --reuse: kept when the folder's build_stamp.json matches, rebuilt when it records other arguments,
+# refused when it holds files without a stamp (one built before stamps: remove it).
+if [ -z "$MODEL_GIVEN" ]; then "$PYTHON" scripts/make_tiny_model.py --out "$MODEL" --seed 0 --reuse
+elif [ ! -f "$MODEL/config.json" ]; then "$PYTHON" scripts/make_tiny_model.py --out "$MODEL" --seed 0; fi
+if [ -z "$DATA_GIVEN" ]; then "$PYTHON" scripts/make_synthetic_dataset.py --out "$DATA" --seed 0 --reuse "${SYNTHETIC_EXTRA[@]}"
+elif [ ! -f "$DATA/train.parquet" ]; then "$PYTHON" scripts/make_synthetic_dataset.py --out "$DATA" --seed 0 "${SYNTHETIC_EXTRA[@]}"; fi
 mkdir -p "$OUT"
 
 if [ -n "${SFT_DIR:-}" ]; then
