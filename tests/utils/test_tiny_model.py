@@ -93,14 +93,16 @@ def test_parameter_count_matches_hand_computed_sizes(tokenizer, model):
     assert sum(p.numel() for p in model.parameters()) == text + vision
 
 
-def test_text_rotary_tells_image_columns_apart(model):
-    """The multimodal rotary gives an image's width the lowest frequencies of the text model. The
-    loaded model's slowest width frequency must still turn a key by >= 0.1 rad per merged-token
-    column, or on a 3-token-wide image left and right look alike (Qwen's base 1e6: 1.5e-6 rad)."""
+def test_text_rotary_tells_image_columns_apart_and_keeps_slow_pairs(model):
+    """Multimodal RoPE gives an image's width the slowest pair range of the text rotary. Its fastest
+    width pair must turn a key by >= 0.1 rad per merged-token column, or on a 3-token-wide image left
+    and right look alike (Qwen's (8, 12, 12) at base 1e6: 1.8e-4 rad); and the slowest pair must turn
+    by <= 0.01 rad per token, so a token still matches one ~100 tokens back (base 10: 0.11 rad)."""
     inv_freq = model.model.language_model.rotary_emb.inv_freq
     temporal, height, width = model.config.text_config.rope_parameters["mrope_section"]
     assert inv_freq.numel() == temporal + height + width
-    assert inv_freq[temporal + height :].min().item() >= 0.1
+    assert inv_freq[temporal + height :].max().item() >= 0.1
+    assert inv_freq.min().item() <= 0.01
 
 
 def test_chat_template_renders_qwen_turns(tokenizer, processor):
