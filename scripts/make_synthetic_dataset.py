@@ -10,11 +10,10 @@ import argparse
 import dataclasses
 import hashlib
 import os
-import sys
 import time
 
 from verl.data.synthetic import SHAPE_PLACEMENTS, SyntheticTaskSpec, write_synthetic_dataset
-from verl.utils.build_stamp import UnstampedFolderError, needs_build, write_build_stamp
+from verl.utils.build_stamp import keep_existing_build, write_build_stamp
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_FORMAT_PROMPT = os.path.join(REPO_ROOT, "configs", "format_prompt", "sr1.jinja")
@@ -84,12 +83,8 @@ def main() -> None:
         "spec": dataclasses.asdict(spec),
         "format_prompt_sha256": format_prompt_sha256,
     }
-    try:
-        if args.reuse and not needs_build(args.out, stamp):
-            print(f"synthetic data in {args.out} is up to date")
-            return
-    except UnstampedFolderError as error:
-        sys.exit(f"make_synthetic_dataset.py: {error}")
+    if args.reuse and keep_existing_build(args.out, stamp, "make_synthetic_dataset.py"):
+        return
     start = time.perf_counter()
     files = write_synthetic_dataset(
         out_dir=args.out,

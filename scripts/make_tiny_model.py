@@ -6,10 +6,9 @@ Example: python scripts/make_tiny_model.py --out /tmp/tiny-qwen2.5-vl --seed 0
 
 import argparse
 import dataclasses
-import sys
 import time
 
-from verl.utils.build_stamp import UnstampedFolderError, needs_build, write_build_stamp
+from verl.utils.build_stamp import keep_existing_build, write_build_stamp
 from verl.utils.tiny_model import FAMILIES, QWEN3_VL_SPEC, TinyModelSpec, build_tiny_model
 
 
@@ -26,12 +25,8 @@ def main() -> None:
     args = parser.parse_args()
     spec = QWEN3_VL_SPEC if args.family == "qwen3_vl" else TinyModelSpec()
     stamp = {"builder": "make_tiny_model", "seed": args.seed, "spec": dataclasses.asdict(spec)}
-    try:
-        if args.reuse and not needs_build(args.out, stamp):
-            print(f"tiny {args.family} in {args.out} is up to date")
-            return
-    except UnstampedFolderError as error:
-        sys.exit(f"make_tiny_model.py: {error}")
+    if args.reuse and keep_existing_build(args.out, stamp, "make_tiny_model.py"):
+        return
     start = time.perf_counter()
     out_dir = build_tiny_model(args.out, seed=args.seed, spec=spec)
     write_build_stamp(out_dir, stamp)

@@ -297,7 +297,7 @@ def test_cli_reuse_keeps_a_current_build_and_rebuilds_a_stale_one(tmp_path):
     assert run("--seed", "2").returncode == 0
     written = (out_dir / "train.parquet").stat().st_mtime_ns
     kept = run("--seed", "2")
-    assert kept.returncode == 0 and "up to date" in kept.stdout
+    assert kept.returncode == 0 and "is up to date (build_stamp.json)" in kept.stdout
     assert (out_dir / "train.parquet").stat().st_mtime_ns == written
     rebuilt = run("--seed", "3")
     assert rebuilt.returncode == 0 and "rebuilding" in rebuilt.stdout and "seed: 2 -> 3" in rebuilt.stdout

@@ -66,3 +66,15 @@ def needs_build(folder: str, stamp: dict[str, Any]) -> bool:
         print(f"rebuilding: {reason}", flush=True)
         os.remove(path)
     return True
+
+
+def keep_existing_build(folder: str, stamp: dict[str, Any], builder: str) -> bool:
+    """The builder scripts' ``--reuse``: True (and says so) when ``folder`` already holds this
+    build; False when the caller must build; exits naming ``builder`` and the folder for unstamped files."""
+    try:
+        if needs_build(folder, stamp):
+            return False
+    except UnstampedFolderError as error:
+        raise SystemExit(f"{builder}: {error}") from None
+    print(f"{folder} is up to date ({BUILD_STAMP})", flush=True)
+    return True
