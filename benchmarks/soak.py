@@ -35,6 +35,7 @@ import psutil
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIB = 1 << 20
+DEFAULT_MODEL, DEFAULT_DATA = "models/tiny_qwen25vl", "data/tiny_shapes"
 WARM_UP_STEPS = 10  # one-off allocations (model load, first batches, allocator growth) come first
 
 
@@ -84,9 +85,17 @@ def sample_rss(driver: psutil.Process) -> dict[str, float]:
 
 
 def ensure_inputs(model_path: str, data_dir: str) -> None:
-    """Builds the tiny model and data unless the folders hold builds of the current defaults."""
-    for script, out in (("scripts/make_tiny_model.py", model_path), ("scripts/make_synthetic_dataset.py", data_dir)):
-        subprocess.run([sys.executable, script, "--out", out, "--reuse"], cwd=REPO_ROOT, check=True)
+    """The recipe's rule: the default folders are the repo's own, built with --reuse (rebuilt when
+    their build_stamp.json records other arguments); a folder named on the command line is used as
+    it is and built only if absent."""
+    for script, out, default, marker in (
+        ("scripts/make_tiny_model.py", model_path, DEFAULT_MODEL, "config.json"),
+        ("scripts/make_synthetic_dataset.py", data_dir, DEFAULT_DATA, "train.parquet"),
+    ):
+        if out == default:
+            subprocess.run([sys.executable, script, "--out", out, "--reuse"], cwd=REPO_ROOT, check=True)
+        elif not os.path.isfile(os.path.join(out, marker)):
+            subprocess.run([sys.executable, script, "--out", out], cwd=REPO_ROOT, check=True)
 
 
 def steps_logged(metrics_path: str) -> list[int]:
@@ -113,8 +122,8 @@ def slope_per_100_steps(steps: list[int], values: list[float]) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--model_path", default="models/tiny_qwen25vl")
-    parser.add_argument("--data_dir", default="data/tiny_shapes")
+    parser.add_argument("--model_path", default=DEFAULT_MODEL)
+    parser.add_argument("--data_dir", default=DEFAULT_DATA)
     parser.add_argument("--max_minutes", type=float, default=None, help="stop early after this much wall time")
     parser.add_argument("--out", default=os.path.join(REPO_ROOT, "benchmarks/results/soak.json"))
     parser.add_argument("overrides", nargs="*", help="config overrides (key=value) appended to the run's command")

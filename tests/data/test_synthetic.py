@@ -290,21 +290,24 @@ def test_centred_placement_moves_only_the_pixels(train_rows):
 def test_cli_reuse_keeps_a_current_build_and_rebuilds_a_stale_one(tmp_path):
     """--reuse (the recipe's call): a second identical call leaves the files alone; other
     arguments rebuild, naming what changed; a folder of unstamped files is refused, untouched."""
-    out_dir = tmp_path / "shapes"
     script = os.path.join(REPO_ROOT, "scripts", "make_synthetic_dataset.py")
-    base = [sys.executable, script, "--out", str(out_dir), "--train", "8", "--val", "4", "--sft", "4", "--reuse"]
-    run = lambda *extra: subprocess.run([*base, *extra], capture_output=True, text=True, cwd=REPO_ROOT)  # noqa: E731
-    assert run("--seed", "2").returncode == 0
+
+    def build(out_dir, seed):
+        command = [sys.executable, script, "--out", str(out_dir), "--seed", seed, "--train", "8", "--val", "4", "--sft", "4", "--reuse"]
+        return subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
+
+    out_dir = tmp_path / "shapes"
+    assert build(out_dir, "2").returncode == 0
     written = (out_dir / "train.parquet").stat().st_mtime_ns
-    kept = run("--seed", "2")
+    kept = build(out_dir, "2")
     assert kept.returncode == 0 and "is up to date (build_stamp.json)" in kept.stdout
     assert (out_dir / "train.parquet").stat().st_mtime_ns == written
-    rebuilt = run("--seed", "3")
+    rebuilt = build(out_dir, "3")
     assert rebuilt.returncode == 0 and "rebuilding" in rebuilt.stdout and "seed: 2 -> 3" in rebuilt.stdout
     assert json.load(open(out_dir / "build_stamp.json"))["seed"] == 3
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "train.parquet").write_bytes(b"not ours")
-    refused = subprocess.run([*base[:3], str(foreign), *base[4:]], capture_output=True, text=True, cwd=REPO_ROOT)
+    refused = build(foreign, "2")
     assert refused.returncode != 0 and "has no build_stamp.json" in refused.stderr
     assert (foreign / "train.parquet").read_bytes() == b"not ours"
