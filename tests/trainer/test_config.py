@@ -149,6 +149,21 @@ def test_vllm_context_shorter_than_prompt_plus_response_is_rejected_before_the_r
     parse_cli(PPOConfig, _valid(**{"worker.rollout.name": "vllm", "worker.rollout.max_model_len": 1024})).validate()
 
 
+def test_rank_setup_carries_what_a_worker_reads_from_the_other_sections():
+    lengths = {"data.max_prompt_length": 300, "data.max_response_length": 100,
+               "self_reward.max_prompt_length": 350, "self_reward.max_response_length": 150}
+    setup = parse_cli(PPOConfig, _valid(**lengths, **{"self_reward.enable": "true"})).rank_setup()
+    assert setup.longest_row == 500  # the re-prompt row is the longer one
+    assert parse_cli(PPOConfig, _valid(**lengths, **{"self_reward.enable": "false"})).rank_setup().longest_row == 400
+    no_reference = parse_cli(PPOConfig, _valid(**{"worker.actor.use_kl_loss": "false", "algorithm.kl_coef": 0}))
+    assert not no_reference.rank_setup().with_reference
+    in_reward_kl = parse_cli(PPOConfig, _valid(**{"worker.actor.use_kl_loss": "false", "algorithm.kl_coef": 0.01}))
+    assert in_reward_kl.rank_setup().with_reference
+    gae = parse_cli(PPOConfig, _valid(**{"algorithm.adv_estimator": "gae", "trainer.seed": 7})).rank_setup()
+    assert gae.with_critic and gae.seed == 7
+    assert not parse_cli(PPOConfig, _valid()).rank_setup().with_critic
+
+
 @pytest.mark.parametrize(
     "key, value, expected",
     [

@@ -38,6 +38,7 @@ from verl.workers.config import (  # noqa: F401  (worker sections, re-exported f
     OptimConfig,
     RolloutCorrectionConfig,
     RefConfig,
+    RankSetup,
     RolloutConfig,
     WorkerConfig,
 )
@@ -294,6 +295,22 @@ class PPOConfig:
     @property
     def world_size(self) -> int:
         return self.trainer.nnodes * self.trainer.n_gpus_per_node
+
+    def rank_setup(self) -> RankSetup:
+        """The values of the data, algorithm, self-reward and trainer sections one worker rank reads."""
+        data, self_reward = self.data, self.self_reward
+        longest_row = data.max_prompt_length + data.max_response_length
+        if self_reward.enable:
+            longest_row = max(longest_row, self_reward.max_prompt_length + self_reward.max_response_length)
+        return RankSetup(
+            device=self.trainer.device,
+            seed=self.trainer.seed,
+            with_reference=self.worker.actor.use_kl_loss or self.algorithm.kl_coef > 0,
+            with_critic=self.algorithm.adv_estimator == "gae",
+            min_pixels=data.min_pixels,
+            max_pixels=data.max_pixels,
+            longest_row=longest_row,
+        )
 
     def validate(self) -> None:
         """Checks derived values before anything starts; each message names the clashing numbers."""

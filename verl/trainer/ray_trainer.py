@@ -154,7 +154,8 @@ class RayPPOTrainer:
         )
         total_optimizer_steps = max(1, self.total_steps * self.mini_batches_per_step * cfg.worker.actor.ppo_epochs)
         self.workers = RayWorkerGroup(
-            FSDPWorker, pool, cfg, total_optimizer_steps, call_timeout_s=cfg.trainer.worker_timeout_s
+            FSDPWorker, pool, cfg.worker, cfg.rank_setup(), total_optimizer_steps,
+            call_timeout_s=cfg.trainer.worker_timeout_s,
         )
         self.workers.execute_all("init_model")
         if cfg.self_reward.enable:

@@ -239,7 +239,7 @@ class RolloutConfig:
     enforce_eager: bool = False
     """vLLM: disable CUDA graphs (always eager on CPU)."""
     max_model_len: int | None = None
-    """vLLM: context length; default max_prompt_length + max_response_length."""
+    """vLLM: context length; default the longest row of either pass (prompt + response)."""
     max_num_batched_tokens: int = 8192
     """vLLM: tokens per scheduler step."""
     enable_chunked_prefill: bool = False
@@ -260,3 +260,25 @@ class WorkerConfig:
     ref: RefConfig = field(default_factory=RefConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+
+
+@dataclass(frozen=True)
+class RankSetup:
+    """What one rank of the hybrid engine needs beyond `WorkerConfig`, resolved by the trainer
+    from the run's other sections (`PPOConfig.rank_setup`), so the worker never reads them."""
+
+    device: str
+    """`auto`, `cuda` or `cpu` (trainer.device)."""
+    seed: int
+    """Seeds torch before the models are built (trainer.seed)."""
+    with_reference: bool
+    """Build a frozen reference model (a KL loss or an in-reward KL penalty)."""
+    with_critic: bool
+    """Build a value model (the GAE estimator)."""
+    min_pixels: int
+    """Image sizing of the rollout engine's processor (data.min_pixels)."""
+    max_pixels: int
+    """Image sizing of the rollout engine's processor (data.max_pixels)."""
+    longest_row: int
+    """Prompt + response tokens of the longest row either pass (rollout, self-reward re-prompt)
+    produces: the default dynamic-batch token budget and vLLM context length."""

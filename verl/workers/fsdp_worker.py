@@ -9,8 +9,6 @@ import logging
 import os
 from collections.abc import Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING
-
 import ray
 import torch
 import torch.distributed as dist
@@ -25,6 +23,7 @@ from verl.utils import checkpoint
 from verl.models.value_head import mark_value_checkpoint
 from verl.utils.manifest import digest_files
 from verl.workers.actor import PPOActor, compute_log_probs
+from verl.workers.config import RankSetup, WorkerConfig
 from verl.workers.critic import PPOCritic
 from verl.workers.engine.fsdp import shard_model
 from verl.workers.engine.model import build_policy
@@ -34,14 +33,10 @@ from verl.workers.rollout.base import SamplingConfig
 from verl.workers.rollout.batching import build_rollout_batch, requests_from_batch
 from verl.workers.weight_sync import sync_weights
 
-if TYPE_CHECKING:  # the worker reads the run's config but never imports the trainer layer
-    from verl.trainer.config import PPOConfig
-
 logger = logging.getLogger(__name__)
 
 
-def _device(config: PPOConfig) -> torch.device:
-    wanted = config.trainer.device
+def _device(wanted: str) -> torch.device:
     if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()):
         return torch.device("cuda", 0)  # Ray exposes exactly one GPU per worker
     return torch.device("cpu")
@@ -50,12 +45,13 @@ def _device(config: PPOConfig) -> torch.device:
 class FSDPWorker:
     """A Ray actor (wrapped by RayWorkerGroup); torch.distributed rank from the environment."""
 
-    def __init__(self, config: PPOConfig, total_optimizer_steps: int):
+    def __init__(self, config: WorkerConfig, setup: RankSetup, total_optimizer_steps: int):
         self.config = config
+        self.setup = setup
         self.total_optimizer_steps = total_optimizer_steps
         self.rank = int(os.environ["RANK"])
         self.world_size = int(os.environ["WORLD_SIZE"])
-        self.device = _device(config)
+        self.device = _device(setup.device)
         if self.device.type == "cpu":
             # Ray gives each CPU worker a slice of the cores; more threads only contend.
             torch.set_num_threads(max(1, int(os.environ.get("VERL_CPU_THREADS_PER_WORKER", "1"))))
@@ -75,12 +71,12 @@ class FSDPWorker:
 
     def init_model(self) -> None:
         cfg = self.config
-        torch.manual_seed(cfg.trainer.seed)
-        model_cfg = cfg.worker.actor.model
-        compute_dtype = resolve_dtype(cfg.worker.actor.fsdp.torch_dtype, self.device)
+        torch.manual_seed(self.setup.seed)
+        model_cfg = cfg.actor.model
+        compute_dtype = resolve_dtype(cfg.actor.fsdp.torch_dtype, self.device)
         # fp32 master weights; compute in bf16 on GPU through FSDP mixed precision.
         mp_policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
-        actor_fsdp = cfg.worker.actor.fsdp
+        actor_fsdp = cfg.actor.fsdp
         actor_model = build_policy(
             model_cfg.model_path,
             self.device,
@@ -92,7 +88,7 @@ class FSDPWorker:
             lora_key="worker.actor.model.lora",
         )
         self.actor_module = shard_model(actor_model, self.mesh, mp_policy, actor_fsdp.param_offload)
-        actor_cfg = cfg.worker.actor
+        actor_cfg = cfg.actor
         # Rows of one prompt computed as one packed sequence where the attention takes its mask.
         self.share_prefix = model_cfg.share_prompt_prefix and supports_shared_prefix(
             actor_model.config._attn_implementation
@@ -106,7 +102,7 @@ class FSDPWorker:
             self.actor_module,
             actor_cfg,
             self.total_optimizer_steps,
-            cfg.worker.rollout.temperature,
+            cfg.rollout.temperature,
             offload_optimizer=actor_fsdp.optimizer_offload and self.device.type == "cuda",
             max_token_len=self._token_budget(actor_cfg.max_token_len_per_device, actor_cfg.micro_batch_size_per_device_for_update),
             max_token_len_for_experience=self._token_budget(
@@ -116,23 +112,23 @@ class FSDPWorker:
         )
         self.ref_module = None
         # With LoRA the reference is the actor with its adapters off (`compute_ref_log_probs`).
-        if (cfg.worker.actor.use_kl_loss or cfg.algorithm.kl_coef > 0) and not model_cfg.lora.enabled:
-            ref_dtype = resolve_dtype(cfg.worker.ref.fsdp.torch_dtype, self.device)
+        if self.setup.with_reference and not model_cfg.lora.enabled:
+            ref_dtype = resolve_dtype(cfg.ref.fsdp.torch_dtype, self.device)
             ref_model = build_policy(
                 model_cfg.model_path, self.device, model_cfg.attn_implementation, dtype=ref_dtype, trainable=False,
-                move_to_device=not cfg.worker.ref.fsdp.param_offload,
+                move_to_device=not cfg.ref.fsdp.param_offload,
             )
             self.ref_module = shard_model(
-                ref_model, self.mesh, MixedPrecisionPolicy(param_dtype=ref_dtype), cfg.worker.ref.fsdp.param_offload
+                ref_model, self.mesh, MixedPrecisionPolicy(param_dtype=ref_dtype), cfg.ref.fsdp.param_offload
             )
-        self.critic = self._build_critic() if cfg.algorithm.adv_estimator == "gae" else None
-        self.rollout = make_rollout_engine(cfg.worker.rollout.name, model_cfg.model_path, **self._engine_kwargs())
+        self.critic = self._build_critic() if self.setup.with_critic else None
+        self.rollout = make_rollout_engine(cfg.rollout.name, model_cfg.model_path, **self._engine_kwargs())
 
     def _build_critic(self) -> PPOCritic:
         """GAE's value model: the actor's model family with a value head, its own FSDP shards,
         AdamW and lr schedule (one optimizer step per mini-batch, like the actor)."""
-        cfg, critic_cfg = self.config, self.config.worker.critic
-        model_cfg = cfg.worker.actor.model
+        cfg, critic_cfg = self.config, self.config.critic
+        model_cfg = cfg.actor.model
         dtype = resolve_dtype(critic_cfg.fsdp.torch_dtype, self.device)
         model = build_policy(
             critic_cfg.model_path or model_cfg.model_path, self.device, model_cfg.attn_implementation,
@@ -144,7 +140,7 @@ class FSDPWorker:
             MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32), critic_cfg.fsdp.param_offload,
         )
         # The same mini-batches as the actor, with the critic's own number of epochs.
-        steps = max(1, self.total_optimizer_steps // cfg.worker.actor.ppo_epochs * critic_cfg.ppo_epochs)
+        steps = max(1, self.total_optimizer_steps // cfg.actor.ppo_epochs * critic_cfg.ppo_epochs)
         return PPOCritic(
             self.critic_module, critic_cfg, steps,
             max_token_len=self._token_budget(critic_cfg.max_token_len_per_device, critic_cfg.micro_batch_size_per_device_for_update),
@@ -154,39 +150,26 @@ class FSDPWorker:
             share_prefix=self.share_prefix,
         )
 
-    def _longest_row(self) -> int:
-        """The configured maximum tokens of a training row (rollout or self-reward re-prompt)."""
-        cfg = self.config
-        return max(
-            cfg.data.max_prompt_length + cfg.data.max_response_length,
-            cfg.self_reward.max_prompt_length + cfg.self_reward.max_response_length
-            if cfg.self_reward.enable else 0,
-        )
-
     def _token_budget(self, configured: int | None, micro_batch_size: int) -> int | None:
         """Tokens per micro-batch with dynamic batch size: the configured budget, or the size of
         a fully padded micro-batch of `micro_batch_size` rows; None = fixed row counts."""
-        if not self.config.worker.actor.use_dynamic_batch_size:
+        if not self.config.actor.use_dynamic_batch_size:
             return None
-        return configured if configured is not None else micro_batch_size * self._longest_row()
+        return configured if configured is not None else micro_batch_size * self.setup.longest_row
 
     def _engine_kwargs(self) -> dict:
-        cfg, rollout = self.config, self.config.worker.rollout
+        rollout = self.config.rollout
         dtype = resolve_dtype(rollout.dtype, self.device)
         kwargs = {
-            "min_pixels": cfg.data.min_pixels,
-            "max_pixels": cfg.data.max_pixels,
+            "min_pixels": self.setup.min_pixels,
+            "max_pixels": self.setup.max_pixels,
             "dtype": {torch.float32: "float32", torch.bfloat16: "bfloat16"}[dtype],
         }
         if rollout.name == "hf":
             return {**kwargs, "max_batch_size": rollout.max_batch_size, "device": str(self.device)}
-        longest = max(
-            cfg.data.max_prompt_length + cfg.data.max_response_length,
-            cfg.self_reward.max_prompt_length + cfg.self_reward.max_response_length,
-        )
         return {
             **kwargs,
-            "max_model_len": rollout.max_model_len or longest,
+            "max_model_len": rollout.max_model_len or self.setup.longest_row,
             "gpu_memory_utilization": rollout.gpu_memory_utilization,
             "enforce_eager": rollout.enforce_eager,
             "max_num_batched_tokens": rollout.max_num_batched_tokens,
@@ -202,7 +185,7 @@ class FSDPWorker:
     def generate_sequences(self, prompts: DataProto, sampling: SamplingConfig, max_response_length: int) -> DataProto:
         """n responses per prompt row through the rollout engine, in one engine call."""
         # Ranks of one tensor-parallel engine share inputs and seed; data-parallel engines differ.
-        dp_rank = self.rank // self.config.worker.rollout.tensor_parallel_size
+        dp_rank = self.rank // self.config.rollout.tensor_parallel_size
         sampling = dataclasses.replace(sampling, seed=None if sampling.seed is None else sampling.seed + dp_rank)
         self._set_rollout_awake(True)
         outputs = self.rollout.generate(requests_from_batch(prompts), sampling)
@@ -231,17 +214,17 @@ class FSDPWorker:
         return DataProto.from_dict(tensors={"old_log_probs": log_probs, "entropy": entropy})
 
     def compute_ref_log_probs(self, data: DataProto) -> DataProto:
-        lora = self.config.worker.actor.model.lora.enabled
+        lora = self.config.actor.model.lora.enabled
         if self.ref_module is None and not lora:
             raise RuntimeError("no reference model: enable worker.actor.use_kl_loss or algorithm.kl_coef > 0")
-        ref_cfg = self.config.worker.ref
+        ref_cfg = self.config.ref
         module = self.actor_module if lora else self.ref_module
         with adapters_disabled(module):  # a no-op without adapters
             log_probs, _ = compute_log_probs(
                 module,
                 data,
                 ref_cfg.micro_batch_size_per_device_for_experience,
-                self.config.worker.rollout.temperature,
+                self.config.rollout.temperature,
                 with_entropy=False,
                 max_token_len=self._token_budget(
                     ref_cfg.max_token_len_per_device_for_experience, ref_cfg.micro_batch_size_per_device_for_experience
@@ -291,8 +274,8 @@ class FSDPWorker:
             hf_dir = os.path.join(actor_dir, "huggingface")
             checkpoint.save_hf_metadata(hf_source_dir, hf_dir)
             written += [f"actor/huggingface/{name}" for name in sorted(os.listdir(hf_dir))]
-            if self.config.worker.actor.model.lora.enabled:  # the merger folds adapters into the base with it
-                model_cfg = self.config.worker.actor.model
+            if self.config.actor.model.lora.enabled:  # the merger folds adapters into the base with it
+                model_cfg = self.config.actor.model
                 save_lora_config(actor_dir, model_cfg.lora, model_cfg.model_path)
                 written.append(f"actor/{LORA_CONFIG_FILE}")
         if self.critic is not None:
@@ -303,7 +286,7 @@ class FSDPWorker:
             )
             written += [f"critic/{checkpoint.shard_file(kind, self.world_size, self.rank)}" for kind in checkpoint.RANK_FILES]
             if self.rank == 0:  # the merger rebuilds a value model from these
-                critic_source = self.config.worker.critic.model_path or hf_source_dir
+                critic_source = self.config.critic.model_path or hf_source_dir
                 checkpoint.save_hf_metadata(critic_source, os.path.join(critic_dir, "huggingface"))
                 mark_value_checkpoint(critic_dir)
         digests = digest_files(step_dir, written)
@@ -314,11 +297,11 @@ class FSDPWorker:
     def _saved_actor_weights(self) -> Callable[[str], bool] | None:
         """Which actor weights a checkpoint holds: a LoRA run's adapters alone (its frozen base is
         the model folder it starts from, and resume loads that first), else all."""
-        return is_adapter_name if self.config.worker.actor.model.lora.enabled else None
+        return is_adapter_name if self.config.actor.model.lora.enabled else None
 
     def load_checkpoint(self, step_dir: str) -> None:
         actor_dir = os.path.join(step_dir, "actor")
-        model_cfg = self.config.worker.actor.model
+        model_cfg = self.config.actor.model
         saved_lora = load_lora_config(actor_dir)
         if model_cfg.lora.enabled and saved_lora is not None and (
             os.path.realpath(saved_lora.base_model) != os.path.realpath(model_cfg.model_path)
