@@ -9,6 +9,7 @@ import logging
 import os
 from collections.abc import Callable
 from datetime import timedelta
+
 import ray
 import torch
 import torch.distributed as dist
