@@ -14,7 +14,9 @@
 # MAX_RESPONSE_LENGTH (96; the longest synthetic SFT answer is 70 tokens), SELF_REWARD (1: MODEL_DIR re-answers
 # its own perceptions; 0: accuracy and format only), BLANK_CONTROL (1: every prompt answered a second
 # time with a blank image of the same size -> OUT_DIR/tiny_shapes.blank.jsonl, and the summary gains
-# accuracy_blank_image, vision_reliance, accuracy_drop; 0: skip), PYTHON (.venv/bin/python when present,
+# accuracy_blank_image, vision_reliance, accuracy_drop; 0: skip), SAMPLES and TEMPERATURE (1 and 0:
+# one greedy answer per prompt; e.g. SAMPLES=8 TEMPERATURE=1.0 adds accuracy_best_of_n and
+# accuracy_group_spread, the room GRPO's groups have to learn from), PYTHON (.venv/bin/python when present,
 # else python3).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/help.sh" "$@"
@@ -38,7 +40,7 @@ GENERATE_ARGS=(
   --model_path "$MODEL_DIR" --data "$DATA"
   --format_prompt "$REPO_ROOT/configs/format_prompt/sr1.jinja"
   --min_pixels 3136 --max_pixels 12544 --max_prompt_length 400
-  --max_response_length "$MAX_RESPONSE_LENGTH" --n 1 --temperature 0 --batch_size 64
+  --max_response_length "$MAX_RESPONSE_LENGTH" --n "${SAMPLES:-1}" --temperature "${TEMPERATURE:-0}" --batch_size 64
   "${ENGINE_ARGS[@]}"
 )
 "$PYTHON" -m verl.eval.generate "${GENERATE_ARGS[@]}" --output "$OUTPUT"

@@ -76,6 +76,7 @@ def test_accuracy_format_length_and_groups_without_reanswers(records_path, tmp_p
     assert overall["response_length"] == pytest.approx((12 + 14 + 8 + 16 + 30 + 10) / 6)
     assert overall["truncated"] == pytest.approx(1 / 6)
     assert "perception_sufficient" not in overall
+    assert "accuracy_best_of_n" not in overall  # one sample per prompt
     assert set(summary["groups"]) == {"question_type", "distractor"}
     color = summary["groups"]["question_type"]["color"]  # records 0, 1, 4
     assert (color["n"], color["accuracy"], color["format"]) == (3, pytest.approx(1 / 3), pytest.approx(2 / 3))
@@ -84,6 +85,33 @@ def test_accuracy_format_length_and_groups_without_reanswers(records_path, tmp_p
     assert json.load(open(tmp_path / "responses.summary.json", encoding="utf-8")) == summary
     scored = read_jsonl(tmp_path / "responses.scored.jsonl")
     assert [row["scores"]["accuracy"] for row in scored] == [1.0, 0.0, 1.0, 1.0, 0.0, 1.0]
+
+
+def test_several_samples_per_prompt_give_best_of_n_and_group_spread(tmp_path, capsys):
+    # Prompt 0: one of three samples right; prompt 1: none; prompt 2: all three.
+    right = "<description>A red circle.</description> <think>Red.</think> \\boxed{red}"
+    wrong = "<description>A red circle.</description> <think>Blue.</think> \\boxed{blue}"
+    samples = {0: [right, wrong, wrong], 1: [wrong, wrong, wrong], 2: [right, right, right]}
+    path = tmp_path / "sampled.jsonl"
+    with open(path, "w", encoding="utf-8") as file:
+        for index, responses in samples.items():
+            for sample_index, response in enumerate(responses):
+                file.write(json.dumps({
+                    "dataset_index": index, "sample_index": sample_index, "response": response,
+                    "ground_truth": "red", "problem": "What color is the circle?",
+                    "question_type": "color" if index < 2 else "count",
+                }) + "\n")
+
+    summary = main(["--input", str(path), "--reward", "see_think"])
+
+    overall = summary["overall"]
+    assert (overall["n"], overall["n_prompts"]) == (9, 3)
+    assert overall["accuracy"] == pytest.approx(4 / 9)
+    assert overall["accuracy_best_of_n"] == pytest.approx(2 / 3)
+    assert overall["accuracy_group_spread"] == pytest.approx(1 / 3)
+    color = summary["groups"]["question_type"]["color"]  # prompts 0 and 1
+    assert (color["accuracy_best_of_n"], color["accuracy_group_spread"]) == (0.5, 0.5)
+    assert "best_of_n" in capsys.readouterr().out
 
 
 def test_explicit_grouping_and_a_missing_group_column(records_path):

@@ -16,6 +16,10 @@ OpenAI-compatible server. ``perception_sufficient``: the re-answer reaches the g
 Language Shortcut Rate is its mean). A response without a description is not re-asked and counts
 as insufficient. Judge failures (after bounded retries) count as wrong and are reported.
 
+Several samples per prompt (``generate --n N``, temperature > 0): accuracy is their mean, and the
+summary adds ``accuracy_best_of_n`` (pass@N) and ``accuracy_group_spread`` (prompts whose samples
+disagree: the ones a GRPO group learns from).
+
 Blank-image control (``--blank_input OUT.blank.jsonl``, written by ``verl.eval.generate
 --blank_images``): each response is paired with the response to the same prompt (same
 ``dataset_index`` and ``sample_index``) whose images were blank; ``accuracy_blank_image``,
@@ -74,6 +78,7 @@ _NON_GROUP_KEYS = set(RECORD_KEYS)
 # Metrics shown in the printed table, in order: (summary key, column title, is a rate).
 TABLE_COLUMNS = (
     ("accuracy", "accuracy", True),
+    ("accuracy_best_of_n", "best_of_n", True),
     ("judged_accuracy", "judged_acc", True),
     ("format", "format", True),
     ("perception_sufficient", "perception", True),
@@ -350,11 +355,36 @@ def per_record_metrics(
 
 
 def summarize_subset(records: Sequence[ResponseRecord], rows: list[dict[str, float]]) -> dict[str, float]:
-    """Mean of every per-record metric, plus ``n`` (responses) and ``n_prompts``."""
+    """Mean of every per-record metric, plus ``n`` (responses) and ``n_prompts``; with several
+    samples per prompt (``generate --n``), also the per-prompt view GRPO learns from
+    (``sampled_accuracy``)."""
     summary: dict[str, float] = {"n": len(rows), "n_prompts": len({record.dataset_index for record in records})}
     for key in sorted(set().union(*(row.keys() for row in rows))):
         summary[key] = float(np.mean([row[key] for row in rows]))
+    summary.update(sampled_accuracy(records, rows))
     return summary
+
+
+def sampled_accuracy(records: Sequence[ResponseRecord], rows: list[dict[str, float]]) -> dict[str, float]:
+    """Per-prompt accuracy over its samples, when some prompt has more than one:
+
+    - ``accuracy_best_of_n``: mean over prompts of the best sample's accuracy (pass@n for a 0/1
+      accuracy): what sharpening the policy could reach without new behaviour;
+    - ``accuracy_group_spread``: share of prompts whose samples score differently, the prompts
+      that give a GRPO group a non-zero advantage (the trainer's ``train/group_spread/accuracy``).
+
+    Empty when every prompt has one sample or the reward has no ``accuracy`` component.
+    """
+    by_prompt: dict[int, list[float]] = {}
+    for record, row in zip(records, rows):
+        if "accuracy" in row:
+            by_prompt.setdefault(record.dataset_index, []).append(row["accuracy"])
+    if not by_prompt or max(len(scores) for scores in by_prompt.values()) < 2:
+        return {}
+    return {
+        "accuracy_best_of_n": float(np.mean([max(scores) for scores in by_prompt.values()])),
+        "accuracy_group_spread": float(np.mean([max(scores) != min(scores) for scores in by_prompt.values()])),
+    }
 
 
 def group_columns(records: Sequence[ResponseRecord], max_groups: int) -> list[str]:
