@@ -44,8 +44,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from verl.algorithms.dapo import prompt_has_spread
 from verl.eval.generate import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_PIXELS,
@@ -371,7 +373,8 @@ def sampled_accuracy(records: Sequence[ResponseRecord], rows: list[dict[str, flo
     - ``accuracy_best_of_n``: mean over prompts of the best sample's accuracy (pass@n for a 0/1
       accuracy): what sharpening the policy could reach without new behaviour;
     - ``accuracy_group_spread``: share of prompts whose samples score differently, the prompts
-      that give a GRPO group a non-zero advantage (the trainer's ``train/group_spread/accuracy``).
+      that give a GRPO group a non-zero advantage (``dapo.prompt_has_spread``, the test behind the
+      trainer's ``train/group_spread/accuracy``).
 
     Empty when every prompt has one sample or the reward has no ``accuracy`` component.
     """
@@ -383,7 +386,9 @@ def sampled_accuracy(records: Sequence[ResponseRecord], rows: list[dict[str, flo
         return {}
     return {
         "accuracy_best_of_n": float(np.mean([max(scores) for scores in by_prompt.values()])),
-        "accuracy_group_spread": float(np.mean([max(scores) != min(scores) for scores in by_prompt.values()])),
+        "accuracy_group_spread": float(np.mean([
+            prompt_has_spread(torch.tensor(scores), len(scores))[0] for scores in by_prompt.values()
+        ])),
     }
 
 
