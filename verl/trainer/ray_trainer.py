@@ -157,7 +157,8 @@ class RayPPOTrainer:
             FSDPWorker, pool, cfg.worker, cfg.rank_setup(), total_optimizer_steps,
             call_timeout_s=cfg.trainer.worker_timeout_s,
         )
-        self.workers.execute_all("init_model")
+        attention = self.workers.execute_all("init_model")[0]
+        print(f"training forwards: {attention}", flush=True)
         if cfg.self_reward.enable:
             generate = None if self.judge is not None else self._generate
             self.self_reward = SelfRewardStage(cfg.self_reward, self.tokenizer, generate, self.judge)
