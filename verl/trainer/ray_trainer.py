@@ -566,7 +566,7 @@ class RayPPOTrainer:
         elif self.config.trainer.find_last_checkpoint:
             path, warnings = checkpoint.find_latest_intact_checkpoint(self.checkpoint_root)
             if path is None and warnings:
-                self._start_fresh_over_damaged(warnings)
+                start_fresh_over_damaged(self.checkpoint_root, warnings, self.config.trainer.start_fresh_if_all_damaged)
             else:
                 for warning in warnings:  # printed once: no logger beside it (its last-resort handler echoes it)
                     print(f"WARNING: {warning}", flush=True)
@@ -586,23 +586,6 @@ class RayPPOTrainer:
         state.update({key: self.train_dataloader.state_dict()[key] for key in ("seed", "shuffle") if f"data.{key}" in accepted})
         self.train_dataloader.load_state_dict(state)
         print(f"resumed from {path} (step {self.global_step})", flush=True)
-
-    def _start_fresh_over_damaged(self, warnings: list[str]) -> None:
-        """Every checkpoint under the root is damaged: an error naming them, or, with
-        trainer.start_fresh_if_all_damaged, a fresh start with them set aside (never overwritten)."""
-        root = self.checkpoint_root
-        if not self.config.trainer.start_fresh_if_all_damaged:
-            raise checkpoint.CheckpointError(
-                f"every checkpoint under {root} is damaged:\n  " + "\n  ".join(warnings)
-                + "\nRepair or remove them, point trainer.load_checkpoint_path at a good copy, or set "
-                "trainer.start_fresh_if_all_damaged=true to train from step 0 (they are then kept as global_step_N.damaged)"
-            )
-        moved = checkpoint.set_aside_damaged(root)
-        print(
-            f"WARNING: every checkpoint under {root} is damaged; starting from step 0 "
-            f"(trainer.start_fresh_if_all_damaged=true), the damaged ones kept as: {', '.join(moved)}\n  "
-            + "\n  ".join(warnings), flush=True,
-        )
 
     # ---- the loop ----------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
@@ -652,6 +635,24 @@ class RayPPOTrainer:
             epoch += 1
             if epoch >= self.config.trainer.total_epochs and self.config.trainer.max_steps is None:
                 return
+
+
+def start_fresh_over_damaged(root: str, warnings: list[str], allowed: bool) -> None:
+    """Every checkpoint under `root` is damaged (`warnings` says how): an error naming them, or,
+    when `allowed` (trainer.start_fresh_if_all_damaged), a fresh start with them set aside as
+    global_step_N.damaged, where the new run's checkpoints cannot overwrite them."""
+    if not allowed:
+        raise checkpoint.CheckpointError(
+            f"every checkpoint under {root} is damaged:\n  " + "\n  ".join(warnings)
+            + "\nRepair or remove them, point trainer.load_checkpoint_path at a good copy, or set "
+            "trainer.start_fresh_if_all_damaged=true to train from step 0 (they are then kept as global_step_N.damaged)"
+        )
+    moved = checkpoint.set_aside_damaged(root)
+    print(
+        f"WARNING: every checkpoint under {root} is damaged; starting from step 0 "
+        f"(trainer.start_fresh_if_all_damaged=true), the damaged ones kept as: {', '.join(moved)}\n  "
+        + "\n  ".join(warnings), flush=True,
+    )
 
 
 def logprob_gap_metrics(rows: DataProto) -> dict[str, float]:
