@@ -544,7 +544,7 @@ class RayPPOTrainer:
         except WorkerDiedError as error:
             cause = getattr(error.__cause__, "cause", None)  # the worker's own exception, through Ray
             if isinstance(cause, checkpoint.CheckpointWriteError):
-                raise checkpoint.CheckpointWriteError(cause.folder, cause.file, cause.cause) from error
+                raise cause from error
             raise
         checkpoint.save_file(self.train_dataloader.state_dict(), os.path.join(tmp_dir, "dataloader.pt"))
         with checkpoint.naming_write_errors(tmp_dir):

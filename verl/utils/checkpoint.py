@@ -54,8 +54,8 @@ class CheckpointWriteError(CheckpointError):
     def __init__(self, folder: str, file: str | None, cause: str):
         self.folder, self.file, self.cause = folder, file, cause
         super().__init__(
-            f"checkpoint write failed in {folder}: {file or 'a file'} ({cause}); the partial checkpoint stays a "
-            ".tmp folder, which resume ignores, and earlier checkpoints are untouched"
+            f"checkpoint write failed in {folder}: {file or 'a file'} ({cause}); no checkpoint was published for "
+            "this step (resume ignores the unfinished global_step_N.tmp) and earlier checkpoints are untouched"
         )
 
     def __reduce__(self):  # raised in a Ray worker, rebuilt in the driver
