@@ -115,7 +115,10 @@ class RayPPOTrainer:
         if config.trainer.max_steps is not None:
             self.total_steps = min(self.total_steps, config.trainer.max_steps) if self.total_steps else config.trainer.max_steps
         self.mini_batches_per_step = config.data.rollout_batch_size // config.worker.actor.global_batch_size
-        self.total_optimizer_steps = max(1, self.total_steps * self.mini_batches_per_step * config.worker.actor.ppo_epochs)
+        # The lr schedule's length; checkpoints record it (a resume that changes it may bend the schedule).
+        self.total_optimizer_steps = max(
+            1, self.total_steps * self.mini_batches_per_step * config.worker.actor.ppo_epochs
+        )
         self.kl_controller = None
         if config.algorithm.kl_coef > 0 and not config.worker.actor.use_kl_loss:
             if config.algorithm.kl_type == "adaptive":
@@ -558,7 +561,8 @@ class RayPPOTrainer:
         if path is not None:
             if not os.path.isdir(path):
                 raise FileNotFoundError(f"trainer.load_checkpoint_path={path} does not exist")
-            usable, note = checkpoint.verify_checkpoint(path, checkpoint.has_manifests(os.path.dirname(os.path.normpath(path))))
+            siblings_have_manifests = checkpoint.has_manifests(os.path.dirname(os.path.normpath(path)))
+            usable, note = checkpoint.verify_checkpoint(path, siblings_have_manifests)
             if not usable:  # the user chose this one: no silent fall-back to another
                 raise checkpoint.CheckpointError(f"trainer.load_checkpoint_path={path} is damaged: {note}")
             if note:
@@ -566,12 +570,15 @@ class RayPPOTrainer:
         elif self.config.trainer.find_last_checkpoint:
             path, warnings = checkpoint.find_latest_intact_checkpoint(self.checkpoint_root)
             if path is None and warnings:
-                start_fresh_over_damaged(self.checkpoint_root, warnings, self.config.trainer.start_fresh_if_all_damaged)
+                start_fresh_over_damaged(
+                    self.checkpoint_root, warnings, self.config.trainer.start_fresh_if_all_damaged
+                )
             else:
                 for warning in warnings:  # printed once: no logger beside it (its last-resort handler echoes it)
                     print(f"WARNING: {warning}", flush=True)
         # Settings changed since the checkpoint: printed, or refused when they break its state.
-        accepted = {change.key for change in check_resume(path, run_settings(self.config, self.total_optimizer_steps), self.config)} if path else set()
+        settings = run_settings(self.config, self.total_optimizer_steps)
+        accepted = {change.key for change in check_resume(path, settings, self.config)} if path else set()
         # Rows a crashed run logged past the point this run restarts from would repeat.
         self.tracker.drop_rows_from(checkpoint.step_of(path) + 1 if path is not None else 0)
         if path is None:
@@ -583,7 +590,8 @@ class RayPPOTrainer:
             raise FileNotFoundError(f"checkpoint {path} lacks dataloader.pt")
         state = torch.load(dataloader_state, weights_only=False)
         # An accepted change of data seed or shuffling keeps the saved position in the new order.
-        state.update({key: self.train_dataloader.state_dict()[key] for key in ("seed", "shuffle") if f"data.{key}" in accepted})
+        current = self.train_dataloader.state_dict()
+        state.update({key: current[key] for key in ("seed", "shuffle") if f"data.{key}" in accepted})
         self.train_dataloader.load_state_dict(state)
         print(f"resumed from {path} (step {self.global_step})", flush=True)
 

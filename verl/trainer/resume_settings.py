@@ -62,11 +62,12 @@ class SettingChange:
     now: Any
     breaks: str | None  # what the change breaks; None when it applies cleanly
 
-    def line(self, allowed: bool) -> str:
+    def line(self) -> str:
+        """The line a resume prints for a change it goes on with."""
         text = f"resume changes {self.key}: {self.saved!r} -> {self.now!r}"
         if self.breaks is None:
             return text + " (applies from the resumed step on)"
-        return text + f" (breaks {self.breaks}; " + ("allowed by trainer.resume_allow_changes)" if allowed else "refused)")
+        return text + f" (breaks {self.breaks}; allowed by trainer.resume_allow_changes)"
 
 
 def _value(config: PPOConfig, key: str) -> Any:
@@ -131,7 +132,7 @@ def check_resume(step_dir: str, now: dict[str, Any], config: PPOConfig) -> list[
     refused = [change for change in found if change.breaks is not None and change.key not in allowed]
     for change in found:
         if change not in refused:
-            print(change.line(allowed=True), flush=True)
+            print(change.line(), flush=True)
     if refused:
         listing = "; ".join(f"{c.key}: {c.saved!r} -> {c.now!r} breaks {c.breaks}" for c in refused)
         keys = ",".join(c.key for c in refused)
