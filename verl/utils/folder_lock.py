@@ -24,7 +24,7 @@ import socket
 import time
 from dataclasses import asdict, dataclass
 
-from verl.utils.checkpoint import CheckpointError
+from verl.utils.checkpoint import CheckpointError, naming_write_errors
 
 LOCK_FILE = "run.lock"
 # A run that has just taken the lock writes its name into the file right after: a second run
@@ -96,8 +96,9 @@ class CheckpointFolderLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        os.makedirs(self.root, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        with naming_write_errors(self.path):  # a folder this run may not write to: named, with the OS cause
+            os.makedirs(self.root, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
