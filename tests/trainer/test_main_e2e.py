@@ -3,6 +3,7 @@ rewards, the update and checkpoints, on the tiny model."""
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,13 +18,41 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
 
 
+CLI_ENV = dict(os.environ, RAY_DEDUP_LOGS="0", PYTHONUNBUFFERED="1")
+
+
+def cli_command(config: str, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "verl.trainer.main", f"config={config}", *overrides]
+
+
 def run_cli(config: str, *overrides: str, timeout: int = 420) -> str:
-    env = dict(os.environ, RAY_DEDUP_LOGS="0", PYTHONUNBUFFERED="1")
-    command = [sys.executable, "-m", "verl.trainer.main", f"config={config}", *overrides]
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    command = cli_command(config, *overrides)
+    result = subprocess.run(command, cwd=REPO_ROOT, env=CLI_ENV, capture_output=True, text=True, timeout=timeout)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
     return output
+
+
+def run_two_at_once(config: str, *overrides: str, timeout: int = 420) -> str:
+    """The same run started twice at the same moment on one checkpoint folder (a job resubmitted
+    while the first still runs): one trains, the other stops at start-up naming the folder and
+    the run that has it. Returns the output of the one that trained."""
+    runs = [
+        subprocess.Popen(cli_command(config, *overrides), cwd=REPO_ROOT, env=CLI_ENV, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=timeout) for run in runs]
+    trained = [i for i, run in enumerate(runs) if run.returncode == 0]
+    assert len(trained) == 1, [(run.returncode, err[-3000:]) for run, (_, err) in zip(runs, outputs)]
+    winner, loser = runs[trained[0]], runs[1 - trained[0]]
+    loser_err = outputs[1 - trained[0]][1]
+    assert loser.returncode == 1 and "Traceback" not in loser_err, loser_err[-3000:]
+    folder = next(o.split("=", 1)[1] for o in overrides if o.startswith("trainer.save_checkpoint_path="))
+    assert loser_err.strip().splitlines()[-1].startswith(
+        f"error: checkpoint folder {folder} is in use by another run (pid {winner.pid} on host {socket.gethostname()}, "
+    ), loser_err[-3000:]
+    return "".join(outputs[trained[0]])
 
 
 def read_metrics(root: str) -> list[dict]:
@@ -49,12 +78,13 @@ def common(model: str, data: str, ckpt: str) -> list[str]:
 def test_grpo_two_steps_with_resume(tiny_model_dir, synthetic_data_dir, tmp_path):
     ckpt = str(tmp_path / "ckpt")
     args = common(tiny_model_dir, synthetic_data_dir, ckpt) + ["trainer.save_freq=1", "trainer.val_freq=-1"]
-    first = run_cli("configs/tiny_cpu.yaml", *args, "trainer.max_steps=1", "trainer.val_before_train=true")
+    first = run_two_at_once("configs/tiny_cpu.yaml", *args, "trainer.max_steps=1", "trainer.val_before_train=true")
     assert os.path.isdir(os.path.join(ckpt, "global_step_1", "actor"))
     assert open(os.path.join(ckpt, "latest_global_step.txt")).read() == "1"
     assert "resumed" not in first
     second = run_cli("configs/tiny_cpu.yaml", *args, "trainer.max_steps=2", "trainer.val_before_train=false")
     assert f"resumed from {ckpt}/global_step_1 (step 1)" in second
+    assert "resume changes trainer.max_steps: 1 -> 2 (applies from the resumed step on)" in second
     metrics = read_metrics(ckpt)
     steps = [m["step"] for m in metrics]
     assert steps == [0, 1, 2], steps  # validation at 0, step 1, then step 2 after the resume

@@ -19,6 +19,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from verl.algorithms.core_algos import ADVANTAGE_ESTIMATORS, LOSS_AGG_MODES, POLICY_LOSSES
 from verl.algorithms.rollout_correction import ROLLOUT_CORRECTION_LEVELS, ROLLOUT_CORRECTION_MODES
 from verl.rewards.loader import DEFAULT_TIMEOUT_S as DEFAULT_REWARD_TIMEOUT_S
+from verl.trainer.resume_settings import BREAKS as RESUME_SETTINGS
 from verl.utils.ranges import (
     AT_LEAST_ONE,
     DEFAULT_OR_AT_LEAST_ONE,
@@ -270,6 +271,14 @@ class TrainerConfig:
     """Resume from this global_step_N dir; None = the latest under save_checkpoint_path."""
     find_last_checkpoint: bool = True
     """Resume automatically from the latest complete checkpoint."""
+    start_fresh_if_all_damaged: bool = False
+    """When every checkpoint under the checkpoint root fails its integrity check: false stops the
+    run naming them; true renames them to global_step_N.damaged (kept as evidence) and trains
+    from step 0."""
+    resume_allow_changes: list[str] = field(default_factory=list)
+    """Settings (e.g. `data.rollout_batch_size`) a resume may change although the change breaks
+    the saved data position or lr schedule; every change is printed, these are not refused
+    (verl/trainer/resume_settings.py lists the settings a checkpoint records)."""
     seed: int = 1
     """Model-side seed (init of randomness in workers)."""
     dry_run: bool = False
@@ -282,6 +291,11 @@ class TrainerConfig:
     """Longest one stage call (generation, log-probs, update, save, ...) may run on the workers;
     ranks still running after it fail the run with an error naming them and the stage. A rank
     that dies fails the stage at once, whatever this is."""
+
+    @property
+    def checkpoint_root(self) -> str:
+        """The folder this run owns: checkpoints, metrics.jsonl and its lock (run.lock)."""
+        return self.save_checkpoint_path or os.path.join("checkpoints", self.project_name, self.experiment_name)
 
 
 @dataclass
@@ -396,6 +410,12 @@ class PPOConfig:
                         f"{prefix}.max_response_length={response}: prompts (image tokens included) would not fit "
                         "the engine's context"
                     )
+        unknown = [key for key in trainer.resume_allow_changes if key not in RESUME_SETTINGS]
+        if unknown:
+            raise ConfigError(
+                f"trainer.resume_allow_changes={unknown}: not settings a checkpoint records; those are "
+                f"{', '.join(RESUME_SETTINGS)}"
+            )
         if data.min_pixels > data.max_pixels:
             raise ConfigError(f"data.min_pixels={data.min_pixels} > data.max_pixels={data.max_pixels}")
         try:

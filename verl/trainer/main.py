@@ -8,6 +8,8 @@ import threading
 from contextlib import contextmanager
 
 from verl.trainer.config import ConfigError, PPOConfig, parse_cli_or_exit, to_yaml
+from verl.utils.checkpoint import CheckpointError
+from verl.utils.folder_lock import CheckpointFolderLock
 from verl.utils.model_source import ModelPathError, check_model_path
 
 USAGE = """usage: python3 -m verl.trainer.main config=CONFIG.yaml [section.key=value ...]
@@ -19,6 +21,18 @@ self_reward.enable=true). Every key of verl/trainer/config.py can be overridden,
 
 
 def run(config: PPOConfig) -> dict[str, float]:
+    if config.trainer.dry_run:
+        from verl.trainer.dry_run import dry_run
+
+        print(dry_run(config).text(), flush=True)
+        return {}
+    config.validate()
+    # Held from before the data is built until the run ends: a second run on the folder stops at once.
+    with CheckpointFolderLock(config.trainer.checkpoint_root):
+        return _train(config)
+
+
+def _train(config: PPOConfig) -> dict[str, float]:
     import ray
     from transformers import AutoProcessor, AutoTokenizer
 
@@ -27,12 +41,6 @@ def run(config: PPOConfig) -> dict[str, float]:
     from verl.trainer.perception_judge import make_judge
     from verl.trainer.ray_trainer import RayPPOTrainer
 
-    if config.trainer.dry_run:
-        from verl.trainer.dry_run import dry_run
-
-        print(dry_run(config).text(), flush=True)
-        return {}
-    config.validate()
     model_cfg = config.worker.actor.model
     check_model_path(model_cfg.model_path, "worker.actor.model.model_path")
     tokenizer = AutoTokenizer.from_pretrained(model_cfg.tokenizer_path or model_cfg.model_path)
@@ -91,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         run(config)
-    except (ModelPathError, ConfigError) as error:
+    except (ModelPathError, ConfigError, CheckpointError) as error:
         raise SystemExit(f"error: {error}") from None
 
 

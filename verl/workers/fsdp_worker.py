@@ -27,6 +27,7 @@ from verl.workers.config import RankSetup, WorkerConfig
 from verl.workers.critic import PPOCritic
 from verl.workers.engine.fsdp import shard_model
 from verl.workers.engine.model import build_policy
+from verl.workers.engine.optim import apply_configured_lr
 from verl.workers.engine.shared_prefix import plan_attention
 from verl.workers.rollout import make_rollout_engine
 from verl.workers.rollout.base import SamplingConfig
@@ -257,36 +258,38 @@ class FSDPWorker:
     def save_checkpoint(self, step_dir: str, hf_source_dir: str) -> dict[str, dict]:
         """Writes this rank's files; returns their sizes and SHA-256 for the manifest (each rank
         hashes its own files while they are in the page cache, all ranks at once)."""
-        actor_dir = os.path.join(step_dir, "actor")
-        checkpoint.save_rank_state(
-            actor_dir,
-            self.world_size,
-            self.rank,
-            self.actor_module,
-            self.actor.optimizer,
-            {"scheduler": self.actor.scheduler.state_dict(), "optimizer_steps": self.actor.optimizer_steps},
-            keep=self._saved_actor_weights,
-        )
-        written = [f"actor/{checkpoint.shard_file(kind, self.world_size, self.rank)}" for kind in checkpoint.RANK_FILES]
-        if self.rank == 0:
-            hf_dir = os.path.join(actor_dir, "huggingface")
-            checkpoint.save_hf_metadata(hf_source_dir, hf_dir)
-            written += [f"actor/huggingface/{name}" for name in sorted(os.listdir(hf_dir))]
-            if self.config.actor.model.lora.enabled:  # the merger folds adapters into the base with it
-                model_cfg = self.config.actor.model
-                save_lora_config(actor_dir, model_cfg.lora, model_cfg.model_path)
-                written.append(f"actor/{LORA_CONFIG_FILE}")
-        if self.critic is not None:
-            critic_dir = os.path.join(step_dir, "critic")
+        # A failed write (disk full, no permission) names the file and the OS cause, whichever file it was.
+        with checkpoint.naming_write_errors(step_dir):
+            actor_dir = os.path.join(step_dir, "actor")
             checkpoint.save_rank_state(
-                critic_dir, self.world_size, self.rank, self.critic_module, self.critic.optimizer,
-                {"scheduler": self.critic.scheduler.state_dict(), "optimizer_steps": self.critic.optimizer_steps},
+                actor_dir,
+                self.world_size,
+                self.rank,
+                self.actor_module,
+                self.actor.optimizer,
+                {"scheduler": self.actor.scheduler.state_dict(), "optimizer_steps": self.actor.optimizer_steps},
+                keep=self._saved_actor_weights,
             )
-            written += [f"critic/{checkpoint.shard_file(kind, self.world_size, self.rank)}" for kind in checkpoint.RANK_FILES]
-            if self.rank == 0:  # the merger rebuilds a value model from these
-                critic_source = self.config.critic.model_path or hf_source_dir
-                checkpoint.save_hf_metadata(critic_source, os.path.join(critic_dir, "huggingface"))
-                mark_value_checkpoint(critic_dir)
+            written = [f"actor/{checkpoint.shard_file(kind, self.world_size, self.rank)}" for kind in checkpoint.RANK_FILES]
+            if self.rank == 0:
+                hf_dir = os.path.join(actor_dir, "huggingface")
+                checkpoint.save_hf_metadata(hf_source_dir, hf_dir)
+                written += [f"actor/huggingface/{name}" for name in sorted(os.listdir(hf_dir))]
+                if self.config.actor.model.lora.enabled:  # the merger folds adapters into the base with it
+                    model_cfg = self.config.actor.model
+                    save_lora_config(actor_dir, model_cfg.lora, model_cfg.model_path)
+                    written.append(f"actor/{LORA_CONFIG_FILE}")
+            if self.critic is not None:
+                critic_dir = os.path.join(step_dir, "critic")
+                checkpoint.save_rank_state(
+                    critic_dir, self.world_size, self.rank, self.critic_module, self.critic.optimizer,
+                    {"scheduler": self.critic.scheduler.state_dict(), "optimizer_steps": self.critic.optimizer_steps},
+                )
+                written += [f"critic/{checkpoint.shard_file(kind, self.world_size, self.rank)}" for kind in checkpoint.RANK_FILES]
+                if self.rank == 0:  # the merger rebuilds a value model from these
+                    critic_source = self.config.critic.model_path or hf_source_dir
+                    checkpoint.save_hf_metadata(critic_source, os.path.join(critic_dir, "huggingface"))
+                    mark_value_checkpoint(critic_dir)
         digests = digest_files(step_dir, written)
         dist.barrier()
         return digests
@@ -313,6 +316,7 @@ class FSDPWorker:
             keep=self._saved_actor_weights,
         )
         self.actor.scheduler.load_state_dict(extra["scheduler"])
+        apply_configured_lr(self.actor.optimizer, self.actor.scheduler, self.config.actor.optim.lr)
         self.actor.optimizer_steps = extra["optimizer_steps"]
         if self.critic is not None:
             critic_dir = os.path.join(step_dir, "critic")
@@ -324,5 +328,6 @@ class FSDPWorker:
                 critic_dir, self.world_size, self.rank, self.critic_module, self.critic.optimizer
             )
             self.critic.scheduler.load_state_dict(extra["scheduler"])
+            apply_configured_lr(self.critic.optimizer, self.critic.scheduler, self.config.critic.optim.lr)
             self.critic.optimizer_steps = extra["optimizer_steps"]
         self.sync_rollout_weights()
