@@ -241,6 +241,26 @@ def test_placeholder_count_mismatch_names_row(tmp_path, processor):
         make_dataset(str(tmp_path / "mismatch.jsonl"), processor)
 
 
+def test_a_typed_image_token_late_in_the_file_stops_the_build_naming_its_row(tmp_path, processor):
+    """Row 1500 of 2,000 has a literal <|image_pad|> in its question: its placeholder count is right
+    (one <image>, one image) but its tokenised prompt has two image tokens. A short run would never
+    draw it; the build checks every row's tokens, so start-up stops naming file, row and field."""
+    image = {"bytes": png_bytes(56, 56), "path": None}
+    rows = [{"problem": f"<image>What color is shape {i}?", "answer": "red", "images": [image]} for i in range(2000)]
+    rows[1500]["problem"] = "<image>What is <|image_pad|> here?"
+    pd.DataFrame(rows).to_parquet(tmp_path / "typed.parquet")
+    with pytest.raises(
+        ValueError,
+        match=r"typed.parquet row 1500 field 'problem': the tokenised prompt has 2 image token\(s\) <\|image_pad\|> "
+        r"for 1 image\(s\) in 'images'",
+    ):
+        make_dataset(str(tmp_path / "typed.parquet"), processor)
+    # Evaluation's skip_bad_rows leaves exactly that row out, with the same message.
+    dataset = make_dataset(str(tmp_path / "typed.parquet"), processor, skip_bad_rows=True)
+    assert list(dataset.bad_rows) == [1500] and len(dataset) == 1999
+    assert "2 image token(s)" in dataset.bad_rows[1500]
+
+
 def test_non_string_answer_names_row(tmp_path, processor):
     write_jsonl(tmp_path / "numeric.jsonl", [{"problem": "q", "answer": 4, "images": []}])
     with pytest.raises(

@@ -351,9 +351,23 @@ class RLDataset(Dataset):
         return self.tokenizer.encode(prompt, add_special_tokens=False)
 
     def _expanded_length(self, row_index: int) -> int:
-        """Prompt length with image tokens expanded, from image headers only (no pixel decoding)."""
+        """Prompt length with image tokens expanded, from image headers only (no pixel decoding).
+
+        Also checks that the tokenised prompt holds one image token per image: text that
+        tokenises to the image token (a literal `<|image_pad|>` typed in a question) would
+        otherwise fail only when its row is drawn, hours into a run, or never in a short one."""
         checked = self._checked_row(row_index, self.rows[row_index])
-        length = len(self._raw_prompt_ids(checked.question))
+        raw_prompt_ids = self._raw_prompt_ids(checked.question)
+        if self.image_token_id is not None:
+            image_tokens = raw_prompt_ids.count(self.image_token_id)
+            if image_tokens != len(checked.image_objects):
+                token = self.tokenizer.convert_ids_to_tokens(self.image_token_id)
+                raise ValueError(
+                    f"{self._where(row_index, self.prompt_key)}: the tokenised prompt has {image_tokens} image "
+                    f"token(s) {token} for {len(checked.image_objects)} image(s) in {self.image_key!r}; the text "
+                    f"(or the format prompt) contains {token} itself: remove it, images go in as {IMAGE_PLACEHOLDER}"
+                )
+        length = len(raw_prompt_ids)
         for position, image_object in enumerate(checked.image_objects):
             where = self._where(row_index, f"{self.image_key}[{position}]")
             width, height = image_size(image_object, where, self.base_dir)
