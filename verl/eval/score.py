@@ -662,6 +662,7 @@ def score_file(
     rows = per_record_metrics(records, scores, reanswers, verdicts, blank_records)
     summary = {
         "input": os.path.abspath(input_path),
+        "data": generated_from(input_path),
         "reward": reward_fn.name,
         "grader": reward_fn.kwargs.get("grader", DEFAULT_GRADER),
         "reanswerer": reanswerer,
@@ -701,6 +702,16 @@ def clip_ratios(records: Sequence[ResponseRecord], reanswers: Reanswers | None) 
     if reanswers is not None and PASS2_CLIP_RATIO in reanswers.metrics:
         ratios[PASS2_CLIP_RATIO] = reanswers.metrics[PASS2_CLIP_RATIO]
     return ratios
+
+
+def generated_from(input_path: str) -> str | None:
+    """The dataset the responses were generated from (`data` of OUT.generation.json, which
+    `verl.eval.generate` writes); None for files from elsewhere."""
+    path = sidecar_path(input_path, ".generation.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as file:
+        return json.load(file).get("data")
 
 
 def skipped_rows_of(input_path: str) -> dict[str, Any]:
