@@ -6,6 +6,7 @@ import os
 import datasets
 import numpy as np
 import pandas as pd
+import pyarrow
 import pytest
 import torch
 from PIL import Image
@@ -224,6 +225,32 @@ def test_empty_and_unreadable_files_say_what_is_wrong(tmp_path, processor, name,
         path.write_bytes(content)
     with pytest.raises(ValueError, match=expected):
         load_table(str(path))
+
+
+def _rss_anon_mib() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("RssAnon:"))
+
+
+def test_loading_a_file_leaves_no_heap_that_grows_with_its_bytes(tmp_path, monkeypatch):
+    """datasets converts the file to a memory-mapped Arrow file; Arrow's memory pool used to keep
+    the conversion's buffers (~2.4x the file's bytes) resident for the whole run."""
+    from verl.data.rl_dataset import load_table
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    images = [{"bytes": rng.bytes(60_000), "path": None} for _ in range(16)]  # incompressible, like JPEG
+    rows = 1000
+    pd.DataFrame({
+        "problem": ["<image>q"] * rows, "answer": ["a"] * rows, "images": [[images[i % 16]] for i in range(rows)],
+    }).to_parquet(tmp_path / "big.parquet", use_dictionary=False)
+    file_mib = os.path.getsize(tmp_path / "big.parquet") / 2**20
+    pyarrow.default_memory_pool().release_unused()  # what writing the file left in the pool
+    before = _rss_anon_mib()
+    table = load_table(str(tmp_path / "big.parquet"))
+    grown = _rss_anon_mib() - before
+    assert len(table.rows) == rows and file_mib > 50
+    assert grown < 0.25 * file_mib, f"heap grew {grown:.0f} MiB loading a {file_mib:.0f} MiB file"
 
 
 def test_placeholder_count_mismatch_names_row(tmp_path, processor):
