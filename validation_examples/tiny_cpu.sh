@@ -12,8 +12,10 @@
 # Build the inputs first:  python3 scripts/make_tiny_model.py --out models/tiny_qwen25vl
 #                          python3 scripts/make_synthetic_dataset.py --out data/tiny_shapes
 # Environment: ENGINE (hf | vllm, default hf), DATA (data/tiny_shapes/val.parquet),
-# MAX_RESPONSE_LENGTH (96; the longest synthetic SFT answer is 70 tokens), SELF_REWARD (1: MODEL_DIR re-answers
-# its own perceptions; 0: accuracy and format only), BLANK_CONTROL (1: every prompt answered a second
+# the caps, each the tiny recipe's own (configs/tiny_cpu_selfReward.yaml) so the eval scores as its validation
+# does: MAX_PROMPT_LENGTH (400), MAX_RESPONSE_LENGTH (96; the longest synthetic SFT answer is 71 tokens with its
+# end token), REANSWER_MAX_PROMPT_LENGTH (192), REANSWER_MAX_RESPONSE_LENGTH (96), SELF_REWARD (1: MODEL_DIR
+# re-answers its own perceptions; 0: accuracy and format only), BLANK_CONTROL (1: every prompt answered a second
 # time with a blank image of the same size -> OUT_DIR/NAME.blank.jsonl, and the summary gains
 # accuracy_blank_image, vision_reliance, accuracy_drop; 0: skip), SAMPLES and TEMPERATURE (1 and 0:
 # one greedy answer per prompt; e.g. SAMPLES=8 TEMPERATURE=1.0 adds accuracy_best_of_n and
@@ -26,7 +28,10 @@ MODEL_DIR=${1:?usage: bash validation_examples/tiny_cpu.sh MODEL_DIR [OUT_DIR]}
 OUT_DIR=${2:-outputs/eval/$(basename "$MODEL_DIR")}
 ENGINE=${ENGINE:-hf}
 DATA=${DATA:-data/tiny_shapes/val.parquet}
+MAX_PROMPT_LENGTH=${MAX_PROMPT_LENGTH:-400}
 MAX_RESPONSE_LENGTH=${MAX_RESPONSE_LENGTH:-96}
+REANSWER_MAX_PROMPT_LENGTH=${REANSWER_MAX_PROMPT_LENGTH:-192}
+REANSWER_MAX_RESPONSE_LENGTH=${REANSWER_MAX_RESPONSE_LENGTH:-96}
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/find_python.sh"
 REPO_ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # Output names come from the data: X.parquet -> X.*, DIR@split -> DIR_split.*
@@ -42,7 +47,7 @@ mkdir -p "$OUT_DIR"
 GENERATE_ARGS=(
   --model_path "$MODEL_DIR" --data "$DATA"
   --format_prompt "$REPO_ROOT/configs/format_prompt/sr1.jinja"
-  --min_pixels 3136 --max_pixels 12544 --max_prompt_length 400
+  --min_pixels 3136 --max_pixels 12544 --max_prompt_length "$MAX_PROMPT_LENGTH"
   --max_response_length "$MAX_RESPONSE_LENGTH" --n "${SAMPLES:-1}" --temperature "${TEMPERATURE:-0}" --batch_size 64
   "${ENGINE_ARGS[@]}"
 )
@@ -55,7 +60,7 @@ if [ "${BLANK_CONTROL:-1}" = 1 ]; then
   SCORE_ARGS+=(--blank_input "$BLANK_OUTPUT")
 fi
 if [ "${SELF_REWARD:-1}" = 1 ]; then
-  SCORE_ARGS+=(--self_reward_model "$MODEL_DIR" --reanswer_max_prompt_length 400
-               --reanswer_max_response_length "$MAX_RESPONSE_LENGTH" "${ENGINE_ARGS[@]}")
+  SCORE_ARGS+=(--self_reward_model "$MODEL_DIR" --reanswer_max_prompt_length "$REANSWER_MAX_PROMPT_LENGTH"
+               --reanswer_max_response_length "$REANSWER_MAX_RESPONSE_LENGTH" "${ENGINE_ARGS[@]}")
 fi
 "$PYTHON" -m verl.eval.score "${SCORE_ARGS[@]}"

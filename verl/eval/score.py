@@ -516,8 +516,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     perception = parser.add_argument_group("perception re-answers by a model")
     perception.add_argument("--self_reward_model", default=None, help="checkpoint that re-answers (text only)")
-    perception.add_argument("--reanswer_max_prompt_length", type=int, default=4096, help="re-prompt tokens")
-    perception.add_argument("--reanswer_max_response_length", type=int, default=1024, help="re-answer tokens")
+    # Defaults: the GPU recipe's self_reward caps, so perception scores as the trainer's validation
+    # does (tests/eval/test_caps.py checks they agree).
+    perception.add_argument(
+        "--reanswer_max_prompt_length", type=int, default=2560,
+        help="re-prompt tokens (default: the GPU recipe's self_reward.max_prompt_length, %(default)s)",
+    )
+    perception.add_argument(
+        "--reanswer_max_response_length", type=int, default=1024,
+        help="re-answer tokens (default: the GPU recipe's self_reward.max_response_length, %(default)s)",
+    )
     add_engine_arguments(parser, default_engine="hf")
 
     judge = parser.add_argument_group("OpenAI-compatible servers (keys from the environment)")
