@@ -104,11 +104,12 @@ def test_self_reward_step_runs_second_pass_in_one_engine_call(tiny_model_dir, sy
     )
     step = read_metrics(ckpt)[-1]
     assert step["train/self_reward/engine_calls_per_rank"] == 1.0, output[-3000:]
-    # ... so every response and re-answer is cut at its cap: counted, and warned about naming the key.
+    # ... so most responses and re-answers are cut at their cap (a few hit a stop token by chance):
+    # counted, and warned about naming the key to raise.
     for key in ("train/response/clip_ratio", "train/self_reward/pass2_clip_ratio", "val/response/clip_ratio",
                 "val/self_reward/pass2_clip_ratio"):
-        assert step[key] == 1.0, key
-    assert "training step 1: 100.0% of responses were cut at their length cap" in output
+        assert 0.5 < step[key] <= 1.0, (key, step[key])
+    assert f"training step 1: {100 * step['train/response/clip_ratio']:.1f}% of responses were cut" in output
     assert "raise data.max_response_length" in output and "raise self_reward.max_response_length" in output
     assert step["val/self_reward/engine_calls_per_rank"] == 1.0
     for key in ("train/reward/visual", "train/reward/perception_sufficient", "train/reward/language_shortcut",
