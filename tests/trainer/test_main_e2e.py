@@ -129,9 +129,18 @@ def test_self_reward_step_runs_second_pass_in_one_engine_call(tiny_model_dir, sy
         "self_reward.missing_description=whole_response",
         "self_reward.objective=separate",
         "self_reward.n=2",
+        "data.max_response_length=80",  # the random model never stops: every token of the caps is generated
+        "self_reward.max_response_length=48",
     )
     step = read_metrics(ckpt)[-1]
     assert step["train/self_reward/engine_calls_per_rank"] == 1.0, output[-3000:]
+    # ... so most responses and re-answers are cut at their cap (a few hit a stop token by chance):
+    # counted, and warned about naming the key to raise.
+    for key in ("train/response/clip_ratio", "train/self_reward/pass2_clip_ratio", "val/response/clip_ratio",
+                "val/self_reward/pass2_clip_ratio"):
+        assert 0.5 < step[key] <= 1.0, (key, step[key])
+    assert f"training step 1: {100 * step['train/response/clip_ratio']:.1f}% of responses were cut" in output
+    assert "raise data.max_response_length" in output and "raise self_reward.max_response_length" in output
     assert step["val/self_reward/engine_calls_per_rank"] == 1.0
     for key in ("train/reward/visual", "train/reward/perception_sufficient", "train/reward/language_shortcut",
                 "val/reward/visual", "val/reward/language_shortcut", "train/self_reward/pass2_response_length",
@@ -190,3 +199,36 @@ def test_same_seed_same_validation_with_the_hf_engine(tiny_model_dir, synthetic_
     first, second = runs
     assert "val/vision/vision_reliance" in first and "val/reward/accuracy" in first
     assert first == second
+
+
+def test_a_file_mixing_text_only_and_image_rows_trains_with_the_self_reward(tiny_model_dir, synthetic_data_dir,
+                                                                           tmp_path):
+    """Batches holding both text-only rows (no image, no <image>) and image rows, the self-reward on:
+    a known hang elsewhere (EasyR1 PR #518). Rows alternate, unshuffled, so every batch mixes them;
+    `whole_response` makes every response of the random model go through the re-answer pass, the
+    text-only ones included (docs/data.md: how a text-only row's self-reward is scored)."""
+    import pandas as pd
+
+    images = pd.read_parquet(os.path.join(synthetic_data_dir, "train.parquet")).head(8)
+    text_only = images.copy()
+    text_only["problem"] = [f"What is {i} plus {i}?" for i in range(8)]
+    text_only["answer"] = [str(2 * i) for i in range(8)]
+    text_only["images"] = [[] for _ in range(8)]
+    mixed = pd.concat([images, text_only]).sort_index(kind="stable").reset_index(drop=True)  # image, text, ...
+    mixed.to_parquet(tmp_path / "mixed.parquet")
+    ckpt = str(tmp_path / "ckpt")
+    output = run_cli(
+        "configs/tiny_cpu_selfReward.yaml",
+        f"worker.actor.model.model_path={tiny_model_dir}", f"data.train_files={tmp_path}/mixed.parquet",
+        "data.val_files=''", f"trainer.save_checkpoint_path={ckpt}", "trainer.logger=[console,file]",
+        "data.shuffle=false", "data.rollout_batch_size=4", "worker.actor.global_batch_size=4", "worker.rollout.n=2",
+        "worker.actor.micro_batch_size_per_device_for_update=4", "trainer.max_steps=2", "trainer.save_freq=-1",
+        "data.max_response_length=16", "self_reward.max_response_length=8",
+        "self_reward.missing_description=whole_response",
+    )
+    metrics = read_metrics(ckpt)
+    assert [m["step"] for m in metrics] == [1, 2], output[-3000:]
+    for step in metrics:
+        assert step["train/self_reward/engine_calls_per_rank"] == 1.0
+        assert step["train/self_reward/missing_description_rate"] == 1.0  # all 8 responses re-asked whole
+        assert step["train/self_reward/pass2_response_length"] > 0 and "train/reward/visual" in step

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from verl.protocol import DataProto, pad_to_divisor
 from verl.single_controller.worker_group import RayWorkerGroup, ResourcePool, WorkerDiedError
 from verl.algorithms import core_algos, dapo
+from verl.trainer.clipping import RESPONSE_CLIP_RATIO, TRAINER_CAP_KEYS, clip_ratio, warn_on_clipping
 from verl.trainer.config import PPOConfig
 from verl.trainer.resume_settings import check_resume, run_settings, write_run_settings
 from verl.data.vision import blank_like
@@ -370,6 +371,9 @@ class RayPPOTrainer:
             sync = self.workers.execute_all("sync_rollout_weights")
         metrics["perf/sync_bytes"] = sync[0]["bytes"]
         metrics.update(self._rollout_metrics(drawn_rollout, drawn_scores, sr_output, "train"))
+        warn_on_clipping(
+            {name: metrics.get(f"train/{name}") for name in TRAINER_CAP_KEYS}, TRAINER_CAP_KEYS, f"training step {self.global_step}"
+        )
         # Share of prompts whose n samples score differently: only those carry a group advantage.
         for name, values in drawn_scores.items():
             spread = dapo.prompt_has_spread(values, cfg.worker.rollout.n)
@@ -471,10 +475,9 @@ class RayPPOTrainer:
     ) -> dict[str, float]:
         metrics = {f"{prefix}/reward/{name}": values.mean().item() for name, values in scores.items()}
         lengths = rollout.batch["response_mask"].sum(-1).float()
-        max_length = rollout.batch["responses"].shape[1]
         metrics[f"{prefix}/response_length/mean"] = lengths.mean().item()
         metrics[f"{prefix}/response_length/max"] = lengths.max().item()
-        metrics[f"{prefix}/response_length/clip_ratio"] = (lengths >= max_length).float().mean().item()
+        metrics[f"{prefix}/{RESPONSE_CLIP_RATIO}"] = clip_ratio(rollout)
         if sr_output is not None:
             metrics.update({f"{prefix}/{k}": v for k, v in sr_output.metrics.items()})
         return metrics
@@ -483,7 +486,7 @@ class RayPPOTrainer:
     def validate(self) -> dict[str, float]:
         timing: dict[str, float] = {}
         all_scores: dict[str, list[torch.Tensor]] = {}
-        lengths, samples = [], []
+        lengths, finished, samples = [], [], []
         sr_metrics: dict[str, list[float]] = {}
         control_rows: list[dict[str, float]] = []
         control_budget = self.config.trainer.val_blank_image_prompts
@@ -499,13 +502,18 @@ class RayPPOTrainer:
             for name, values in scores.items():
                 all_scores.setdefault(name, []).append(values)
             lengths.append(rollout.batch["response_mask"].sum(-1).float())
+            finished.append(rollout.non_tensor_batch["finished"])
             if sr_output is not None:
                 for key, value in sr_output.metrics.items():
                     sr_metrics.setdefault(key, []).append(value)
             samples.extend(zip(responses, rollout.non_tensor_batch["ground_truth"]))
         metrics = {f"val/reward/{name}": torch.cat(values).mean().item() for name, values in all_scores.items()}
         metrics["val/response_length/mean"] = torch.cat(lengths).mean().item()
+        metrics[f"val/{RESPONSE_CLIP_RATIO}"] = 1.0 - float(np.concatenate(finished).astype(bool).mean())
         metrics.update({f"val/{k}": float(np.mean(v)) for k, v in sr_metrics.items()})
+        warn_on_clipping(
+            {name: metrics.get(f"val/{name}") for name in TRAINER_CAP_KEYS}, TRAINER_CAP_KEYS, f"validation at step {self.global_step}"
+        )
         if control_rows:
             control = {key: float(np.mean([row[key] for row in control_rows])) for key in control_rows[0]}
             # Accuracy with the image on the same prompts: the reference point of the drop.
