@@ -6,8 +6,9 @@ layer unless `--layers` or the memory estimate says fewer, and the script prints
 on one rank with bf16 compute over fp32 master weights and activation checkpointing, as the
 workers run it. One GRPO group: a prompt of `--prompt` tokens that is mostly image (random
 pixels, one image) and `--n` responses of `--response` tokens. For each training path
-(unpacked rows; shared-prompt packing with the dense mask through sdpa; block-sparse flex) one
-log-prob pass and one update (forward, backward, AdamW):
+(unpacked rows; shared-prompt packing with the dense mask through sdpa; block-sparse with the
+`segments` kernel; block-sparse with flex_attention, the GPU default) one log-prob pass and one
+update (forward, backward, AdamW):
 
 - seconds and tokens/s after one warm-up pass (the group's n x (P + R) row tokens / s: equal
   work for every path),
@@ -44,9 +45,10 @@ sys.path.insert(0, REPO_ROOT)
 
 from verl.models.block_sparse_attention import text_attention_implementation  # noqa: E402
 from verl.protocol import DataProto  # noqa: E402
+from verl.workers.engine import shared_prefix  # noqa: E402
 from verl.workers.engine.shared_prefix import packing_of  # noqa: E402
 
-PATHS = ("unpacked", "dense", "flex")
+PATHS = ("unpacked", "dense", "segments", "flex")
 GIB = 2**30
 
 
@@ -131,10 +133,13 @@ def group_batch(config, prompt: int, n: int, response: int, seed: int = 0) -> Da
 
 
 def set_path(model, path: str, vision_attention: str = "sdpa") -> None:
-    attention = text_attention_implementation(vision_attention) if path == "flex" else "sdpa"
-    model.set_attn_implementation(attention)
-    expected = "dense" if path != "flex" else "flex"
-    assert packing_of(model) == expected, (path, packing_of(model))
+    """The model's attention for `path`; a block-sparse path also picks its kernel (the
+    packing otherwise picks the device's: flex on CUDA, segments on CPU)."""
+    block_sparse = path in ("segments", "flex")
+    model.set_attn_implementation(text_attention_implementation(vision_attention) if block_sparse else "sdpa")
+    if block_sparse:
+        shared_prefix.default_kernel = lambda device: path
+    assert packing_of(model) == ("block_sparse" if block_sparse else "dense"), (path, packing_of(model))
 
 
 def actor_for(model, path: str, tokens: int):

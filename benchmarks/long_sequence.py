@@ -8,10 +8,12 @@ process, so each peak RSS is that path's alone:
 
 - unpacked: one row per response (the prompt and its image computed n times);
 - dense: one packed sequence [prompt | r1 | ... | rn] with an (L, L) boolean mask through sdpa
-  (the CPU default);
-- flex: the same sequence with a block-sparse flex_attention BlockMask (the GPU default). CPU
-  torch has a flex forward only, so only its log-prob pass is measured here (unfused, eager:
-  the GPU kernel's speed is measured by benchmarks/gpu_engine.py).
+  (every block computed, the (L, L) probabilities kept for backward);
+- segments: the same sequence block-sparse, the prompt once and each response slot over
+  [prompt keys | its own keys] in one sdpa call (the CPU default);
+- flex: the same sequence with a flex_attention BlockMask (the GPU default). CPU torch has a
+  flex forward only, so only its log-prob pass is measured here (unfused, eager: the GPU
+  kernel's speed is measured by benchmarks/gpu_engine.py).
 
 All paths get the same token budget per micro-batch (n x (P + R), the unpacked group), so each
 pass is one micro-batch. Times are the minimum of `--repeats` runs after one warm-up; the load
@@ -206,9 +208,15 @@ def main() -> None:
     for response in args.responses:
         by = {(r["path"], r["pass"]): r for r in rows if r["response"] == response and "skipped" not in r}
         for which in ("log_probs", "update"):
-            speedup = by[("unpacked", which)]["seconds"] / by[("dense", which)]["seconds"]
-            summary["shapes"].append({"response": response, "pass": which, "dense_speedup_vs_unpacked": speedup})
-            print(f"R={response} {which}: dense packing {speedup:.2f}x unpacked")
+            unpacked = by[("unpacked", which)]
+            entry = {"response": response, "pass": which}
+            for path in ("dense", "segments"):
+                entry[f"{path}_speedup_vs_unpacked"] = unpacked["seconds"] / by[(path, which)]["seconds"]
+                entry[f"{path}_peak_rss_vs_unpacked_mib"] = by[(path, which)]["peak_rss_mib"] - unpacked["peak_rss_mib"]
+            summary["shapes"].append(entry)
+            print(f"R={response} {which}: dense {entry['dense_speedup_vs_unpacked']:.2f}x unpacked "
+                  f"(peak RSS {entry['dense_peak_rss_vs_unpacked_mib']:+.0f} MiB), segments "
+                  f"{entry['segments_speedup_vs_unpacked']:.2f}x ({entry['segments_peak_rss_vs_unpacked_mib']:+.0f} MiB)")
     graph, no_graph = entropy["graph"], entropy["no_graph"]
     print(f"\nentropy metric at {graph['tokens']} response tokens, vocab {QWEN_VOCAB}: peak RSS over load "
           f"{graph['peak_rss_mib'] - graph['baseline_rss_mib']:.0f} MiB with its graph, "

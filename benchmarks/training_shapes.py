@@ -42,9 +42,10 @@ COMPUTE_SPEC = TinyModelSpec(
 )
 FORMAT_PROMPT = os.path.join(REPO_ROOT, "configs/format_prompt/sr1.jinja")
 
-# How the training forwards attend (`verl.workers.engine.shared_prefix.plan_attention`):
-# one row each, packed with a dense mask (sdpa), packed block-sparse (flex).
-PATHS = ("unpacked", "dense", "flex")
+# How the training forwards attend (`verl.workers.engine.shared_prefix.plan_attention`): one row
+# each; packed with a dense mask (sdpa); packed block-sparse with the `segments` kernel (the CPU
+# default) or the flex_attention kernel (the GPU default; forward only on CPU).
+PATHS = ("unpacked", "dense", "segments", "flex")
 
 
 def build_model(out_dir: str, spec: TinyModelSpec = COMPUTE_SPEC, seed: int = 0) -> str:
@@ -107,12 +108,17 @@ def group_batch(
 
 
 def load_for_path(model_dir: str, path: str, device: torch.device, dtype: torch.dtype = torch.float32):
-    """The model as `plan_attention` loads it for `path` (flex: language model on block-sparse
-    attention, vision tower on sdpa)."""
+    """The model as `plan_attention` loads it for `path` (block-sparse paths: the language model
+    on `packed_or_sdpa`, the vision tower on sdpa) and the block-sparse kernel `path` names made
+    the packing's choice."""
     from verl.models.block_sparse_attention import text_attention_implementation
+    from verl.workers.engine import shared_prefix
     from verl.workers.engine.model import build_policy
 
-    attention = text_attention_implementation("sdpa") if path == "flex" else "sdpa"
+    block_sparse = path in ("segments", "flex")
+    if block_sparse:
+        shared_prefix.default_kernel = lambda device: path
+    attention = text_attention_implementation("sdpa") if block_sparse else "sdpa"
     return build_policy(model_dir, device, attention, dtype=dtype)
 
 

@@ -20,6 +20,6 @@ def test_gpu_engine_smoke_mode_measures_every_path_and_checks_flex(tmp_path):
     measured = {(row["path"], row["pass"]) for row in result["rows"]}
     # CPU: every path's log-prob pass, the update where a backward exists (not flex).
     assert measured == {("unpacked", "log_probs"), ("unpacked", "update"), ("dense", "log_probs"),
-                        ("dense", "update"), ("flex", "log_probs")}
+                        ("dense", "update"), ("segments", "log_probs"), ("segments", "update"), ("flex", "log_probs")}
     assert all(row["seconds"] > 0 and row["estimate_gib"] > 0 for row in result["rows"])
     assert result["flex_exactness"]["max_abs_difference"] < 1e-4

@@ -15,6 +15,7 @@ from verl.trainer.config import ActorConfig
 from verl.workers.actor import PPOActor, compute_log_probs, forward_response_log_probs, micro_batches, split_micro_batches
 from verl.workers.engine.micro_batch import balanced_rank_order, padded_tokens, plan_micro_batches, trim_padding
 from verl.models import block_sparse_attention
+from verl.workers.engine import shared_prefix
 from verl.models.block_sparse_attention import text_attention_implementation
 from verl.workers.engine.shared_prefix import (
     FLEX_BLOCK_SIZE,
@@ -75,9 +76,9 @@ def batch(tiny_model_dir, grouped_batch) -> DataProto:
 
 
 def load(model_dir, attn="sdpa"):
-    """`flex`: the language model on block-sparse flex attention, the vision tower on sdpa, as
-    `plan_attention` loads it on a GPU."""
-    attn = text_attention_implementation("sdpa") if attn == "flex" else attn
+    """`segments`/`flex`: the language model on the block-sparse attention, the vision tower on
+    sdpa, as `plan_attention` loads it."""
+    attn = text_attention_implementation("sdpa") if attn in ("segments", "flex") else attn
     return AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=attn)
 
 
@@ -107,7 +108,8 @@ def test_packing_computes_each_prompt_once(batch):
 
 @pytest.mark.parametrize(
     "family, attn",
-    [("qwen2_5_vl", "sdpa"), ("qwen2_5_vl", "eager"), ("qwen2_5_vl", "flex"), ("qwen3_vl", "sdpa"), ("qwen3_vl", "flex")],
+    [("qwen2_5_vl", "sdpa"), ("qwen2_5_vl", "eager"), ("qwen2_5_vl", "segments"), ("qwen2_5_vl", "flex"),
+     ("qwen3_vl", "sdpa"), ("qwen3_vl", "segments"), ("qwen3_vl", "flex")],
 )
 def test_packed_log_probs_equal_one_row_each(request, monkeypatch, grouped_batch, family, attn):
     if family == "qwen2_5_vl":
@@ -116,11 +118,15 @@ def test_packed_log_probs_equal_one_row_each(request, monkeypatch, grouped_batch
         model_dir = request.getfixturevalue("tiny_qwen3_vl_dir")
         data = grouped_batch(model_dir, min_pixels=4096, max_pixels=16384)
     model = load(model_dir, attn)
-    flex_calls = []
-    original_flex = block_sparse_attention.flex_attention
-    monkeypatch.setattr(
-        block_sparse_attention, "flex_attention", lambda *a, **k: flex_calls.append(1) or original_flex(*a, **k)
-    )
+    if attn == "flex":  # the GPU kernel's forward, which CPU torch runs (unfused)
+        monkeypatch.setattr(shared_prefix, "default_kernel", lambda device: "flex")
+    kernel_calls = []
+    for name in ("flex_attention", "segments_attention"):
+        original = getattr(block_sparse_attention, name)
+        monkeypatch.setattr(
+            block_sparse_attention, name,
+            lambda *a, _name=name, _original=original, **k: kernel_calls.append(_name) or _original(*a, **k),
+        )
     micro = trim_padding(data)
     mask = micro.batch["response_mask"].bool()
     with torch.no_grad():
@@ -128,8 +134,11 @@ def test_packed_log_probs_equal_one_row_each(request, monkeypatch, grouped_batch
         log_probs, entropy = forward_response_log_probs(model, micro, 1.0, True, prompt_group_labels(micro))
     torch.testing.assert_close(log_probs[mask], expected_lp[mask], atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(entropy[mask], expected_ent[mask], atol=2e-5, rtol=1e-5)
-    # flex ran in every decoder layer of the packed forward (and only there: the unpacked one is sdpa).
-    assert len(flex_calls) == (model.config.get_text_config().num_hidden_layers if attn == "flex" else 0)
+    # The block-sparse kernel ran in every decoder layer of the packed forward (and only there:
+    # the unpacked forward is plain sdpa).
+    layers = model.config.get_text_config().num_hidden_layers
+    expected = {"flex": ["flex_attention"] * layers, "segments": ["segments_attention"] * layers}.get(attn, [])
+    assert kernel_calls == expected
     # The whole log-prob pass, by token budget, packed: the same values.
     budgeted, _ = compute_log_probs(model, data, 99, 1.0, False, max_token_len=300, share_prefix=True)
     torch.testing.assert_close(budgeted[data.batch["response_mask"].bool()], expected_lp[mask], atol=2e-5, rtol=1e-5)
@@ -170,21 +179,22 @@ def test_flex_block_mask_is_the_dense_mask_and_skips_other_responses_tiles():
 
 def test_attention_plan_packs_with_flash_attention_installed_and_says_why():
     gpu = plan_attention("flash_attention_2", True, "auto", "cuda")
-    assert gpu.packing == "flex"
-    assert gpu.model_attention == {"text_config": "flex_or_sdpa", "vision_config": "flash_attention_2"}
-    assert "block-sparse" in gpu.reason
+    assert gpu.packing == "block_sparse" and "flex_attention tiles" in gpu.reason
+    assert gpu.model_attention == {"text_config": "packed_or_sdpa", "vision_config": "flash_attention_2"}
     cpu = plan_attention("sdpa", True, "auto", "cpu")
-    assert (cpu.packing, cpu.model_attention) == ("dense", "sdpa")
+    assert cpu.packing == "block_sparse" and "one sdpa per response slot" in cpu.reason
+    assert plan_attention("sdpa", True, "dense", "cpu").model_attention == "sdpa"
     dense_flash = plan_attention("flash_attention_2", True, "dense", "cuda")
-    assert dense_flash.packing is None and "packing_attention=flex" in dense_flash.reason
+    assert dense_flash.packing is None and "packing_attention=block_sparse" in dense_flash.reason
     assert plan_attention("sdpa", False, "auto", "cuda").packing is None
-    with pytest.raises(ValueError, match="no flex_attention backward on cpu"):
-        plan_attention("sdpa", True, "flex", "cpu")
+    with pytest.raises(ValueError, match="packing_attention must be auto or one of"):
+        plan_attention("sdpa", True, "sparse", "cpu")
 
 
-def test_packed_update_gradients_equal_one_row_each(tiny_model_dir, batch):
+@pytest.mark.parametrize("attn", ["sdpa", "segments"])
+def test_packed_update_gradients_equal_one_row_each(tiny_model_dir, batch, attn):
     def update_gradients(share_prefix: bool) -> dict[str, torch.Tensor]:
-        model = load(tiny_model_dir)
+        model = load(tiny_model_dir, attn if share_prefix else "sdpa")
         config = ActorConfig(loss_agg_mode="token-mean", use_kl_loss=True, kl_loss_coef=0.1, entropy_coeff=0.01)
         actor = PPOActor(model, config, 1, 1.0, max_token_len=400, share_prefix=share_prefix)
         metrics = defaultdict(list)

@@ -48,7 +48,12 @@ def forward_response_logits(model: nn.Module, micro_batch: DataProto, groups: np
             packed.inputs["attention_mask"] = block_mask_for(
                 packed.inputs["attention_mask"], model.config.get_text_config()._attn_implementation, dtype
             )
-        inputs = {k: v.to(device) for k, v in packed.inputs.items()}
+        # A block-sparse mask is built on `device` already (and `BlockMask.to` would drop the
+        # packed layout the `segments` kernel reads from it).
+        inputs = {
+            k: v if k == "attention_mask" and attention == "block_sparse" else v.to(device)
+            for k, v in packed.inputs.items()
+        }
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
         output = forward_in_step(model, use_cache=False, **inputs)

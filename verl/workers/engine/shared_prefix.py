@@ -19,10 +19,11 @@ Two forms of the same block mask (`PACKING_ATTENTION`), one definition of who se
 (`allowed_keys`):
 - `dense`: a (groups, 1, L, L) boolean tensor for sdpa or eager attention. Every masked-out
   block is still computed (at prompt 600 + 8 x 1024, ~3.7x the attention work of the unpacked
-  rows) and the mask costs L^2 bytes per group. The CPU path, and the reference.
-- `flex`: a `BlockMask` for torch's flex_attention (`verl.models.block_sparse_attention`):
-  tiles no query may see are skipped, so a group costs what its allowed pairs cost, and the mask
-  is kept per 128 x 128 tile. The GPU path; forward only on CPU (no backward there).
+  rows) and the mask costs L^2 bytes per group. The reference.
+- `block_sparse` (`verl.models.block_sparse_attention`): only the allowed blocks are computed,
+  so a group costs what its allowed pairs cost. On GPU a flex_attention `BlockMask` (the mask
+  kept per 128 x 128 tile); on CPU, where flex has no backward, the `segments` kernel (the
+  prompt once, then each response slot over [prompt keys | its own keys] in one sdpa call).
 """
 
 from __future__ import annotations
@@ -34,7 +35,13 @@ import torch
 
 from torch.nn.attention.flex_attention import BlockMask
 
-from verl.models.block_sparse_attention import FLEX_OR_SDPA, text_attention_implementation
+from verl.models.block_sparse_attention import (
+    PACKED_OR_SDPA,
+    PackedSegments,
+    default_kernel,
+    segments_carrier,
+    text_attention_implementation,
+)
 from verl.models.qwen_vl import merge_multi_modal_inputs
 from verl.protocol import DataProto
 from verl.workers.config import PACKING_ATTENTION
@@ -69,31 +76,26 @@ class AttentionPlan:
 
 def plan_attention(attn_implementation: str, share_prompt_prefix: bool, packing_attention: str, device_type: str) -> AttentionPlan:
     """The `AttentionPlan` of a model config (`attn_implementation` already resolved: sdpa,
-    eager or flash_attention_2) on `device_type`. `packing_attention` `auto` is `flex` on CUDA
-    (block-sparse; installing flash-attn keeps packing on: the vision tower runs flash, the
-    language model flex) and `dense` on CPU, where flex has no backward."""
+    eager or flash_attention_2) on `device_type`. `packing_attention` `auto` is `block_sparse`:
+    installing flash-attn keeps packing on (the vision tower runs flash, the language model the
+    block-sparse kernel of `device_type`)."""
     if not share_prompt_prefix:
         return AttentionPlan(attn_implementation, None, f"rows unpacked ({attn_implementation}): share_prompt_prefix=false")
-    choice = packing_attention
-    if choice == "auto":
-        choice = "flex" if device_type == "cuda" else "dense"
+    choice = "block_sparse" if packing_attention == "auto" else packing_attention
     if choice not in PACKING_ATTENTION:
         raise ValueError(f"packing_attention must be auto or one of {PACKING_ATTENTION}, not {packing_attention!r}")
-    if choice == "flex":
-        if device_type != "cuda":
-            raise ValueError(
-                f"packing_attention=flex: torch {torch.__version__} has no flex_attention backward on {device_type}; "
-                "use packing_attention=dense (or auto) there"
-            )
+    if choice == "block_sparse":
+        kernel = default_kernel(device_type)
+        how = "flex_attention tiles" if kernel == "flex" else "one sdpa per response slot"
         return AttentionPlan(
-            text_attention_implementation(attn_implementation), "flex",
-            f"shared-prompt packing, block-sparse (flex_attention BlockMask; vision tower {attn_implementation})",
+            text_attention_implementation(attn_implementation), "block_sparse",
+            f"shared-prompt packing, block-sparse ({how}; vision tower {attn_implementation})",
         )
     if attn_implementation not in ("sdpa", "eager"):
         return AttentionPlan(
             attn_implementation, None,
             f"rows unpacked ({attn_implementation}): the dense packing mask needs sdpa or eager attention; "
-            "packing_attention=flex packs with any vision attention",
+            "packing_attention=block_sparse packs with any vision attention",
         )
     return AttentionPlan(
         attn_implementation, "dense", f"shared-prompt packing, dense (G, 1, L, L) mask through {attn_implementation}"
@@ -101,9 +103,9 @@ def plan_attention(attn_implementation: str, share_prompt_prefix: bool, packing_
 
 
 def packing_of(model) -> str:
-    """The packed mask's form a loaded model takes: `flex` when its language model runs
-    `FLEX_OR_SDPA`, else `dense`."""
-    return "flex" if model.config.get_text_config()._attn_implementation == FLEX_OR_SDPA else "dense"
+    """The packed mask's form a loaded model takes: `block_sparse` when its language model runs
+    `PACKED_OR_SDPA`, else `dense`."""
+    return "block_sparse" if model.config.get_text_config()._attn_implementation == PACKED_OR_SDPA else "dense"
 
 
 def block_mask_for(mask: torch.Tensor, attn_implementation: str, dtype: torch.dtype) -> torch.Tensor:
@@ -175,10 +177,12 @@ def pack_shared_prefix(
     position_ids_fn,
     attention: str = "dense",
     device: torch.device | str = "cpu",
+    kernel: str | None = None,
 ) -> SharedPrefixBatch:
     """Packs the rows of `micro` (trimmed: left-padded prompts of width P, right-padded responses
     of width R) by prompt `labels` into sequences of width L = P + K x R, K the largest group.
-    `attention`: the mask's form (`PACKING_ATTENTION`); a `flex` BlockMask is built on `device`.
+    `attention`: the mask's form (`PACKING_ATTENTION`); a block-sparse mask is built on `device`
+    for `kernel` (`flex` tiles or the `segments` layout; default: the device's, `default_kernel`).
 
     `position_ids_fn(prompt_ids, prompt_mask, image_grid_thw) -> (3, G, P)` gives the prompts'
     mrope ids; response token t of every slot gets the prompt's largest position + 1 + t, as
@@ -210,8 +214,10 @@ def pack_shared_prefix(
     if attention == "dense":
         query, key = torch.arange(length)[:, None], torch.arange(length)[None, :]
         mask = allowed_keys(query[None], key[None], segment, real[:, None, :])[:, None]
-    elif attention == "flex":
+    elif attention == "block_sparse" and (kernel or default_kernel(device)) == "flex":
         mask = flex_block_mask(segment, real, device)
+    elif attention == "block_sparse":
+        mask = segments_carrier(PackedSegments(prompt_width, slots, response_width, real.to(device)))
     else:
         raise ValueError(f"packing attention must be one of {PACKING_ATTENTION}, not {attention!r}")
 
