@@ -286,6 +286,11 @@ class TrainerConfig:
     ranks still running after it fail the run with an error naming them and the stage. A rank
     that dies fails the stage at once, whatever this is."""
 
+    @property
+    def run_dir(self) -> str:
+        """The run's folder: its checkpoints, metrics.jsonl and error.log."""
+        return self.save_checkpoint_path or os.path.join("checkpoints", self.project_name, self.experiment_name)
+
 
 @dataclass
 class PPOConfig:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
-import signal
-import threading
-from contextlib import contextmanager
 
 from verl.trainer.config import ConfigError, PPOConfig, parse_cli_or_exit, to_yaml
-from verl.utils.model_source import ModelPathError, check_model_path
+from verl.utils.cli_exit import exit_cleanly
+from verl.utils.model_source import check_model_path
 
 USAGE = """usage: python3 -m verl.trainer.main config=CONFIG.yaml [section.key=value ...]
 
@@ -35,6 +34,9 @@ def run(config: PPOConfig) -> dict[str, float]:
     config.validate()
     model_cfg = config.worker.actor.model
     check_model_path(model_cfg.model_path, "worker.actor.model.model_path")
+    checkpoint = config.trainer.load_checkpoint_path
+    if checkpoint is not None and not os.path.isdir(checkpoint):  # before loading data and starting Ray
+        raise FileNotFoundError(f"trainer.load_checkpoint_path={checkpoint}: no such checkpoint folder")
     tokenizer = AutoTokenizer.from_pretrained(model_cfg.tokenizer_path or model_cfg.model_path)
     processor = AutoProcessor.from_pretrained(model_cfg.tokenizer_path or model_cfg.model_path)
     train, val = build_dataloaders(config, tokenizer, processor)
@@ -43,20 +45,24 @@ def run(config: PPOConfig) -> dict[str, float]:
     )
     judge = make_judge(config.self_reward) if config.self_reward.enable else None
     started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(
-            address=config.trainer.ray_address,
-            num_cpus=config.trainer.ray_num_cpus,
-            include_dashboard=False,
-            runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}},
-        )
     trainer = None
     try:
-        with stop_on_sigterm():
-            trainer = RayPPOTrainer(config, tokenizer, train, val, reward_fn, judge)
-            trainer.init_workers()
-            return trainer.fit()
+        if started_here:
+            ray.init(
+                address=config.trainer.ray_address,
+                num_cpus=config.trainer.ray_num_cpus,
+                include_dashboard=False,
+                runtime_env={"env_vars": {
+                    "TOKENIZERS_PARALLELISM": "false", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+                    # Workers keep Ray's crash report (a C++ stack on SIGSEGV); see __main__ below.
+                    "RAY_DISABLE_FAILURE_SIGNAL_HANDLER": "0",
+                }},
+            )
+        trainer = RayPPOTrainer(config, tokenizer, train, val, reward_fn, judge)
+        trainer.init_workers()
+        return trainer.fit()
     finally:
+        reward_fn.close()
         if trainer is not None and trainer.workers is not None:
             trainer.workers.shutdown()
         if started_here:
@@ -66,34 +72,22 @@ def run(config: PPOConfig) -> dict[str, float]:
             ray.shutdown()
 
 
-@contextmanager
-def stop_on_sigterm():
-    """SIGTERM (kill, a scheduler's pre-emption) raises SystemExit(143) in the main thread, so the
-    clean-up in `finally` blocks runs as for Ctrl-C; the previous handler comes back after."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    def handler(signum, frame):
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def main(argv: list[str] | None = None) -> None:
     config = parse_cli_or_exit(PPOConfig, argv, USAGE)
     if config is None:
         return
     print(to_yaml(config), flush=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
+    # A user error is one message on stderr, its traceback in the run folder's error.log; SIGTERM
+    # is one line and exit code 143 (verl/utils/cli_exit.py).
+    with exit_cleanly(config.trainer.run_dir, usage_errors=(ConfigError,)):
         run(config)
-    except (ModelPathError, ConfigError) as error:
-        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":
+    # Ray's C++ handler would print a stack dump on SIGTERM, which the driver handles itself (one
+    # line, exit code 143); it is read when ray is first imported. Python's own report of a crash
+    # (SIGSEGV, SIGABRT) takes its place.
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+    faulthandler.enable()
     main()

@@ -108,9 +108,7 @@ class RayPPOTrainer:
         self.val_dataloader = val_dataloader
         self.reward_fn = reward_fn
         self.global_step = 0
-        self.checkpoint_root = config.trainer.save_checkpoint_path or os.path.join(
-            "checkpoints", config.trainer.project_name, config.trainer.experiment_name
-        )
+        self.checkpoint_root = config.trainer.run_dir
         steps_per_epoch = len(train_dataloader) if train_dataloader is not None else 0
         self.total_steps = steps_per_epoch * config.trainer.total_epochs
         if config.trainer.max_steps is not None:

@@ -1,0 +1,108 @@
+"""How a command-line run ends when it does not finish: one message on stderr and an exit code.
+
+- An error: ``error: <message>`` and exit code 1 (2 for a configuration error). The traceback is
+  appended to the run's log file (``<run folder>/error.log``), which the message names; with
+  ``VERL_DEBUG=1`` it is printed as well. A user error (config, data, reward function, checkpoint,
+  model) says what to fix; a traceback in front of it only buries the message.
+- SIGTERM (``kill``, a scheduler's pre-emption): one line and exit code 143, wherever the driver
+  was waiting. Ray's C++ wait turns the handler's ``SystemExit(143)`` into ``SystemExit(1)``, so
+  the handler's own record decides the exit code, not the exception that arrives.
+- Ctrl-C: one line and exit code 130.
+
+`finally` blocks inside (Ray shutdown, worker and reward processes) run before the message.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import sys
+import tempfile
+import threading
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+DEBUG_ENV = "VERL_DEBUG"
+"""Set to 1 to print the traceback of an error on the console too."""
+ERROR_LOG = "error.log"
+SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
+INTERRUPT_EXIT_CODE = 128 + signal.SIGINT
+
+
+@contextmanager
+def exit_cleanly(log_dir: str, usage_errors: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """Runs the body; an exception out of it becomes the message and exit code above (SystemExit).
+    ``log_dir``: the run's folder, where ``error.log`` goes; ``usage_errors``: exit code 2."""
+    terminated = threading.Event()
+    previous = _stop_on_sigterm(terminated)
+    try:
+        yield
+    except BaseException as error:  # noqa: BLE001 - every way out is reported in one line
+        if terminated.is_set():
+            log = _append_traceback(log_dir, error, "stopped by SIGTERM")
+            _say(f"stopped by SIGTERM: the run and the processes it started are shut down (where it was: {log})")
+            raise SystemExit(SIGTERM_EXIT_CODE) from None
+        if isinstance(error, KeyboardInterrupt):
+            _say("interrupted (Ctrl-C): the run and the processes it started are shut down")
+            raise SystemExit(INTERRUPT_EXIT_CODE) from None
+        if isinstance(error, SystemExit):
+            raise
+        log = _append_traceback(log_dir, error, "error")
+        if os.environ.get(DEBUG_ENV) == "1":
+            traceback.print_exception(error, file=sys.stderr)
+        _say(f"error: {describe(error)}\n(traceback: {log}; {DEBUG_ENV}=1 prints it here too)")
+        raise SystemExit(2 if isinstance(error, usage_errors) else 1) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def describe(error: BaseException) -> str:
+    """The message of an error the project raised (written for the user); the type and message of
+    one raised inside a library (``KeyError: 'x'`` needs its type to mean anything)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    raised_here = bool(frames) and os.path.abspath(frames[-1].filename).startswith(_PACKAGE_DIR + os.sep)
+    if raised_here and str(error):
+        return str(error)
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+def _stop_on_sigterm(terminated: threading.Event):
+    """SIGTERM raises SystemExit(143) in the main thread, so `finally` blocks clean up as for
+    Ctrl-C; a second SIGTERM during that clean-up is ignored. Returns the previous handler
+    (None off the main thread, where no handler can be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        if not terminated.is_set():
+            terminated.set()
+            raise SystemExit(SIGTERM_EXIT_CODE)
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _append_traceback(log_dir: str, error: BaseException, what: str) -> str:
+    """Appends the traceback to ``log_dir/error.log`` (a temporary file if that cannot be written)
+    and returns the file's path."""
+    header = f"==== {datetime.datetime.now().isoformat(timespec='seconds')} {what} in {' '.join(sys.argv)} (pid {os.getpid()})\n"
+    text = header + "".join(traceback.format_exception(error))
+    for path in (os.path.join(log_dir, ERROR_LOG), os.path.join(tempfile.gettempdir(), f"verl-error-{os.getpid()}.log")):
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "a", encoding="utf-8") as log:
+                log.write(text)
+            return path
+        except OSError:
+            continue
+    return "not written: neither the run folder nor the temporary folder is writable"
+
+
+def _say(line: str) -> None:
+    sys.stdout.flush()  # the run's own output first, then the verdict
+    print(line, file=sys.stderr, flush=True)
