@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import faulthandler
 import os
 
 from verl.trainer.config import ConfigError, PPOConfig, parse_cli_or_exit, to_yaml
-from verl.utils.cli_exit import exit_cleanly
+from verl.utils.cli_exit import exit_cleanly, prepare_driver, reclaim_sigterm
 from verl.utils.model_source import check_model_path
 
 USAGE = """usage: python3 -m verl.trainer.main config=CONFIG.yaml [section.key=value ...]
@@ -54,10 +53,11 @@ def run(config: PPOConfig) -> dict[str, float]:
                 include_dashboard=False,
                 runtime_env={"env_vars": {
                     "TOKENIZERS_PARALLELISM": "false", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-                    # Workers keep Ray's crash report (a C++ stack on SIGSEGV); see __main__ below.
+                    # Workers keep Ray's crash report (a C++ stack on SIGSEGV); see prepare_driver.
                     "RAY_DISABLE_FAILURE_SIGNAL_HANDLER": "0",
                 }},
             )
+            reclaim_sigterm()
         trainer = RayPPOTrainer(config, tokenizer, train, val, reward_fn, judge)
         trainer.init_workers()
         return trainer.fit()
@@ -85,9 +85,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    # Ray's C++ handler would print a stack dump on SIGTERM, which the driver handles itself (one
-    # line, exit code 143); it is read when ray is first imported. Python's own report of a crash
-    # (SIGSEGV, SIGABRT) takes its place.
-    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
-    faulthandler.enable()
+    prepare_driver()
     main()

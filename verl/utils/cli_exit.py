@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import datetime
+import faulthandler
 import os
 import signal
 import sys
@@ -31,16 +32,25 @@ SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
 INTERRUPT_EXIT_CODE = 128 + signal.SIGINT
 
 
+def prepare_driver() -> None:
+    """For a driver process, before Ray is first imported: Ray's C++ handler would print a stack
+    dump on SIGTERM, which `exit_cleanly` reports in one line (it reads this variable on import;
+    workers get it back as "0" through the runtime env). Python's own report of a crash (SIGSEGV,
+    SIGABRT) takes its place in the driver."""
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+    faulthandler.enable()
+
+
 @contextmanager
 def exit_cleanly(log_dir: str, usage_errors: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
     """Runs the body; an exception out of it becomes the message and exit code above (SystemExit).
     ``log_dir``: the run's folder, where ``error.log`` goes; ``usage_errors``: exit code 2."""
-    terminated = threading.Event()
-    previous = _stop_on_sigterm(terminated)
+    global _watch
+    watch = _watch = _SigtermWatch()
     try:
         yield
     except BaseException as error:  # noqa: BLE001 - every way out is reported in one line
-        if terminated.is_set():
+        if watch.received():
             log = _append_traceback(log_dir, error, "stopped by SIGTERM")
             _say(f"stopped by SIGTERM: the run and the processes it started are shut down (where it was: {log})")
             raise SystemExit(SIGTERM_EXIT_CODE) from None
@@ -55,8 +65,62 @@ def exit_cleanly(log_dir: str, usage_errors: tuple[type[BaseException], ...] = (
         _say(f"error: {describe(error)}\n(traceback: {log}; {DEBUG_ENV}=1 prints it here too)")
         raise SystemExit(2 if isinstance(error, usage_errors) else 1) from None
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        _watch = None
+        watch.close()
+
+
+def reclaim_sigterm() -> None:
+    """Puts `exit_cleanly`'s SIGTERM handler back after code that installs its own: `ray.init`
+    does (one that exits with code 1 and no message)."""
+    if _watch is not None:
+        _watch.install()
+
+
+class _SigtermWatch:
+    """SIGTERM raises SystemExit(143) in the main thread, so `finally` blocks clean up as for
+    Ctrl-C; a second SIGTERM during that clean-up is ignored. Whether SIGTERM came is also read
+    from a wakeup pipe, which Python's C-level handler writes each signal's number to whoever's
+    Python handler runs: `ray.init` replaces the handler while it starts the cluster."""
+
+    def __init__(self):
+        self.main_thread = threading.current_thread() is threading.main_thread()
+        self.terminated = False
+        self.previous_handler = signal.getsignal(signal.SIGTERM)
+        self.reader = self.writer = self.previous_wakeup_fd = None
+        if self.main_thread:  # signals are handled in the main thread only
+            self.reader, self.writer = os.pipe()
+            os.set_blocking(self.reader, False)
+            os.set_blocking(self.writer, False)
+            self.previous_wakeup_fd = signal.set_wakeup_fd(self.writer, warn_on_full_buffer=False)
+            self.install()
+
+    def install(self) -> None:
+        if self.main_thread:
+            signal.signal(signal.SIGTERM, self._handler)
+
+    def _handler(self, signum, frame) -> None:
+        if not self.terminated:
+            self.terminated = True
+            raise SystemExit(SIGTERM_EXIT_CODE)
+
+    def received(self) -> bool:
+        while not self.terminated and self.reader is not None:
+            try:
+                numbers = os.read(self.reader, 4096)
+            except BlockingIOError:
+                break
+            self.terminated = signal.SIGTERM in numbers
+        return self.terminated
+
+    def close(self) -> None:
+        if self.main_thread:
+            signal.signal(signal.SIGTERM, self.previous_handler)
+            signal.set_wakeup_fd(self.previous_wakeup_fd, warn_on_full_buffer=False)
+            os.close(self.reader)
+            os.close(self.writer)
+
+
+_watch: _SigtermWatch | None = None
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,21 +134,6 @@ def describe(error: BaseException) -> str:
     if raised_here and str(error):
         return str(error)
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-
-
-def _stop_on_sigterm(terminated: threading.Event):
-    """SIGTERM raises SystemExit(143) in the main thread, so `finally` blocks clean up as for
-    Ctrl-C; a second SIGTERM during that clean-up is ignored. Returns the previous handler
-    (None off the main thread, where no handler can be set)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def handler(signum, frame):
-        if not terminated.is_set():
-            terminated.set()
-            raise SystemExit(SIGTERM_EXIT_CODE)
-
-    return signal.signal(signal.SIGTERM, handler)
 
 
 def _append_traceback(log_dir: str, error: BaseException, what: str) -> str:
