@@ -65,10 +65,6 @@ class RewardProcess:
         self._stop = None  # kills the process: at close(), at exit, or when this object is collected
         self._lock = threading.Lock()
 
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
-
     def call(self, inputs: Any, timeout_s: float, what: str) -> Any:
         """The function's result for ``inputs``. ``what`` names the call in messages. Raises
         RewardProcessTimeout (the process is killed), RewardProcessError (it died) or

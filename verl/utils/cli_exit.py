@@ -52,17 +52,17 @@ def exit_cleanly(log_dir: str, usage_errors: tuple[type[BaseException], ...] = (
     except BaseException as error:  # noqa: BLE001 - every way out is reported in one line
         if watch.received():
             log = _append_traceback(log_dir, error, "stopped by SIGTERM")
-            _say(f"stopped by SIGTERM: the run and the processes it started are shut down (where it was: {log})")
+            _say(f"stopped by SIGTERM: the run and the processes it started are shut down (where it was: {log})", error)
             raise SystemExit(SIGTERM_EXIT_CODE) from None
         if isinstance(error, KeyboardInterrupt):
-            _say("interrupted (Ctrl-C): the run and the processes it started are shut down")
+            _say("interrupted (Ctrl-C): the run and the processes it started are shut down", error)
             raise SystemExit(INTERRUPT_EXIT_CODE) from None
         if isinstance(error, SystemExit):
             raise
         log = _append_traceback(log_dir, error, "error")
         if os.environ.get(DEBUG_ENV) == "1":
             traceback.print_exception(error, file=sys.stderr)
-        _say(f"error: {describe(error)}\n(traceback: {log}; {DEBUG_ENV}=1 prints it here too)")
+        _say(f"error: {describe(error)}\n(traceback: {log}; {DEBUG_ENV}=1 prints it here too)", error)
         raise SystemExit(2 if isinstance(error, usage_errors) else 1) from None
     finally:
         _watch = None
@@ -152,6 +152,9 @@ def _append_traceback(log_dir: str, error: BaseException, what: str) -> str:
     return "not written: neither the run folder nor the temporary folder is writable"
 
 
-def _say(line: str) -> None:
-    sys.stdout.flush()  # the run's own output first, then the verdict
+def _say(line: str, error: BaseException) -> None:
+    """Prints the verdict last: the run's own output first, including what its objects print
+    when the error's frames let go of them (a progress bar closes and redraws itself)."""
+    traceback.clear_frames(error.__traceback__)
+    sys.stdout.flush()
     print(line, file=sys.stderr, flush=True)
