@@ -82,7 +82,10 @@ class LoadedRewardFunction:
         try:
             results = self._call(reward_inputs, f"{batch} ({len(reward_inputs)} responses)")
         except RewardProcessTimeout as error:
-            raise RewardTimeoutError(f"{error} ({self.timeout_setting}); the run stops rather than wait forever") from None
+            raise RewardTimeoutError(
+                f"{error} ({self.timeout_setting}); its process (pid {error.pid}) was killed, and the run stops "
+                "rather than wait forever"
+            ) from None
         except RewardProcessError as error:
             raise RewardFunctionError(str(error)) from None
         except Exception as error:

@@ -34,7 +34,11 @@ class RewardProcessError(RuntimeError):
 
 
 class RewardProcessTimeout(RuntimeError):
-    """A call did not return within its limit; the process running it was killed."""
+    """A call did not return within its limit; the process running it (``pid``) was killed."""
+
+    def __init__(self, message: str, pid: int):
+        super().__init__(message)
+        self.pid = pid
 
 
 class RaisedInRewardProcess(Exception):
@@ -93,9 +97,7 @@ class RewardProcess:
                 what, half, self._process.pid, timeout_s,
             )
             if not self._connection.poll(timeout_s - half):  # the caller kills the process
-                raise RewardProcessTimeout(
-                    f"{what} did not return within {timeout_s:g} s; its process (pid {self._process.pid}) was killed"
-                )
+                raise RewardProcessTimeout(f"{what} did not return within {timeout_s:g} s", self._process.pid)
         try:
             return self._connection.recv()
         except (EOFError, OSError):

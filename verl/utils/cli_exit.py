@@ -5,8 +5,9 @@
   ``VERL_DEBUG=1`` it is printed as well. A user error (config, data, reward function, checkpoint,
   model) says what to fix; a traceback in front of it only buries the message.
 - SIGTERM (``kill``, a scheduler's pre-emption): one line and exit code 143, wherever the driver
-  was waiting. Ray's C++ wait turns the handler's ``SystemExit(143)`` into ``SystemExit(1)``, so
-  the handler's own record decides the exit code, not the exception that arrives.
+  was waiting. Ray's C++ wait turns the handler's ``SystemExit(143)`` into ``SystemExit(1)``, and
+  ``ray.init`` installs handlers of its own, so a record that SIGTERM came decides the exit code,
+  not the exception that arrives.
 - Ctrl-C: one line and exit code 130.
 
 `finally` blocks inside (Ray shutdown, worker and reward processes) run before the message.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import faulthandler
+import io
 import os
 import signal
 import sys
@@ -38,7 +40,10 @@ def prepare_driver() -> None:
     workers get it back as "0" through the runtime env). Python's own report of a crash (SIGSEGV,
     SIGABRT) takes its place in the driver."""
     os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
-    faulthandler.enable()
+    try:
+        faulthandler.enable()
+    except (AttributeError, ValueError, io.UnsupportedOperation):  # a stderr without a file (captured)
+        pass
 
 
 @contextmanager
