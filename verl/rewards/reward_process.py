@@ -4,10 +4,12 @@ can be ended for certain.
 A timeout raised inside the caller's process cannot stop arbitrary user code: a long C call
 does not return to the interpreter, and a bare ``except:`` swallows whatever is raised into it
 (SIGTERM's ``SystemExit`` included). A separate process is ended with SIGKILL, which nothing in
-it can catch. The process is started once (spawned: a fresh interpreter, none of the caller's
-threads, Ray connections or CUDA state) and serves call after call over a pipe; only a kill, or
-its death, makes the next call start a new one. It dies with its parent (PR_SET_PDEATHSIG), so a
-driver that is itself killed leaves no reward process behind.
+it can catch. The process is started once and serves call after call over a socket; only a
+kill, or its death, makes the next call start a new one. It is a fresh interpreter that imports
+only this module and the reward function: none of the caller's threads, Ray connections or CUDA
+state, and not the caller's ``__main__`` either (multiprocessing's spawn would re-import it, which
+for ``verl.trainer.main`` means torch: ~2 s and ~700 MiB). It dies with its parent
+(PR_SET_PDEATHSIG), so a driver that is itself killed leaves no reward process behind.
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ from __future__ import annotations
 import atexit
 import ctypes
 import logging
-import multiprocessing
 import os
 import signal
+import socket
+import subprocess
 import sys
 import threading
 import traceback
 import weakref
+from multiprocessing.connection import Connection
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -64,8 +68,8 @@ class RewardProcess:
         self.resolve = resolve
         self.spec = spec
         self.kwargs = kwargs
-        self._process: multiprocessing.process.BaseProcess | None = None
-        self._connection = None
+        self._process: subprocess.Popen | None = None
+        self._connection: Connection | None = None
         self._stop = None  # kills the process: at close(), at exit, or when this object is collected
         self._lock = threading.Lock()
 
@@ -75,7 +79,7 @@ class RewardProcess:
         RaisedInRewardProcess (the function raised). After half of ``timeout_s`` a warning says
         what is still running, so a long limit is not a long silence."""
         with self._lock:
-            if self._process is None or not self._process.is_alive():
+            if self._process is None or self._process.poll() is not None:
                 self._start()
             try:
                 self._connection.send(inputs)
@@ -101,24 +105,29 @@ class RewardProcess:
         try:
             return self._connection.recv()
         except (EOFError, OSError):
-            self._process.join(5)
+            try:
+                self._process.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
             raise RewardProcessError(
-                f"{what} ended its process without an answer ({_describe_exit(self._process.exitcode)})"
+                f"{what} ended its process without an answer ({_describe_exit(self._process.returncode)})"
             ) from None
 
     def _start(self) -> None:
         self.close()
-        context = multiprocessing.get_context("spawn")
-        parent_end, child_end = context.Pipe()
-        process = context.Process(
-            target=_serve, args=(self.resolve, self.spec, self.kwargs, child_end, os.getpid()),
-            name=f"reward {self.spec}", daemon=True,
+        parent_end, child_end = socket.socketpair()
+        # The caller's import path, so the child finds this package and what the function imports.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(path for path in sys.path if path)}
+        process = subprocess.Popen(
+            [sys.executable, "-c", f"from verl.rewards.reward_process import serve; serve({child_end.fileno()})"],
+            pass_fds=(child_end.fileno(),), env=env,
         )
-        process.start()
         child_end.close()
-        self._process, self._connection = process, parent_end
-        self._stop = weakref.finalize(self, _kill, process, parent_end)
-        _close_at_exit(self)
+        connection = Connection(parent_end.detach())
+        self._process, self._connection = process, connection
+        self._stop = weakref.finalize(self, _kill, process, connection)
+        _RUNNING.add(self)
+        connection.send((self.resolve, self.spec, self.kwargs, os.getpid()))
 
     def close(self) -> None:
         """Kills the process (if any); the next call starts a new one."""
@@ -135,20 +144,13 @@ def _close_all() -> None:
         running.close()
 
 
-def _close_at_exit(reward_process: RewardProcess) -> None:
-    """Registers the exit hook after `process.start()` has registered multiprocessing's own:
-    hooks run last-registered first, so ours kills before multiprocessing sends SIGTERM and then
-    waits on a child that may ignore SIGTERM (re-registering moves it to the front)."""
-    atexit.unregister(_close_all)
-    atexit.register(_close_all)
-    _RUNNING.add(reward_process)
+atexit.register(_close_all)  # a process still running at exit is killed, not left in a stuck call
 
 
-def _kill(process: multiprocessing.process.BaseProcess, connection) -> None:
-    if process.is_alive():
+def _kill(process: subprocess.Popen, connection: Connection) -> None:
+    if process.poll() is None:
         process.kill()
-    process.join()
-    process.close()
+    process.wait()
     connection.close()
 
 
@@ -167,8 +169,11 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _serve(resolve: Any, spec: str, kwargs: dict[str, Any], connection, parent_pid: int) -> None:
-    """The child's loop: one call per message until the parent closes its end."""
+def serve(fd: int) -> None:
+    """The child's loop on the socket ``fd``: the function to load first, then one call per
+    message until the parent closes its end."""
+    connection = Connection(fd)
+    resolve, spec, kwargs, parent_pid = connection.recv()
     _die_with_parent(parent_pid)
     # Ctrl-C reaches the whole process group; the parent handles it and kills this process.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
