@@ -1,21 +1,36 @@
-"""This project's GRPO step vs TRL's GRPOTrainer, same tiny model, data and work, one run.
+"""This project's GRPO step vs TRL's GRPOTrainer, same model, data and work, back to back on an idle machine.
 
-    .venv/bin/python benchmarks/vs_trl.py [--trl_python .venv-trl/bin/python] [--steps 12] [--engine vllm]
+    .venv/bin/python benchmarks/vs_trl.py --shape tiny --response_length 32 [--rounds 2]
+    .venv/bin/python benchmarks/vs_trl.py --shape tiny --response_length 128
+    .venv/bin/python benchmarks/vs_trl.py --shape compute        # 8 prompts x 8 x 64 on the ~7.5 M model
 
-Equal work on both sides: the same random tiny Qwen2.5-VL folder, the same synthetic prompts
-(the tiny self-reward config's format prompt, one image each), P prompts x G generations x
-completions forced to L tokens, no reference model, fp32 on CPU, 2 threads in all (TRL: one
-process with 2 threads; this project: 2 FSDP worker processes with 1 thread each, as the tiny
-config runs). This project runs with the tiny config's own defaults (`max_prompt_length` 400,
-micro-batch sizes), only the sizes above overridden. It is run twice: without the self-reward
-(`see_think` reward, the same rollout) and with it (`whole_response`, so the random model's
-re-prompt pass really runs), which gives the self-reward step-time ratio in the same session.
+Shapes:
+- tiny: the tiny random Qwen2.5-VL (0.46 M), 112 x 112 images, 16 prompts x 8 generations;
+  Python overhead dominates both sides.
+- compute: the ~7.5 M Qwen2.5-VL of benchmarks/training_shapes.py (text 384 x 4, vision 128 x
+  2), 224 x 224 images (64 visual tokens, a ~95-token prompt), 8 prompts x 8 x 64 tokens: the
+  prompt is most of each row, as in a real run, and matmuls set the time.
 
-TRL runs in its own virtualenv (benchmarks/requirements-trl.txt). Step time is wall clock per
-step (TRL: a callback around each step; here: between consecutive metric records, i.e. the
-whole loop iteration); the first `--warmup` steps and this project's last step (which also
-writes the checkpoint) are dropped. Peak RSS is the largest sum over the process tree (Ray's
-processes included), sampled every 0.2 s. Prints a table, writes benchmarks/results/vs_trl.json.
+Equal work on both sides: the same model folder, the same synthetic prompts (the plain question,
+one image; `--format_prompt` renders a jinja file for both), P prompts x G generations, completions
+forced to L tokens, no reference model, fp32 on CPU, 2 threads in all (TRL: one process with 2
+threads; this project: 2 FSDP worker processes with 1 thread each, as the tiny config runs it).
+This project runs the tiny self-reward config's defaults (its default engine, `hf`, unless
+`--engine`; micro-batch sizes; shared-prompt packing), with the self-reward off and only the sizes
+above overridden; `--with_self_reward` adds a run with it on (`whole_response`, so the random
+model's re-prompt pass really runs) for the self-reward step-time ratio.
+
+A race is only valid on an idle machine (a second job slows either side 2-4x on 2 cores). Each
+round runs TRL and then this project; before every run the script waits (up to `--idle_wait` s)
+until the cores are idle (under `--busy_limit` % busy over 3 s) and prints the load average; a
+run that never found the machine idle is kept but marked void and left out of the medians. Every
+round is printed. Step time is wall clock per step (TRL: a callback around each step; here:
+between consecutive metric records, the whole loop iteration); the first `--warmup` steps and
+this project's last step (which also writes the checkpoint) are dropped. Peak RSS is the largest
+sum over the process tree (Ray's processes included), sampled every 0.2 s.
+
+TRL runs in its own virtualenv (benchmarks/requirements-trl.txt). Writes
+benchmarks/results/vs_trl_<shape>_<L>.json.
 """
 
 from __future__ import annotations
@@ -34,6 +49,9 @@ import psutil
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from training_shapes import COMPUTE_SPEC  # noqa: E402
 
 
 class TreeRSS:
@@ -67,9 +85,23 @@ class TreeRSS:
         return self.peak / 2**20
 
 
-def run_measured(command: list[str], env: dict, label: str, timeout: int = 1800) -> float:
+def wait_for_idle(label: str, max_wait: float, busy_limit: float) -> dict:
+    """Waits until the cores are idle (under `busy_limit` % busy over 3 s), at most `max_wait` s;
+    prints and returns the load average and the busy share it saw last."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        busy = psutil.cpu_percent(interval=3.0)
+        idle = busy < busy_limit
+        if idle or time.monotonic() >= deadline:
+            break
+    load = os.getloadavg()[0]
+    state = "idle" if idle else f"NOT IDLE after {max_wait:.0f} s: this run is void"
+    print(f"[{label}] load average {load:.2f}, cores {busy:.0f}% busy: {state}", flush=True)
+    return {"load_average_before": load, "busy_percent_before": busy, "void": not idle}
+
+
+def run_measured(command: list[str], env: dict, label: str, timeout: int = 3600) -> float:
     """Runs `command`, returns the peak tree RSS in MiB; exits with its output on failure."""
-    print(f"[{label}] load average before: {os.getloadavg()[0]:.2f}", flush=True)
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
         monitor = TreeRSS(proc.pid)
@@ -87,20 +119,24 @@ def stats(values: list[float]) -> dict[str, float]:
     return {"min": min(values), "median": statistics.median(values), "max": max(values), "n": len(values)}
 
 
-def prepare_inputs(work: str, model_path: str | None, prompts: int, steps: int) -> tuple[str, str, str]:
+def prepare_inputs(args, work: str) -> tuple[str, str, str]:
     """Model folder, synthetic data folder, and TRL's prompt file (same text and images)."""
-    import jinja2
     import pyarrow.parquet as pq
 
-    from verl.data.synthetic import write_synthetic_dataset
-    from verl.utils.tiny_model import build_tiny_model
+    from training_shapes import COMPUTE_IMAGE_SIZE, build_model, write_data
+    from verl.utils.tiny_model import TinyModelSpec
 
-    format_prompt = os.path.join(REPO_ROOT, "configs/format_prompt/sr1.jinja")
+    model_path = args.model_path
     if model_path is None:
-        model_path = build_tiny_model(os.path.join(work, "model"), seed=0)
-    data_dir = os.path.join(work, "data")
-    write_synthetic_dataset(data_dir, format_prompt, seed=0, train_size=prompts * (steps + 2), val_size=16, sft_size=8)
-    template = jinja2.Template(open(format_prompt).read())
+        spec = COMPUTE_SPEC if args.shape == "compute" else TinyModelSpec()
+        model_path = build_model(os.path.join(work, "model"), spec)
+    image_size = COMPUTE_IMAGE_SIZE if args.shape == "compute" else 84
+    data_dir = write_data(os.path.join(work, "data"), args.prompts * (args.steps + 2), image_size)
+    template = None
+    if args.format_prompt:
+        import jinja2
+
+        template = jinja2.Template(open(os.path.join(REPO_ROOT, args.format_prompt)).read())
     table = pq.read_table(os.path.join(data_dir, "train.parquet")).to_pylist()
     prompt_file = os.path.join(work, "trl_prompts.jsonl")
     os.makedirs(os.path.join(work, "images"), exist_ok=True)
@@ -109,9 +145,9 @@ def prepare_inputs(work: str, model_path: str | None, prompts: int, steps: int) 
             image_path = os.path.join(work, "images", f"{index}.png")
             with open(image_path, "wb") as image_file:
                 image_file.write(row["images"][0]["bytes"])
-            # TRL places the image block itself; the text is the same rendered prompt without the placeholder.
-            text = template.render(content=row["problem"]).replace("<image>", "").strip()
-            f.write(json.dumps({"text": text, "image": image_path}) + "\n")
+            # TRL places the image block itself; the text is the same prompt without the placeholder.
+            text = template.render(content=row["problem"]) if template else row["problem"]
+            f.write(json.dumps({"text": text.replace("<image>", "").strip(), "image": image_path}) + "\n")
     return model_path, data_dir, prompt_file
 
 
@@ -129,7 +165,6 @@ def run_trl(args, model_path: str, prompt_file: str, work: str) -> dict:
     timed = result["step_seconds"][args.warmup :]
     return {
         "step_s": stats(timed),
-        "completion_tokens_per_s": args.prompts * args.generations * args.response_length / statistics.median(timed),
         "completion_mean_length": statistics.mean(result["completion_mean_length"]),
         "vision_tower_calls": result["vision_tower_calls"],
         "peak_rss_mib": peak,
@@ -140,11 +175,12 @@ def run_trl(args, model_path: str, prompt_file: str, work: str) -> dict:
 def run_project(args, model_path: str, data_dir: str, work: str, self_reward: bool) -> dict:
     label = "this project, self-reward" if self_reward else "this project"
     ckpt = tempfile.mkdtemp(dir=work)
+    pixels = 224 * 224 if args.shape == "compute" else None
     command = [
         sys.executable, "-m", "verl.trainer.main", "config=configs/tiny_cpu_selfReward.yaml",
         f"worker.actor.model.model_path={model_path}",
         f"data.train_files={data_dir}/train.parquet", f"data.val_files={data_dir}/val.parquet",
-        f"worker.rollout.name={args.engine}",
+        f"data.format_prompt={args.format_prompt or 'null'}",
         f"data.rollout_batch_size={args.prompts}", f"worker.actor.global_batch_size={args.prompts}",
         f"worker.rollout.n={args.generations}",
         f"data.max_response_length={args.response_length}", f"worker.rollout.min_response_length={args.response_length}",
@@ -153,6 +189,10 @@ def run_project(args, model_path: str, data_dir: str, work: str, self_reward: bo
         "trainer.val_freq=-1", "trainer.save_freq=-1", f"trainer.save_checkpoint_path={ckpt}",
         "trainer.find_last_checkpoint=false", "trainer.logger=[file]",
     ]
+    if args.engine:
+        command.append(f"worker.rollout.name={args.engine}")
+    if pixels:
+        command += [f"data.min_pixels={pixels}", f"data.max_pixels={pixels}"]
     if self_reward:
         command += ["self_reward.enable=true", "self_reward.missing_description=whole_response"]
     else:
@@ -168,7 +208,6 @@ def run_project(args, model_path: str, data_dir: str, work: str, self_reward: bo
     steady = records[args.warmup : -1]
     return {
         "step_s": stats(timed),
-        "completion_tokens_per_s": args.prompts * args.generations * args.response_length / statistics.median(timed),
         "completion_mean_length": statistics.mean(r["train/response_length/mean"] for r in steady),
         "stage_median_s": {k: statistics.median(r.get(k, 0.0) for r in steady) for k in stages},
         "peak_rss_mib": peak,
@@ -177,50 +216,77 @@ def run_project(args, model_path: str, data_dir: str, work: str, self_reward: bo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", default="tiny", choices=["tiny", "compute"])
     parser.add_argument("--trl_python", default=os.path.join(REPO_ROOT, ".venv-trl/bin/python"))
-    parser.add_argument("--model_path", default=None, help="default: build the tiny random model (seed 0)")
-    parser.add_argument("--engine", default="vllm", choices=["vllm", "hf"])
-    parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--model_path", default=None, help="default: build the shape's random model (seed 0)")
+    parser.add_argument("--engine", default=None, choices=["vllm", "hf"], help="default: the config's (hf)")
+    parser.add_argument("--format_prompt", default=None, help="jinja file for both sides (default: the plain question)")
+    parser.add_argument("--prompts", type=int, default=None, help="default: 16 (tiny), 8 (compute)")
     parser.add_argument("--generations", type=int, default=8)
-    parser.add_argument("--response_length", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--response_length", type=int, default=None, help="default: 32 (tiny), 64 (compute)")
+    parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2, help="first steps dropped from the statistics")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--skip_trl", action="store_true", help="only this project's two runs")
-    parser.add_argument("--out", default=os.path.join(REPO_ROOT, "benchmarks/results/vs_trl.json"))
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--idle_wait", type=float, default=180.0)
+    parser.add_argument("--busy_limit", type=float, default=15.0, help="percent of all cores")
+    parser.add_argument("--with_self_reward", action="store_true")
+    parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    if not args.skip_trl and not os.path.exists(args.trl_python):
+    args.prompts = args.prompts or (8 if args.shape == "compute" else 16)
+    args.response_length = args.response_length or (64 if args.shape == "compute" else 32)
+    out = args.out or os.path.join(REPO_ROOT, f"benchmarks/results/vs_trl_{args.shape}_{args.response_length}.json")
+    if not os.path.exists(args.trl_python):
         sys.exit(f"{args.trl_python} not found: python3.11 -m venv .venv-trl && "
                  ".venv-trl/bin/pip install -r benchmarks/requirements-trl.txt")
+    rounds = []
     with tempfile.TemporaryDirectory() as work:
-        model_path, data_dir, prompt_file = prepare_inputs(work, args.model_path, args.prompts, args.steps)
-        results = {}
-        if not args.skip_trl:
-            results["trl"] = run_trl(args, model_path, prompt_file, work)
-        results["project"] = run_project(args, model_path, data_dir, work, self_reward=False)
-        results["project_self_reward"] = run_project(args, model_path, data_dir, work, self_reward=True)
-    work_line = (f"{args.prompts} prompts x {args.generations} generations x {args.response_length} tokens, "
-                 f"fp32, {args.threads} threads, engine={args.engine}, {args.steps} steps (first {args.warmup} dropped)")
+        model_path, data_dir, prompt_file = prepare_inputs(args, work)
+        for index in range(args.rounds):
+            entry = {}
+            sides = [("trl", lambda: run_trl(args, model_path, prompt_file, work)),
+                     ("project", lambda: run_project(args, model_path, data_dir, work, self_reward=False))]
+            if args.with_self_reward:
+                sides.append(("project_self_reward", lambda: run_project(args, model_path, data_dir, work, True)))
+            for name, run in sides:
+                check = wait_for_idle(f"round {index + 1} {name}", args.idle_wait, args.busy_limit)
+                entry[name] = {**run(), **check}
+                print(f"[round {index + 1} {name}] median {entry[name]['step_s']['median']:.3f} s/step", flush=True)
+            entry["speedup_vs_trl"] = entry["trl"]["step_s"]["median"] / entry["project"]["step_s"]["median"]
+            entry["void"] = any(entry[name]["void"] for name, _ in sides)
+            rounds.append(entry)
+    valid = [r for r in rounds if not r["void"]]
+    work_line = (f"{args.shape}: {args.prompts} prompts x {args.generations} generations x {args.response_length} "
+                 f"tokens, fp32, {args.threads} threads, engine={args.engine or 'hf (config default)'}, "
+                 f"{args.steps} steps (first {args.warmup} dropped)")
     print(f"\n{work_line}")
-    print(f"{'system':28s} {'s/step min':>10s} {'median':>8s} {'max':>8s} {'compl tok/s':>12s} {'peak RSS MiB':>13s}")
-    for name, r in results.items():
-        s = r["step_s"]
-        print(f"{name:28s} {s['min']:10.3f} {s['median']:8.3f} {s['max']:8.3f} "
-              f"{r['completion_tokens_per_s']:12.0f} {r['peak_rss_mib']:13.0f}")
-    summary = {"work": work_line, "load_average_after": os.getloadavg()[0], **results}
-    base = results["project"]["step_s"]["median"]
-    summary["self_reward_step_ratio"] = results["project_self_reward"]["step_s"]["median"] / base
-    print(f"self-reward step / no-self-reward step: {summary['self_reward_step_ratio']:.3f}x")
-    if "trl" in results:
-        summary["speedup_vs_trl"] = results["trl"]["step_s"]["median"] / base
-        print(f"this project vs TRL (completion tokens/s): {summary['speedup_vs_trl']:.2f}x")
-    for name in ("project", "project_self_reward"):
-        print(f"{name} stage medians: " + ", ".join(
-            f"{k.split('/')[-1]} {v:.3f}" for k, v in results[name]["stage_median_s"].items()))
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
+    print(f"{'round':>5s} {'system':22s} {'s/step min':>10s} {'median':>8s} {'max':>8s} {'peak RSS MiB':>13s} "
+          f"{'load before':>12s} {'vs TRL':>7s}")
+    for index, entry in enumerate(rounds, 1):
+        for name in [k for k in entry if isinstance(entry[k], dict)]:
+            r, s = entry[name], entry[name]["step_s"]
+            ratio = f"{entry['trl']['step_s']['median'] / s['median']:6.2f}x" if name != "trl" else ""
+            print(f"{index:5d} {name:22s} {s['min']:10.3f} {s['median']:8.3f} {s['max']:8.3f} "
+                  f"{r['peak_rss_mib']:13.0f} {r['load_average_before']:12.2f} {ratio:>7s}"
+                  + ("  VOID (machine busy)" if r["void"] else ""))
+    summary = {"work": work_line, "rounds": rounds, "valid_rounds": len(valid)}
+    if valid:
+        summary["speedup_vs_trl_median"] = statistics.median(r["speedup_vs_trl"] for r in valid)
+        print(f"this project vs TRL, median over {len(valid)} valid round(s): {summary['speedup_vs_trl_median']:.2f}x")
+        last = valid[-1]["project"]["stage_median_s"]
+        print("this project's stage medians (last valid round): "
+              + ", ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in last.items()))
+        if args.with_self_reward:
+            summary["self_reward_step_ratio"] = statistics.median(
+                r["project_self_reward"]["step_s"]["median"] / r["project"]["step_s"]["median"] for r in valid
+            )
+            print(f"self-reward step / no-self-reward step: {summary['self_reward_step_ratio']:.3f}x")
+    else:
+        print("no valid round: the machine was never idle; nothing to report")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
         json.dump(summary, f, indent=2)
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

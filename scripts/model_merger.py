@@ -11,7 +11,7 @@ writes the adapter alone (PEFT format: adapter_config.json + adapter_model.safet
 
 import argparse
 
-from verl.utils.model_merger import DTYPES, merge_checkpoint, upload_to_hub
+from verl.utils.model_merger import DTYPES, UnverifiedCheckpointError, merge_checkpoint, upload_to_hub
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the one lora_config.json records)",
     )
     parser.add_argument(
+        "--allow_unverified", action="store_true",
+        help="merge a checkpoint that has no manifest.json (written before integrity manifests, or an actor/ folder "
+        "copied out of its global_step_N): its files are then not checked for truncation or altered bytes",
+    )
+    parser.add_argument(
         "--hf_upload_path", default=None,
         help="Hugging Face Hub repo id (user/name) to upload the merged folder to (created private if new)",
     )
@@ -54,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     result = merge_checkpoint(
         args.local_dir, args.target_dir, DTYPES[args.dtype] if args.dtype else None, args.adapter_dir,
-        args.base_model_dir,
+        args.base_model_dir, args.allow_unverified,
     )
     print(
         f"merged {result.world_size} shards: {result.num_tensors} tensors ({', '.join(result.dtypes)}), "
@@ -70,5 +75,5 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     try:
         main()
-    except FileNotFoundError as error:  # a wrong --local_dir: one line, not a traceback
+    except (FileNotFoundError, UnverifiedCheckpointError) as error:  # a wrong or unverified --local_dir: one line
         raise SystemExit(f"error: {error}") from None

@@ -86,16 +86,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir")
     args = parser.parse_args()
-    rows = {}
-    for stage, _ in STAGES:
-        summary = load_summary(args.out_dir, stage)
-        if summary is not None:
-            rows[stage] = stage_row(summary)
+    summaries = {stage: load_summary(args.out_dir, stage) for stage, _ in STAGES}
+    summaries = {stage: summary for stage, summary in summaries.items() if summary is not None}
+    rows = {stage: stage_row(summary) for stage, summary in summaries.items()}
     if not rows:
         raise SystemExit(f"no eval_*/ summaries under {args.out_dir}")
     titles = dict(STAGES)
+    datasets = {stage: summary.get("data") for stage, summary in summaries.items()}
     width = max(len(titles[stage]) for stage in rows) + 2
-    print(f"\n{'validation (synthetic shapes)':{width}s}" + "".join(f"{title:>17s}" for _, title in COLUMNS))
+    if len(set(datasets.values())) == 1:
+        print(f"\nvalidation data: {next(iter(datasets.values())) or 'not recorded'}")
+    else:  # stages evaluated on different data are not comparable: say so, per stage
+        print("\nvalidation data DIFFERS between stages: " + ", ".join(f"{titles[s]}: {d}" for s, d in datasets.items()))
+    print(f"{'stage':{width}s}" + "".join(f"{title:>17s}" for _, title in COLUMNS))
     for stage, row in rows.items():
         cells = "".join(f"{'-' if row[k] is None else f'{100 * row[k]:.1f}%':>17s}" for k, _ in COLUMNS)
         print(f"{titles[stage]:{width}s}{cells}")
@@ -108,6 +111,7 @@ def main() -> None:
     with open(os.path.join(args.out_dir, "summary.json"), "w") as f:
         json.dump(
             {
+                "data": datasets,
                 "stages": {titles[stage]: row for stage, row in rows.items()},
                 "targets": [{"target": name, "met": met, "measured": measured} for name, met, measured in checks],
             },

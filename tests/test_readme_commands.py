@@ -50,8 +50,10 @@ ENTRY_POINTS = sorted({entry for entry in map(_entry_point, COMMANDS) if entry i
 
 
 def _env() -> dict[str, str]:
-    return dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", PYTHONPATH=str(REPO),
-                PYTHON=sys.executable)
+    """A shell without an activated venv (no .venv/bin on PATH, no PYTHON): the entry points find the
+    project's .venv themselves (scripts/find_python.sh)."""
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHON", "VIRTUAL_ENV")}
+    return dict(env, PATH="/usr/local/bin:/usr/bin:/bin", PYTHONPATH=str(REPO))
 
 
 def test_the_readme_names_its_main_commands():
@@ -86,12 +88,22 @@ def test_readme_entry_point_exists_and_answers_help(kind, name, monkeypatch, cap
 
 
 def _fresh_checkout(tmp_path: Path) -> Path:
-    """The tracked files a clone has, without the built models, data, outputs and checkpoints."""
+    """The tracked files a clone has plus the .venv `bash setup.sh` builds, without the built
+    models, data, outputs and checkpoints."""
     checkout = tmp_path / "checkout"
     checkout.mkdir()
-    for name in ("configs", "scripts", "train_examples", "validation_examples", "verl"):
+    for name in ("configs", "scripts", "train_examples", "validation_examples", "verl", ".venv"):
         (checkout / name).symlink_to(REPO / name)
     return checkout
+
+
+def test_readme_gpu_launcher_dry_runs_on_a_fresh_checkout_without_an_activated_venv(tmp_path):
+    command = next(c for c in COMMANDS if c.startswith("bash train_examples/2-7b_selfReward_train.sh"))
+    assert shlex.split(command)[:2] == ["bash", "train_examples/2-7b_selfReward_train.sh"]
+    done = subprocess.run(["bash", "train_examples/2-7b_selfReward_train.sh", "trainer.dry_run=true"],
+                          cwd=_fresh_checkout(tmp_path), env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Qwen2.5-VL-7B" in done.stdout and "(fits)" in done.stdout
 
 
 def _cli_argv(prefix: str) -> list[str]:
@@ -108,8 +120,8 @@ def _main_error(monkeypatch, tmp_path, capsys, extra: list[str], code: int = 1) 
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == code
-    message, pointer = capsys.readouterr().err.splitlines()
-    assert pointer.startswith("(traceback: ") and "Traceback" not in message
+    pointer, message = capsys.readouterr().err.splitlines()
+    assert pointer.startswith("(traceback of this error: ") and "Traceback" not in message
     return message
 
 

@@ -22,9 +22,7 @@ VAL_FREQ=${VAL_FREQ:-10}
 ROOT=${ROOT:-outputs/algorithms}
 ENGINE=${ENGINE:-vllm}
 DATA=${DATA:-data/tiny_shapes}
-if [ -z "${PYTHON:-}" ]; then
-  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
-fi
+source scripts/find_python.sh
 [ -f "$SFT/config.json" ] || { echo "no SFT model at $SFT: run train_examples/0-tiny_cpu_seed_sweep.sh (or set SFT=)" >&2; exit 2; }
 arm_args() {
   case "$1" in

@@ -16,10 +16,7 @@ cd "$(dirname "$0")/.."
 SEEDS=${SEEDS:-"1 2 3"}
 ROOT=${ROOT:-outputs/sweep}
 export ENGINE=${ENGINE:-vllm}
-if [ -z "${PYTHON:-}" ]; then
-  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
-fi
-export PYTHON
+source scripts/find_python.sh
 read -r -a seeds <<< "$SEEDS"
 SFT_RUN=${SFT_DIR:-"$ROOT/selfReward_seed${seeds[0]}"}  # its cold-start SFT serves every run
 unset SFT_DIR

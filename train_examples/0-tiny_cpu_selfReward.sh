@@ -28,10 +28,7 @@ STEPS=${STEPS:-60}
 ENGINE=${ENGINE:-vllm}
 EVAL_ENGINE=${EVAL_ENGINE:-hf}
 OUT=${OUT:-outputs/tiny_cpu_${VARIANT}_seed${SEED}}
-if [ -z "${PYTHON:-}" ]; then
-  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
-fi
-export PYTHON
+source scripts/find_python.sh
 MODEL_GIVEN=${MODEL:+yes}
 DATA_GIVEN=${DATA:+yes}
 MODEL=${MODEL:-models/tiny_qwen25vl}

@@ -13,7 +13,7 @@
 #
 # Steps:
 #   1. node 0 checks the config (batch sizes against NNODES x GPUS_PER_NODE) before anything starts,
-#      then runs `ray start --head` on HEAD_ADDR:RAY_PORT;
+#      then runs `"${RAY[@]}" start --head` on HEAD_ADDR:RAY_PORT;
 #   2. every other node waits for that port to open, then runs `ray start --address=HEAD_ADDR:RAY_PORT --block`
 #      and stays in the cluster until the head goes away;
 #   3. node 0 waits until the cluster counts NNODES x GPUS_PER_NODE GPUs (at most WAIT_S seconds), then runs
@@ -24,7 +24,8 @@
 #   NNODES, NODE_RANK, HEAD_ADDR  required (HEAD_ADDR: node 0's IP as the other nodes reach it)
 #   GPUS_PER_NODE (8), RAY_PORT (6379), WAIT_S (900)
 #   MODEL_PATH, DATA, VAL_DATA, EXP_NAME, CONFIG   as in 2-7b_selfReward_train.sh (read on node 0 only)
-# Activate the project venv first on every node: Ray workers run the Python that `ray start` runs from.
+# Every Python step (and `ray start`, whose Python the Ray workers run) uses $PYTHON: the project's .venv/bin/python
+# when present, else python3 (scripts/find_python.sh); no activated venv is needed.
 # Ray workers inherit the environment of `ray start`: export NCCL_SOCKET_IFNAME, NCCL_IB_HCA, HF_HOME, ... on
 # every node before running this script. WANDB_API_KEY is needed on node 0 only (the driver logs).
 # 128 prompts x 8 responses = 1024 responses per update must split evenly into micro-batches of 4 on every GPU:
@@ -32,6 +33,9 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/help.sh" "$@"
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/find_python.sh
+# The Ray CLI of $PYTHON's environment (a bare `ray` would need the venv on PATH).
+RAY=("$PYTHON" -m ray.scripts.scripts)
 
 : "${NNODES:?set NNODES, the number of nodes}"
 : "${NODE_RANK:?set NODE_RANK (0 on the head node, 1..NNODES-1 on the others)}"
@@ -43,7 +47,7 @@ export PYTHONUNBUFFERED=1
 
 if (( NODE_RANK != 0 )); then
     deadline=$((SECONDS + WAIT_S))
-    until python3 -c 'import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)' \
+    until "$PYTHON" -c 'import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)' \
             "$HEAD_ADDR" "$RAY_PORT" 2>/dev/null; do
         if (( SECONDS >= deadline )); then
             echo "node $NODE_RANK: no Ray head at $HEAD_ADDR:$RAY_PORT after ${WAIT_S}s" >&2
@@ -51,7 +55,7 @@ if (( NODE_RANK != 0 )); then
         fi
         sleep 5
     done
-    exec ray start --address="$HEAD_ADDR:$RAY_PORT" --num-gpus="$GPUS_PER_NODE" --disable-usage-stats --block
+    exec "${RAY[@]}" start --address="$HEAD_ADDR:$RAY_PORT" --num-gpus="$GPUS_PER_NODE" --disable-usage-stats --block
 fi
 
 args=("config=${CONFIG:-configs/qwen2_5_vl_7b_selfReward.yaml}")
@@ -62,7 +66,7 @@ if [[ -n ${EXP_NAME:-} ]]; then args+=("trainer.experiment_name=$EXP_NAME"); fi
 args+=("trainer.nnodes=$NNODES" "trainer.n_gpus_per_node=$GPUS_PER_NODE" "trainer.ray_address=auto")
 
 # A config error should stop node 0 before the other nodes are tied up waiting for it.
-python3 - "${args[@]}" "$@" <<'EOF'
+"$PYTHON" - "${args[@]}" "$@" <<'EOF'
 import sys
 
 from verl.trainer.config import ConfigError, PPOConfig, parse_cli
@@ -73,13 +77,13 @@ except ConfigError as error:
     sys.exit(f"config error: {error}")
 EOF
 
-ray start --head --node-ip-address="$HEAD_ADDR" --port="$RAY_PORT" --num-gpus="$GPUS_PER_NODE" --disable-usage-stats
-trap 'ray stop' EXIT
+"${RAY[@]}" start --head --node-ip-address="$HEAD_ADDR" --port="$RAY_PORT" --num-gpus="$GPUS_PER_NODE" --disable-usage-stats
+trap '"${RAY[@]}" stop' EXIT
 
 expected_gpus=$((NNODES * GPUS_PER_NODE))
 deadline=$((SECONDS + WAIT_S))
 while true; do
-    gpus=$(python3 -c 'import ray; ray.init(address="auto", logging_level="ERROR"); print(int(ray.cluster_resources().get("GPU", 0)))' \
+    gpus=$("$PYTHON" -c 'import ray; ray.init(address="auto", logging_level="ERROR"); print(int(ray.cluster_resources().get("GPU", 0)))' \
         2>/dev/null || echo 0)
     if (( gpus >= expected_gpus )); then
         break
@@ -92,4 +96,4 @@ while true; do
 done
 echo "head: Ray cluster ready, $gpus GPUs on $NNODES nodes"
 
-python3 -m verl.trainer.main "${args[@]}" "$@"
+"$PYTHON" -m verl.trainer.main "${args[@]}" "$@"

@@ -9,10 +9,13 @@
 #   EXP_NAME    run name: logger name and checkpoints/vision_sr1/$EXP_NAME
 #   CONFIG      the config file
 # Trailing key=value arguments override any config key, e.g. trainer.max_steps=10 trainer.logger=[console,file].
-# Run from the project venv on a node with 8 GPUs; rerunning the same command resumes from the last checkpoint.
+#   PYTHON      the interpreter (default: the project's .venv/bin/python when present, else python3;
+#               scripts/find_python.sh), so no activated venv is needed
+# Run on a node with 8 GPUs; rerunning the same command resumes from the last checkpoint.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/help.sh" "$@"
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/find_python.sh
 
 args=("config=${CONFIG:?CONFIG must name a config file}")
 if [[ -n ${MODEL_PATH:-} ]]; then args+=("worker.actor.model.model_path=$MODEL_PATH"); fi
@@ -21,4 +24,4 @@ if [[ -v VAL_DATA ]]; then args+=("data.val_files=${VAL_DATA:-''}"); fi
 if [[ -n ${EXP_NAME:-} ]]; then args+=("trainer.experiment_name=$EXP_NAME"); fi
 
 export PYTHONUNBUFFERED=1
-python3 -m verl.trainer.main "${args[@]}" "$@"
+"$PYTHON" -m verl.trainer.main "${args[@]}" "$@"

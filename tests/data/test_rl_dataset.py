@@ -6,6 +6,7 @@ import os
 import datasets
 import numpy as np
 import pandas as pd
+import pyarrow
 import pytest
 import torch
 from PIL import Image
@@ -226,6 +227,32 @@ def test_empty_and_unreadable_files_say_what_is_wrong(tmp_path, processor, name,
         load_table(str(path))
 
 
+def _rss_anon_mib() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("RssAnon:"))
+
+
+def test_loading_a_file_leaves_no_heap_that_grows_with_its_bytes(tmp_path, monkeypatch):
+    """datasets converts the file to a memory-mapped Arrow file; Arrow's memory pool used to keep
+    the conversion's buffers (~2.4x the file's bytes) resident for the whole run."""
+    from verl.data.rl_dataset import load_table
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    images = [{"bytes": rng.bytes(60_000), "path": None} for _ in range(16)]  # incompressible, like JPEG
+    rows = 1000
+    pd.DataFrame({
+        "problem": ["<image>q"] * rows, "answer": ["a"] * rows, "images": [[images[i % 16]] for i in range(rows)],
+    }).to_parquet(tmp_path / "big.parquet", use_dictionary=False)
+    file_mib = os.path.getsize(tmp_path / "big.parquet") / 2**20
+    pyarrow.default_memory_pool().release_unused()  # what writing the file left in the pool
+    before = _rss_anon_mib()
+    table = load_table(str(tmp_path / "big.parquet"))
+    grown = _rss_anon_mib() - before
+    assert len(table.rows) == rows and file_mib > 50
+    assert grown < 0.25 * file_mib, f"heap grew {grown:.0f} MiB loading a {file_mib:.0f} MiB file"
+
+
 def test_placeholder_count_mismatch_names_row(tmp_path, processor):
     (tmp_path / "a.png").write_bytes(png_bytes(84, 84))
     write_jsonl(
@@ -239,6 +266,26 @@ def test_placeholder_count_mismatch_names_row(tmp_path, processor):
         ValueError, match=r"mismatch.jsonl row 1 field 'problem': 2 <image> placeholder\(s\) but 1 image"
     ):
         make_dataset(str(tmp_path / "mismatch.jsonl"), processor)
+
+
+def test_a_typed_image_token_late_in_the_file_stops_the_build_naming_its_row(tmp_path, processor):
+    """Row 1500 of 2,000 has a literal <|image_pad|> in its question: its placeholder count is right
+    (one <image>, one image) but its tokenised prompt has two image tokens. A short run would never
+    draw it; the build checks every row's tokens, so start-up stops naming file, row and field."""
+    image = {"bytes": png_bytes(56, 56), "path": None}
+    rows = [{"problem": f"<image>What color is shape {i}?", "answer": "red", "images": [image]} for i in range(2000)]
+    rows[1500]["problem"] = "<image>What is <|image_pad|> here?"
+    pd.DataFrame(rows).to_parquet(tmp_path / "typed.parquet")
+    with pytest.raises(
+        ValueError,
+        match=r"typed.parquet row 1500 field 'problem': the tokenised prompt has 2 image token\(s\) <\|image_pad\|> "
+        r"for 1 image\(s\) in 'images'",
+    ):
+        make_dataset(str(tmp_path / "typed.parquet"), processor)
+    # Evaluation's skip_bad_rows leaves exactly that row out, with the same message.
+    dataset = make_dataset(str(tmp_path / "typed.parquet"), processor, skip_bad_rows=True)
+    assert list(dataset.bad_rows) == [1500] and len(dataset) == 1999
+    assert "2 image token(s)" in dataset.bad_rows[1500]
 
 
 def test_non_string_answer_names_row(tmp_path, processor):

@@ -2,6 +2,7 @@
 working directory and without an activated venv."""
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -31,3 +32,17 @@ def test_eval_script_runs_the_venv_python_from_another_directory(tmp_path):
     assert result.returncode != 0
     assert "No module named" not in output, output[-2000:]
     assert "no_such_model" in output, output[-2000:]  # the project's own one-line error, from its venv
+
+
+ENTRY_POINTS = sorted([*REPO.glob("train_examples/*.sh"), *REPO.glob("validation_examples/*.sh")])
+
+
+@pytest.mark.parametrize("script", ENTRY_POINTS, ids=[path.name for path in ENTRY_POINTS])
+def test_every_shell_entry_point_runs_the_python_find_python_picks(script):
+    """Each script sources scripts/find_python.sh or hands over to one that does, and never runs a
+    bare python3 / ray (which, without an activated venv, lack the project's packages)."""
+    text = script.read_text()
+    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    delegates = re.search(r'exec bash "\$\(dirname [^)]*\)/(run_grpo|0-tiny_cpu_selfReward)\.sh"', code)
+    assert "scripts/find_python.sh" in code or delegates, f"{script.name} neither finds the venv nor delegates"
+    assert not re.search(r"(^|[\s;(|&])(python3?|ray) ", code), f"{script.name} runs a bare python3 or ray"

@@ -280,3 +280,4 @@ def test_skip_bad_rows_leaves_out_a_truncated_image_and_the_summary_lists_it(tin
     assert [row["dataset_index"] for row in skipped] == [1] and "cannot decode image" in skipped[0]["error"]
     summary = score_main(["--input", output, "--reward", "see_think"])
     assert summary["n_skipped_rows"] == 1 and summary["skipped_rows"] == skipped
+    assert summary["data"] == data  # the summary names the data its responses came from

@@ -271,7 +271,7 @@ def test_model_reanswers_run_in_one_engine_call(tiny_model_dir, records_path):
         assert score["language_shortcut"] == float(score["accuracy"] == 1.0 and not sufficient)
 
 
-def test_cli_with_self_reward_model(tiny_model_dir, records_path, tmp_path):
+def test_cli_with_self_reward_model(tiny_model_dir, records_path, tmp_path, caplog):
     summary = main([
         "--input", records_path, "--self_reward_model", tiny_model_dir, "--engine", "hf",
         "--reanswer_max_response_length", "8",
@@ -281,6 +281,12 @@ def test_cli_with_self_reward_model(tiny_model_dir, records_path, tmp_path):
     assert summary["overall"]["description_missing"] == pytest.approx(2 / 6)
     rows = read_jsonl(tmp_path / "responses.scored.jsonl")
     assert [len(row["reanswers"]) for row in rows] == [1, 1, 0, 1, 0, 1]
+    # The random model never stops within 8 tokens: every re-answer is cut at the cap, and the
+    # summary says so under the trainer's names (record 4 of 6 is the one cut response).
+    assert [row.get("reanswers_clipped") for row in rows] == [1, 1, 0, 1, 0, 1]
+    assert summary["clip_ratios"] == {"response/clip_ratio": pytest.approx(1 / 6), "self_reward/pass2_clip_ratio": 1.0}
+    assert "raise verl.eval.score --reanswer_max_response_length" in caplog.text
+    assert "16.7% of responses" in caplog.text and "raise verl.eval.generate --max_response_length" in caplog.text
     for row in rows:
         sufficient = float(bool(row["reanswers"]) and grade_response(row["reanswers"][0], row["ground_truth"]))
         assert row["scores"]["perception_sufficient"] == sufficient

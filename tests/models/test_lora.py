@@ -131,7 +131,8 @@ def test_adapter_only_checkpoint_resumes_and_merges_onto_the_base_folder(tiny_mo
     # Merge: the adapters folded into the base read from the recorded folder, bit for bit what
     # folding the live model's weights gives.
     expected = fold_adapters(model.state_dict(), LORA.alpha / LORA.rank)
-    merged = merge_checkpoint(str(actor_dir), str(tmp_path / "merged"))
+    # save_rank_state alone writes no manifest (the trainer adds it): merged unverified on purpose.
+    merged = merge_checkpoint(str(actor_dir), str(tmp_path / "merged"), allow_unverified=True)
     merged_state = AutoModelForImageTextToText.from_pretrained(merged.target_dir, dtype=torch.float32).state_dict()
     assert set(merged_state) == set(expected)
     for name, tensor in merged_state.items():
@@ -141,8 +142,10 @@ def test_adapter_only_checkpoint_resumes_and_merges_onto_the_base_folder(tiny_mo
     moved = shutil.copytree(tiny_model_dir, tmp_path / "moved_base")
     save_lora_config(str(actor_dir), LORA, str(tmp_path / "deleted_base"))
     with pytest.raises(FileNotFoundError, match="deleted_base.*--base_model_dir"):
-        merge_checkpoint(str(actor_dir), str(tmp_path / "merged_again"))
-    again = merge_checkpoint(str(actor_dir), str(tmp_path / "merged_again"), base_model_dir=str(moved))
+        merge_checkpoint(str(actor_dir), str(tmp_path / "merged_again"), allow_unverified=True)
+    again = merge_checkpoint(
+        str(actor_dir), str(tmp_path / "merged_again"), base_model_dir=str(moved), allow_unverified=True
+    )
     again_state = AutoModelForImageTextToText.from_pretrained(again.target_dir, dtype=torch.float32).state_dict()
     assert all(torch.equal(tensor, expected[name]) for name, tensor in again_state.items())
 
@@ -155,7 +158,8 @@ def test_checkpoints_with_base_weights_in_their_shards_still_merge(tiny_model_di
     save_rank_state(str(actor_dir), 1, 0, model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad]), {})
     save_hf_metadata(tiny_model_dir, str(actor_dir / "huggingface"))
     (actor_dir / LORA_CONFIG_FILE).write_text(json.dumps({**asdict(LORA), "base_model": str(tmp_path / "gone")}))
-    merged = merge_checkpoint(str(actor_dir), str(tmp_path / "merged"))  # the base is in the shards: not read
+    # The base is in the shards, not read; no manifest (save_rank_state alone): merged unverified on purpose.
+    merged = merge_checkpoint(str(actor_dir), str(tmp_path / "merged"), allow_unverified=True)
     expected = fold_adapters(model.state_dict(), LORA.alpha / LORA.rank)
     merged_state = AutoModelForImageTextToText.from_pretrained(merged.target_dir, dtype=torch.float32).state_dict()
     assert all(torch.equal(tensor, expected[name]) for name, tensor in merged_state.items())

@@ -2,7 +2,6 @@
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,9 @@ SEED_COMMANDS = {
 
 
 def _env():
-    return dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", PYTHONPATH=str(REPO))
+    """No activated venv: the launchers find the project's .venv themselves (scripts/find_python.sh)."""
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHON", "VIRTUAL_ENV")}
+    return dict(env, PATH="/usr/local/bin:/usr/bin:/bin", PYTHONPATH=str(REPO))
 
 
 @pytest.mark.parametrize("script", sorted(SEED_COMMANDS))
@@ -37,6 +38,7 @@ def test_seed_command_answers_help_and_names_its_config(script):
 
 
 def test_a_3b_twin_dry_runs_the_3b_model_on_one_gpu_per_engine():
+    """Also the launcher chain (twin -> run_grpo.sh) without an activated venv: bare python3 has no omegaconf."""
     done = subprocess.run(
         ["bash", "train_examples/1-3b_visionR1_train.sh", "trainer.dry_run=true"],
         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300,

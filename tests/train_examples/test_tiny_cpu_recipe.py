@@ -36,7 +36,9 @@ def test_shortened_self_reward_recipe(tiny_model_dir, synthetic_data_dir, tmp_pa
         # the blank-image control ran in every eval
         assert 0.0 <= row["accuracy_blank_image"] <= 1.0 and 0.0 <= row["vision_reliance"] <= 1.0
     assert [target["met"] is not None for target in summary["targets"]] == [True] * 5
-    assert (out / "eval_grpo" / "tiny_shapes.blank.jsonl").is_file()
+    # Output names come from the data (val.parquet -> val.*), and the summary names the data.
+    assert (out / "eval_grpo" / "val.blank.jsonl").is_file()
+    assert set(summary["data"].values()) == {os.path.abspath(os.path.join(synthetic_data_dir, "val.parquet"))}
     assert (out / "curves.png").stat().st_size > 10_000
     assert (out / "merged" / "config.json").is_file() and (out / "merged" / "model.safetensors").is_file()
     records = [json.loads(line) for line in (out / "grpo" / "metrics.jsonl").read_text().splitlines()]

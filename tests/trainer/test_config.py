@@ -93,6 +93,17 @@ def test_micro_batch_does_not_divide_per_device_batch():
         config.validate()
 
 
+def test_packing_attention_is_a_checked_choice_and_flex_needs_a_gpu():
+    config = load_config(PPOConfig, None, _valid(**{"worker.actor.model.packing_attention": "sparse"}))
+    with pytest.raises(ConfigError, match="packing_attention='sparse' is not one of auto, dense, flex"):
+        config.validate()
+    config = load_config(
+        PPOConfig, None, _valid(**{"worker.actor.model.packing_attention": "flex", "trainer.device": "cpu"})
+    )
+    with pytest.raises(ConfigError, match="packing_attention=flex needs a GPU"):
+        config.validate()
+
+
 def test_bad_choice_lists_valid_values():
     config = load_config(PPOConfig, None, _valid(**{"worker.rollout.name": "sglang"}))
     with pytest.raises(ConfigError, match="worker.rollout.name='sglang' is not one of hf, vllm"):

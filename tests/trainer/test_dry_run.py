@@ -47,17 +47,28 @@ def test_an_oversized_micro_batch_is_reported_as_not_fitting():
     assert not report.fits and "DOES NOT FIT" in report.text()
 
 
-def test_packed_attention_masks_are_counted_unless_flash_attention_turns_packing_off():
+def test_dense_packing_masks_are_counted_and_the_block_sparse_path_has_none():
     path = str(REPO / "configs/qwen2_5_vl_7b_selfReward.yaml")
-    config = load_config(PPOConfig, path, ["worker.actor.model.attn_implementation=sdpa"])
+    config = load_config(PPOConfig, path, ["worker.actor.model.packing_attention=dense"])
     packed = dry_run(config)
     budget = update_tokens(config)  # the update micro-batch's tokens
     longest_group = config.data.max_prompt_length + config.worker.rollout.n * config.data.max_response_length
     assert packed.memory.update_packing_mask == budget * min(budget, longest_group) > 0
     assert "packed attention masks (update)" in packed.text()
-    flash = dry_run(load_config(PPOConfig, path, ["worker.actor.model.attn_implementation=flash_attention_2"]))
-    assert flash.memory.update_packing_mask == flash.memory.experience_packing_mask == 0
-    assert flash.memory.update_phase == packed.memory.update_phase - packed.memory.update_packing_mask
+    assert "training forwards (on GPU): shared-prompt packing, dense" in packed.text()
+    # The default on GPU: block-sparse flex, with flash-attn too (packing stays on, no dense mask).
+    for attention in ("auto", "flash_attention_2"):
+        flex = dry_run(load_config(PPOConfig, path, [f"worker.actor.model.attn_implementation={attention}"]))
+        assert "training forwards (on GPU): shared-prompt packing, block-sparse" in flex.text()
+        assert flex.memory.update_packing_mask == flex.memory.experience_packing_mask == 0
+        assert flex.memory.update_phase == packed.memory.update_phase - packed.memory.update_packing_mask
+
+
+def test_an_entropy_bonus_counts_the_softmax_its_gradient_keeps():
+    path = str(REPO / "configs/qwen2_5_vl_7b_selfReward.yaml")
+    metric_only = dry_run(load_config(PPOConfig, path, []))
+    bonus = dry_run(load_config(PPOConfig, path, ["worker.actor.entropy_coeff=0.001"]))
+    assert bonus.memory.update_logits == metric_only.memory.update_logits * 18 / 14
 
 
 def test_a_local_data_file_is_read_in_full(synthetic_data_dir, tiny_model_dir):

@@ -3,6 +3,7 @@ rewards, the update and checkpoints, on the tiny model."""
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,13 +18,41 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
 
 
+CLI_ENV = dict(os.environ, RAY_DEDUP_LOGS="0", PYTHONUNBUFFERED="1")
+
+
+def cli_command(config: str, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "verl.trainer.main", f"config={config}", *overrides]
+
+
 def run_cli(config: str, *overrides: str, timeout: int = 420) -> str:
-    env = dict(os.environ, RAY_DEDUP_LOGS="0", PYTHONUNBUFFERED="1")
-    command = [sys.executable, "-m", "verl.trainer.main", f"config={config}", *overrides]
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    command = cli_command(config, *overrides)
+    result = subprocess.run(command, cwd=REPO_ROOT, env=CLI_ENV, capture_output=True, text=True, timeout=timeout)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
     return output
+
+
+def run_two_at_once(config: str, *overrides: str, timeout: int = 420) -> str:
+    """The same run started twice at the same moment on one checkpoint folder (a job resubmitted
+    while the first still runs): one trains, the other stops at start-up naming the folder and
+    the run that has it. Returns the output of the one that trained."""
+    runs = [
+        subprocess.Popen(cli_command(config, *overrides), cwd=REPO_ROOT, env=CLI_ENV, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=timeout) for run in runs]
+    trained = [i for i, run in enumerate(runs) if run.returncode == 0]
+    assert len(trained) == 1, [(run.returncode, err[-3000:]) for run, (_, err) in zip(runs, outputs)]
+    winner, loser = runs[trained[0]], runs[1 - trained[0]]
+    loser_err = outputs[1 - trained[0]][1]
+    assert loser.returncode == 1 and "Traceback" not in loser_err, loser_err[-3000:]
+    folder = next(o.split("=", 1)[1] for o in overrides if o.startswith("trainer.save_checkpoint_path="))
+    assert loser_err.strip().splitlines()[-1].startswith(
+        f"error: checkpoint folder {folder} is in use by another run (pid {winner.pid} on host {socket.gethostname()}, "
+    ), loser_err[-3000:]
+    return "".join(outputs[trained[0]])
 
 
 def read_metrics(root: str) -> list[dict]:
@@ -49,12 +78,13 @@ def common(model: str, data: str, ckpt: str) -> list[str]:
 def test_grpo_two_steps_with_resume(tiny_model_dir, synthetic_data_dir, tmp_path):
     ckpt = str(tmp_path / "ckpt")
     args = common(tiny_model_dir, synthetic_data_dir, ckpt) + ["trainer.save_freq=1", "trainer.val_freq=-1"]
-    first = run_cli("configs/tiny_cpu.yaml", *args, "trainer.max_steps=1", "trainer.val_before_train=true")
+    first = run_two_at_once("configs/tiny_cpu.yaml", *args, "trainer.max_steps=1", "trainer.val_before_train=true")
     assert os.path.isdir(os.path.join(ckpt, "global_step_1", "actor"))
     assert open(os.path.join(ckpt, "latest_global_step.txt")).read() == "1"
     assert "resumed" not in first
     second = run_cli("configs/tiny_cpu.yaml", *args, "trainer.max_steps=2", "trainer.val_before_train=false")
     assert f"resumed from {ckpt}/global_step_1 (step 1)" in second
+    assert "resume changes trainer.max_steps: 1 -> 2 (applies from the resumed step on)" in second
     metrics = read_metrics(ckpt)
     steps = [m["step"] for m in metrics]
     assert steps == [0, 1, 2], steps  # validation at 0, step 1, then step 2 after the resume
@@ -99,9 +129,18 @@ def test_self_reward_step_runs_second_pass_in_one_engine_call(tiny_model_dir, sy
         "self_reward.missing_description=whole_response",
         "self_reward.objective=separate",
         "self_reward.n=2",
+        "data.max_response_length=80",  # the random model never stops: every token of the caps is generated
+        "self_reward.max_response_length=48",
     )
     step = read_metrics(ckpt)[-1]
     assert step["train/self_reward/engine_calls_per_rank"] == 1.0, output[-3000:]
+    # ... so most responses and re-answers are cut at their cap (a few hit a stop token by chance):
+    # counted, and warned about naming the key to raise.
+    for key in ("train/response/clip_ratio", "train/self_reward/pass2_clip_ratio", "val/response/clip_ratio",
+                "val/self_reward/pass2_clip_ratio"):
+        assert 0.5 < step[key] <= 1.0, (key, step[key])
+    assert f"training step 1: {100 * step['train/response/clip_ratio']:.1f}% of responses were cut" in output
+    assert "raise data.max_response_length" in output and "raise self_reward.max_response_length" in output
     assert step["val/self_reward/engine_calls_per_rank"] == 1.0
     for key in ("train/reward/visual", "train/reward/perception_sufficient", "train/reward/language_shortcut",
                 "val/reward/visual", "val/reward/language_shortcut", "train/self_reward/pass2_response_length",
@@ -160,3 +199,36 @@ def test_same_seed_same_validation_with_the_hf_engine(tiny_model_dir, synthetic_
     first, second = runs
     assert "val/vision/vision_reliance" in first and "val/reward/accuracy" in first
     assert first == second
+
+
+def test_a_file_mixing_text_only_and_image_rows_trains_with_the_self_reward(tiny_model_dir, synthetic_data_dir,
+                                                                           tmp_path):
+    """Batches holding both text-only rows (no image, no <image>) and image rows, the self-reward on:
+    a known hang elsewhere (EasyR1 PR #518). Rows alternate, unshuffled, so every batch mixes them;
+    `whole_response` makes every response of the random model go through the re-answer pass, the
+    text-only ones included (docs/data.md: how a text-only row's self-reward is scored)."""
+    import pandas as pd
+
+    images = pd.read_parquet(os.path.join(synthetic_data_dir, "train.parquet")).head(8)
+    text_only = images.copy()
+    text_only["problem"] = [f"What is {i} plus {i}?" for i in range(8)]
+    text_only["answer"] = [str(2 * i) for i in range(8)]
+    text_only["images"] = [[] for _ in range(8)]
+    mixed = pd.concat([images, text_only]).sort_index(kind="stable").reset_index(drop=True)  # image, text, ...
+    mixed.to_parquet(tmp_path / "mixed.parquet")
+    ckpt = str(tmp_path / "ckpt")
+    output = run_cli(
+        "configs/tiny_cpu_selfReward.yaml",
+        f"worker.actor.model.model_path={tiny_model_dir}", f"data.train_files={tmp_path}/mixed.parquet",
+        "data.val_files=''", f"trainer.save_checkpoint_path={ckpt}", "trainer.logger=[console,file]",
+        "data.shuffle=false", "data.rollout_batch_size=4", "worker.actor.global_batch_size=4", "worker.rollout.n=2",
+        "worker.actor.micro_batch_size_per_device_for_update=4", "trainer.max_steps=2", "trainer.save_freq=-1",
+        "data.max_response_length=16", "self_reward.max_response_length=8",
+        "self_reward.missing_description=whole_response",
+    )
+    metrics = read_metrics(ckpt)
+    assert [m["step"] for m in metrics] == [1, 2], output[-3000:]
+    for step in metrics:
+        assert step["train/self_reward/engine_calls_per_rank"] == 1.0
+        assert step["train/self_reward/missing_description_rate"] == 1.0  # all 8 responses re-asked whole
+        assert step["train/self_reward/pass2_response_length"] > 0 and "train/reward/visual" in step

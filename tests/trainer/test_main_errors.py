@@ -23,11 +23,11 @@ def _fail(capsys, tmp_path, *overrides: str) -> tuple[int, list[str], str]:
 
 
 def _assert_one_message(lines: list[str], message: str, log: str, tmp_path) -> None:
-    """stderr ends with the message and where its traceback is (data loading may print progress
-    bars before it), and holds no traceback."""
+    """stderr ends with where the traceback is and the message (data loading may print progress
+    bars before them), and holds no traceback."""
     assert not any("Traceback" in line for line in lines), lines
-    assert lines[-1] == f"(traceback: {tmp_path / 'run' / 'error.log'}; VERL_DEBUG=1 prints it here too)"
-    assert lines[-2].startswith("error: ") and message in lines[-2]
+    assert lines[-2] == f"(traceback of this error: {tmp_path / 'run' / 'error.log'}; VERL_DEBUG=1 prints it here too)"
+    assert lines[-1].startswith("error: ") and message in lines[-1]
     assert "Traceback (most recent call last)" in log and message in log
 
 
@@ -85,7 +85,7 @@ def test_reward_function_error_with_the_traceback_on_the_console_only_under_verl
     monkeypatch.setenv("VERL_DEBUG", "1")
     code, lines, _ = _fail(capsys, tmp_path, *overrides)
     assert code == 1 and "Traceback (most recent call last):" in lines
-    assert lines[-2].startswith(f"error: importing reward function file {reward_file} failed")
+    assert lines[-1].startswith(f"error: importing reward function file {reward_file} failed")
 
 
 @pytest.mark.timeout(120)
@@ -98,6 +98,6 @@ def test_the_cli_process_prints_no_traceback(tmp_path):
         env={key: value for key, value in os.environ.items() if key != "VERL_DEBUG"},
     )
     assert result.returncode == 1
-    assert result.stderr.splitlines()[0].startswith(f"error: worker.actor.model.model_path={tmp_path / 'no_model'}")
+    assert result.stderr.splitlines()[-1].startswith(f"error: worker.actor.model.model_path={tmp_path / 'no_model'}")
     assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 2, result.stderr
     assert "ModelPathError" in (tmp_path / "run" / "error.log").read_text()

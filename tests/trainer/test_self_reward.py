@@ -127,3 +127,45 @@ def test_a_judge_failing_past_judge_max_error_rate_stops_the_step_naming_it(tiny
     message = str(raised.value)
     assert f"{server.base_url}/chat/completions failed on 1 of 1 requests" in message
     assert "judge_max_error_rate=0.1" in message and "first error: HTTPError: 500" in message
+
+
+def test_a_reanswer_cut_at_its_cap_is_counted_as_clipped(tiny_model_dir, caplog):
+    """Three responses with a perception, two re-answers each; the engine cuts one re-answer of
+    the first and both of the third at the cap: 3 of 6 re-answers are clipped, counted per parent
+    row, and the step warns naming the key that raises the cap."""
+    from transformers import AutoTokenizer
+
+    from verl.trainer.clipping import PASS2_CLIP_RATIO, TRAINER_CAP_KEYS, warn_on_clipping
+    from verl.trainer.config import SelfRewardConfig
+    from verl.trainer.self_reward import SelfRewardStage
+    from verl.workers.rollout.base import GenerationOutput
+    from verl.workers.rollout.batching import build_rollout_batch
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    cap = 6
+    stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    answer = tokenizer.encode("\\boxed{red}", add_special_tokens=False)
+    finished = [[True, False], [True, True], [False, False]]  # per parent row, per re-answer
+
+    def generate(prompts, sampling, max_response_length):
+        assert (sampling.max_tokens, max_response_length) == (cap, cap)
+        outputs = [
+            [GenerationOutput(answer + [stop] if done else (answer * cap)[:cap], None, done) for done in row]
+            for row in finished
+        ]
+        return build_rollout_batch(prompts, outputs, max_response_length, tokenizer.pad_token_id)
+
+    config = SelfRewardConfig(enable=True, n=2, max_response_length=cap, max_prompt_length=256)
+    described = "<description> a red circle </description> <think> red </think> \\boxed{red}"
+    output = SelfRewardStage(config, tokenizer, generate).run([described] * 3, ["What color?"] * 3)
+
+    assert output.reanswers_clipped == [1, 0, 2]
+    assert output.metrics[PASS2_CLIP_RATIO] == pytest.approx(3 / 6)
+    with caplog.at_level("WARNING"):
+        warnings = warn_on_clipping(output.metrics, TRAINER_CAP_KEYS, "training step 3")
+    assert warnings == [
+        "training step 3: 50.0% of re-answers were cut at their length cap (self_reward/pass2_clip_ratio > 5%) "
+        "and are scored without their end, usually as wrong; raise self_reward.max_response_length"
+    ]
+    assert warnings[0] in caplog.text
+    assert warn_on_clipping({PASS2_CLIP_RATIO: 0.05}, TRAINER_CAP_KEYS, "step") == []  # 5% itself is fine

@@ -140,3 +140,100 @@ def test_metrics_rows_after_the_resumed_step_are_superseded(tmp_path):
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert [row["step"] for row in rows] == [0, 1, 2, 3] and rows[-1]["x"] == 3.5
     assert len(open(tmp_path / "metrics.jsonl.superseded").readlines()) == 2
+
+
+def test_a_checkpoint_without_manifest_beside_ones_with_one_is_damaged(tmp_path):
+    root = str(tmp_path)
+    first = _committed_with_manifest(root, 1)
+    newest = checkpoint.commit_checkpoint(root, 2, _fake_save(root, 2), save_limit=-1)  # no manifest
+    assert checkpoint.verify_checkpoint(newest) == (True, f"{newest} has no manifest.json (written before integrity manifests): loaded unverified")
+    found, warnings = checkpoint.find_latest_intact_checkpoint(root)
+    assert found == first
+    assert warnings == [
+        f"checkpoint {newest} is damaged, skipped: {newest}/manifest.json is missing while other checkpoints in "
+        f"{root} have one: its files cannot be checked"
+    ]
+
+
+def _write_step_2(root: str) -> str:
+    """What a rank writes into a fresh global_step_2.tmp: a 4 MB model and its AdamW state."""
+    tmp = checkpoint.temporary_step_dir(root, 2)
+    model = torch.nn.Linear(1024, 1024)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 1024)).sum().backward()
+    optimizer.step()
+    checkpoint.save_rank_state(os.path.join(tmp, "actor"), 1, 0, model, optimizer, {})
+    return tmp
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 2 MiB tmpfs: real ENOSPC from the kernel (mounting needs root)."""
+    import subprocess
+
+    mount_point = tmp_path / "tmpfs"
+    mount_point.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs to fill needs root; this test runs as an unprivileged user")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"mount -t tmpfs failed here (a container without CAP_SYS_ADMIN?): {done.stderr.strip()}")
+    try:
+        yield str(mount_point)
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_a_full_disk_names_folder_file_and_enospc_and_keeps_the_previous_checkpoint(small_tmpfs):
+    root = small_tmpfs
+    previous = _committed_with_manifest(root, 1)
+    with pytest.raises(checkpoint.CheckpointWriteError) as error:
+        _write_step_2(root)
+    assert error.value.folder == os.path.join(root, "global_step_2.tmp", "actor")
+    assert error.value.file == "model_world_size_1_rank_0.pt" and error.value.cause == "ENOSPC: No space left on device"
+    assert str(error.value).startswith(
+        f"checkpoint write failed in {root}/global_step_2.tmp/actor: model_world_size_1_rank_0.pt (ENOSPC: No space "
+        "left on device)"
+    )
+    assert "unexpected pos" not in str(error.value)  # torch's own message named neither
+    # Nothing that looks complete: step 2 exists only as .tmp; step 1 is still the latest, intact.
+    assert checkpoint.list_checkpoints(root) == [1]
+    assert checkpoint.find_latest_intact_checkpoint(root) == (previous, [])
+
+
+def test_a_write_without_permission_names_folder_file_and_eacces(tmp_path):
+    """A rank writes into an actor/ folder it may not write to. Root ignores permission bits, so
+    as root the write runs in a child process without CAP_DAC_OVERRIDE (setpriv)."""
+    import pickle
+    import shutil
+    import subprocess
+    import sys
+
+    prefix = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root, where permission bits do not bind, and setpriv (to drop that) is missing")
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    root = str(tmp_path)
+    previous = _committed_with_manifest(root, 1)
+    actor_dir = os.path.join(checkpoint.temporary_step_dir(root, 2), "actor")
+    os.makedirs(actor_dir)
+    os.chmod(actor_dir, 0o555)
+    script = (
+        "import pickle, sys, torch\n"
+        "from verl.utils import checkpoint\n"
+        "model = torch.nn.Linear(2, 2)\n"
+        "try:\n"
+        "    checkpoint.save_rank_state(sys.argv[1], 1, 0, model, torch.optim.AdamW(model.parameters()), {})\n"
+        "except checkpoint.CheckpointWriteError as error:\n"
+        "    sys.stdout.buffer.write(pickle.dumps(error))\n"
+    )
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    done = subprocess.run(
+        [*prefix, sys.executable, "-c", script, actor_dir], capture_output=True, env=dict(os.environ, PYTHONPATH=repo)
+    )
+    assert done.returncode == 0 and done.stdout, done.stderr.decode()[-2000:]
+    error = pickle.loads(done.stdout)  # as Ray carries it from a worker to the driver
+    assert (error.folder, error.file, error.cause) == (actor_dir, "model_world_size_1_rank_0.pt", "EACCES: Permission denied")
+    assert checkpoint.list_checkpoints(root) == [1]
+    assert checkpoint.find_latest_intact_checkpoint(root) == (previous, [])

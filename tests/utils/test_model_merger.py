@@ -20,7 +20,13 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokeniz
 
 from verl.utils.checkpoint import save_hf_metadata, save_rank_state
 from verl.utils.manifest import write_manifest
-from verl.utils.model_merger import MergeResult, find_model_shards, merge_checkpoint, merge_shards
+from verl.utils.model_merger import (
+    MergeResult,
+    UnverifiedCheckpointError,
+    find_model_shards,
+    merge_checkpoint,
+    merge_shards,
+)
 
 WORLD_SIZE = 2
 IMAGE_QUESTION = [
@@ -109,6 +115,7 @@ def fsdp_checkpoint(tiny_model_dir: str, tmp_path_factory: pytest.TempPathFactor
         nprocs=WORLD_SIZE,
         join=True,
     )
+    write_manifest(str(actor_dir.parent))  # as the trainer does, last
     return FsdpCheckpoint(str(actor_dir), torch.load(full_state_path, weights_only=True))
 
 
@@ -122,9 +129,13 @@ def merged_model(merged: MergeResult):
     return AutoModelForImageTextToText.from_pretrained(merged.target_dir).eval()
 
 
-def copy_actor_dir(fsdp_checkpoint: FsdpCheckpoint, tmp_path: Path) -> Path:
-    """A private copy of the checkpoint for tests that write into or corrupt it."""
-    return Path(shutil.copytree(fsdp_checkpoint.actor_dir, tmp_path / "global_step_1" / "actor"))
+def copy_actor_dir(fsdp_checkpoint: FsdpCheckpoint, tmp_path: Path, with_manifest: bool = True) -> Path:
+    """A private copy of the checkpoint for tests that write into or corrupt it: its whole
+    global_step_1 folder, or (with_manifest=False) the actor/ folder alone."""
+    if not with_manifest:
+        return Path(shutil.copytree(fsdp_checkpoint.actor_dir, tmp_path / "copied" / "actor"))
+    step_dir = shutil.copytree(Path(fsdp_checkpoint.actor_dir).parent, tmp_path / "global_step_1")
+    return Path(step_dir) / "actor"
 
 
 # ---- FSDP2's shard layout and the merge --------------------------------------------------------
@@ -311,7 +322,7 @@ def test_empty_directory_and_step_directory_are_refused(tmp_path: Path):
 
 
 def test_checkpoint_keys_must_match_the_model(fsdp_checkpoint: FsdpCheckpoint, tmp_path: Path):
-    actor_dir = copy_actor_dir(fsdp_checkpoint, tmp_path)
+    actor_dir = copy_actor_dir(fsdp_checkpoint, tmp_path, with_manifest=False)
     rank_1 = actor_dir / "model_world_size_2_rank_1.pt"
     state = torch.load(rank_1, weights_only=True)
     state["model.visual.extra.weight"] = state.pop("model.language_model.norm.weight")
@@ -321,16 +332,16 @@ def test_checkpoint_keys_must_match_the_model(fsdp_checkpoint: FsdpCheckpoint, t
         match=r"model_world_size_2_rank_1.pt does not match .*missing 1 \[model.language_model.norm.weight\], "
         r"unexpected 1 \[model.visual.extra.weight\]",
     ):
-        merge_checkpoint(str(actor_dir), str(tmp_path / "out"))
+        merge_checkpoint(str(actor_dir), str(tmp_path / "out"), allow_unverified=True)
     assert not (tmp_path / "out").exists()
 
 
 def test_truncated_shard_file_is_named(fsdp_checkpoint: FsdpCheckpoint, tmp_path: Path):
-    actor_dir = copy_actor_dir(fsdp_checkpoint, tmp_path)
+    actor_dir = copy_actor_dir(fsdp_checkpoint, tmp_path, with_manifest=False)
     rank_1 = actor_dir / "model_world_size_2_rank_1.pt"
     rank_1.write_bytes(rank_1.read_bytes()[:1000])
     with pytest.raises(ValueError, match=f"cannot read {rank_1} as a dict of plain tensors"):
-        merge_checkpoint(str(actor_dir), str(tmp_path / "out"))
+        merge_checkpoint(str(actor_dir), str(tmp_path / "out"), allow_unverified=True)
 
 
 @pytest.mark.timeout(120)
@@ -353,14 +364,38 @@ def test_manifest_names_a_shard_with_flipped_bytes_and_passes_an_intact_one(
     assert not (tmp_path / "out").exists()
 
 
+def test_a_copied_actor_folder_with_flipped_bytes_is_refused_unless_allowed(
+    fsdp_checkpoint: FsdpCheckpoint, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    """An actor/ folder copied out of its global_step_N has no manifest beside it: flipped bytes
+    in a weight load without error, so the merge refuses, saying what it could not check."""
+    actor_dir = copy_actor_dir(fsdp_checkpoint, tmp_path, with_manifest=False)
+    rank_1 = actor_dir / "model_world_size_2_rank_1.pt"
+    data = bytearray(rank_1.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])
+    rank_1.write_bytes(bytes(data))
+    with pytest.raises(UnverifiedCheckpointError) as error:
+        load_script().main(["--local_dir", str(actor_dir), "--target_dir", str(tmp_path / "out")])
+    message = str(error.value)
+    assert f"refusing to merge unverified {actor_dir}: {actor_dir.parent / 'manifest.json'} does not exist" in message
+    assert "model_world_size_2_rank_0.pt, model_world_size_2_rank_1.pt" in message
+    assert "were not checked for truncation or altered bytes" in message and "--allow_unverified" in message
+    assert not (tmp_path / "out").exists()
+    # Asked for explicitly, it merges, and the warning names what went unchecked.
+    load_script().main(["--local_dir", str(actor_dir), "--target_dir", str(tmp_path / "out"), "--allow_unverified"])
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+    assert "merging unverified" in caplog.text and "were not checked" in caplog.text
+
+
 def test_tied_weights_that_differ_are_an_error(fsdp_checkpoint: FsdpCheckpoint, tmp_path: Path):
-    actor_dir = copy_actor_dir(fsdp_checkpoint, tmp_path)
+    actor_dir = copy_actor_dir(fsdp_checkpoint, tmp_path, with_manifest=False)
     rank_0 = actor_dir / "model_world_size_2_rank_0.pt"
     state = torch.load(rank_0, weights_only=True)
     state["lm_head.weight"] = state["lm_head.weight"] + 1
     torch.save(state, rank_0)
     with pytest.raises(ValueError, match=r"checkpoint's \['lm_head.weight'\] differ"):
-        merge_checkpoint(str(actor_dir), str(tmp_path / "out"))
+        merge_checkpoint(str(actor_dir), str(tmp_path / "out"), allow_unverified=True)
 
 
 def test_targets_that_must_not_be_replaced(fsdp_checkpoint: FsdpCheckpoint, tmp_path: Path):

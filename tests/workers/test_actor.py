@@ -70,6 +70,24 @@ def test_log_probs_equal_plain_hf_forward(tiny_model_dir, batch):
     assert (entropy > 0).all()
 
 
+def test_metric_entropy_has_no_graph_and_the_bonus_entropy_has_one(tiny_model_dir, batch):
+    from verl.workers.actor import forward_response_log_probs
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    log_probs, metric = forward_response_log_probs(model, batch, 1.0, True)
+    _, bonus = forward_response_log_probs(model, batch, 1.0, True, entropy_gradient=True)
+    assert log_probs.requires_grad and not metric.requires_grad and bonus.requires_grad
+    torch.testing.assert_close(metric, bonus.detach(), atol=1e-6, rtol=1e-6)
+
+
+def test_chunked_metric_entropy_equals_the_whole_one():
+    from verl.algorithms.core_algos import entropy_from_logits
+    from verl.workers.actor import ENTROPY_CHUNK_TOKENS, entropy_without_gradient
+
+    logits = torch.randn(3, ENTROPY_CHUNK_TOKENS, 50, generator=torch.Generator().manual_seed(0))  # 3 chunks
+    torch.testing.assert_close(entropy_without_gradient(logits), entropy_from_logits(logits))
+
+
 def test_one_update_moves_log_probs_with_advantage_sign(tiny_model_dir, batch):
     torch.manual_seed(0)
     model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa")

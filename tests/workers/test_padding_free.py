@@ -34,7 +34,7 @@ def gradients(model) -> dict[str, torch.Tensor]:
 def padded_reference_gradients(model, data: DataProto, config: ActorConfig) -> dict[str, torch.Tensor]:
     """One forward over the whole padded batch, the loss of the mini-batch as written in the
     textbook (local means over this one batch)."""
-    log_probs, entropy = forward_response_log_probs(model, data, 1.0, True)
+    log_probs, entropy = forward_response_log_probs(model, data, 1.0, True, entropy_gradient=True)
     mask = data.batch["response_mask"].float()
     width = data.batch["responses"].shape[1]
     pg_loss, _ = core_algos.compute_policy_loss(

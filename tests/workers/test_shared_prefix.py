@@ -14,7 +14,16 @@ from verl.protocol import DataProto
 from verl.trainer.config import ActorConfig
 from verl.workers.actor import PPOActor, compute_log_probs, forward_response_log_probs, micro_batches, split_micro_batches
 from verl.workers.engine.micro_batch import balanced_rank_order, padded_tokens, plan_micro_batches, trim_padding
-from verl.workers.engine.shared_prefix import pack_shared_prefix, prompt_group_labels
+from verl.models import block_sparse_attention
+from verl.models.block_sparse_attention import text_attention_implementation
+from verl.workers.engine.shared_prefix import (
+    FLEX_BLOCK_SIZE,
+    allowed_keys,
+    flex_block_mask,
+    pack_shared_prefix,
+    plan_attention,
+    prompt_group_labels,
+)
 
 MAX_PROMPT = 512
 WIDTH = 16
@@ -66,6 +75,9 @@ def batch(tiny_model_dir, grouped_batch) -> DataProto:
 
 
 def load(model_dir, attn="sdpa"):
+    """`flex`: the language model on block-sparse flex attention, the vision tower on sdpa, as
+    `plan_attention` loads it on a GPU."""
+    attn = text_attention_implementation("sdpa") if attn == "flex" else attn
     return AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=attn)
 
 
@@ -94,15 +106,21 @@ def test_packing_computes_each_prompt_once(batch):
 
 
 @pytest.mark.parametrize(
-    "family, attn", [("qwen2_5_vl", "sdpa"), ("qwen2_5_vl", "eager"), ("qwen3_vl", "sdpa")]
+    "family, attn",
+    [("qwen2_5_vl", "sdpa"), ("qwen2_5_vl", "eager"), ("qwen2_5_vl", "flex"), ("qwen3_vl", "sdpa"), ("qwen3_vl", "flex")],
 )
-def test_packed_log_probs_equal_one_row_each(request, grouped_batch, family, attn):
+def test_packed_log_probs_equal_one_row_each(request, monkeypatch, grouped_batch, family, attn):
     if family == "qwen2_5_vl":
         model_dir, data = request.getfixturevalue("tiny_model_dir"), request.getfixturevalue("batch")
     else:  # Qwen3-VL's 32-pixel tokens: 64x64 .. 128x128 images
         model_dir = request.getfixturevalue("tiny_qwen3_vl_dir")
         data = grouped_batch(model_dir, min_pixels=4096, max_pixels=16384)
     model = load(model_dir, attn)
+    flex_calls = []
+    original_flex = block_sparse_attention.flex_attention
+    monkeypatch.setattr(
+        block_sparse_attention, "flex_attention", lambda *a, **k: flex_calls.append(1) or original_flex(*a, **k)
+    )
     micro = trim_padding(data)
     mask = micro.batch["response_mask"].bool()
     with torch.no_grad():
@@ -110,9 +128,58 @@ def test_packed_log_probs_equal_one_row_each(request, grouped_batch, family, att
         log_probs, entropy = forward_response_log_probs(model, micro, 1.0, True, prompt_group_labels(micro))
     torch.testing.assert_close(log_probs[mask], expected_lp[mask], atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(entropy[mask], expected_ent[mask], atol=2e-5, rtol=1e-5)
+    # flex ran in every decoder layer of the packed forward (and only there: the unpacked one is sdpa).
+    assert len(flex_calls) == (model.config.get_text_config().num_hidden_layers if attn == "flex" else 0)
     # The whole log-prob pass, by token budget, packed: the same values.
     budgeted, _ = compute_log_probs(model, data, 99, 1.0, False, max_token_len=300, share_prefix=True)
     torch.testing.assert_close(budgeted[data.batch["response_mask"].bool()], expected_lp[mask], atol=2e-5, rtol=1e-5)
+
+
+def packed_layout(prompt: int, slots: int, response: int, left_pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(segment (L,), real (2, L)) of two packed groups; the second has `left_pad` padding
+    prompt columns and a last slot half empty (right padding)."""
+    length = prompt + slots * response
+    segment = torch.full((length,), -1)
+    segment[prompt:] = torch.arange(slots).repeat_interleave(response)
+    real = torch.ones(2, length, dtype=torch.bool)
+    real[1, :left_pad] = False
+    real[1, length - response // 2 :] = False
+    return segment, real
+
+
+def test_flex_block_mask_is_the_dense_mask_and_skips_other_responses_tiles():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    segment, real = packed_layout(prompt=200, slots=4, response=300, left_pad=37)
+    length = segment.shape[0]
+    block_mask = flex_block_mask(segment, real)
+    index = torch.arange(length)
+    dense = allowed_keys(index[None, :, None], index[None, None, :], segment, real[:, None, :])
+    # Element-wise, the BlockMask (its tiles and mask_mod) allows exactly the dense mask's pairs.
+    torch.testing.assert_close(block_mask.to_dense().repeat_interleave(FLEX_BLOCK_SIZE, -1).repeat_interleave(
+        FLEX_BLOCK_SIZE, -2)[:, 0, :length, :length] >= dense.long(), torch.ones_like(dense))
+    generator = torch.Generator().manual_seed(0)
+    query, key, value = (torch.randn(2, 2, length, 32, generator=generator) for _ in range(3))
+    expected = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=dense[:, None])
+    torch.testing.assert_close(flex_attention(query, key, value, block_mask=block_mask), expected, atol=1e-5, rtol=1e-5)
+    # Block-sparse: response slots never visit each other's tiles, so far fewer tiles than causal.
+    tiles = -(-length // FLEX_BLOCK_SIZE)
+    visited = int((block_mask.kv_num_blocks + block_mask.full_kv_num_blocks)[0].sum())
+    assert visited < 0.7 * tiles * (tiles + 1) / 2
+
+
+def test_attention_plan_packs_with_flash_attention_installed_and_says_why():
+    gpu = plan_attention("flash_attention_2", True, "auto", "cuda")
+    assert gpu.packing == "flex"
+    assert gpu.model_attention == {"text_config": "flex_or_sdpa", "vision_config": "flash_attention_2"}
+    assert "block-sparse" in gpu.reason
+    cpu = plan_attention("sdpa", True, "auto", "cpu")
+    assert (cpu.packing, cpu.model_attention) == ("dense", "sdpa")
+    dense_flash = plan_attention("flash_attention_2", True, "dense", "cuda")
+    assert dense_flash.packing is None and "packing_attention=flex" in dense_flash.reason
+    assert plan_attention("sdpa", False, "auto", "cuda").packing is None
+    with pytest.raises(ValueError, match="no flex_attention backward on cpu"):
+        plan_attention("sdpa", True, "flex", "cpu")
 
 
 def test_packed_update_gradients_equal_one_row_each(tiny_model_dir, batch):

@@ -16,6 +16,7 @@ from typing import Any
 
 import datasets
 import numpy as np
+import pyarrow
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers import PreTrainedTokenizerBase, ProcessorMixin
@@ -67,14 +68,25 @@ def load_table(data_path: str) -> LoadedTable:
     ``name@split``: ``name/{split}.parquet`` (or ``.jsonl``/``.json``) when ``name`` is a local
     directory, split ``split`` of a ``save_to_disk`` DatasetDict directory, else
     ``datasets.load_dataset(name, split=split)`` (hub or cache).
+
+    The rows stay in the memory-mapped Arrow file ``datasets`` writes; the buffers Arrow
+    allocated while converting the file are handed back to the OS here: its memory pool keeps
+    them otherwise, ~2.4x the file's bytes of resident heap for the whole run
+    (benchmarks/data_scale.py).
     """
+    table = _load_table(data_path)
+    pyarrow.default_memory_pool().release_unused()
+    return table
+
+
+def _load_table(data_path: str) -> LoadedTable:
     if "@" in data_path and not os.path.exists(data_path):
         name, split = data_path.rsplit("@", 1)
         if os.path.isdir(name):
             for extension in ("parquet", "jsonl", "json"):
                 candidate = os.path.join(name, f"{split}.{extension}")
                 if os.path.isfile(candidate):
-                    return load_table(candidate)
+                    return _load_table(candidate)
             if os.path.isfile(os.path.join(name, "dataset_dict.json")):
                 splits = datasets.load_from_disk(name)
                 if split not in splits:
@@ -351,9 +363,23 @@ class RLDataset(Dataset):
         return self.tokenizer.encode(prompt, add_special_tokens=False)
 
     def _expanded_length(self, row_index: int) -> int:
-        """Prompt length with image tokens expanded, from image headers only (no pixel decoding)."""
+        """Prompt length with image tokens expanded, from image headers only (no pixel decoding).
+
+        Also checks that the tokenised prompt holds one image token per image: text that
+        tokenises to the image token (a literal `<|image_pad|>` typed in a question) would
+        otherwise fail only when its row is drawn, hours into a run, or never in a short one."""
         checked = self._checked_row(row_index, self.rows[row_index])
-        length = len(self._raw_prompt_ids(checked.question))
+        raw_prompt_ids = self._raw_prompt_ids(checked.question)
+        if self.image_token_id is not None:
+            image_tokens = raw_prompt_ids.count(self.image_token_id)
+            if image_tokens != len(checked.image_objects):
+                token = self.tokenizer.convert_ids_to_tokens(self.image_token_id)
+                raise ValueError(
+                    f"{self._where(row_index, self.prompt_key)}: the tokenised prompt has {image_tokens} image "
+                    f"token(s) {token} for {len(checked.image_objects)} image(s) in {self.image_key!r}; the text "
+                    f"(or the format prompt) contains {token} itself: remove it, images go in as {IMAGE_PLACEHOLDER}"
+                )
+        length = len(raw_prompt_ids)
         for position, image_object in enumerate(checked.image_objects):
             where = self._where(row_index, f"{self.image_key}[{position}]")
             width, height = image_size(image_object, where, self.base_dir)

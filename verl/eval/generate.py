@@ -48,6 +48,9 @@ DEFAULT_FORMAT_PROMPT = str(REPO_ROOT / "configs" / "format_prompt" / "sr1.jinja
 # The reference's data range (DataConfig defaults): 512x512 to 2048x2048 pixels.
 DEFAULT_MIN_PIXELS = 262144
 DEFAULT_MAX_PIXELS = 4194304
+# The GPU recipe's response cap (configs/qwen2_5_vl_7b_selfReward.yaml data.max_response_length):
+# an eval cuts responses where the trainer's validation does (tests/eval/test_caps.py checks it).
+DEFAULT_MAX_RESPONSE_LENGTH = 2048
 
 RECORD_KEYS = (
     "dataset_index",
@@ -474,7 +477,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--top_p", type=float, default=1.0)
     parser.add_argument("--top_k", type=int, default=-1, help="-1 = off")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (unused when greedy)")
-    parser.add_argument("--max_response_length", type=int, default=1024, help="tokens per response")
+    parser.add_argument(
+        "--max_response_length", type=int, default=DEFAULT_MAX_RESPONSE_LENGTH,
+        help="tokens per response (default: the GPU recipe's data.max_response_length, %(default)s)",
+    )
     parser.add_argument("--batch_size", type=int, default=256, help="prompts per engine generate() call")
     parser.add_argument("--limit", type=int, default=None, help="only the first LIMIT prompts (smoke runs)")
     parser.add_argument("--overwrite", action="store_true", help="discard an existing OUT instead of resuming")

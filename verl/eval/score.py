@@ -65,6 +65,7 @@ from verl.rewards.grading import DEFAULT_GRADER, GRADERS
 from verl.rewards.loader import BUILTIN_REWARD_FUNCTIONS, LoadedRewardFunction, RewardFunctionError, load_reward_function
 from verl.rewards.loader import DEFAULT_TIMEOUT_S as DEFAULT_REWARD_TIMEOUT_S
 from verl.rewards.vision_control import blank_image_control
+from verl.trainer.clipping import PASS2_CLIP_RATIO, RESPONSE_CLIP_RATIO, warn_on_clipping
 from verl.trainer.config import SelfRewardConfig
 from verl.trainer.perception_judge import DEFAULT_MAX_ERROR_RATE as DEFAULT_JUDGE_MAX_ERROR_RATE
 from verl.trainer.perception_judge import JudgeFailedError, JudgeTimeoutError, OpenAIJudge
@@ -89,6 +90,7 @@ TABLE_COLUMNS = (
     ("accuracy_blank_image", "blank_acc", True),
     ("vision_reliance", "reliance", True),
     ("response_length", "length", False),
+    ("truncated", "clipped", True),
 )
 ANSWER_JUDGE_TEMPLATE = (
     "Decide whether a candidate answer to a question is correct, given the reference answer.\n"
@@ -98,6 +100,11 @@ ANSWER_JUDGE_TEMPLATE = (
     "Equivalent forms count as correct (0.5 and 1/2, B and (B), the option letter and its text). Reply "
     "with exactly <judgment>correct</judgment> or <judgment>incorrect</judgment>."
 )
+# Clip ratio -> the flag that raises its cap (the trainer's keys: verl.trainer.clipping.TRAINER_CAP_KEYS).
+EVAL_CAP_FLAGS = {
+    RESPONSE_CLIP_RATIO: "verl.eval.generate --max_response_length",
+    PASS2_CLIP_RATIO: "verl.eval.score --reanswer_max_response_length",
+}
 _JUDGMENT = re.compile(r"<judgment>\s*(correct|incorrect)\s*</judgment>", re.IGNORECASE)
 
 
@@ -172,12 +179,14 @@ def read_records(path: str) -> list[ResponseRecord]:
 
 @dataclass
 class Reanswers:
-    """Per record: the perception that was re-asked (None: none), its re-answers, judge failure."""
+    """Per record: the perception that was re-asked (None: none), its re-answers, judge failure,
+    and how many of its re-answers were cut at the re-answer cap (None: a judge re-answered)."""
 
     descriptions: list[str | None]
     texts: list[list[str]]
     errors: list[bool]
     metrics: dict[str, float] = field(default_factory=dict)
+    clipped: list[int] | None = None
 
 
 def reanswer_with_engine(
@@ -209,7 +218,9 @@ def reanswer_with_engine(
 
     stage = SelfRewardStage(config, tokenizer, generate)
     result = stage.run(responses, questions, validation=True)
-    return Reanswers(result.descriptions, result.reanswers, [False] * len(responses), result.metrics)
+    return Reanswers(
+        result.descriptions, result.reanswers, [False] * len(responses), result.metrics, result.reanswers_clipped
+    )
 
 
 def reanswer_with_judge(
@@ -506,8 +517,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     perception = parser.add_argument_group("perception re-answers by a model")
     perception.add_argument("--self_reward_model", default=None, help="checkpoint that re-answers (text only)")
-    perception.add_argument("--reanswer_max_prompt_length", type=int, default=4096, help="re-prompt tokens")
-    perception.add_argument("--reanswer_max_response_length", type=int, default=1024, help="re-answer tokens")
+    # Defaults: the GPU recipe's self_reward caps, so perception scores as the trainer's validation
+    # does (tests/eval/test_caps.py checks they agree).
+    perception.add_argument(
+        "--reanswer_max_prompt_length", type=int, default=2560,
+        help="re-prompt tokens (default: the GPU recipe's self_reward.max_prompt_length, %(default)s)",
+    )
+    perception.add_argument(
+        "--reanswer_max_response_length", type=int, default=1024,
+        help="re-answer tokens (default: the GPU recipe's self_reward.max_response_length, %(default)s)",
+    )
     add_engine_arguments(parser, default_engine="hf")
 
     judge = parser.add_argument_group("OpenAI-compatible servers (keys from the environment)")
@@ -659,6 +678,7 @@ def score_file(
     rows = per_record_metrics(records, scores, reanswers, verdicts, blank_records)
     summary = {
         "input": os.path.abspath(input_path),
+        "data": generated_from(input_path),
         "reward": reward_fn.name,
         "grader": reward_fn.kwargs.get("grader", DEFAULT_GRADER),
         "reanswerer": reanswerer,
@@ -666,6 +686,7 @@ def score_file(
         "missing_description": missing_description,
         "blank_input": os.path.abspath(blank_input) if blank_input else None,
         **({"reanswer_metrics": reanswers.metrics} if reanswers is not None and reanswers.metrics else {}),
+        "clip_ratios": clip_ratios(records, reanswers),
         **skipped_rows_of(input_path),
         **summarize(records, rows, columns),
     }
@@ -676,12 +697,37 @@ def score_file(
         if reanswers is not None:
             scored["perception"] = reanswers.descriptions[i]
             scored["reanswers"] = reanswers.texts[i]
+            if reanswers.clipped is not None:
+                scored["reanswers_clipped"] = reanswers.clipped[i]
         if verdicts is not None:
             scored["answer_judge_verdict"] = verdicts.get(i)
         if blank_records is not None:
             scored["blank_image_response"] = blank_records[i].response
         scored_lines.append(json.dumps(scored, ensure_ascii=False) + "\n")
     return ScoringResult(summary, scored_lines)
+
+
+def clip_ratios(records: Sequence[ResponseRecord], reanswers: Reanswers | None) -> dict[str, float]:
+    """The trainer's two clip ratios (`verl.trainer.clipping`) for this file: responses cut at
+    generate's --max_response_length (records that say whether they finished), and re-answers cut
+    at --reanswer_max_response_length (re-answers by a model); a ratio that cannot be known is left out."""
+    ratios = {}
+    known = [record.finished for record in records if record.finished is not None]
+    if known:
+        ratios[RESPONSE_CLIP_RATIO] = 1.0 - sum(known) / len(known)
+    if reanswers is not None and PASS2_CLIP_RATIO in reanswers.metrics:
+        ratios[PASS2_CLIP_RATIO] = reanswers.metrics[PASS2_CLIP_RATIO]
+    return ratios
+
+
+def generated_from(input_path: str) -> str | None:
+    """The dataset the responses were generated from (`data` of OUT.generation.json, which
+    `verl.eval.generate` writes); None for files from elsewhere."""
+    path = sidecar_path(input_path, ".generation.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as file:
+        return json.load(file).get("data")
 
 
 def skipped_rows_of(input_path: str) -> dict[str, Any]:
@@ -724,6 +770,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     write_atomically(sidecar_path(args.input, ".summary.json"), json.dumps(result.summary, indent=1) + "\n")
     print(f"{args.input}: reward {reward_fn.name}, perception re-answers by {result.summary['reanswerer'] or 'nobody'}")
     print(format_table(result.summary))
+    warn_on_clipping(result.summary["clip_ratios"], EVAL_CAP_FLAGS, args.input)
     return result.summary
 
 

@@ -102,7 +102,7 @@ def resolve_attn_implementation(name: str, device: torch.device) -> str:
     return "sdpa"
 
 
-def load_policy(model_path: str, dtype: torch.dtype, attn_implementation: str) -> PreTrainedModel:
+def load_policy(model_path: str, dtype: torch.dtype, attn_implementation: str | dict[str, str]) -> PreTrainedModel:
     """Loads the policy exactly as a user's checkpoint is loaded (`from_pretrained`)."""
     return AutoModelForImageTextToText.from_pretrained(
         model_path, dtype=dtype, attn_implementation=attn_implementation

@@ -52,7 +52,7 @@ def is_value_checkpoint(directory: str) -> bool:
     return os.path.isfile(os.path.join(directory, VALUE_HEAD_MARKER))
 
 
-def load_value_model(model_dir: str, dtype: torch.dtype, attn_implementation: str) -> PreTrainedModel:
+def load_value_model(model_dir: str, dtype: torch.dtype, attn_implementation: str | dict[str, str]) -> PreTrainedModel:
     """A merged value model (a folder the merger wrote from a critic checkpoint): the config's
     architecture with a value head, weights read by their checkpoint-file names."""
     if not is_value_checkpoint(model_dir):

@@ -20,6 +20,7 @@ from verl.algorithms.core_algos import ADVANTAGE_ESTIMATORS, LOSS_AGG_MODES, POL
 from verl.algorithms.rollout_correction import ROLLOUT_CORRECTION_LEVELS, ROLLOUT_CORRECTION_MODES
 from verl.rewards.loader import DEFAULT_TIMEOUT_S as DEFAULT_REWARD_TIMEOUT_S
 from verl.trainer.perception_judge import DEFAULT_MAX_ERROR_RATE as DEFAULT_JUDGE_MAX_ERROR_RATE
+from verl.trainer.resume_settings import BREAKS as RESUME_SETTINGS
 from verl.utils.ranges import (
     AT_LEAST_ONE,
     DEFAULT_OR_AT_LEAST_ONE,
@@ -37,6 +38,7 @@ from verl.workers.config import (  # noqa: F401  (worker sections, re-exported f
     FSDPConfig,
     ModelConfig,
     OptimConfig,
+    PACKING_ATTENTION,
     RolloutCorrectionConfig,
     RefConfig,
     RankSetup,
@@ -273,6 +275,14 @@ class TrainerConfig:
     """Resume from this global_step_N dir; None = the latest under save_checkpoint_path."""
     find_last_checkpoint: bool = True
     """Resume automatically from the latest complete checkpoint."""
+    start_fresh_if_all_damaged: bool = False
+    """When every checkpoint under the checkpoint root fails its integrity check: false stops the
+    run naming them; true renames them to global_step_N.damaged (kept as evidence) and trains
+    from step 0."""
+    resume_allow_changes: list[str] = field(default_factory=list)
+    """Settings (e.g. `data.rollout_batch_size`) a resume may change although the change breaks
+    the saved data position or lr schedule; every change is printed, these are not refused
+    (verl/trainer/resume_settings.py lists the settings a checkpoint records)."""
     seed: int = 1
     """Model-side seed (init of randomness in workers)."""
     dry_run: bool = False
@@ -287,8 +297,8 @@ class TrainerConfig:
     that dies fails the stage at once, whatever this is."""
 
     @property
-    def run_dir(self) -> str:
-        """The run's folder: its checkpoints, metrics.jsonl and error.log."""
+    def checkpoint_root(self) -> str:
+        """The folder this run owns: checkpoints, metrics.jsonl, its lock (run.lock) and error.log."""
         return self.save_checkpoint_path or os.path.join("checkpoints", self.project_name, self.experiment_name)
 
 
@@ -329,7 +339,13 @@ class PPOConfig:
         except ValueError as error:
             raise ConfigError(str(error)) from None
         _choice("worker.rollout.name", rollout.name, ("hf", "vllm"))
+        _choice("worker.actor.model.packing_attention", actor.model.packing_attention, ("auto", *PACKING_ATTENTION))
         _choice("trainer.device", trainer.device, ("auto", "cuda", "cpu"))
+        if trainer.device == "cpu" and actor.model.packing_attention == "flex":
+            raise ConfigError(
+                "worker.actor.model.packing_attention=flex needs a GPU (torch has no flex_attention backward on CPU); "
+                "use dense or auto with trainer.device=cpu"
+            )
         _choice("self_reward.missing_description", self.self_reward.missing_description, ("zero", "whole_response"))
         _choice("self_reward.objective", self.self_reward.objective, ("summed", "separate"))
         _choice("self_reward.judge", self.self_reward.judge, ("policy", "openai"))
@@ -398,6 +414,12 @@ class PPOConfig:
                         f"{prefix}.max_response_length={response}: prompts (image tokens included) would not fit "
                         "the engine's context"
                     )
+        unknown = [key for key in trainer.resume_allow_changes if key not in RESUME_SETTINGS]
+        if unknown:
+            raise ConfigError(
+                f"trainer.resume_allow_changes={unknown}: not settings a checkpoint records; those are "
+                f"{', '.join(RESUME_SETTINGS)}"
+            )
         if data.min_pixels > data.max_pixels:
             raise ConfigError(f"data.min_pixels={data.min_pixels} > data.max_pixels={data.max_pixels}")
         try:

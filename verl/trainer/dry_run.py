@@ -32,7 +32,7 @@ from verl.trainer.config import PPOConfig
 from verl.trainer.datasets import build_rl_dataset
 from verl.utils.memory_estimate import GIB, MemoryEstimate, ModelShape, StepSettings, estimate_memory
 from verl.utils.tiny_model import QWEN3_VL_SPEC, TinyModelSpec, build_processor, build_tokenizer
-from verl.workers.engine.shared_prefix import supports_shared_prefix
+from verl.workers.engine.shared_prefix import AttentionPlan, plan_attention
 
 FIXTURE_ROWS = 8
 
@@ -96,15 +96,21 @@ def experience_tokens(config: PPOConfig) -> int:
     return actor.max_token_len_per_device_for_experience or actor.micro_batch_size_per_device_for_experience * row
 
 
-def packed_group_tokens(config: PPOConfig) -> int:
-    """P + n x R when shared-prompt packing may run: it is on and the attention is sdpa/eager, or
-    `auto`, which is sdpa wherever flash-attn is not installed (unknown from here: the worst
-    case is counted). 0 with flash_attention_2, which does not pack."""
-    model, data = config.worker.actor.model, config.data
-    if not model.share_prompt_prefix or not (
-        model.attn_implementation == "auto" or supports_shared_prefix(model.attn_implementation)
-    ):
+def gpu_attention_plan(config: PPOConfig) -> AttentionPlan:
+    """The training forwards' attention on the GPUs the dry run sizes; `auto` attention is
+    counted as sdpa (flash-attn may be missing there: the case with the larger dense mask)."""
+    model = config.worker.actor.model
+    attention = "sdpa" if model.attn_implementation == "auto" else model.attn_implementation
+    return plan_attention(attention, model.share_prompt_prefix, model.packing_attention, "cuda")
+
+
+def packed_group_tokens(config: PPOConfig, plan: AttentionPlan) -> int:
+    """P + n x R, the longest packed sequence, when the packing mask is dense (its L^2 bytes are
+    counted); 0 when rows are unpacked or packed block-sparse (a flex BlockMask is a few
+    integers per 128 x 128 tile)."""
+    if plan.packing != "dense":
         return 0
+    data = config.data
     return data.max_prompt_length + config.worker.rollout.n * data.max_response_length
 
 
@@ -220,6 +226,8 @@ def dry_run(config: PPOConfig) -> DryRunReport:
         f"{shape.num_layers} layers x {shape.hidden_size}, vocab {shape.vocab_size}"
     )
     # With LoRA the reference is the actor with adapters off: no second copy.
+    plan = gpu_attention_plan(config)
+    lines.append(f"training forwards (on GPU): {plan.reason}")
     with_reference = (actor.use_kl_loss or config.algorithm.kl_coef > 0) and not actor.model.lora.enabled
     settings = StepSettings(
         world_size=config.world_size,
@@ -234,7 +242,8 @@ def dry_run(config: PPOConfig) -> DryRunReport:
         reference_offload=config.worker.ref.fsdp.param_offload,
         gpu_memory_utilization=rollout.gpu_memory_utilization if rollout.name == "vllm" else 0.0,
         gpu_memory_gib=trainer.dry_run_gpu_memory_gib,
-        packed_group_tokens=packed_group_tokens(config),
+        packed_group_tokens=packed_group_tokens(config, plan),
+        entropy_gradient=actor.entropy_coeff != 0.0,
     )
     memory = estimate_memory(shape, settings)
     lines += memory_lines(memory, trainer.dry_run_gpu_memory_gib, rollout.name)

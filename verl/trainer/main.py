@@ -6,6 +6,7 @@ import os
 
 from verl.trainer.config import ConfigError, PPOConfig, parse_cli_or_exit, to_yaml
 from verl.utils.cli_exit import exit_cleanly, prepare_driver, reclaim_sigterm
+from verl.utils.folder_lock import CheckpointFolderLock
 from verl.utils.model_source import check_model_path
 
 USAGE = """usage: python3 -m verl.trainer.main config=CONFIG.yaml [section.key=value ...]
@@ -17,6 +18,18 @@ self_reward.enable=true). Every key of verl/trainer/config.py can be overridden,
 
 
 def run(config: PPOConfig) -> dict[str, float]:
+    if config.trainer.dry_run:
+        from verl.trainer.dry_run import dry_run
+
+        print(dry_run(config).text(), flush=True)
+        return {}
+    config.validate()
+    # Held from before the data is built until the run ends: a second run on the folder stops at once.
+    with CheckpointFolderLock(config.trainer.checkpoint_root):
+        return _train(config)
+
+
+def _train(config: PPOConfig) -> dict[str, float]:
     import ray
     from transformers import AutoProcessor, AutoTokenizer
 
@@ -25,12 +38,6 @@ def run(config: PPOConfig) -> dict[str, float]:
     from verl.trainer.perception_judge import make_judge
     from verl.trainer.ray_trainer import RayPPOTrainer
 
-    if config.trainer.dry_run:
-        from verl.trainer.dry_run import dry_run
-
-        print(dry_run(config).text(), flush=True)
-        return {}
-    config.validate()
     model_cfg = config.worker.actor.model
     check_model_path(model_cfg.model_path, "worker.actor.model.model_path")
     checkpoint = config.trainer.load_checkpoint_path
@@ -80,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # A user error is one message on stderr, its traceback in the run folder's error.log; SIGTERM
     # is one line and exit code 143 (verl/utils/cli_exit.py).
-    with exit_cleanly(config.trainer.run_dir, usage_errors=(ConfigError,)):
+    with exit_cleanly(config.trainer.checkpoint_root, usage_errors=(ConfigError,)):
         run(config)
 
 

@@ -22,9 +22,11 @@ import torch
 from tqdm import tqdm
 
 from verl.protocol import DataProto, pad_to_divisor
-from verl.single_controller.worker_group import RayWorkerGroup, ResourcePool
+from verl.single_controller.worker_group import RayWorkerGroup, ResourcePool, WorkerDiedError
 from verl.algorithms import core_algos, dapo
+from verl.trainer.clipping import RESPONSE_CLIP_RATIO, TRAINER_CAP_KEYS, clip_ratio, warn_on_clipping
 from verl.trainer.config import PPOConfig
+from verl.trainer.resume_settings import check_resume, run_settings, write_run_settings
 from verl.data.vision import blank_like
 from verl.rewards.vision_control import blank_image_control
 from verl.trainer.scoring import decode_responses, score_responses
@@ -108,12 +110,16 @@ class RayPPOTrainer:
         self.val_dataloader = val_dataloader
         self.reward_fn = reward_fn
         self.global_step = 0
-        self.checkpoint_root = config.trainer.run_dir
+        self.checkpoint_root = config.trainer.checkpoint_root
         steps_per_epoch = len(train_dataloader) if train_dataloader is not None else 0
         self.total_steps = steps_per_epoch * config.trainer.total_epochs
         if config.trainer.max_steps is not None:
             self.total_steps = min(self.total_steps, config.trainer.max_steps) if self.total_steps else config.trainer.max_steps
         self.mini_batches_per_step = config.data.rollout_batch_size // config.worker.actor.global_batch_size
+        # The lr schedule's length; checkpoints record it (a resume that changes it may bend the schedule).
+        self.total_optimizer_steps = max(
+            1, self.total_steps * self.mini_batches_per_step * config.worker.actor.ppo_epochs
+        )
         self.kl_controller = None
         if config.algorithm.kl_coef > 0 and not config.worker.actor.use_kl_loss:
             if config.algorithm.kl_type == "adaptive":
@@ -150,12 +156,12 @@ class RayPPOTrainer:
             gpus_per_proc=1 if use_gpu else 0,
             cpus_per_proc=1,
         )
-        total_optimizer_steps = max(1, self.total_steps * self.mini_batches_per_step * cfg.worker.actor.ppo_epochs)
         self.workers = RayWorkerGroup(
-            FSDPWorker, pool, cfg.worker, cfg.rank_setup(), total_optimizer_steps,
+            FSDPWorker, pool, cfg.worker, cfg.rank_setup(), self.total_optimizer_steps,
             call_timeout_s=cfg.trainer.worker_timeout_s,
         )
-        self.workers.execute_all("init_model")
+        attention = self.workers.execute_all("init_model")[0]
+        print(f"training forwards: {attention}", flush=True)
         if cfg.self_reward.enable:
             generate = None if self.judge is not None else self._generate
             self.self_reward = SelfRewardStage(cfg.self_reward, self.tokenizer, generate, self.judge)
@@ -365,6 +371,9 @@ class RayPPOTrainer:
             sync = self.workers.execute_all("sync_rollout_weights")
         metrics["perf/sync_bytes"] = sync[0]["bytes"]
         metrics.update(self._rollout_metrics(drawn_rollout, drawn_scores, sr_output, "train"))
+        warn_on_clipping(
+            {name: metrics.get(f"train/{name}") for name in TRAINER_CAP_KEYS}, TRAINER_CAP_KEYS, f"training step {self.global_step}"
+        )
         # Share of prompts whose n samples score differently: only those carry a group advantage.
         for name, values in drawn_scores.items():
             spread = dapo.prompt_has_spread(values, cfg.worker.rollout.n)
@@ -466,10 +475,9 @@ class RayPPOTrainer:
     ) -> dict[str, float]:
         metrics = {f"{prefix}/reward/{name}": values.mean().item() for name, values in scores.items()}
         lengths = rollout.batch["response_mask"].sum(-1).float()
-        max_length = rollout.batch["responses"].shape[1]
         metrics[f"{prefix}/response_length/mean"] = lengths.mean().item()
         metrics[f"{prefix}/response_length/max"] = lengths.max().item()
-        metrics[f"{prefix}/response_length/clip_ratio"] = (lengths >= max_length).float().mean().item()
+        metrics[f"{prefix}/{RESPONSE_CLIP_RATIO}"] = clip_ratio(rollout)
         if sr_output is not None:
             metrics.update({f"{prefix}/{k}": v for k, v in sr_output.metrics.items()})
         return metrics
@@ -478,7 +486,7 @@ class RayPPOTrainer:
     def validate(self) -> dict[str, float]:
         timing: dict[str, float] = {}
         all_scores: dict[str, list[torch.Tensor]] = {}
-        lengths, samples = [], []
+        lengths, finished, samples = [], [], []
         sr_metrics: dict[str, list[float]] = {}
         control_rows: list[dict[str, float]] = []
         control_budget = self.config.trainer.val_blank_image_prompts
@@ -494,13 +502,18 @@ class RayPPOTrainer:
             for name, values in scores.items():
                 all_scores.setdefault(name, []).append(values)
             lengths.append(rollout.batch["response_mask"].sum(-1).float())
+            finished.append(rollout.non_tensor_batch["finished"])
             if sr_output is not None:
                 for key, value in sr_output.metrics.items():
                     sr_metrics.setdefault(key, []).append(value)
             samples.extend(zip(responses, rollout.non_tensor_batch["ground_truth"]))
         metrics = {f"val/reward/{name}": torch.cat(values).mean().item() for name, values in all_scores.items()}
         metrics["val/response_length/mean"] = torch.cat(lengths).mean().item()
+        metrics[f"val/{RESPONSE_CLIP_RATIO}"] = 1.0 - float(np.concatenate(finished).astype(bool).mean())
         metrics.update({f"val/{k}": float(np.mean(v)) for k, v in sr_metrics.items()})
+        warn_on_clipping(
+            {name: metrics.get(f"val/{name}") for name in TRAINER_CAP_KEYS}, TRAINER_CAP_KEYS, f"validation at step {self.global_step}"
+        )
         if control_rows:
             control = {key: float(np.mean([row[key] for row in control_rows])) for key in control_rows[0]}
             # Accuracy with the image on the same prompts: the reference point of the drop.
@@ -532,29 +545,49 @@ class RayPPOTrainer:
 
     # ---- checkpoints -------------------------------------------------------------------------
     def save_checkpoint(self) -> str:
+        """Writes global_step_N.tmp (ranks' shards, data position, run settings, manifest last),
+        then publishes it; a failed write raises CheckpointWriteError naming the file and cause."""
         root = self.checkpoint_root
-        os.makedirs(root, exist_ok=True)
-        tmp_dir = checkpoint.temporary_step_dir(root, self.global_step)
-        digests = self.workers.execute_all("save_checkpoint", tmp_dir, self.config.worker.actor.model.model_path)
-        torch.save(self.train_dataloader.state_dict(), os.path.join(tmp_dir, "dataloader.pt"))
-        write_manifest(tmp_dir, {rel: entry for rank_digests in digests for rel, entry in rank_digests.items()})
-        return checkpoint.commit_checkpoint(root, self.global_step, tmp_dir, self.config.trainer.save_limit)
+        with checkpoint.naming_write_errors(root):
+            os.makedirs(root, exist_ok=True)
+            tmp_dir = checkpoint.temporary_step_dir(root, self.global_step)
+        try:
+            digests = self.workers.execute_all("save_checkpoint", tmp_dir, self.config.worker.actor.model.model_path)
+        except WorkerDiedError as error:
+            cause = getattr(error.__cause__, "cause", None)  # the worker's own exception, through Ray
+            if isinstance(cause, checkpoint.CheckpointWriteError):
+                raise cause from error
+            raise
+        checkpoint.save_file(self.train_dataloader.state_dict(), os.path.join(tmp_dir, "dataloader.pt"))
+        with checkpoint.naming_write_errors(tmp_dir):
+            write_run_settings(tmp_dir, run_settings(self.config, self.total_optimizer_steps))
+            write_manifest(tmp_dir, {rel: entry for rank_digests in digests for rel, entry in rank_digests.items()})
+        with checkpoint.naming_write_errors(root):
+            return checkpoint.commit_checkpoint(root, self.global_step, tmp_dir, self.config.trainer.save_limit)
 
     def maybe_resume(self) -> None:
         path = self.config.trainer.load_checkpoint_path
         if path is not None:
             if not os.path.isdir(path):
                 raise FileNotFoundError(f"trainer.load_checkpoint_path={path} does not exist")
-            usable, note = checkpoint.verify_checkpoint(path)
+            siblings_have_manifests = checkpoint.has_manifests(os.path.dirname(os.path.normpath(path)))
+            usable, note = checkpoint.verify_checkpoint(path, siblings_have_manifests)
             if not usable:  # the user chose this one: no silent fall-back to another
-                raise ValueError(f"trainer.load_checkpoint_path={path} is damaged: {note}")
+                raise checkpoint.CheckpointError(f"trainer.load_checkpoint_path={path} is damaged: {note}")
             if note:
-                logger.warning(note)
+                print(f"WARNING: {note}", flush=True)
         elif self.config.trainer.find_last_checkpoint:
             path, warnings = checkpoint.find_latest_intact_checkpoint(self.checkpoint_root)
-            for warning in warnings:
-                logger.warning(warning)
-                print(f"WARNING: {warning}", flush=True)
+            if path is None and warnings:
+                start_fresh_over_damaged(
+                    self.checkpoint_root, warnings, self.config.trainer.start_fresh_if_all_damaged
+                )
+            else:
+                for warning in warnings:  # printed once: no logger beside it (its last-resort handler echoes it)
+                    print(f"WARNING: {warning}", flush=True)
+        # Settings changed since the checkpoint: printed, or refused when they break its state.
+        settings = run_settings(self.config, self.total_optimizer_steps)
+        accepted = {change.key for change in check_resume(path, settings, self.config)} if path else set()
         # Rows a crashed run logged past the point this run restarts from would repeat.
         self.tracker.drop_rows_from(checkpoint.step_of(path) + 1 if path is not None else 0)
         if path is None:
@@ -564,7 +597,11 @@ class RayPPOTrainer:
         dataloader_state = os.path.join(path, "dataloader.pt")
         if not os.path.isfile(dataloader_state):
             raise FileNotFoundError(f"checkpoint {path} lacks dataloader.pt")
-        self.train_dataloader.load_state_dict(torch.load(dataloader_state, weights_only=False))
+        state = torch.load(dataloader_state, weights_only=False)
+        # An accepted change of data seed or shuffling keeps the saved position in the new order.
+        current = self.train_dataloader.state_dict()
+        state.update({key: current[key] for key in ("seed", "shuffle") if f"data.{key}" in accepted})
+        self.train_dataloader.load_state_dict(state)
         print(f"resumed from {path} (step {self.global_step})", flush=True)
 
     # ---- the loop ----------------------------------------------------------------------------
@@ -615,6 +652,24 @@ class RayPPOTrainer:
             epoch += 1
             if epoch >= self.config.trainer.total_epochs and self.config.trainer.max_steps is None:
                 return
+
+
+def start_fresh_over_damaged(root: str, warnings: list[str], allowed: bool) -> None:
+    """Every checkpoint under `root` is damaged (`warnings` says how): an error naming them, or,
+    when `allowed` (trainer.start_fresh_if_all_damaged), a fresh start with them set aside as
+    global_step_N.damaged, where the new run's checkpoints cannot overwrite them."""
+    if not allowed:
+        raise checkpoint.CheckpointError(
+            f"every checkpoint under {root} is damaged:\n  " + "\n  ".join(warnings)
+            + "\nRepair or remove them, point trainer.load_checkpoint_path at a good copy, or set "
+            "trainer.start_fresh_if_all_damaged=true to train from step 0 (they are then kept as global_step_N.damaged)"
+        )
+    moved = checkpoint.set_aside_damaged(root)
+    print(
+        f"WARNING: every checkpoint under {root} is damaged; starting from step 0 "
+        f"(trainer.start_fresh_if_all_damaged=true), the damaged ones kept as: {', '.join(moved)}\n  "
+        + "\n  ".join(warnings), flush=True,
+    )
 
 
 def logprob_gap_metrics(rows: DataProto) -> dict[str, float]:

@@ -19,6 +19,7 @@ from transformers import PreTrainedTokenizerBase
 from verl.data.format_prompt import build_reprompt
 from verl.protocol import DataProto
 from verl.rewards.format import extract_description
+from verl.trainer.clipping import PASS2_CLIP_RATIO
 from verl.trainer.config import SelfRewardConfig
 from verl.workers.rollout.base import SamplingConfig
 
@@ -49,12 +50,16 @@ class ReanswerJudge(Protocol):
 class SelfRewardOutput:
     """Per rollout row: its perception (None when missing) and its re-answers ([] when none).
     `pass2` holds the re-answer rows (tensors as any rollout, plus `parent_row`) when they ran
-    through the policy, for the objective that trains pass-2 tokens."""
+    through the policy, for the objective that trains pass-2 tokens. `reanswers_clipped`: per
+    rollout row, how many of its re-answers were cut at `self_reward.max_response_length` (a cut
+    re-answer usually lacks its `\\boxed{}` and scores visual 0); None when an external judge
+    re-answered (its length limit is the server's, not visible here)."""
 
     descriptions: list[str | None]
     reanswers: list[list[str]]
     pass2: DataProto | None
     metrics: dict[str, float]
+    reanswers_clipped: list[int] | None = None
 
 
 class SelfRewardStage:
@@ -116,6 +121,7 @@ class SelfRewardStage:
         missing = sum(not extract_description(r) for r in responses)
         metrics = {"self_reward/missing_description_rate": missing / max(len(responses), 1)}
         pass2 = None
+        clipped: list[int] | None = None
         texts = [build_reprompt(descriptions[i], questions[i]) for i in asked]
         if self.judge is not None and asked:
             answers = self.judge.reanswer(texts, 1 if validation else cfg.n)
@@ -133,11 +139,19 @@ class SelfRewardStage:
                 [row[mask.bool()] for row, mask in zip(pass2.batch["responses"], pass2.batch["response_mask"])],
                 skip_special_tokens=True,
             )
-            for parent, text in zip(pass2.non_tensor_batch["parent_row"], decoded):
+            clipped = [0] * len(responses)
+            for parent, text, finished in zip(
+                pass2.non_tensor_batch["parent_row"], decoded, pass2.non_tensor_batch["finished"]
+            ):
                 reanswers[int(parent)].append(text)
+                clipped[int(parent)] += not finished
             metrics["self_reward/reprompt_truncated_rate"] = truncated / len(asked)
+            # Share of re-answers that hit max_response_length before a stop token.
+            metrics[PASS2_CLIP_RATIO] = sum(clipped) / len(pass2)
             metrics["self_reward/pass2_response_length"] = pass2.batch["response_mask"].sum(-1).float().mean().item()
-        return SelfRewardOutput(descriptions=descriptions, reanswers=reanswers, pass2=pass2, metrics=metrics)
+        return SelfRewardOutput(
+            descriptions=descriptions, reanswers=reanswers, pass2=pass2, metrics=metrics, reanswers_clipped=clipped
+        )
 
     def _prompt_rows(self, texts: list[str]) -> tuple[DataProto, int]:
         """Text-only prompt rows, left-padded to self_reward.max_prompt_length, in the layout the

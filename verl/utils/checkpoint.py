@@ -15,15 +15,21 @@ all ranks have finished and the manifest is written, then replaces `latest_globa
 crash at any point leaves either the previous complete checkpoint or a `.tmp` directory that
 resume ignores. Damage after the fact (a truncated or altered file) fails the manifest check:
 resume then falls back to the newest intact checkpoint, and the merger refuses, naming the file.
+A checkpoint without a manifest is loaded (unverified) only in a folder where no checkpoint has
+one (written before manifests existed); beside checkpoints that have one it counts as damaged.
+A write that fails (disk full, no permission) raises `CheckpointWriteError` naming the folder,
+the file and the OS cause, and leaves only the `.tmp` directory behind.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import re
 import shutil
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -35,6 +41,66 @@ STEP_DIR = re.compile(r"^global_step_(\d+)$")
 
 
 RANK_FILES = ("model", "optim", "extra_state")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint folder problem the user has to resolve (damaged checkpoints, a folder in use
+    by another run, a refused resume); the message is written for the user."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """Writing a checkpoint failed: names the folder, the file and the OS cause (ENOSPC, EACCES)."""
+
+    def __init__(self, folder: str, file: str | None, cause: str):
+        self.folder, self.file, self.cause = folder, file, cause
+        super().__init__(
+            f"checkpoint write failed in {folder}: {file or 'a file'} ({cause}); no checkpoint was published for "
+            "this step (resume ignores the unfinished global_step_N.tmp) and earlier checkpoints are untouched"
+        )
+
+    def __reduce__(self):  # raised in a Ray worker, rebuilt in the driver
+        return type(self), (self.folder, self.file, self.cause)
+
+    @classmethod
+    def from_error(cls, path: str, error: BaseException) -> CheckpointWriteError:
+        """From the exception a write of `path` (a file, or the folder being written) raised."""
+        os_error = _os_error_in(error)
+        if os_error is None:
+            return cls(os.path.dirname(path), os.path.basename(path), f"{type(error).__name__}: {error}")
+        code = errno.errorcode.get(os_error.errno, str(os_error.errno))
+        failed = os_error.filename if isinstance(os_error.filename, str) else path
+        return cls(os.path.dirname(failed), os.path.basename(failed), f"{code}: {os_error.strerror}")
+
+
+def _os_error_in(error: BaseException | None) -> OSError | None:
+    """The OSError with an errno behind `error`: torch's zip writer reports a failed write as a
+    RuntimeError ("unexpected pos ...") whose context holds the file object's OSError."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno is not None:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+@contextmanager
+def naming_write_errors(path: str):
+    """Turns a failed write under `path` (OSError, or torch's RuntimeError hiding one) into a
+    `CheckpointWriteError` naming the file and the OS cause."""
+    try:
+        yield
+    except CheckpointWriteError:
+        raise
+    except (OSError, RuntimeError) as error:
+        raise CheckpointWriteError.from_error(path, error) from error
+
+
+def save_file(obj, path: str) -> None:
+    """`torch.save` through a Python file object, so a failed write keeps its OS cause (ENOSPC,
+    EACCES) for the `CheckpointWriteError` it becomes (writing to a path, torch drops it)."""
+    with naming_write_errors(path), open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def shard_file(kind: str, world_size: int, rank: int) -> str:
@@ -78,13 +144,14 @@ def save_rank_state(
     """Writes this rank's model shards, optimizer state and extra state into `actor_dir`.
     `keep(name)`: which state-dict entries to write (None: all); a LoRA run keeps only its
     adapters, since the frozen base is the model folder the run starts from."""
-    os.makedirs(actor_dir, exist_ok=True)
+    with naming_write_errors(actor_dir):
+        os.makedirs(actor_dir, exist_ok=True)
     state = model.state_dict()
     if keep is not None:
         state = {name: value for name, value in state.items() if keep(name)}
-    torch.save(to_local(state), os.path.join(actor_dir, shard_file("model", world_size, rank)))
-    torch.save(to_local(optimizer.state_dict()), os.path.join(actor_dir, shard_file("optim", world_size, rank)))
-    torch.save({**extra, "rng": rng_state()}, os.path.join(actor_dir, shard_file("extra_state", world_size, rank)))
+    save_file(to_local(state), os.path.join(actor_dir, shard_file("model", world_size, rank)))
+    save_file(to_local(optimizer.state_dict()), os.path.join(actor_dir, shard_file("optim", world_size, rank)))
+    save_file({**extra, "rng": rng_state()}, os.path.join(actor_dir, shard_file("extra_state", world_size, rank)))
 
 
 def _like(local: torch.Tensor, reference) -> torch.Tensor:
@@ -174,15 +241,27 @@ def list_checkpoints(root: str) -> list[int]:
     return sorted(steps)
 
 
-def verify_checkpoint(path: str) -> tuple[bool, str | None]:
-    """(usable, note): a checkpoint whose manifest matches is (True, None); one written before
-    manifests existed is (True, note saying it is unverified); a damaged one is (False, the
-    problem naming the file)."""
+def has_manifests(root: str) -> bool:
+    """Whether any complete checkpoint under root has a manifest: from then on, every checkpoint
+    of that folder must have one."""
+    return any(os.path.isfile(os.path.join(step_dir(root, step), MANIFEST)) for step in list_checkpoints(root))
+
+
+def verify_checkpoint(path: str, manifest_required: bool = False) -> tuple[bool, str | None]:
+    """(usable, note): a checkpoint whose manifest matches is (True, None); one without a manifest
+    is (True, note saying it is unverified) when written before manifests existed, but damaged
+    when `manifest_required` (its folder's other checkpoints have one: the manifest was lost);
+    a damaged one is (False, the problem naming the file)."""
     try:
         has_manifest = read_manifest(path) is not None
     except ValueError as error:
         return False, str(error)
     if not has_manifest:
+        if manifest_required:
+            return False, (
+                f"{os.path.join(path, MANIFEST)} is missing while other checkpoints in {os.path.dirname(path)} have "
+                "one: its files cannot be checked"
+            )
         return True, f"{path} has no {MANIFEST} (written before integrity manifests): loaded unverified"
     problem = verify_manifest(path)
     return problem is None, problem
@@ -196,12 +275,29 @@ def find_latest_intact_checkpoint(root: str) -> tuple[str | None, list[str]]:
     candidates = ([latest] if latest else []) + [
         step_dir(root, step) for step in reversed(list_checkpoints(root)) if step_dir(root, step) != latest
     ]
+    manifest_required = has_manifests(root)
     for path in candidates:
-        usable, note = verify_checkpoint(path)
+        usable, note = verify_checkpoint(path, manifest_required)
         if usable:
             return path, warnings + ([note] if note else [])
         warnings.append(f"checkpoint {path} is damaged, skipped: {note}")
     return None, warnings
+
+
+def set_aside_damaged(root: str) -> list[str]:
+    """Renames every checkpoint under root to global_step_N.damaged (kept as evidence; a fresh
+    start would otherwise overwrite them step by step); returns the new paths."""
+    moved = []
+    for step in list_checkpoints(root):
+        target, copies = step_dir(root, step) + ".damaged", 1
+        while os.path.exists(target):  # set aside before by an earlier fresh start: keep that too
+            target, copies = f"{step_dir(root, step)}.damaged.{copies}", copies + 1
+        os.replace(step_dir(root, step), target)
+        moved.append(target)
+    latest = os.path.join(root, LATEST_FILE)
+    if os.path.isfile(latest):
+        os.remove(latest)
+    return moved
 
 
 def find_latest_checkpoint(root: str) -> str | None:

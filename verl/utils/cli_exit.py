@@ -67,7 +67,8 @@ def exit_cleanly(log_dir: str, usage_errors: tuple[type[BaseException], ...] = (
         log = _append_traceback(log_dir, error, "error")
         if os.environ.get(DEBUG_ENV) == "1":
             traceback.print_exception(error, file=sys.stderr)
-        _say(f"error: {describe(error)}\n(traceback: {log}; {DEBUG_ENV}=1 prints it here too)", error)
+        # The message last, where it is seen; the line before says where its traceback is.
+        _say(f"(traceback of this error: {log}; {DEBUG_ENV}=1 prints it here too)\nerror: {describe(error)}", error)
         raise SystemExit(2 if isinstance(error, usage_errors) else 1) from None
     finally:
         _watch = None

@@ -16,14 +16,17 @@ which P_t trainable, FSDP2 fully sharded; fp32 master weights, bf16 compute as i
   intermediate) bf16 values (q, k, v, attention output, two residual streams; gate, up and the
   activated product) - flash/sdpa attention stores no T x T matrix. Logits of the response tokens
   R = T x max_response / (max_prompt + max_response) (the share of a full-length row) cost
-  R x vocab x 14 bytes: bf16 logits, their fp32 copy, fp32 log-softmax and its gradient.
+  R x vocab x 14 bytes: bf16 logits, their fp32 copy, fp32 log-softmax and its gradient; with
+  an entropy bonus (`entropy_coeff != 0`) 4 more, the fp32 softmax its gradient keeps (the
+  entropy metric alone is computed without a graph, in 1,024-token pieces).
 - experience forward (old/ref log-probs, no gradient): one layer's working set plus logits at
   10 bytes per value (no gradient).
-- shared-prompt packing (`share_prompt_prefix`, sdpa/eager attention only): each micro-batch
-  carries a dense boolean block mask, one L x L matrix per packed group of length L <= T; the
-  sum of L^2 over the groups is at most T x min(T, P + n x R) bytes (P, R the configured maximum
-  prompt and response lengths, n responses per prompt). It is built for both the update and the
-  log-prob micro-batches. flash_attention_2 takes no mask and does not pack (0 here).
+- shared-prompt packing with the dense mask (`packing_attention=dense`, sdpa/eager): each
+  micro-batch carries a boolean block mask, one L x L matrix per packed group of length L <= T;
+  the sum of L^2 over the groups is at most T x min(T, P + n x R) bytes (P, R the configured
+  maximum prompt and response lengths, n responses per prompt). It is built for both the update
+  and the log-prob micro-batches. The block-sparse flex path keeps a few integers per 128 x 128
+  tile instead (0 here), and unpacked rows none.
 - rollout: vLLM claims gpu_memory_utilization of the card (its bf16 weights, 2P / tensor-parallel
   size, and its KV cache are inside that share) while the actor state that is not offloaded
   stays resident.
@@ -67,7 +70,9 @@ class StepSettings:
     """vLLM's share of the card (0 for the HF engine, whose KV cache is not estimated)."""
     gpu_memory_gib: float
     packed_group_tokens: int = 0
-    """P + n x R, the longest shared-prompt packed sequence; 0 when packing is off."""
+    """P + n x R, the longest packed sequence with a dense mask; 0 when no dense mask is built."""
+    entropy_gradient: bool = False
+    """An entropy bonus (`entropy_coeff != 0`): the update keeps the softmax for its gradient."""
 
 
 @dataclass(frozen=True)
@@ -148,7 +153,7 @@ def estimate_memory(shape: ModelShape, settings: StepSettings) -> MemoryEstimate
         gathered_units=2 * 2.0 * shape.largest_unit_parameters,
         reference=reference,
         update_activations=update_activations,
-        update_logits=14.0 * response_tokens(update_tokens, settings) * shape.vocab_size,
+        update_logits=(18.0 if settings.entropy_gradient else 14.0) * response_tokens(update_tokens, settings) * shape.vocab_size,
         experience_activations=layer_working_set(experience_tokens, shape),
         experience_logits=10.0 * response_tokens(experience_tokens, settings) * shape.vocab_size,
         rollout_engine=settings.gpu_memory_utilization * settings.gpu_memory_gib * GIB,

@@ -140,11 +140,17 @@ def find_model_shards(local_dir: str) -> ShardLayout:
     return layout
 
 
-def verify_shards(layout: ShardLayout) -> None:
+class UnverifiedCheckpointError(ValueError):
+    """The checkpoint has no manifest to check its files against (see `verify_shards`)."""
+
+
+def verify_shards(layout: ShardLayout, allow_unverified: bool = False) -> None:
     """Checks the model shards (and, before a first merge into it, the huggingface/ metadata)
     against the checkpoint's manifest (CKPT/global_step_N/manifest.json): ValueError naming the
-    file that is missing, truncated or altered. A checkpoint written before manifests existed
-    is merged with a warning that it is unverified."""
+    file that is missing, truncated or altered. Without a manifest (a checkpoint written before
+    manifests existed, or an actor/ folder copied out of its global_step_N) nothing can be
+    checked: UnverifiedCheckpointError saying what went unchecked, unless `allow_unverified`,
+    which merges with a warning saying the same."""
     step_dir = os.path.dirname(layout.local_dir)
     relative = [os.path.relpath(path, step_dir) for path in layout.paths]
     if os.path.isfile(os.path.join(layout.local_dir, LORA_CONFIG_FILE)):  # rank/alpha the fold uses
@@ -157,7 +163,18 @@ def verify_shards(layout: ShardLayout) -> None:
     except ValueError as error:
         raise ValueError(f"cannot verify {layout.local_dir}: {error}") from None
     if not has_manifest:
-        logger.warning("%s has no %s (written before integrity manifests): merging unverified", step_dir, MANIFEST)
+        unchecked = (
+            f"{os.path.join(step_dir, MANIFEST)} does not exist, so the {len(relative)} files to merge "
+            f"({_listing([os.path.basename(rel) for rel in relative])}) were not checked for truncation or "
+            "altered bytes (a checkpoint written before integrity manifests, or an actor/ folder copied without "
+            "its global_step_N/manifest.json)"
+        )
+        if not allow_unverified:
+            raise UnverifiedCheckpointError(
+                f"refusing to merge unverified {layout.local_dir}: {unchecked}; copy the whole global_step_N folder, "
+                "or pass --allow_unverified to merge it anyway"
+            )
+        logger.warning("merging unverified %s (--allow_unverified): %s", layout.local_dir, unchecked)
         return
     problem = verify_manifest(step_dir, only=relative)
     if problem is not None:
@@ -325,7 +342,7 @@ def base_weights(base_model_dir: str, lora_config_path: str) -> dict[str, torch.
 
 def merge_checkpoint(
     local_dir: str, target_dir: str | None = None, dtype: torch.dtype | None = None, adapter_dir: str | None = None,
-    base_model_dir: str | None = None,
+    base_model_dir: str | None = None, allow_unverified: bool = False,
 ) -> MergeResult:
     """Merges `local_dir` (CKPT/global_step_N/actor, or .../critic: a value model, see
     `verl.models.value_head`) into a Hugging Face folder at `target_dir`
@@ -333,12 +350,13 @@ def merge_checkpoint(
     `dtype` is given. Keys are checked strictly against the model the config builds (with the
     run's adapters for a LoRA checkpoint, whose adapters are then folded into the base read from
     `base_model_dir` (default: the base model the checkpoint records); `adapter_dir` additionally
-    receives the adapter alone in PEFT format).
+    receives the adapter alone in PEFT format). A checkpoint without a manifest is refused
+    unless `allow_unverified` (see `verify_shards`).
     """
     start = time.perf_counter()
     local_dir = os.path.abspath(local_dir)
     layout = find_model_shards(local_dir)
-    verify_shards(layout)
+    verify_shards(layout, allow_unverified)
     target_dir = os.path.abspath(target_dir) if target_dir else layout.hf_dir
     _prepare_target(target_dir, local_dir)
 

@@ -20,7 +20,7 @@ from verl.protocol import DataProto
 from verl.algorithms import core_algos
 from verl.algorithms.rollout_correction import rollout_importance_weights
 from verl.workers.config import ActorConfig
-from verl.workers.engine.shared_prefix import block_mask_for, pack_shared_prefix, prompt_group_labels
+from verl.workers.engine.shared_prefix import block_mask_for, pack_shared_prefix, packing_of, prompt_group_labels
 from verl.workers.engine.optim import clip_and_step, count_on_all_ranks, optimizer_for
 from verl.workers.engine.micro_batch import (
     max_across_ranks,
@@ -40,12 +40,14 @@ def forward_response_logits(model: nn.Module, micro_batch: DataProto, groups: np
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     if groups is not None and len(np.unique(groups)) < len(groups):
+        attention = packing_of(model)
         packed = pack_shared_prefix(
-            micro_batch, groups, lambda ids, mask, grid: position_ids_for(model, ids, mask, grid)
+            micro_batch, groups, lambda ids, mask, grid: position_ids_for(model, ids, mask, grid), attention, device
         )
-        packed.inputs["attention_mask"] = block_mask_for(
-            packed.inputs["attention_mask"], model.config._attn_implementation, dtype
-        )
+        if attention == "dense":
+            packed.inputs["attention_mask"] = block_mask_for(
+                packed.inputs["attention_mask"], model.config.get_text_config()._attn_implementation, dtype
+            )
         inputs = {k: v.to(device) for k, v in packed.inputs.items()}
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
@@ -74,19 +76,41 @@ def forward_response_logits(model: nn.Module, micro_batch: DataProto, groups: np
     return output.logits[:, :-1, :].float()
 
 
+ENTROPY_CHUNK_TOKENS = 1024
+"""Tokens per piece of a metric-only entropy: its softmax temporaries stay chunk x vocab."""
+
+
+def entropy_without_gradient(logits: torch.Tensor) -> torch.Tensor:
+    """`entropy_from_logits` for a metric: no autograd graph (a tokens x vocab softmax kept
+    through backward is ~5 GB at 8K tokens with a 152K vocabulary) and computed in pieces of
+    `ENTROPY_CHUNK_TOKENS`, so no full-size temporary sits beside the logits either."""
+    with torch.no_grad():
+        flat = logits.detach().reshape(-1, logits.shape[-1])
+        pieces = [core_algos.entropy_from_logits(chunk) for chunk in flat.split(ENTROPY_CHUNK_TOKENS)]
+        return torch.cat(pieces).view(logits.shape[:-1])
+
+
 def forward_response_log_probs(
-    model: nn.Module, micro_batch: DataProto, temperature: float, with_entropy: bool, groups: np.ndarray | None = None
+    model: nn.Module,
+    micro_batch: DataProto,
+    temperature: float,
+    with_entropy: bool,
+    groups: np.ndarray | None = None,
+    entropy_gradient: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(bs, R) log-probs of `responses` under `model` (logits divided by `temperature`, as the
-    sampler used them), and the per-token entropy when asked. `groups`: see
-    `forward_response_logits`."""
+    sampler used them), and the per-token entropy when asked: differentiable with
+    `entropy_gradient` (an entropy bonus), else a metric (`entropy_without_gradient`).
+    `groups`: see `forward_response_logits`."""
     logits = forward_response_logits(model, micro_batch, groups)
     responses = micro_batch.batch["responses"]
     device = logits.device
     if temperature != 1.0:
         logits = logits / temperature
     log_probs = core_algos.log_probs_from_logits(logits, responses.to(device))
-    entropy = core_algos.entropy_from_logits(logits) if with_entropy else None
+    if not with_entropy:
+        return log_probs, None
+    entropy = core_algos.entropy_from_logits(logits) if entropy_gradient else entropy_without_gradient(logits)
     return log_probs, entropy
 
 
@@ -256,8 +280,11 @@ class PPOActor:
         cfg = self.config
         mask = micro.batch["response_mask"].float()
         on_policy = "old_log_probs" not in micro.batch
-        need_entropy = cfg.entropy_coeff != 0.0 or on_policy
-        log_probs, entropy = forward_response_log_probs(self.model, micro, self.temperature, need_entropy, groups)
+        # The entropy bonus needs its gradient; the on-policy metric does not (`entropy_without_gradient`).
+        entropy_bonus = cfg.entropy_coeff != 0.0
+        log_probs, entropy = forward_response_log_probs(
+            self.model, micro, self.temperature, entropy_bonus or on_policy, groups, entropy_gradient=entropy_bonus
+        )
         mask = mask.to(log_probs.device)
         tokens = float(mask.sum().item())
         sums[TOKENS] += tokens

@@ -53,6 +53,10 @@ class FSDPConfig:
     """Parameter dtype: `auto` = bf16 on GPU, fp32 on CPU; or float32/bfloat16."""
 
 
+PACKING_ATTENTION = ("dense", "flex")
+"""The forms of the shared-prompt block mask (`verl.workers.engine.shared_prefix`)."""
+
+
 @dataclass
 class ModelConfig:
     model_path: str = ""
@@ -69,8 +73,13 @@ class ModelConfig:
     """Training-side forwards (log-probs, update, values) compute the responses of one prompt as
     ONE sequence [prompt | response 1 | ... | response n] with a block attention mask: the prompt
     and its images once per group instead of n times, the same log-probs and gradients
-    (`verl/workers/engine/shared_prefix.py`). Needs sdpa or eager attention; with
-    flash_attention_2 it is off (logged)."""
+    (`verl/workers/engine/shared_prefix.py`)."""
+    packing_attention: str = "auto"
+    """How a packed group attends: `flex` = block-sparse flex_attention (masked tiles cost
+    nothing; GPU only: torch has no flex backward on CPU), `dense` = an (L, L) mask through
+    sdpa/eager (every tile computed), `auto` = flex on GPU, dense on CPU. With flex the vision
+    tower keeps `attn_implementation` (flash-attn included); dense with flash_attention_2 does
+    not pack. The chosen path is printed at start-up and by the dry run."""
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     """LoRA adapters instead of full fine-tuning (rank > 0): only adapters train, the reference
     model is the base with adapters off, rollout engines receive merged weights."""

@@ -5,7 +5,6 @@ the algorithm: every quantity it computes is asked for by the trainer."""
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from collections.abc import Callable
 from datetime import timedelta
@@ -17,7 +16,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy
 
 from verl.models.lora import LORA_CONFIG_FILE, adapters_disabled, is_adapter_name, load_lora_config, save_lora_config
-from verl.models.qwen_vl import resolve_dtype
+from verl.models.qwen_vl import resolve_attn_implementation, resolve_dtype
 from verl.protocol import DataProto
 from verl.single_controller.worker_group import find_free_port
 from verl.utils import checkpoint
@@ -28,13 +27,12 @@ from verl.workers.config import RankSetup, WorkerConfig
 from verl.workers.critic import PPOCritic
 from verl.workers.engine.fsdp import shard_model
 from verl.workers.engine.model import build_policy
-from verl.workers.engine.shared_prefix import supports_shared_prefix
+from verl.workers.engine.optim import apply_configured_lr
+from verl.workers.engine.shared_prefix import plan_attention
 from verl.workers.rollout import make_rollout_engine
 from verl.workers.rollout.base import SamplingConfig
 from verl.workers.rollout.batching import build_rollout_batch, requests_from_batch
 from verl.workers.weight_sync import sync_weights
-
-logger = logging.getLogger(__name__)
 
 
 def _device(wanted: str) -> torch.device:
@@ -70,7 +68,9 @@ class FSDPWorker:
         dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
         self.mesh = init_device_mesh(self.device.type, (self.world_size,))
 
-    def init_model(self) -> None:
+    def init_model(self) -> str:
+        """Builds the actor (and reference, critic, rollout engine); returns the attention
+        plan's one-line reason, which the trainer prints."""
         cfg = self.config
         torch.manual_seed(self.setup.seed)
         model_cfg = cfg.actor.model
@@ -78,10 +78,16 @@ class FSDPWorker:
         # fp32 master weights; compute in bf16 on GPU through FSDP mixed precision.
         mp_policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
         actor_fsdp = cfg.actor.fsdp
+        # Actor, reference and critic attend alike: packed (and how) or one row each.
+        self.attention = plan_attention(
+            resolve_attn_implementation(model_cfg.attn_implementation, self.device),
+            model_cfg.share_prompt_prefix, model_cfg.packing_attention, self.device.type,
+        )
+        self.share_prefix = self.attention.packing is not None
         actor_model = build_policy(
             model_cfg.model_path,
             self.device,
-            model_cfg.attn_implementation,
+            self.attention.model_attention,
             gradient_checkpointing=model_cfg.enable_gradient_checkpointing,
             freeze_vision_tower=model_cfg.freeze_vision_tower,  # the merger (projector) stays trainable
             move_to_device=not actor_fsdp.param_offload,
@@ -90,15 +96,6 @@ class FSDPWorker:
         )
         self.actor_module = shard_model(actor_model, self.mesh, mp_policy, actor_fsdp.param_offload)
         actor_cfg = cfg.actor
-        # Rows of one prompt computed as one packed sequence where the attention takes its mask.
-        self.share_prefix = model_cfg.share_prompt_prefix and supports_shared_prefix(
-            actor_model.config._attn_implementation
-        )
-        if model_cfg.share_prompt_prefix and not self.share_prefix and self.rank == 0:
-            logger.info(
-                "shared-prompt packing is off: %s attention takes no block mask (sdpa/eager do)",
-                actor_model.config._attn_implementation,
-            )
         self.actor = PPOActor(
             self.actor_module,
             actor_cfg,
@@ -116,7 +113,7 @@ class FSDPWorker:
         if self.setup.with_reference and not model_cfg.lora.enabled:
             ref_dtype = resolve_dtype(cfg.ref.fsdp.torch_dtype, self.device)
             ref_model = build_policy(
-                model_cfg.model_path, self.device, model_cfg.attn_implementation, dtype=ref_dtype, trainable=False,
+                model_cfg.model_path, self.device, self.attention.model_attention, dtype=ref_dtype, trainable=False,
                 move_to_device=not cfg.ref.fsdp.param_offload,
             )
             self.ref_module = shard_model(
@@ -124,6 +121,7 @@ class FSDPWorker:
             )
         self.critic = self._build_critic() if self.setup.with_critic else None
         self.rollout = make_rollout_engine(cfg.rollout.name, model_cfg.model_path, **self._engine_kwargs())
+        return self.attention.reason
 
     def _build_critic(self) -> PPOCritic:
         """GAE's value model: the actor's model family with a value head, its own FSDP shards,
@@ -132,7 +130,7 @@ class FSDPWorker:
         model_cfg = cfg.actor.model
         dtype = resolve_dtype(critic_cfg.fsdp.torch_dtype, self.device)
         model = build_policy(
-            critic_cfg.model_path or model_cfg.model_path, self.device, model_cfg.attn_implementation,
+            critic_cfg.model_path or model_cfg.model_path, self.device, self.attention.model_attention,
             gradient_checkpointing=model_cfg.enable_gradient_checkpointing,
             move_to_device=not critic_cfg.fsdp.param_offload, value_model=True,
         )
@@ -260,36 +258,38 @@ class FSDPWorker:
     def save_checkpoint(self, step_dir: str, hf_source_dir: str) -> dict[str, dict]:
         """Writes this rank's files; returns their sizes and SHA-256 for the manifest (each rank
         hashes its own files while they are in the page cache, all ranks at once)."""
-        actor_dir = os.path.join(step_dir, "actor")
-        checkpoint.save_rank_state(
-            actor_dir,
-            self.world_size,
-            self.rank,
-            self.actor_module,
-            self.actor.optimizer,
-            {"scheduler": self.actor.scheduler.state_dict(), "optimizer_steps": self.actor.optimizer_steps},
-            keep=self._saved_actor_weights,
-        )
-        written = [f"actor/{checkpoint.shard_file(kind, self.world_size, self.rank)}" for kind in checkpoint.RANK_FILES]
-        if self.rank == 0:
-            hf_dir = os.path.join(actor_dir, "huggingface")
-            checkpoint.save_hf_metadata(hf_source_dir, hf_dir)
-            written += [f"actor/huggingface/{name}" for name in sorted(os.listdir(hf_dir))]
-            if self.config.actor.model.lora.enabled:  # the merger folds adapters into the base with it
-                model_cfg = self.config.actor.model
-                save_lora_config(actor_dir, model_cfg.lora, model_cfg.model_path)
-                written.append(f"actor/{LORA_CONFIG_FILE}")
-        if self.critic is not None:
-            critic_dir = os.path.join(step_dir, "critic")
+        # A failed write (disk full, no permission) names the file and the OS cause, whichever file it was.
+        with checkpoint.naming_write_errors(step_dir):
+            actor_dir = os.path.join(step_dir, "actor")
             checkpoint.save_rank_state(
-                critic_dir, self.world_size, self.rank, self.critic_module, self.critic.optimizer,
-                {"scheduler": self.critic.scheduler.state_dict(), "optimizer_steps": self.critic.optimizer_steps},
+                actor_dir,
+                self.world_size,
+                self.rank,
+                self.actor_module,
+                self.actor.optimizer,
+                {"scheduler": self.actor.scheduler.state_dict(), "optimizer_steps": self.actor.optimizer_steps},
+                keep=self._saved_actor_weights,
             )
-            written += [f"critic/{checkpoint.shard_file(kind, self.world_size, self.rank)}" for kind in checkpoint.RANK_FILES]
-            if self.rank == 0:  # the merger rebuilds a value model from these
-                critic_source = self.config.critic.model_path or hf_source_dir
-                checkpoint.save_hf_metadata(critic_source, os.path.join(critic_dir, "huggingface"))
-                mark_value_checkpoint(critic_dir)
+            written = [f"actor/{checkpoint.shard_file(kind, self.world_size, self.rank)}" for kind in checkpoint.RANK_FILES]
+            if self.rank == 0:
+                hf_dir = os.path.join(actor_dir, "huggingface")
+                checkpoint.save_hf_metadata(hf_source_dir, hf_dir)
+                written += [f"actor/huggingface/{name}" for name in sorted(os.listdir(hf_dir))]
+                if self.config.actor.model.lora.enabled:  # the merger folds adapters into the base with it
+                    model_cfg = self.config.actor.model
+                    save_lora_config(actor_dir, model_cfg.lora, model_cfg.model_path)
+                    written.append(f"actor/{LORA_CONFIG_FILE}")
+            if self.critic is not None:
+                critic_dir = os.path.join(step_dir, "critic")
+                checkpoint.save_rank_state(
+                    critic_dir, self.world_size, self.rank, self.critic_module, self.critic.optimizer,
+                    {"scheduler": self.critic.scheduler.state_dict(), "optimizer_steps": self.critic.optimizer_steps},
+                )
+                written += [f"critic/{checkpoint.shard_file(kind, self.world_size, self.rank)}" for kind in checkpoint.RANK_FILES]
+                if self.rank == 0:  # the merger rebuilds a value model from these
+                    critic_source = self.config.critic.model_path or hf_source_dir
+                    checkpoint.save_hf_metadata(critic_source, os.path.join(critic_dir, "huggingface"))
+                    mark_value_checkpoint(critic_dir)
         digests = digest_files(step_dir, written)
         dist.barrier()
         return digests
@@ -316,6 +316,7 @@ class FSDPWorker:
             keep=self._saved_actor_weights,
         )
         self.actor.scheduler.load_state_dict(extra["scheduler"])
+        apply_configured_lr(self.actor.optimizer, self.actor.scheduler, self.config.actor.optim.lr)
         self.actor.optimizer_steps = extra["optimizer_steps"]
         if self.critic is not None:
             critic_dir = os.path.join(step_dir, "critic")
@@ -327,5 +328,6 @@ class FSDPWorker:
                 critic_dir, self.world_size, self.rank, self.critic_module, self.critic.optimizer
             )
             self.critic.scheduler.load_state_dict(extra["scheduler"])
+            apply_configured_lr(self.critic.optimizer, self.critic.scheduler, self.config.critic.optim.lr)
             self.critic.optimizer_steps = extra["optimizer_steps"]
         self.sync_rollout_weights()

@@ -7,7 +7,7 @@ weights back before they return.
 import pytest
 import torch
 from PIL import Image, ImageDraw
-from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer, GenerationConfig
 
 from verl.data.vision import resize_image
 from verl.utils.tiny_model import TinyModelSpec
@@ -326,3 +326,35 @@ def test_vllm_multimodal_caches_hold_one_step_and_are_emptied_by_each_sync(vllm_
         assert len(processor_cache) == 4 and len(encoder_cache.cached) == 4, step
         vllm_engine.load_weights(iter(original_weights))
         assert len(processor_cache) == 0 and len(encoder_cache.cached) == 0, step
+
+
+def test_hf_samples_from_one_shared_prefill_equal_generate_with_num_return_sequences(hf_engine, requests_):
+    """The HF engine computes each prompt (and image) once for its n samples; the samples and
+    log-probs are those of transformers' own `num_return_sequences` (which prefills n copies)."""
+    sampling = SamplingConfig(n=3, max_tokens=12, min_tokens=12, seed=7)
+    vision_calls, prompt_tokens = [], []
+    model = hf_engine.model
+    hooks = [
+        model.model.visual.register_forward_hook(lambda module, args, output: vision_calls.append(args[0].shape[0])),
+        model.register_forward_pre_hook(
+            lambda module, args, kwargs: prompt_tokens.append(kwargs["input_ids"].numel()), with_kwargs=True
+        ),
+    ]
+    try:
+        shared = hf_engine.generate(requests_, sampling)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    inputs = hf_engine._model_inputs(requests_)
+    with torch.random.fork_rng(), torch.no_grad():
+        torch.manual_seed(sampling.seed)
+        reference = model.generate(**inputs, generation_config=GenerationConfig(
+            do_sample=True, temperature=1.0, top_p=1.0, top_k=0, num_return_sequences=3, max_new_tokens=12,
+            min_new_tokens=12, eos_token_id=list(hf_engine.token_ids.stop), pad_token_id=hf_engine.token_ids.pad,
+            bad_words_ids=[[token] for token in hf_engine.token_ids.forbidden],
+        ))
+    expected = reference[:, inputs["input_ids"].shape[1] :].tolist()
+    assert [output.token_ids for outputs in shared for output in outputs] == expected
+    # One vision pass over each image once (not n copies), and one prefill of the prompts.
+    assert vision_calls == [inputs["pixel_values"].shape[0]]
+    assert prompt_tokens[0] == inputs["input_ids"].numel() - len(requests_)

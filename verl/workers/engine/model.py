@@ -22,7 +22,7 @@ def freeze_vision(model: nn.Module, vision_tower: bool, projector: bool) -> None
 def build_policy(
     model_path: str,
     device: torch.device,
-    attn_implementation: str = "auto",
+    attn_implementation: str | dict[str, str] = "auto",
     gradient_checkpointing: bool = False,
     freeze_vision_tower: bool = False,
     freeze_multi_modal_projector: bool = False,
@@ -39,8 +39,10 @@ def build_policy(
     adapters train (`apply_lora`; `lora_key` names the config in errors). Moved to `device` unless
     `move_to_device` is False (FSDP parameter offload streams it there itself). `value_model`:
     a critic (`verl.models.value_head`): a merged value model as saved, or a language model
-    with a fresh value head."""
-    attn_implementation = resolve_attn_implementation(attn_implementation, device)
+    with a fresh value head. `attn_implementation`: a name (`auto` resolved for `device`) or a
+    per-sub-model dict (`verl.workers.engine.shared_prefix.AttentionPlan`)."""
+    if isinstance(attn_implementation, str):
+        attn_implementation = resolve_attn_implementation(attn_implementation, device)
     if value_model and is_value_checkpoint(model_path):
         model = load_value_model(model_path, dtype, attn_implementation)
     else:

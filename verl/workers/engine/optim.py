@@ -50,6 +50,19 @@ def build_optimizer(
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
+def apply_configured_lr(
+    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR, lr: float
+) -> None:
+    """Loading a checkpoint's optimizer and scheduler state also loads the peak lr it was saved
+    with, so a resume with a new `optim.lr` would silently keep the old one; this puts the
+    configured peak back, at the schedule's saved point."""
+    scheduler.base_lrs = [lr for _ in optimizer.param_groups]
+    for group, multiplier in zip(optimizer.param_groups, scheduler.lr_lambdas):
+        group["initial_lr"] = lr
+        group["lr"] = lr * multiplier(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
 def optimizer_for(
     model: nn.Module, optim, total_steps: int
 ) -> tuple[list[nn.Parameter], torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:

@@ -15,9 +15,14 @@ activations receive the sum of the k responses' gradients, which is what k separ
 have accumulated into the shared weights). Cost per group: P + k x R tokens instead of
 k x (P + R), one vision-tower pass instead of k.
 
-The block mask is a dense (groups, 1, L, L) boolean tensor, which sdpa and eager attention take;
-flash-attention-2 takes no custom mask, so this path is only used with sdpa/eager (see
-`supports_shared_prefix`).
+Two forms of the same block mask (`PACKING_ATTENTION`), one definition of who sees whom
+(`allowed_keys`):
+- `dense`: a (groups, 1, L, L) boolean tensor for sdpa or eager attention. Every masked-out
+  block is still computed (at prompt 600 + 8 x 1024, ~3.7x the attention work of the unpacked
+  rows) and the mask costs L^2 bytes per group. The CPU path, and the reference.
+- `flex`: a `BlockMask` for torch's flex_attention (`verl.models.block_sparse_attention`):
+  tiles no query may see are skipped, so a group costs what its allowed pairs cost, and the mask
+  is kept per 128 x 128 tile. The GPU path; forward only on CPU (no backward there).
 """
 
 from __future__ import annotations
@@ -27,25 +32,88 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from torch.nn.attention.flex_attention import BlockMask
+
+from verl.models.block_sparse_attention import FLEX_OR_SDPA, text_attention_implementation
 from verl.models.qwen_vl import merge_multi_modal_inputs
 from verl.protocol import DataProto
+from verl.workers.config import PACKING_ATTENTION
 
-SHARED_PREFIX_ATTENTION = ("sdpa", "eager")
+FLEX_BLOCK_SIZE = 128  # flex_attention's tile (its default); the mask is summarised per tile
 
 
-def supports_shared_prefix(attn_implementation: str) -> bool:
-    """Whether an attention implementation takes the dense block mask this packing needs."""
-    return attn_implementation in SHARED_PREFIX_ATTENTION
+def allowed_keys(query: torch.Tensor, key: torch.Tensor, segment: torch.Tensor, real_keys: torch.Tensor) -> torch.Tensor:
+    """Whether `query` may attend to `key` (broadcasting index tensors) in a packed sequence:
+    causal, to real keys only, and a response (segment j >= 0) only to the prompt (segment -1)
+    and its own slot. A query always sees itself, so padding queries have no empty row.
+    `segment` (L,) per position; `real_keys` the real-token flags at `key` (already indexed)."""
+    key_segment = segment[key]
+    same_block = (key_segment == -1) | (key_segment == segment[query])
+    return ((key <= query) & same_block & real_keys) | (key == query)
+
+
+@dataclass(frozen=True)
+class AttentionPlan:
+    """How the training-side forwards (log-probs, update, values) attend, decided once per run
+    and printed at start-up and by the dry run.
+
+    model_attention: `from_pretrained`'s `attn_implementation` for the actor, reference and critic.
+    packing: the packed mask's form (`PACKING_ATTENTION`), None when rows are not packed.
+    reason: one line saying which path runs and why.
+    """
+
+    model_attention: str | dict[str, str]
+    packing: str | None
+    reason: str
+
+
+def plan_attention(attn_implementation: str, share_prompt_prefix: bool, packing_attention: str, device_type: str) -> AttentionPlan:
+    """The `AttentionPlan` of a model config (`attn_implementation` already resolved: sdpa,
+    eager or flash_attention_2) on `device_type`. `packing_attention` `auto` is `flex` on CUDA
+    (block-sparse; installing flash-attn keeps packing on: the vision tower runs flash, the
+    language model flex) and `dense` on CPU, where flex has no backward."""
+    if not share_prompt_prefix:
+        return AttentionPlan(attn_implementation, None, f"rows unpacked ({attn_implementation}): share_prompt_prefix=false")
+    choice = packing_attention
+    if choice == "auto":
+        choice = "flex" if device_type == "cuda" else "dense"
+    if choice not in PACKING_ATTENTION:
+        raise ValueError(f"packing_attention must be auto or one of {PACKING_ATTENTION}, not {packing_attention!r}")
+    if choice == "flex":
+        if device_type != "cuda":
+            raise ValueError(
+                f"packing_attention=flex: torch {torch.__version__} has no flex_attention backward on {device_type}; "
+                "use packing_attention=dense (or auto) there"
+            )
+        return AttentionPlan(
+            text_attention_implementation(attn_implementation), "flex",
+            f"shared-prompt packing, block-sparse (flex_attention BlockMask; vision tower {attn_implementation})",
+        )
+    if attn_implementation not in ("sdpa", "eager"):
+        return AttentionPlan(
+            attn_implementation, None,
+            f"rows unpacked ({attn_implementation}): the dense packing mask needs sdpa or eager attention; "
+            "packing_attention=flex packs with any vision attention",
+        )
+    return AttentionPlan(
+        attn_implementation, "dense", f"shared-prompt packing, dense (G, 1, L, L) mask through {attn_implementation}"
+    )
+
+
+def packing_of(model) -> str:
+    """The packed mask's form a loaded model takes: `flex` when its language model runs
+    `FLEX_OR_SDPA`, else `dense`."""
+    return "flex" if model.config.get_text_config()._attn_implementation == FLEX_OR_SDPA else "dense"
 
 
 def block_mask_for(mask: torch.Tensor, attn_implementation: str, dtype: torch.dtype) -> torch.Tensor:
-    """The boolean block mask (True = attend) in the form the attention takes: sdpa a boolean
-    mask, eager an additive one (0 where allowed, the dtype's minimum elsewhere)."""
+    """The dense boolean block mask (True = attend) in the form the attention takes: sdpa a
+    boolean mask, eager an additive one (0 where allowed, the dtype's minimum elsewhere)."""
     if attn_implementation == "sdpa":
         return mask
     if attn_implementation == "eager":
         return torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
-    raise ValueError(f"shared-prompt packing needs sdpa or eager attention, not {attn_implementation!r}")
+    raise ValueError(f"dense shared-prompt packing needs sdpa or eager attention, not {attn_implementation!r}")
 
 
 def _same_images(a: dict | None, b: dict | None) -> bool:
@@ -86,7 +154,7 @@ def prompt_group_labels(data: DataProto) -> np.ndarray:
 class SharedPrefixBatch:
     """Model inputs of the packed sequences and how to read each row's logits back.
 
-    inputs: `input_ids` (G, L), `attention_mask` (G, 1, L, L) bool, `position_ids` (3, G, L),
+    inputs: `input_ids` (G, L), `attention_mask` (G, 1, L, L) bool or a `BlockMask`, `position_ids` (3, G, L),
         `logits_to_keep` (K*R,) sequence indices, and the images of each group once.
     sequence: (bs,) the packed sequence of each row; kept_index: (bs, R) for each row and
         response token t, the index (into the kept positions) of the position predicting it.
@@ -101,15 +169,22 @@ class SharedPrefixBatch:
         return kept[self.sequence[:, None], self.kept_index]
 
 
-def pack_shared_prefix(micro: DataProto, labels: np.ndarray, position_ids_fn) -> SharedPrefixBatch:
+def pack_shared_prefix(
+    micro: DataProto,
+    labels: np.ndarray,
+    position_ids_fn,
+    attention: str = "dense",
+    device: torch.device | str = "cpu",
+) -> SharedPrefixBatch:
     """Packs the rows of `micro` (trimmed: left-padded prompts of width P, right-padded responses
     of width R) by prompt `labels` into sequences of width L = P + K x R, K the largest group.
+    `attention`: the mask's form (`PACKING_ATTENTION`); a `flex` BlockMask is built on `device`.
 
     `position_ids_fn(prompt_ids, prompt_mask, image_grid_thw) -> (3, G, P)` gives the prompts'
     mrope ids; response token t of every slot gets the prompt's largest position + 1 + t, as
     the model's own rope index gives the text that follows the last image."""
     input_ids = micro.batch["input_ids"]
-    attention = micro.batch["attention_mask"]
+    row_mask = micro.batch["attention_mask"]
     response_width = micro.batch["responses"].shape[1]
     prompt_width = input_ids.shape[1] - response_width
     groups = [np.flatnonzero(labels == label) for label in dict.fromkeys(labels.tolist())]
@@ -125,19 +200,20 @@ def pack_shared_prefix(micro: DataProto, labels: np.ndarray, position_ids_fn) ->
     for g, rows in enumerate(groups):
         first = int(rows[0])
         packed_ids[g, :prompt_width] = input_ids[first, :prompt_width]
-        real[g, :prompt_width] = attention[first, :prompt_width].bool()
+        real[g, :prompt_width] = row_mask[first, :prompt_width].bool()
         for slot, row in enumerate(rows.tolist()):
             start = prompt_width + slot * response_width
             packed_ids[g, start : start + response_width] = input_ids[row, prompt_width:]
-            real[g, start : start + response_width] = attention[row, prompt_width:].bool()
+            real[g, start : start + response_width] = row_mask[row, prompt_width:].bool()
             sequence[row], slot_of_row[row] = g, slot
 
-    # Causal, real keys only, and a response attends to the prompt and its own slot.
-    query, key = torch.arange(length)[:, None], torch.arange(length)[None, :]
-    same_block = (segment[None, :] == -1) | (segment[None, :] == segment[:, None])
-    allowed = (key <= query) & same_block
-    mask = allowed[None] & real[:, None, :]
-    mask |= torch.eye(length, dtype=torch.bool)[None]  # padding queries attend to themselves (no empty rows)
+    if attention == "dense":
+        query, key = torch.arange(length)[:, None], torch.arange(length)[None, :]
+        mask = allowed_keys(query[None], key[None], segment, real[:, None, :])[:, None]
+    elif attention == "flex":
+        mask = flex_block_mask(segment, real, device)
+    else:
+        raise ValueError(f"packing attention must be one of {PACKING_ATTENTION}, not {attention!r}")
 
     images = micro.non_tensor_batch.get("multi_modal_inputs")
     # Each group's images once, merged as for any batch.
@@ -156,9 +232,55 @@ def pack_shared_prefix(micro: DataProto, labels: np.ndarray, position_ids_fn) ->
     kept_index = torch.where(token == 0, torch.zeros_like(token), slot_of_row[:, None] * response_width + token)
     inputs = {
         "input_ids": packed_ids,
-        "attention_mask": mask[:, None],
+        "attention_mask": mask,
         "position_ids": position_ids,
         "logits_to_keep": torch.arange(prompt_width - 1, length - 1),
         **multi_modal,
     }
     return SharedPrefixBatch(inputs=inputs, sequence=sequence, kept_index=kept_index)
+
+
+def flex_block_mask(segment: torch.Tensor, real: torch.Tensor, device: torch.device | str = "cpu") -> BlockMask:
+    """The `allowed_keys` mask of G packed sequences (`real` (G, L)) as a flex `BlockMask`.
+
+    Built tile by tile (one row of `FLEX_BLOCK_SIZE` queries at a time, so memory is G x 128 x L
+    booleans, never G x L x L): a key tile no query of the row may see is dropped, a tile every
+    query sees entirely is `full` (no mask evaluated), the rest are `partial` and evaluate
+    `allowed_keys` per element inside the kernel."""
+    groups, length = real.shape
+    size = FLEX_BLOCK_SIZE
+    tiles = -(-length // size)
+    padded = tiles * size
+    any_allowed = torch.zeros(groups, tiles, tiles, dtype=torch.bool)
+    all_allowed = torch.zeros(groups, tiles, tiles, dtype=torch.bool)
+    key = torch.arange(padded)
+    key_in_range = key < length
+    padded_segment = torch.cat([segment, segment.new_full((padded - length,), -2)])
+    padded_real = torch.cat([real, real.new_zeros(groups, padded - length)], dim=1)
+    for tile in range(tiles):
+        query = torch.arange(tile * size, min(length, (tile + 1) * size))
+        allowed = allowed_keys(query[None, :, None], key[None, None, :], padded_segment, padded_real[:, None, :])
+        allowed &= key_in_range
+        per_tile = allowed.view(groups, len(query), tiles, size)
+        any_allowed[:, tile] = per_tile.any(dim=3).any(dim=1)
+        # A tile is full only when it is a whole 128 x 128 tile inside the sequence.
+        all_allowed[:, tile] = per_tile.all(dim=3).all(dim=1) & (len(query) == size)
+    all_allowed[:, :, -1] &= length == padded
+    partial = any_allowed & ~all_allowed
+
+    def indices(selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Selected tiles first (stable), as (G, 1, tiles) counts and (G, 1, tiles, tiles) indices.
+        order = torch.argsort((~selected).to(torch.int8), dim=-1, stable=True)
+        return selected.sum(-1, dtype=torch.int32)[:, None].to(device), order.to(torch.int32)[:, None].to(device)
+
+    segment_on_device, real_on_device = segment.to(device), real.to(device)
+
+    def mask_mod(batch, head, query, key):
+        return allowed_keys(query, key, segment_on_device, real_on_device[batch, key])
+
+    kv_num_blocks, kv_indices = indices(partial)
+    full_kv_num_blocks, full_kv_indices = indices(all_allowed)
+    return BlockMask.from_kv_blocks(
+        kv_num_blocks, kv_indices, full_kv_num_blocks, full_kv_indices, BLOCK_SIZE=size, mask_mod=mask_mod,
+        seq_lengths=(length, length),
+    )
