@@ -110,27 +110,30 @@ def _cli_argv(prefix: str) -> list[str]:
     return shlex.split(next(c for c in COMMANDS if c.startswith(prefix)))
 
 
-def _main_error(monkeypatch, tmp_path, extra: list[str]) -> str:
+def _main_error(monkeypatch, tmp_path, capsys, extra: list[str], code: int = 1) -> str:
+    """The one-line error the CLI example ends with (exit code `code`: 2 for a config error); its
+    traceback is in the log file."""
     from verl.trainer.main import main
 
     monkeypatch.chdir(_fresh_checkout(tmp_path))
     argv = _cli_argv("python3 -m verl.trainer.main")[3:] + extra
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
-    message = str(exit_info.value.code)
-    assert "\n" not in message
+    assert exit_info.value.code == code
+    pointer, message = capsys.readouterr().err.splitlines()
+    assert pointer.startswith("(traceback of this error: ") and "Traceback" not in message
     return message
 
 
-def test_readme_cli_example_on_a_fresh_checkout_says_to_build_the_tiny_model(monkeypatch, tmp_path):
-    assert _main_error(monkeypatch, tmp_path, []) == (
+def test_readme_cli_example_on_a_fresh_checkout_says_to_build_the_tiny_model(monkeypatch, tmp_path, capsys):
+    assert _main_error(monkeypatch, tmp_path, capsys, []) == (
         "error: worker.actor.model.model_path=models/tiny_qwen25vl: no such model folder: build it with "
         "`python3 scripts/make_tiny_model.py --out models/tiny_qwen25vl` (a few seconds)"
     )
 
 
-def test_readme_cli_example_without_data_says_to_build_it(monkeypatch, tmp_path, tiny_model_dir):
-    message = _main_error(monkeypatch, tmp_path, [f"worker.actor.model.model_path={tiny_model_dir}"])
+def test_readme_cli_example_without_data_says_to_build_it(monkeypatch, tmp_path, capsys, tiny_model_dir):
+    message = _main_error(monkeypatch, tmp_path, capsys, [f"worker.actor.model.model_path={tiny_model_dir}"], code=2)
     assert message.startswith("error: data file not found: data/tiny_shapes/train.parquet")
     assert "python3 scripts/make_synthetic_dataset.py --out data/tiny_shapes" in message
 

@@ -8,6 +8,7 @@ from transformers import AutoTokenizer
 
 from verl.eval.judges import EngineJudge, LazyJudge
 from verl.eval.score import ResponseRecord, judge_answers
+from verl.trainer.perception_judge import JudgeFailedError
 from verl.workers.rollout import GenerationOutput, RolloutEngine
 
 
@@ -40,10 +41,19 @@ def test_verdicts_parsed_and_engine_failures_are_errors(tiny_model_dir):
     replies = ["<judgment>correct</judgment>", "<judgment>incorrect</judgment>", "no verdict here", None]
     # The batch call fails (the 4th prompt raises), then each prompt is retried alone.
     engine = ScriptedEngine(tokenizer, replies[:3] + [None] + replies)
-    judge = EngineJudge(engine, tokenizer, max_tokens=16)
+    judge = EngineJudge(engine, tokenizer, max_tokens=16, max_error_rate=0.25)
     verdicts = judge_answers(judge, _records(4), [0, 1, 2, 3])
     assert verdicts == {0: "correct", 1: "incorrect", 2: "error", 3: "error"}
     assert engine.calls == [4, 1, 1, 1, 1]
+
+
+def test_engine_failures_past_the_allowed_share_stop_the_batch_naming_the_judge(tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    engine = ScriptedEngine(tokenizer, [None] + [None, "a", None])  # the batch fails, then 2 of 3 alone
+    judge = EngineJudge(engine, tokenizer, max_tokens=16, name="local:/models/judge")
+    with pytest.raises(JudgeFailedError, match=r"judge local:/models/judge failed on 2 of 3 requests .*"
+                                               r"judge_max_error_rate=0.1.*first error: RuntimeError: engine failure"):
+        judge.reanswer(["x", "y", "z"], 1)
 
 
 def test_lazy_judge_builds_on_first_request(tiny_model_dir):

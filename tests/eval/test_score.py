@@ -168,7 +168,7 @@ def test_judge_errors_count_as_errors_and_retries_are_bounded(records_path, chat
         start = time.monotonic()
         summary = main([
             "--input", records_path, "--judge", "openai", "--judge_base_url", server.base_url,
-            "--judge_model", "judge-m", "--judge_max_retries", "1",
+            "--judge_model", "judge-m", "--judge_max_retries", "1", "--judge_max_error_rate", "1",
         ])
         elapsed = time.monotonic() - start
 

@@ -95,14 +95,20 @@ def test_sigterm_while_a_reward_function_hangs_stops_the_run_and_its_ray_cluster
     tiny_model_dir, synthetic_data_dir, tmp_path
 ):
     """SIGTERM (a scheduler's pre-emption, `kill`) used to end the driver at once, leaving Ray's
-    raylet, GCS and agents running; now it unwinds like Ctrl-C and stops the cluster it started."""
+    raylet, GCS and agents running; now it unwinds like Ctrl-C, stops the cluster it started and
+    the reward process, and says so in one line with exit code 143. The reward function is stuck
+    in a C call under a bare `except:`, which nothing raised inside its process could stop."""
     marker = tmp_path / "reward_called"
     reward_file = tmp_path / "stuck_reward.py"
     reward_file.write_text(
-        "import pathlib, time\n\n"
+        "import ctypes, pathlib\n\n"
         "def stuck(reward_inputs):\n"
         f"    pathlib.Path({str(marker)!r}).touch()\n"
-        "    time.sleep(3600)\n"
+        "    while True:\n"
+        "        try:\n"
+        "            ctypes.CDLL(None).sleep(3600)\n"
+        "        except:  # noqa: E722\n"
+        "            pass\n"
     )
     driver, lines, reader = start_driver(
         tiny_model_dir, synthetic_data_dir, tmp_path, f"reward.reward_function={reward_file}:stuck"
@@ -114,6 +120,7 @@ def test_sigterm_while_a_reward_function_hangs_stops_the_run_and_its_ray_cluster
             time.sleep(0.2)
         tree = psutil.Process(driver.pid).children(recursive=True)
         assert any(_rank_of(p) is not None for p in tree) and len(tree) > 2
+        lines_before = len(lines)
         driver.send_signal(signal.SIGTERM)
         returncode = driver.wait(timeout=60)
     finally:
@@ -121,4 +128,7 @@ def test_sigterm_while_a_reward_function_hangs_stops_the_run_and_its_ray_cluster
             os.killpg(driver.pid, signal.SIGKILL)
     reader.join(timeout=10)
     assert returncode == 128 + signal.SIGTERM, "".join(lines)[-4000:]
-    assert_all_gone(tree)
+    # The one line comes last; before it only the progress bar, which redraws itself as it closes.
+    after = [line for line in lines[lines_before:] if line.strip()]
+    assert after[-1].startswith("stopped by SIGTERM") and all(line.startswith("GRPO:") for line in after[:-1]), after
+    assert_all_gone(tree)  # the reward process included

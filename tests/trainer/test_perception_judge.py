@@ -1,4 +1,5 @@
-"""The external judge's time limits against a real local server that stalls mid-response."""
+"""The external judge's time limits against a real local server that stalls mid-response, and its
+failure share (judge_max_error_rate) against the real local ChatServer of tests/conftest.py."""
 
 import threading
 import time
@@ -6,7 +7,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from verl.trainer.perception_judge import JudgeTimeoutError, OpenAIJudge
+from verl.trainer.config import ConfigError, PPOConfig, SelfRewardConfig
+from verl.trainer.perception_judge import JudgeFailedError, JudgeTimeoutError, OpenAIJudge, make_judge
 
 
 class StallingServer:
@@ -51,7 +53,9 @@ def stalling_server():
 
 @pytest.mark.timeout(30)
 def test_a_reply_stalled_mid_body_fails_the_request_after_its_timeout(stalling_server):
-    judge = OpenAIJudge(stalling_server.base_url, "m", None, timeout_s=0.5, max_retries=1, max_workers=2)
+    judge = OpenAIJudge(
+        stalling_server.base_url, "m", None, timeout_s=0.5, max_retries=1, max_workers=2, max_error_rate=1.0
+    )
     start = time.monotonic()
     answers = judge.reanswer(["a", "b"], 1)
     elapsed = time.monotonic() - start
@@ -74,3 +78,48 @@ def test_a_batch_past_the_total_limit_raises_naming_the_server(stalling_server):
     assert stalling_server.base_url in str(raised.value)
     assert "0 of 3" in str(raised.value) and "judge_total_timeout_s" in str(raised.value)
     assert elapsed < 3  # the per-request limit (5 s) and retries are cut by the batch limit
+
+
+def _fail_prompts_containing(marker: str):
+    """A reply function for ChatServer: HTTP 500 for prompts containing `marker`, an answer otherwise."""
+    def reply(body):
+        prompt = body["messages"][0]["content"]
+        return (500, f"cannot answer {prompt}") if marker in prompt else (200, "\\boxed{red}")
+    return reply
+
+
+def _judge(base_url: str, max_error_rate: float) -> OpenAIJudge:
+    config = SelfRewardConfig(
+        judge="openai", judge_base_url=base_url, judge_model="m", judge_max_retries=0, judge_max_workers=4,
+        judge_max_error_rate=max_error_rate,
+    )
+    return make_judge(config)
+
+
+def test_failures_up_to_the_allowed_share_are_scored_as_errors_and_past_it_stop_the_batch(chat_server):
+    prompts = [f"question {i}" + (" FAIL" if i in (3, 7) else "") for i in range(10)]
+    with chat_server(_fail_prompts_containing("FAIL")) as server:
+        # 2 of 10 failed: within 20%, each failure is None (scored as a wrong re-answer).
+        answers = _judge(server.base_url, 0.2).reanswer(prompts, 1)
+        assert [i for i, answer in enumerate(answers) if answer is None] == [3, 7]
+        # Past the default 10%: the batch raises naming the endpoint and the first failure.
+        with pytest.raises(JudgeFailedError) as raised:
+            _judge(server.base_url, SelfRewardConfig().judge_max_error_rate).reanswer(prompts, 1)
+    message = str(raised.value)
+    assert f"judge {server.base_url}/chat/completions failed on 2 of 10 requests" in message
+    assert "judge_max_error_rate=0.1" in message
+    assert "first error: HTTPError: 500 Server Error" in message
+
+
+def test_an_unreachable_judge_stops_the_batch_naming_the_endpoint(chat_server):
+    with chat_server(_fail_prompts_containing("never")) as server:
+        base_url = server.base_url
+    # The server is shut down: every request is refused.
+    with pytest.raises(JudgeFailedError, match=rf"judge {base_url}/chat/completions failed on 3 of 3 requests.*"
+                                               r"first error: ConnectionError"):
+        _judge(base_url, 0.1).reanswer(["a", "b", "c"], 1)
+
+
+def test_judge_max_error_rate_is_checked_like_its_neighbours():
+    with pytest.raises(ConfigError, match=r"self_reward.judge_max_error_rate=1.5"):
+        PPOConfig(self_reward=SelfRewardConfig(judge_max_error_rate=1.5)).validate()

@@ -73,16 +73,18 @@ def test_pad_rows_aligns_two_passes():
     assert padded.batch["advantages"].tolist() == [[1.0, 0.0, 0.0]]
 
 
-def _stage_with_judge(tiny_model_dir, base_url, max_retries):
+def _stage_with_judge(tiny_model_dir, base_url, max_retries, max_error_rate=0.1):
     from transformers import AutoTokenizer
 
     from verl.trainer.config import SelfRewardConfig
-    from verl.trainer.perception_judge import OpenAIJudge
+    from verl.trainer.perception_judge import make_judge
     from verl.trainer.self_reward import SelfRewardStage
 
-    judge = OpenAIJudge(base_url, "judge", api_key=None, timeout_s=2.0, max_retries=max_retries, max_workers=4)
-    config = SelfRewardConfig(enable=True, judge="openai", n=2)
-    return SelfRewardStage(config, AutoTokenizer.from_pretrained(tiny_model_dir), generate=None, judge=judge)
+    config = SelfRewardConfig(
+        enable=True, judge="openai", n=2, judge_base_url=base_url, judge_model="judge", judge_timeout_s=2.0,
+        judge_max_retries=max_retries, judge_max_workers=4, judge_max_error_rate=max_error_rate,
+    )
+    return SelfRewardStage(config, AutoTokenizer.from_pretrained(tiny_model_dir), generate=None, judge=make_judge(config))
 
 
 RESPONSES = [
@@ -106,12 +108,25 @@ def test_judge_errors_count_as_wrong_never_as_correct(tiny_model_dir, chat_serve
 
     with chat_server(lambda body: (500, "overloaded")) as server:
         start = time.monotonic()
-        output = _stage_with_judge(tiny_model_dir, server.base_url, max_retries=2).run(RESPONSES, ["What color?"] * 2)
+        stage = _stage_with_judge(tiny_model_dir, server.base_url, max_retries=2, max_error_rate=1.0)
+        output = stage.run(RESPONSES, ["What color?"] * 2)
         elapsed = time.monotonic() - start
     assert len(server.requests) == 3  # one try + 2 bounded retries
     assert elapsed < 5
     assert output.reanswers[0] == [""]  # graded as a wrong re-answer: visual reward 0
     assert output.metrics["self_reward/judge_error_rate"] == 1.0
+
+
+def test_a_judge_failing_past_judge_max_error_rate_stops_the_step_naming_it(tiny_model_dir, chat_server):
+    """Scoring every re-answer 0 would train on a zeroed visual reward: the step raises instead."""
+    from verl.trainer.perception_judge import JudgeFailedError
+
+    with chat_server(lambda body: (500, "overloaded")) as server:
+        with pytest.raises(JudgeFailedError) as raised:
+            _stage_with_judge(tiny_model_dir, server.base_url, max_retries=0).run(RESPONSES, ["What color?"] * 2)
+    message = str(raised.value)
+    assert f"{server.base_url}/chat/completions failed on 1 of 1 requests" in message
+    assert "judge_max_error_rate=0.1" in message and "first error: HTTPError: 500" in message
 
 
 def test_a_reanswer_cut_at_its_cap_is_counted_as_clipped(tiny_model_dir, caplog):

@@ -67,7 +67,8 @@ from verl.rewards.loader import DEFAULT_TIMEOUT_S as DEFAULT_REWARD_TIMEOUT_S
 from verl.rewards.vision_control import blank_image_control
 from verl.trainer.clipping import PASS2_CLIP_RATIO, RESPONSE_CLIP_RATIO, warn_on_clipping
 from verl.trainer.config import SelfRewardConfig
-from verl.trainer.perception_judge import OpenAIJudge
+from verl.trainer.perception_judge import DEFAULT_MAX_ERROR_RATE as DEFAULT_JUDGE_MAX_ERROR_RATE
+from verl.trainer.perception_judge import JudgeFailedError, JudgeTimeoutError, OpenAIJudge
 from verl.trainer.self_reward import ReanswerJudge, SelfRewardStage, build_reprompt, perception_of
 from verl.utils.model_source import ModelPathError, check_model_path
 from verl.workers.rollout import RolloutEngine, SamplingConfig
@@ -544,6 +545,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     judge.add_argument("--judge_timeout_s", type=float, default=60.0, help="per request")
     judge.add_argument("--judge_max_retries", type=int, default=2, help="retries before a request is an error")
     judge.add_argument("--judge_max_workers", type=int, default=16, help="concurrent requests")
+    judge.add_argument(
+        "--judge_max_error_rate", type=float, default=DEFAULT_JUDGE_MAX_ERROR_RATE,
+        help="share of a batch's judge requests that may fail (scored as errors); more stops the scoring (1: never)",
+    )
 
     args = parser.parse_args(argv)
     if args.self_reward_model and args.judge:
@@ -556,6 +561,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--answer_judge_base_url and --answer_judge_model go together")
     if args.judge_max_retries < 0:
         parser.error(f"--judge_max_retries must be >= 0, got {args.judge_max_retries}")
+    if not 0 <= args.judge_max_error_rate <= 1:
+        parser.error(f"--judge_max_error_rate must be in [0, 1], got {args.judge_max_error_rate}")
     return args
 
 
@@ -570,6 +577,7 @@ def make_openai_judge(args: argparse.Namespace, base_url: str, model: str, key_e
         timeout_s=args.judge_timeout_s,
         max_retries=args.judge_max_retries,
         max_workers=args.judge_max_workers,
+        max_error_rate=args.judge_max_error_rate,
     )
 
 
@@ -749,7 +757,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         check_model_path(args.answer_judge_model_path, "--answer_judge_model_path")
         # Built when first asked, after the re-answering engine is gone: two engines need not share the GPU.
         answer_judge = (
-            LazyJudge(lambda: EngineJudge.from_args(args, args.answer_judge_model_path, args.answer_judge_max_tokens)),
+            LazyJudge(lambda: EngineJudge.from_args(
+                args, args.answer_judge_model_path, args.answer_judge_max_tokens, args.judge_max_error_rate
+            )),
             f"local:{args.answer_judge_model_path}",
         )
     result = score_file(
@@ -767,5 +777,5 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 if __name__ == "__main__":
     try:
         main()
-    except (ModelPathError, RewardFunctionError) as error:
+    except (ModelPathError, RewardFunctionError, JudgeFailedError, JudgeTimeoutError) as error:
         raise SystemExit(f"error: {error}") from None

@@ -64,6 +64,7 @@ from verl.eval.score import (
     score_file,
 )
 from verl.rewards.grading import GRADERS
+from verl.trainer.perception_judge import DEFAULT_MAX_ERROR_RATE as DEFAULT_JUDGE_MAX_ERROR_RATE
 from verl.utils.model_source import ModelPathError, check_model_path, hub_offline
 from verl.workers.rollout import SamplingConfig
 
@@ -208,6 +209,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     judge.add_argument("--judge_timeout_s", type=float, default=60.0)
     judge.add_argument("--judge_max_retries", type=int, default=2)
     judge.add_argument("--judge_max_workers", type=int, default=16)
+    judge.add_argument("--judge_max_error_rate", type=float, default=DEFAULT_JUDGE_MAX_ERROR_RATE)
     add_engine_arguments(parser, default_engine="vllm")
     args = parser.parse_args(argv)
     if args.answer_judge_model_path and args.answer_judge_base_url:
@@ -322,7 +324,9 @@ def _answer_judge(args: argparse.Namespace):
     if args.answer_judge_model_path:
         check_model_path(args.answer_judge_model_path, "--answer_judge_model_path")
         try:
-            judge = EngineJudge.from_args(args, args.answer_judge_model_path, args.answer_judge_max_tokens)
+            judge = EngineJudge.from_args(
+                args, args.answer_judge_model_path, args.answer_judge_max_tokens, args.judge_max_error_rate
+            )
         except ValueError as error:
             raise SuiteError(str(error)) from error
         return judge, f"local:{args.answer_judge_model_path}"

@@ -4,16 +4,16 @@ Configuration errors are raised at load time (missing file or function, keyword 
 function does not take); the returned ``LoadedRewardFunction`` then checks every call: a raising
 function is re-run sample by sample to name the first sample that fails, and its results must be
 one dict per input with ``overall``, the same keys for every sample and finite numbers only.
-A call that does not return within ``timeout_s`` is an error naming the function and the batch.
+With a time limit (``timeout_s``, always set in training and scoring), the function runs in a
+process of its own (``verl.rewards.reward_process``) that is killed at the limit, whatever the
+function is doing; the error names the function and the batch.
 """
 
 import hashlib
 import importlib.util
 import inspect
 import math
-import signal
 import sys
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +21,9 @@ from types import ModuleType
 from typing import Any
 
 from verl.rewards import RewardInput
+from verl.rewards.reward_process import (
+    RaisedInRewardProcess, RewardProcess, RewardProcessError, RewardProcessTimeout,
+)
 from verl.rewards.r1v import cot_reward, r1v_reward
 from verl.rewards.sr1 import see_think_reward, sr1_reward
 
@@ -45,71 +48,7 @@ DEFAULT_TIMEOUT_S = 900.0
 
 
 class RewardTimeoutError(RewardFunctionError):
-    """A reward function did not return within its time limit."""
-
-
-class _Interrupted(BaseException):
-    """Raised into a timed-out call; a BaseException so `except Exception` inside it cannot swallow it."""
-
-
-def call_with_timeout(function: Callable[[], Any], timeout_s: float | None, what: str) -> Any:
-    """``function()``, stopped with RewardTimeoutError after ``timeout_s`` seconds (None: no limit).
-
-    In the main thread (the driver) the function runs there, so graders that set their own
-    per-sample SIGALRM limits (math_verify, mathruler) keep them; a watchdog thread interrupts it
-    with SIGUSR1, repeated each second until it gives up (a blocking sleep or socket read is cut
-    short too). Elsewhere signals cannot reach it, so the call runs in a daemon thread that is
-    abandoned on a timeout (it cannot be killed; as a daemon it does not keep the process alive).
-    Exceptions of ``function`` propagate unchanged."""
-    if timeout_s is None:
-        return function()
-    message = f"{what} did not return within {timeout_s:g} s"
-    if threading.current_thread() is threading.main_thread():
-        return _call_interrupting_main_thread(function, timeout_s, message)
-    outcome: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            outcome["value"] = function()
-        except BaseException as error:  # re-raised in the caller's thread
-            outcome["error"] = error
-
-    thread = threading.Thread(target=target, name=f"reward-call {what}", daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    if thread.is_alive():
-        raise RewardTimeoutError(message)
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
-
-
-def _call_interrupting_main_thread(function: Callable[[], Any], timeout_s: float, message: str) -> Any:
-    done, fired = threading.Event(), threading.Event()
-
-    def on_signal(signum, frame) -> None:
-        if fired.is_set() and not done.is_set():
-            raise _Interrupted()
-
-    def watchdog() -> None:
-        if done.wait(timeout_s):
-            return
-        fired.set()
-        while not done.is_set():
-            signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
-            done.wait(1.0)
-
-    previous = signal.signal(signal.SIGUSR1, on_signal)
-    thread = threading.Thread(target=watchdog, name="reward-call watchdog", daemon=True)
-    thread.start()
-    try:
-        return function()
-    except _Interrupted:
-        raise RewardTimeoutError(message) from None
-    finally:
-        done.set()
-        thread.join()
-        signal.signal(signal.SIGUSR1, previous)
+    """A reward function did not return within its time limit (its process was killed)."""
 
 
 @dataclass(frozen=True)
@@ -121,9 +60,19 @@ class LoadedRewardFunction:
     function: Callable[..., Any]
     kwargs: dict[str, Any] = field(default_factory=dict)
     timeout_s: float | None = None
-    """Longest one call (one batch) may take (``reward.timeout_s``); None: no limit."""
+    """Longest one call (one batch) may take (``reward.timeout_s``); None: no limit, and the
+    function runs in the caller's process."""
     timeout_setting: str = "reward.timeout_s"
     """The setting that sets ``timeout_s``, named in the timeout error."""
+    source: str | None = None
+    """The spec the reward process resolves (a file spec with its absolute path, so a later change
+    of working directory does not matter); None: ``name``."""
+    _process: RewardProcess | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.timeout_s is not None:
+            process = RewardProcess(resolve_function, self.source or self.name, self.kwargs)
+            object.__setattr__(self, "_process", process)
 
     def __call__(self, reward_inputs: list[RewardInput], batch: str = "a batch") -> list[dict[str, float]]:
         """One dict of float scores (``overall`` + components) per input, in input order.
@@ -132,26 +81,36 @@ class LoadedRewardFunction:
             return []
         try:
             results = self._call(reward_inputs, f"{batch} ({len(reward_inputs)} responses)")
-        except RewardTimeoutError as error:
-            raise RewardTimeoutError(f"{error} ({self.timeout_setting}); the run stops rather than wait forever") from None
+        except RewardProcessTimeout as error:
+            raise RewardTimeoutError(
+                f"{error} ({self.timeout_setting}); its process (pid {error.pid}) was killed, and the run stops "
+                "rather than wait forever"
+            ) from None
+        except RewardProcessError as error:
+            raise RewardFunctionError(str(error)) from None
         except Exception as error:
             raise RewardFunctionError(self._describe_failure(reward_inputs, error, batch)) from error
         return self._validated(results, reward_inputs)
 
+    def close(self) -> None:
+        """Ends the reward process, if one runs (the next call would start another)."""
+        if self._process is not None:
+            self._process.close()
+
     def _call(self, reward_inputs: list[RewardInput], what: str) -> Any:
-        return call_with_timeout(
-            lambda: self.function(reward_inputs, **self.kwargs), self.timeout_s,
-            f"reward function {self.name!r} on {what}",
-        )
+        if self._process is None:
+            return self.function(reward_inputs, **self.kwargs)
+        return self._process.call(reward_inputs, self.timeout_s, f"reward function {self.name!r} on {what}")
 
     def _describe_failure(self, reward_inputs: list[RewardInput], error: Exception, batch: str) -> str:
         """The error message, plus the first sample that also fails when scored alone."""
-        message = f"reward function {self.name!r} raised {type(error).__name__}: {error} (on {batch})"
+        error_type = error.type_name if isinstance(error, RaisedInRewardProcess) else type(error).__name__
+        message = f"reward function {self.name!r} raised {error_type}: {error} (on {batch})"
         for index, item in enumerate(reward_inputs):
             try:
                 self._call([item], f"sample {index} of {batch} alone")
-            except RewardTimeoutError as timeout:
-                return f"{message}\n{timeout} while looking for the failing sample"
+            except (RewardProcessTimeout, RewardProcessError) as stopped:
+                return f"{message}\n{stopped} while looking for the failing sample"
             except Exception:
                 location = f"index {index} of {len(reward_inputs)}, {_describe_sample(item)}"
                 return f"{message}\nfirst failing sample: {location}"
@@ -214,30 +173,41 @@ def load_reward_function(
     (relative paths are relative to the working directory).
     """
     kwargs = dict(kwargs or {})
+    function = resolve_function(spec)
+    spec = spec.strip()
+    _check_signature(spec, function, kwargs)
+    source = spec
+    if spec not in BUILTIN_REWARD_FUNCTIONS:
+        path_text, _, function_name = spec.rpartition(":")
+        source = f"{Path(path_text).expanduser().resolve()}:{function_name.strip()}"
+    return LoadedRewardFunction(
+        name=spec, function=function, kwargs=kwargs, timeout_s=timeout_s, timeout_setting=timeout_setting,
+        source=source,
+    )
+
+
+def resolve_function(spec: str) -> Callable[..., Any]:
+    """The function ``spec`` names (a built-in name or ``path/to/file.py:function``); raises
+    naming what is wrong with the spec. The reward process calls it to find its function."""
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(
             f"reward function spec must be a built-in name or 'path/to/file.py:function', got {spec!r}"
         )
     spec = spec.strip()
     if spec in BUILTIN_REWARD_FUNCTIONS:
-        function = BUILTIN_REWARD_FUNCTIONS[spec]
-    elif ":" in spec:
+        return BUILTIN_REWARD_FUNCTIONS[spec]
+    if ":" in spec:
         path_text, _, function_name = spec.rpartition(":")
-        function = _function_from_file(spec, Path(path_text).expanduser(), function_name.strip())
-    elif spec.endswith(".py"):
+        return _function_from_file(spec, Path(path_text).expanduser(), function_name.strip())
+    if spec.endswith(".py"):
         functions = _functions_defined_in(_import_file(spec, Path(spec).expanduser()))
         raise ValueError(
             f"reward function spec {spec!r} names no function; write '{spec}:<function>' "
             f"(functions in that file: {', '.join(functions) or 'none'})"
         )
-    else:
-        raise ValueError(
-            f"unknown reward function {spec!r}: built-ins are {', '.join(sorted(BUILTIN_REWARD_FUNCTIONS))}; "
-            "a custom one is given as 'path/to/file.py:function'"
-        )
-    _check_signature(spec, function, kwargs)
-    return LoadedRewardFunction(
-        name=spec, function=function, kwargs=kwargs, timeout_s=timeout_s, timeout_setting=timeout_setting
+    raise ValueError(
+        f"unknown reward function {spec!r}: built-ins are {', '.join(sorted(BUILTIN_REWARD_FUNCTIONS))}; "
+        "a custom one is given as 'path/to/file.py:function'"
     )
 
 

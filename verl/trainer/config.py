@@ -19,6 +19,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from verl.algorithms.core_algos import ADVANTAGE_ESTIMATORS, LOSS_AGG_MODES, POLICY_LOSSES
 from verl.algorithms.rollout_correction import ROLLOUT_CORRECTION_LEVELS, ROLLOUT_CORRECTION_MODES
 from verl.rewards.loader import DEFAULT_TIMEOUT_S as DEFAULT_REWARD_TIMEOUT_S
+from verl.trainer.perception_judge import DEFAULT_MAX_ERROR_RATE as DEFAULT_JUDGE_MAX_ERROR_RATE
 from verl.trainer.resume_settings import BREAKS as RESUME_SETTINGS
 from verl.utils.ranges import (
     AT_LEAST_ONE,
@@ -173,7 +174,7 @@ class SelfRewardConfig:
         "max_prompt_length": AT_LEAST_ONE, "answer_advantage_weight": NON_NEGATIVE,
         "visual_advantage_weight": NON_NEGATIVE, "judge_timeout_s": POSITIVE,
         "judge_total_timeout_s": POSITIVE, "judge_max_retries": NON_NEGATIVE,
-        "judge_max_workers": AT_LEAST_ONE,
+        "judge_max_workers": AT_LEAST_ONE, "judge_max_error_rate": FRACTION,
     }
 
     enable: bool = False
@@ -217,6 +218,9 @@ class SelfRewardConfig:
     """openai judge: retries per request before the sample counts as a judge error."""
     judge_max_workers: int = 16
     """openai judge: concurrent requests."""
+    judge_max_error_rate: float = DEFAULT_JUDGE_MAX_ERROR_RATE
+    """openai judge: share of one step's requests that may fail (each scored as a wrong re-answer);
+    more stops the run with an error naming the server and the first failure (1: never stop)."""
 
 
 @dataclass
@@ -294,7 +298,7 @@ class TrainerConfig:
 
     @property
     def checkpoint_root(self) -> str:
-        """The folder this run owns: checkpoints, metrics.jsonl and its lock (run.lock)."""
+        """The folder this run owns: checkpoints, metrics.jsonl, its lock (run.lock) and error.log."""
         return self.save_checkpoint_path or os.path.join("checkpoints", self.project_name, self.experiment_name)
 
 

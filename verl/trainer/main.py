@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import os
-import signal
-import threading
-from contextlib import contextmanager
 
 from verl.trainer.config import ConfigError, PPOConfig, parse_cli_or_exit, to_yaml
-from verl.utils.checkpoint import CheckpointError
+from verl.utils.cli_exit import exit_cleanly, prepare_driver, reclaim_sigterm
 from verl.utils.folder_lock import CheckpointFolderLock
-from verl.utils.model_source import ModelPathError, check_model_path
+from verl.utils.model_source import check_model_path
 
 USAGE = """usage: python3 -m verl.trainer.main config=CONFIG.yaml [section.key=value ...]
 
@@ -43,6 +40,9 @@ def _train(config: PPOConfig) -> dict[str, float]:
 
     model_cfg = config.worker.actor.model
     check_model_path(model_cfg.model_path, "worker.actor.model.model_path")
+    checkpoint = config.trainer.load_checkpoint_path
+    if checkpoint is not None and not os.path.isdir(checkpoint):  # before loading data and starting Ray
+        raise FileNotFoundError(f"trainer.load_checkpoint_path={checkpoint}: no such checkpoint folder")
     tokenizer = AutoTokenizer.from_pretrained(model_cfg.tokenizer_path or model_cfg.model_path)
     processor = AutoProcessor.from_pretrained(model_cfg.tokenizer_path or model_cfg.model_path)
     train, val = build_dataloaders(config, tokenizer, processor)
@@ -51,20 +51,25 @@ def _train(config: PPOConfig) -> dict[str, float]:
     )
     judge = make_judge(config.self_reward) if config.self_reward.enable else None
     started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(
-            address=config.trainer.ray_address,
-            num_cpus=config.trainer.ray_num_cpus,
-            include_dashboard=False,
-            runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}},
-        )
     trainer = None
     try:
-        with stop_on_sigterm():
-            trainer = RayPPOTrainer(config, tokenizer, train, val, reward_fn, judge)
-            trainer.init_workers()
-            return trainer.fit()
+        if started_here:
+            ray.init(
+                address=config.trainer.ray_address,
+                num_cpus=config.trainer.ray_num_cpus,
+                include_dashboard=False,
+                runtime_env={"env_vars": {
+                    "TOKENIZERS_PARALLELISM": "false", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+                    # Workers keep Ray's crash report (a C++ stack on SIGSEGV); see prepare_driver.
+                    "RAY_DISABLE_FAILURE_SIGNAL_HANDLER": "0",
+                }},
+            )
+            reclaim_sigterm()
+        trainer = RayPPOTrainer(config, tokenizer, train, val, reward_fn, judge)
+        trainer.init_workers()
+        return trainer.fit()
     finally:
+        reward_fn.close()
         if trainer is not None and trainer.workers is not None:
             trainer.workers.shutdown()
         if started_here:
@@ -74,34 +79,18 @@ def _train(config: PPOConfig) -> dict[str, float]:
             ray.shutdown()
 
 
-@contextmanager
-def stop_on_sigterm():
-    """SIGTERM (kill, a scheduler's pre-emption) raises SystemExit(143) in the main thread, so the
-    clean-up in `finally` blocks runs as for Ctrl-C; the previous handler comes back after."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    def handler(signum, frame):
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def main(argv: list[str] | None = None) -> None:
     config = parse_cli_or_exit(PPOConfig, argv, USAGE)
     if config is None:
         return
     print(to_yaml(config), flush=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
+    # A user error is one message on stderr, its traceback in the run folder's error.log; SIGTERM
+    # is one line and exit code 143 (verl/utils/cli_exit.py).
+    with exit_cleanly(config.trainer.checkpoint_root, usage_errors=(ConfigError,)):
         run(config)
-    except (ModelPathError, ConfigError, CheckpointError) as error:
-        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":
+    prepare_driver()
     main()
