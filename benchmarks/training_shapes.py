@@ -92,7 +92,10 @@ def group_batch(
     )
     generator = torch.Generator().manual_seed(seed)
     rows = prompts * n
-    responses = torch.randint(10, min(tokenizer.vocab_size, 1000), (rows, response_length), generator=generator)
+    # Ordinary tokens only: a special one (an image pad above all) would change the row's meaning.
+    special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+    ordinary = torch.tensor([i for i in range(tokenizer.vocab_size) if i not in special])
+    responses = ordinary[torch.randint(0, len(ordinary), (rows, response_length), generator=generator)]
     mask = torch.ones(rows, response_length, dtype=torch.long)
     return DataProto.from_dict(
         tensors={
