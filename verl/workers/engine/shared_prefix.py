@@ -32,7 +32,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
 from torch.nn.attention.flex_attention import BlockMask
 
 from verl.models.block_sparse_attention import (
@@ -177,12 +176,11 @@ def pack_shared_prefix(
     position_ids_fn,
     attention: str = "dense",
     device: torch.device | str = "cpu",
-    kernel: str | None = None,
 ) -> SharedPrefixBatch:
     """Packs the rows of `micro` (trimmed: left-padded prompts of width P, right-padded responses
     of width R) by prompt `labels` into sequences of width L = P + K x R, K the largest group.
     `attention`: the mask's form (`PACKING_ATTENTION`); a block-sparse mask is built on `device`
-    for `kernel` (`flex` tiles or the `segments` layout; default: the device's, `default_kernel`).
+    for that device's kernel (`default_kernel`: flex tiles on CUDA, the `segments` layout on CPU).
 
     `position_ids_fn(prompt_ids, prompt_mask, image_grid_thw) -> (3, G, P)` gives the prompts'
     mrope ids; response token t of every slot gets the prompt's largest position + 1 + t, as
@@ -214,7 +212,7 @@ def pack_shared_prefix(
     if attention == "dense":
         query, key = torch.arange(length)[:, None], torch.arange(length)[None, :]
         mask = allowed_keys(query[None], key[None], segment, real[:, None, :])[:, None]
-    elif attention == "block_sparse" and (kernel or default_kernel(device)) == "flex":
+    elif attention == "block_sparse" and default_kernel(device) == "flex":
         mask = flex_block_mask(segment, real, device)
     elif attention == "block_sparse":
         mask = segments_carrier(PackedSegments(prompt_width, slots, response_width, real.to(device)))
