@@ -42,6 +42,9 @@ import torch.distributed as dist
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from training_shapes import memory_estimate  # noqa: E402
 
 from verl.models.block_sparse_attention import text_attention_implementation  # noqa: E402
 from verl.protocol import DataProto  # noqa: E402
@@ -81,20 +84,10 @@ def model_config(size: str, layers: int | None):
 
 
 def estimate(config, tokens: int, prompt: int, response: int, n: int, path: str, checkpointing: bool, gpu_gib: float):
-    """The dry run's update-phase bytes for one micro-batch of `tokens` tokens on one GPU."""
-    from verl.trainer.dry_run import model_shape
-    from verl.utils.memory_estimate import StepSettings, estimate_memory
-
+    """The dry run's estimate for this in-memory `config` (written to a folder for `model_shape`)."""
     with tempfile.TemporaryDirectory() as folder:
         config.save_pretrained(folder)
-        shape, _ = model_shape(folder, False)
-    settings = StepSettings(
-        world_size=1, max_prompt_length=prompt, max_response_length=response, update_tokens_per_micro_batch=tokens,
-        experience_tokens_per_micro_batch=tokens, gradient_checkpointing=checkpointing, param_offload=False,
-        optimizer_offload=False, with_reference=False, reference_offload=False, gpu_memory_utilization=0.0,
-        gpu_memory_gib=gpu_gib, packed_group_tokens=prompt + n * response if path == "dense" else 0,
-    )
-    return estimate_memory(shape, settings)
+        return memory_estimate(folder, tokens, prompt, response, n, path, checkpointing, gpu_gib)
 
 
 def group_batch(config, prompt: int, n: int, response: int, seed: int = 0) -> DataProto:

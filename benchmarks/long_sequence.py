@@ -52,6 +52,7 @@ from training_shapes import (  # noqa: E402
     build_model,
     group_batch,
     load_for_path,
+    memory_estimate,
     timed,
     write_data,
 )
@@ -124,18 +125,8 @@ def subprocess_result(argv: list[str], label: str) -> dict:
 
 def dry_run_estimate_mib(model_dir: str, tokens: int, prompt: int, response: int, n: int, path: str) -> float:
     """The dry run's update-phase activations + logits + dense masks for one micro-batch of
-    `tokens` tokens (bf16 on GPU, `verl.utils.memory_estimate`)."""
-    from verl.trainer.dry_run import model_shape
-    from verl.utils.memory_estimate import StepSettings, estimate_memory
-
-    shape, _ = model_shape(model_dir, False)
-    settings = StepSettings(
-        world_size=1, max_prompt_length=prompt, max_response_length=response, update_tokens_per_micro_batch=tokens,
-        experience_tokens_per_micro_batch=tokens, gradient_checkpointing=False, param_offload=False,
-        optimizer_offload=False, with_reference=False, reference_offload=False, gpu_memory_utilization=0.0,
-        gpu_memory_gib=80.0, packed_group_tokens=prompt + n * response if path == "dense" else 0,
-    )
-    memory = estimate_memory(shape, settings)
+    `tokens` tokens (bf16 on GPU)."""
+    memory = memory_estimate(model_dir, tokens, prompt, response, n, path)
     return (memory.update_activations + memory.update_logits + memory.update_packing_mask) / 2**20
 
 

@@ -136,6 +136,26 @@ def actor_for(model, path: str, max_token_len: int, entropy_coeff: float = 0.0):
     )
 
 
+def memory_estimate(
+    model_dir: str, tokens: int, prompt: int, response: int, n: int, path: str, checkpointing: bool = False,
+    gpu_gib: float = 80.0,
+):
+    """The dry run's `MemoryEstimate` (`verl.utils.memory_estimate`, bf16 on GPU, one rank) for
+    micro-batches of `tokens` tokens of a group of `n` x `response` after a `prompt`, on
+    `path` (only `dense` builds an (L, L) mask)."""
+    from verl.trainer.dry_run import model_shape
+    from verl.utils.memory_estimate import StepSettings, estimate_memory
+
+    shape, _ = model_shape(model_dir, False)
+    settings = StepSettings(
+        world_size=1, max_prompt_length=prompt, max_response_length=response, update_tokens_per_micro_batch=tokens,
+        experience_tokens_per_micro_batch=tokens, gradient_checkpointing=checkpointing, param_offload=False,
+        optimizer_offload=False, with_reference=False, reference_offload=False, gpu_memory_utilization=0.0,
+        gpu_memory_gib=gpu_gib, packed_group_tokens=prompt + n * response if path == "dense" else 0,
+    )
+    return estimate_memory(shape, settings)
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
