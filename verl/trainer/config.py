@@ -19,8 +19,6 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from verl.algorithms.core_algos import ADVANTAGE_ESTIMATORS, LOSS_AGG_MODES, POLICY_LOSSES
 from verl.algorithms.rollout_correction import ROLLOUT_CORRECTION_LEVELS, ROLLOUT_CORRECTION_MODES
 from verl.rewards.loader import DEFAULT_TIMEOUT_S as DEFAULT_REWARD_TIMEOUT_S
-from verl.trainer.perception_judge import DEFAULT_MAX_ERROR_RATE as DEFAULT_JUDGE_MAX_ERROR_RATE
-from verl.trainer.resume_settings import BREAKS as RESUME_SETTINGS
 from verl.utils.ranges import (
     AT_LEAST_ONE,
     DEFAULT_OR_AT_LEAST_ONE,
@@ -45,6 +43,32 @@ from verl.workers.config import (  # noqa: F401  (worker sections, re-exported f
     RolloutConfig,
     WorkerConfig,
 )
+
+DEFAULT_JUDGE_MAX_ERROR_RATE = 0.1
+"""Default `self_reward.judge_max_error_rate`: the share of one batch's requests that may fail
+(each scored as a wrong answer) before the batch raises JudgeFailedError."""
+
+DATA_POSITION = "the data position"
+LR_SCHEDULE = "the lr schedule"
+RESUME_SETTINGS: dict[str, str | None] = {
+    "data.train_files": DATA_POSITION,
+    "data.seed": DATA_POSITION,
+    "data.shuffle": DATA_POSITION,
+    "data.rollout_batch_size": DATA_POSITION,
+    "worker.actor.optim.lr_scheduler": LR_SCHEDULE,
+    "worker.actor.optim.lr_warmup_ratio": LR_SCHEDULE,
+    "worker.actor.optim.min_lr_ratio": LR_SCHEDULE,
+    "worker.actor.optim.lr": None,
+    "worker.actor.global_batch_size": None,
+    "worker.actor.ppo_epochs": None,
+    "worker.rollout.n": None,
+    "worker.rollout.seed": None,
+    "trainer.seed": None,
+    "trainer.total_epochs": None,
+    "trainer.max_steps": None,
+}
+"""The settings a checkpoint records (`verl/trainer/resume_settings.py`): key -> what changing it
+on resume breaks (None: the change applies cleanly from the resumed step on)."""
 
 
 class ConfigError(ValueError):

@@ -15,12 +15,9 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
-
 import requests
 
-if TYPE_CHECKING:  # the config imports this module's default
-    from verl.trainer.config import SelfRewardConfig
+from verl.trainer.config import DEFAULT_JUDGE_MAX_ERROR_RATE, SelfRewardConfig
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +30,7 @@ class JudgeFailedError(RuntimeError):
     """More than the allowed share of one batch's requests to a judge failed."""
 
 
-DEFAULT_MAX_ERROR_RATE = 0.1
-"""Default `judge_max_error_rate`: the share of one batch's requests that may fail (each scored
-as a wrong answer) before the batch raises JudgeFailedError."""
+DEFAULT_MAX_ERROR_RATE = DEFAULT_JUDGE_MAX_ERROR_RATE
 
 
 def check_error_rate(judge: str, errors: list[str], requests: int, max_error_rate: float) -> None:

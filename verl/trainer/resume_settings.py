@@ -19,34 +19,13 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from verl.trainer.config import LR_SCHEDULE, PPOConfig
+from verl.trainer.config import RESUME_SETTINGS as BREAKS
 from verl.utils.checkpoint import CheckpointError
 
-if TYPE_CHECKING:
-    from verl.trainer.config import PPOConfig
-
 SETTINGS_FILE = "run_settings.json"
-DATA_POSITION = "the data position"
-LR_SCHEDULE = "the lr schedule"
-# key -> what changing it breaks (None: the change applies cleanly from the resumed step on).
-BREAKS: dict[str, str | None] = {
-    "data.train_files": DATA_POSITION,
-    "data.seed": DATA_POSITION,
-    "data.shuffle": DATA_POSITION,
-    "data.rollout_batch_size": DATA_POSITION,
-    "worker.actor.optim.lr_scheduler": LR_SCHEDULE,
-    "worker.actor.optim.lr_warmup_ratio": LR_SCHEDULE,
-    "worker.actor.optim.min_lr_ratio": LR_SCHEDULE,
-    "worker.actor.optim.lr": None,
-    "worker.actor.global_batch_size": None,
-    "worker.actor.ppo_epochs": None,
-    "worker.rollout.n": None,
-    "worker.rollout.seed": None,
-    "trainer.seed": None,
-    "trainer.total_epochs": None,
-    "trainer.max_steps": None,
-}
 # Keys that set how many optimizer steps the lr schedule spans.
 SCHEDULE_LENGTH_KEYS = (
     "trainer.total_epochs", "trainer.max_steps", "data.rollout_batch_size", "worker.actor.global_batch_size",
