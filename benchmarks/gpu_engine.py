@@ -48,7 +48,6 @@ from training_shapes import memory_estimate  # noqa: E402
 
 from verl.models.block_sparse_attention import text_attention_implementation  # noqa: E402
 from verl.protocol import DataProto  # noqa: E402
-from verl.workers.engine import shared_prefix  # noqa: E402
 from verl.workers.engine.shared_prefix import packing_of  # noqa: E402
 
 PATHS = ("unpacked", "dense", "segments", "flex")
@@ -126,13 +125,10 @@ def group_batch(config, prompt: int, n: int, response: int, seed: int = 0) -> Da
 
 
 def set_path(model, path: str, vision_attention: str = "sdpa") -> None:
-    """The model's attention for `path`; a block-sparse path also picks its kernel (the
-    packing otherwise picks the device's: flex on CUDA, segments on CPU)."""
+    """The model's attention for `path` (a block-sparse kernel's name records the kernel)."""
     block_sparse = path in ("segments", "flex")
-    model.set_attn_implementation(text_attention_implementation(vision_attention) if block_sparse else "sdpa")
-    if block_sparse:
-        shared_prefix.default_kernel = lambda device: path
-    assert packing_of(model) == ("block_sparse" if block_sparse else "dense"), (path, packing_of(model))
+    model.set_attn_implementation(text_attention_implementation(path, vision_attention) if block_sparse else "sdpa")
+    assert packing_of(model) == (path if block_sparse else "dense"), (path, packing_of(model))
 
 
 def actor_for(model, path: str, tokens: int):

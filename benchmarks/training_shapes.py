@@ -112,16 +112,11 @@ def group_batch(
 
 def load_for_path(model_dir: str, path: str, device: torch.device, dtype: torch.dtype = torch.float32):
     """The model as `plan_attention` loads it for `path` (block-sparse paths: the language model
-    on `packed_or_sdpa`, the vision tower on sdpa) and the block-sparse kernel `path` names made
-    the packing's choice."""
+    on the kernel's attention, the vision tower on sdpa)."""
     from verl.models.block_sparse_attention import text_attention_implementation
-    from verl.workers.engine import shared_prefix
     from verl.workers.engine.model import build_policy
 
-    block_sparse = path in ("segments", "flex")
-    if block_sparse:
-        shared_prefix.default_kernel = lambda device: path
-    attention = text_attention_implementation("sdpa") if block_sparse else "sdpa"
+    attention = text_attention_implementation(path, "sdpa") if path in ("segments", "flex") else "sdpa"
     return build_policy(model_dir, device, attention, dtype=dtype)
 
 

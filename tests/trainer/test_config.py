@@ -93,9 +93,14 @@ def test_micro_batch_does_not_divide_per_device_batch():
         config.validate()
 
 
-def test_packing_attention_is_a_checked_choice():
+def test_packing_attention_is_a_checked_choice_and_flex_needs_a_gpu():
     config = load_config(PPOConfig, None, _valid(**{"worker.actor.model.packing_attention": "sparse"}))
-    with pytest.raises(ConfigError, match="packing_attention='sparse' is not one of auto, dense, block_sparse"):
+    with pytest.raises(ConfigError, match="packing_attention='sparse' is not one of auto, dense, segments, flex"):
+        config.validate()
+    config = load_config(
+        PPOConfig, None, _valid(**{"worker.actor.model.packing_attention": "flex", "trainer.device": "cpu"})
+    )
+    with pytest.raises(ConfigError, match="packing_attention=flex needs a GPU"):
         config.validate()
 
 

@@ -59,7 +59,7 @@ def test_dense_packing_masks_are_counted_and_the_block_sparse_path_has_none():
     # The default on GPU: block-sparse flex, with flash-attn too (packing stays on, no dense mask).
     for attention in ("auto", "flash_attention_2"):
         flex = dry_run(load_config(PPOConfig, path, [f"worker.actor.model.attn_implementation={attention}"]))
-        assert "training forwards (on GPU): shared-prompt packing, block-sparse" in flex.text()
+        assert "training forwards (on GPU): shared-prompt packing, block-sparse flex" in flex.text()
         assert flex.memory.update_packing_mask == flex.memory.experience_packing_mask == 0
         assert flex.memory.update_phase == packed.memory.update_phase - packed.memory.update_packing_mask
 

@@ -15,7 +15,6 @@ from verl.trainer.config import ActorConfig
 from verl.workers.actor import PPOActor, compute_log_probs, forward_response_log_probs, micro_batches, split_micro_batches
 from verl.workers.engine.micro_batch import balanced_rank_order, padded_tokens, plan_micro_batches, trim_padding
 from verl.models import block_sparse_attention
-from verl.workers.engine import shared_prefix
 from verl.models.block_sparse_attention import text_attention_implementation
 from verl.workers.engine.shared_prefix import (
     FLEX_BLOCK_SIZE,
@@ -78,7 +77,7 @@ def batch(tiny_model_dir, grouped_batch) -> DataProto:
 def load(model_dir, attn="sdpa"):
     """`segments`/`flex`: the language model on the block-sparse attention, the vision tower on
     sdpa, as `plan_attention` loads it."""
-    attn = text_attention_implementation("sdpa") if attn in ("segments", "flex") else attn
+    attn = text_attention_implementation(attn, "sdpa") if attn in ("segments", "flex") else attn
     return AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=attn)
 
 
@@ -118,8 +117,7 @@ def test_packed_log_probs_equal_one_row_each(request, monkeypatch, grouped_batch
         model_dir = request.getfixturevalue("tiny_qwen3_vl_dir")
         data = grouped_batch(model_dir, min_pixels=4096, max_pixels=16384)
     model = load(model_dir, attn)
-    if attn == "flex":  # the GPU kernel's forward, which CPU torch runs (unfused)
-        monkeypatch.setattr(shared_prefix, "default_kernel", lambda device: "flex")
+    # flex: the GPU kernel's forward, which CPU torch runs unfused (it has no flex backward).
     kernel_calls = []
     for name in ("flex_attention", "segments_attention"):
         original = getattr(block_sparse_attention, name)
@@ -179,14 +177,18 @@ def test_flex_block_mask_is_the_dense_mask_and_skips_other_responses_tiles():
 
 def test_attention_plan_packs_with_flash_attention_installed_and_says_why():
     gpu = plan_attention("flash_attention_2", True, "auto", "cuda")
-    assert gpu.packing == "block_sparse" and "flex_attention tiles" in gpu.reason
-    assert gpu.model_attention == {"text_config": "packed_or_sdpa", "vision_config": "flash_attention_2"}
+    assert gpu.packing == "flex" and "flex_attention tiles" in gpu.reason
+    assert gpu.model_attention == {"text_config": "flex_or_sdpa", "vision_config": "flash_attention_2"}
+    segments_on_gpu = plan_attention("flash_attention_2", True, "segments", "cuda")
+    assert segments_on_gpu.model_attention == {"text_config": "segments_or_sdpa", "vision_config": "flash_attention_2"}
     cpu = plan_attention("sdpa", True, "auto", "cpu")
-    assert cpu.packing == "block_sparse" and "one sdpa per response slot" in cpu.reason
+    assert cpu.packing == "segments" and "one sdpa per response slot" in cpu.reason
     assert plan_attention("sdpa", True, "dense", "cpu").model_attention == "sdpa"
     dense_flash = plan_attention("flash_attention_2", True, "dense", "cuda")
-    assert dense_flash.packing is None and "packing_attention=block_sparse" in dense_flash.reason
+    assert dense_flash.packing is None and "packing_attention=segments or flex" in dense_flash.reason
     assert plan_attention("sdpa", False, "auto", "cuda").packing is None
+    with pytest.raises(ValueError, match="no flex_attention backward on cpu"):
+        plan_attention("sdpa", True, "flex", "cpu")
     with pytest.raises(ValueError, match="packing_attention must be auto or one of"):
         plan_attention("sdpa", True, "sparse", "cpu")
 

@@ -15,10 +15,11 @@ take the packed layout as a `BlockMask` (which transformers passes to the layers
   itself once, then each response slot attends to [prompt keys | its own keys] in one batched
   sdpa call: exactly the allowed pairs plus the slots' padding, forward and backward.
 
-The function is registered in transformers' `AttentionInterface` under `PACKED_OR_SDPA`, with
-sdpa's mask builder, so a model loaded with it is sdpa on ordinary (padded) batches; only the
-packed forward, which passes a `BlockMask`, takes a block-sparse kernel. The vision tower keeps
-its own implementation (`text_attention_implementation`).
+The function is registered in transformers' `AttentionInterface` under one name per kernel
+(`KERNEL_ATTENTION`), with sdpa's mask builder, so a model loaded with it is sdpa on ordinary
+(padded) batches; only the packed forward, which passes a `BlockMask`, takes the block-sparse
+kernel, and the name in the model's config says which one the packing builds its mask for. The
+vision tower keeps its own implementation (`text_attention_implementation`).
 """
 
 from __future__ import annotations
@@ -34,13 +35,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
-PACKED_OR_SDPA = "packed_or_sdpa"
-BLOCK_SPARSE_KERNELS = ("flex", "segments")
-
-
-def default_kernel(device: torch.device | str) -> str:
-    """`flex` on CUDA; `segments` elsewhere (no flex backward on CPU)."""
-    return "flex" if torch.device(device).type == "cuda" else "segments"
+# Block-sparse kernel -> the attention name a language model is loaded with for it.
+KERNEL_ATTENTION = {"segments": "segments_or_sdpa", "flex": "flex_or_sdpa"}
 
 
 @dataclass(frozen=True)
@@ -150,12 +146,18 @@ def packed_or_sdpa_attention(
 
 # torch warns on every eager flex call that it is unfused; on CPU that is the point (see above).
 warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
-AttentionInterface.register(PACKED_OR_SDPA, packed_or_sdpa_attention)
-ALL_MASK_ATTENTION_FUNCTIONS.register(PACKED_OR_SDPA, sdpa_mask)
+for _name in KERNEL_ATTENTION.values():
+    AttentionInterface.register(_name, packed_or_sdpa_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(_name, sdpa_mask)
 
 
-def text_attention_implementation(vision_implementation: str) -> dict[str, str]:
-    """`from_pretrained`'s per-sub-model `attn_implementation`: the language model on
-    `PACKED_OR_SDPA`, the vision tower (its own varlen blocks, no packing mask) on
-    `vision_implementation` (flash_attention_2 where installed, else sdpa)."""
-    return {"text_config": PACKED_OR_SDPA, "vision_config": vision_implementation}
+def text_attention_implementation(kernel: str, vision_implementation: str) -> dict[str, str]:
+    """`from_pretrained`'s per-sub-model `attn_implementation`: the language model on the
+    `kernel`'s name (`KERNEL_ATTENTION`), the vision tower (its own varlen blocks, no packing
+    mask) on `vision_implementation` (flash_attention_2 where installed, else sdpa)."""
+    return {"text_config": KERNEL_ATTENTION[kernel], "vision_config": vision_implementation}
+
+
+def kernel_of(text_attention: str) -> str | None:
+    """The block-sparse kernel a language model's attention name stands for; None for any other."""
+    return next((kernel for kernel, name in KERNEL_ATTENTION.items() if name == text_attention), None)

@@ -365,6 +365,11 @@ class PPOConfig:
         _choice("worker.rollout.name", rollout.name, ("hf", "vllm"))
         _choice("worker.actor.model.packing_attention", actor.model.packing_attention, ("auto", *PACKING_ATTENTION))
         _choice("trainer.device", trainer.device, ("auto", "cuda", "cpu"))
+        if trainer.device == "cpu" and actor.model.packing_attention == "flex":
+            raise ConfigError(
+                "worker.actor.model.packing_attention=flex needs a GPU (torch has no flex_attention backward on CPU); "
+                "use segments (the CPU default), dense or auto with trainer.device=cpu"
+            )
         _choice("self_reward.missing_description", self.self_reward.missing_description, ("zero", "whole_response"))
         _choice("self_reward.objective", self.self_reward.objective, ("summed", "separate"))
         _choice("self_reward.judge", self.self_reward.judge, ("policy", "openai"))

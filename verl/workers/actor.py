@@ -51,7 +51,7 @@ def forward_response_logits(model: nn.Module, micro_batch: DataProto, groups: np
         # A block-sparse mask is built on `device` already (and `BlockMask.to` would drop the
         # packed layout the `segments` kernel reads from it).
         inputs = {
-            k: v if k == "attention_mask" and attention == "block_sparse" else v.to(device)
+            k: v if k == "attention_mask" and attention != "dense" else v.to(device)
             for k, v in packed.inputs.items()
         }
         if "pixel_values" in inputs:

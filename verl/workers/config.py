@@ -53,7 +53,7 @@ class FSDPConfig:
     """Parameter dtype: `auto` = bf16 on GPU, fp32 on CPU; or float32/bfloat16."""
 
 
-PACKING_ATTENTION = ("dense", "block_sparse")
+PACKING_ATTENTION = ("dense", "segments", "flex")
 """The forms of the shared-prompt block mask (`verl.workers.engine.shared_prefix`)."""
 
 
@@ -75,11 +75,12 @@ class ModelConfig:
     and its images once per group instead of n times, the same log-probs and gradients
     (`verl/workers/engine/shared_prefix.py`)."""
     packing_attention: str = "auto"
-    """How a packed group attends: `block_sparse` computes only the allowed blocks (torch's
-    flex_attention kernel on GPU; on CPU, where flex has no backward, one sdpa call per response
-    slot over [prompt keys | its own keys]); `dense` = one (L, L) mask through sdpa/eager, every
-    block computed (the reference). `auto` = block_sparse. With block_sparse the vision tower
-    keeps `attn_implementation` (flash-attn included); dense with flash_attention_2 does not
+    """How a packed group attends. Block-sparse (only the allowed blocks computed): `flex` =
+    torch's flex_attention kernel (GPU only: torch has no flex backward on CPU), `segments` =
+    the prompt once, then every response slot over [prompt keys | its own keys] in one sdpa call
+    (any device). `dense` = one (L, L) mask through sdpa/eager, every block computed (the
+    reference). `auto` = flex on GPU, segments on CPU. The block-sparse kernels keep the vision
+    tower on `attn_implementation` (flash-attn included); dense with flash_attention_2 does not
     pack. The chosen path is printed at start-up and by the dry run."""
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     """LoRA adapters instead of full fine-tuning (rank > 0): only adapters train, the reference

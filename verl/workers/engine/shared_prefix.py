@@ -15,15 +15,16 @@ activations receive the sum of the k responses' gradients, which is what k separ
 have accumulated into the shared weights). Cost per group: P + k x R tokens instead of
 k x (P + R), one vision-tower pass instead of k.
 
-Two forms of the same block mask (`PACKING_ATTENTION`), one definition of who sees whom
+Three forms of the same block mask (`PACKING_ATTENTION`), one definition of who sees whom
 (`allowed_keys`):
 - `dense`: a (groups, 1, L, L) boolean tensor for sdpa or eager attention. Every masked-out
   block is still computed (at prompt 600 + 8 x 1024, ~3.7x the attention work of the unpacked
   rows) and the mask costs L^2 bytes per group. The reference.
-- `block_sparse` (`verl.models.block_sparse_attention`): only the allowed blocks are computed,
-  so a group costs what its allowed pairs cost. On GPU a flex_attention `BlockMask` (the mask
-  kept per 128 x 128 tile); on CPU, where flex has no backward, the `segments` kernel (the
-  prompt once, then each response slot over [prompt keys | its own keys] in one sdpa call).
+- block-sparse (`verl.models.block_sparse_attention`): only the allowed blocks are computed,
+  so a group costs what its allowed pairs cost. `flex` (the GPU default): a flex_attention
+  `BlockMask`, the mask kept per 128 x 128 tile (torch has no flex backward on CPU). `segments`
+  (the CPU default, any device): the prompt once, then each response slot over [prompt keys |
+  its own keys] in one sdpa call.
 """
 
 from __future__ import annotations
@@ -35,9 +36,8 @@ import torch
 from torch.nn.attention.flex_attention import BlockMask
 
 from verl.models.block_sparse_attention import (
-    PACKED_OR_SDPA,
     PackedSegments,
-    default_kernel,
+    kernel_of,
     segments_carrier,
     text_attention_implementation,
 )
@@ -75,26 +75,32 @@ class AttentionPlan:
 
 def plan_attention(attn_implementation: str, share_prompt_prefix: bool, packing_attention: str, device_type: str) -> AttentionPlan:
     """The `AttentionPlan` of a model config (`attn_implementation` already resolved: sdpa,
-    eager or flash_attention_2) on `device_type`. `packing_attention` `auto` is `block_sparse`:
-    installing flash-attn keeps packing on (the vision tower runs flash, the language model the
-    block-sparse kernel of `device_type`)."""
+    eager or flash_attention_2) on `device_type`. `packing_attention` `auto` is `flex` on CUDA
+    and `segments` elsewhere. The block-sparse kernels keep packing on with flash-attn installed
+    (the vision tower runs flash, the language model the kernel)."""
     if not share_prompt_prefix:
         return AttentionPlan(attn_implementation, None, f"rows unpacked ({attn_implementation}): share_prompt_prefix=false")
-    choice = "block_sparse" if packing_attention == "auto" else packing_attention
+    choice = packing_attention
+    if choice == "auto":
+        choice = "flex" if device_type == "cuda" else "segments"
     if choice not in PACKING_ATTENTION:
         raise ValueError(f"packing_attention must be auto or one of {PACKING_ATTENTION}, not {packing_attention!r}")
-    if choice == "block_sparse":
-        kernel = default_kernel(device_type)
-        how = "flex_attention tiles" if kernel == "flex" else "one sdpa per response slot"
+    if choice == "flex" and device_type != "cuda":
+        raise ValueError(
+            f"packing_attention=flex: torch {torch.__version__} has no flex_attention backward on {device_type}; "
+            "use segments (or auto) there"
+        )
+    if choice in ("segments", "flex"):
+        how = "flex_attention tiles" if choice == "flex" else "one sdpa per response slot"
         return AttentionPlan(
-            text_attention_implementation(attn_implementation), "block_sparse",
-            f"shared-prompt packing, block-sparse ({how}; vision tower {attn_implementation})",
+            text_attention_implementation(choice, attn_implementation), choice,
+            f"shared-prompt packing, block-sparse {choice} ({how}; vision tower {attn_implementation})",
         )
     if attn_implementation not in ("sdpa", "eager"):
         return AttentionPlan(
             attn_implementation, None,
             f"rows unpacked ({attn_implementation}): the dense packing mask needs sdpa or eager attention; "
-            "packing_attention=block_sparse packs with any vision attention",
+            "packing_attention=segments or flex packs with any vision attention",
         )
     return AttentionPlan(
         attn_implementation, "dense", f"shared-prompt packing, dense (G, 1, L, L) mask through {attn_implementation}"
@@ -102,9 +108,9 @@ def plan_attention(attn_implementation: str, share_prompt_prefix: bool, packing_
 
 
 def packing_of(model) -> str:
-    """The packed mask's form a loaded model takes: `block_sparse` when its language model runs
-    `PACKED_OR_SDPA`, else `dense`."""
-    return "block_sparse" if model.config.get_text_config()._attn_implementation == PACKED_OR_SDPA else "dense"
+    """The packed mask's form a loaded model takes: its language model's block-sparse kernel
+    (`segments`, `flex`), else `dense`."""
+    return kernel_of(model.config.get_text_config()._attn_implementation) or "dense"
 
 
 def block_mask_for(mask: torch.Tensor, attn_implementation: str, dtype: torch.dtype) -> torch.Tensor:
@@ -179,8 +185,8 @@ def pack_shared_prefix(
 ) -> SharedPrefixBatch:
     """Packs the rows of `micro` (trimmed: left-padded prompts of width P, right-padded responses
     of width R) by prompt `labels` into sequences of width L = P + K x R, K the largest group.
-    `attention`: the mask's form (`PACKING_ATTENTION`); a block-sparse mask is built on `device`
-    for that device's kernel (`default_kernel`: flex tiles on CUDA, the `segments` layout on CPU).
+    `attention`: the mask's form (`PACKING_ATTENTION`); a block-sparse one (flex tiles or the
+    segments layout) is built on `device`.
 
     `position_ids_fn(prompt_ids, prompt_mask, image_grid_thw) -> (3, G, P)` gives the prompts'
     mrope ids; response token t of every slot gets the prompt's largest position + 1 + t, as
@@ -212,9 +218,9 @@ def pack_shared_prefix(
     if attention == "dense":
         query, key = torch.arange(length)[:, None], torch.arange(length)[None, :]
         mask = allowed_keys(query[None], key[None], segment, real[:, None, :])[:, None]
-    elif attention == "block_sparse" and default_kernel(device) == "flex":
+    elif attention == "flex":
         mask = flex_block_mask(segment, real, device)
-    elif attention == "block_sparse":
+    elif attention == "segments":
         mask = segments_carrier(PackedSegments(prompt_width, slots, response_width, real.to(device)))
     else:
         raise ValueError(f"packing attention must be one of {PACKING_ATTENTION}, not {attention!r}")
