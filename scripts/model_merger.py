@@ -10,8 +10,10 @@ writes the adapter alone (PEFT format: adapter_config.json + adapter_model.safet
 """
 
 import argparse
+import tempfile
 
-from verl.utils.model_merger import DTYPES, UnverifiedCheckpointError, merge_checkpoint, upload_to_hub
+from verl.utils.cli_exit import exit_cleanly
+from verl.utils.model_merger import DTYPES, merge_checkpoint, upload_to_hub
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
+    # A wrong or unverified --local_dir, a full disk, ...: one message on stderr, its traceback in
+    # the temporary folder's error.log.
+    with exit_cleanly(tempfile.gettempdir()):
         main()
-    except (FileNotFoundError, UnverifiedCheckpointError) as error:  # a wrong or unverified --local_dir: one line
-        raise SystemExit(f"error: {error}") from None

@@ -149,13 +149,15 @@ def test_readme_eval_of_an_unmerged_model_fails_in_one_line_from_the_shell(tmp_p
     )
 
 
-def test_readme_merge_of_a_missing_checkpoint_is_one_line(monkeypatch, tmp_path):
+def test_readme_merge_of_a_missing_checkpoint_is_one_line(monkeypatch, tmp_path, capsys):
     monkeypatch.chdir(_fresh_checkout(tmp_path))
     monkeypatch.setattr(sys, "argv", _cli_argv("python3 scripts/model_merger.py")[1:])
     with pytest.raises(SystemExit) as exit_info:
         runpy.run_path(str(REPO / "scripts/model_merger.py"), run_name="__main__")
-    message = str(exit_info.value.code)
-    assert message.startswith("error: checkpoint directory ") and "\n" not in message
+    assert exit_info.value.code == 1
+    pointer, message = capsys.readouterr().err.splitlines()
+    assert pointer.startswith("(traceback of this error: ") and "Traceback" not in message
+    assert message.startswith("error: checkpoint directory ")
     assert message.endswith("checkpoints/run/global_step_30/actor does not exist")
 
 

@@ -312,3 +312,17 @@ def test_lora_sft_trains_adapters_only_and_saves_them_folded(tiny_model_dir, sft
             assert not torch.equal(weight, initial[name]), name
         else:
             assert torch.equal(weight, initial[name]), name
+
+
+def test_a_broken_data_file_is_one_message_with_the_traceback_in_a_log(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("VERL_DEBUG", raising=False)
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"messages": [')  # cut off mid-file
+    with pytest.raises(SystemExit) as exit_info:
+        main([f"model.model_path={tiny_model_dir}", f"data.train_file={broken}", f"trainer.output_dir={tmp_path / 'o'}"])
+    assert exit_info.value.code == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert not any("Traceback" in line for line in lines), lines
+    assert lines[-2].startswith("(traceback of this error: ") and lines[-1].startswith("error: ")
+    log = lines[-2].removeprefix("(traceback of this error: ").split(";")[0]
+    assert "Traceback (most recent call last)" in open(log).read()

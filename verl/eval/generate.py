@@ -38,7 +38,8 @@ from transformers import AutoProcessor, AutoTokenizer, PreTrainedTokenizerBase
 
 from verl.data.rl_dataset import IMAGE_PLACEHOLDER, RLDataset
 from verl.data.vision import blank_like
-from verl.utils.model_source import ModelPathError, check_model_path
+from verl.utils.cli_exit import exit_cleanly
+from verl.utils.model_source import check_model_path
 from verl.workers.rollout import ENGINE_NAMES, GenerationRequest, RolloutEngine, SamplingConfig, make_rollout_engine
 
 logger = logging.getLogger(__name__)
@@ -583,7 +584,7 @@ def main(argv: list[str] | None = None) -> GenerationReport:
 
 
 if __name__ == "__main__":
-    try:
+    # A missing model, an unreadable file or row, ...: one message on stderr, its traceback in the
+    # temporary folder's error.log.
+    with exit_cleanly(tempfile.gettempdir()):
         main()
-    except ModelPathError as error:
-        raise SystemExit(f"error: {error}") from None

@@ -36,6 +36,7 @@ import os
 import random
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
@@ -57,6 +58,7 @@ from verl.data.sft_dataset import IGNORE_INDEX, SFTDataset, collate_sft
 from verl.models.lora import LoRAConfig, fold_adapters, lora_scale
 from verl.models.qwen_vl import forward_in_step, position_ids_for, resolve_dtype
 from verl.trainer.config import ConfigError, parse_cli_or_exit, to_yaml
+from verl.utils.cli_exit import exit_cleanly
 from verl.utils.model_source import ModelPathError, check_model_path
 from verl.utils.ranges import FRACTION, NON_NEGATIVE, POSITIVE, Range, check_ranges
 from verl.utils.tracking import Tracker
@@ -610,15 +612,18 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if os.environ.get("RANK", "0") == "0":
         print(to_yaml(config), flush=True)
-    try:
-        trainer = SFTTrainer(config)
-    except ConfigError as error:
-        print(f"config error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except ModelPathError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    trainer.fit()
+    # Any error is one message on stderr, its traceback in the temporary folder's error.log (not
+    # output_dir: a file there would make the rerun refuse a non-empty folder).
+    with exit_cleanly(tempfile.gettempdir()):
+        try:
+            trainer = SFTTrainer(config)
+        except ConfigError as error:
+            print(f"config error: {error}", file=sys.stderr)
+            sys.exit(2)
+        except ModelPathError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+        trainer.fit()
     if dist.is_initialized():
         dist.destroy_process_group()
 
