@@ -71,8 +71,12 @@ def _compiled_flex_attention():
     return torch.compile(flex_attention)
 
 
-def _causal_with_self(size: int, device: torch.device) -> torch.Tensor:
-    return torch.ones(size, size, dtype=torch.bool, device=device).tril()
+def _causal_over_real_keys(real_keys: torch.Tensor) -> torch.Tensor:
+    """(..., n) real-token flags of one segment -> (..., n, n) mask: causal over its real keys,
+    and a query always sees itself (a padding query has no empty row), as the dense mask does."""
+    size = real_keys.shape[-1]
+    causal = torch.ones(size, size, dtype=torch.bool, device=real_keys.device).tril()
+    return (causal & real_keys[..., None, :]) | torch.eye(size, dtype=torch.bool, device=real_keys.device)
 
 
 def segments_attention(
@@ -87,11 +91,9 @@ def segments_attention(
     prompt, slots, width = segments.prompt_width, segments.slots, segments.response_width
     real = segments.real
     gqa = heads != kv_heads
-    eye_prompt = torch.eye(prompt, dtype=torch.bool, device=query.device)
-    prompt_mask = (_causal_with_self(prompt, query.device)[None] & real[:, None, :prompt]) | eye_prompt
     prompt_out = F.scaled_dot_product_attention(
-        query[:, :, :prompt], key[:, :, :prompt], value[:, :, :prompt], attn_mask=prompt_mask[:, None],
-        scale=scale, enable_gqa=gqa,
+        query[:, :, :prompt], key[:, :, :prompt], value[:, :, :prompt],
+        attn_mask=_causal_over_real_keys(real[:, :prompt])[:, None], scale=scale, enable_gqa=gqa,
     )
 
     def per_slot(tensor: torch.Tensor) -> torch.Tensor:  # (G, H, S*R, D) -> (G*S, H, R, D)
@@ -102,10 +104,7 @@ def segments_attention(
         shared = tensor[:, None, :, :prompt].expand(groups, slots, kv_heads, prompt, dim).reshape(groups * slots, kv_heads, prompt, dim)
         return torch.cat([shared, per_slot(tensor)], dim=2)
 
-    slot_real = real[:, prompt:].reshape(groups, slots, width)
-    own = (_causal_with_self(width, query.device)[None, None] & slot_real[:, :, None, :]) | torch.eye(
-        width, dtype=torch.bool, device=query.device
-    )
+    own = _causal_over_real_keys(real[:, prompt:].reshape(groups, slots, width))
     prompt_keys = real[:, None, None, :prompt].expand(groups, slots, width, prompt)
     response_mask = torch.cat([prompt_keys, own], dim=3).reshape(groups * slots, 1, width, prompt + width)
     response_out = F.scaled_dot_product_attention(
