@@ -65,7 +65,7 @@ from verl.rewards.grading import DEFAULT_GRADER, GRADERS
 from verl.rewards.loader import BUILTIN_REWARD_FUNCTIONS, LoadedRewardFunction, RewardFunctionError, load_reward_function
 from verl.rewards.loader import DEFAULT_TIMEOUT_S as DEFAULT_REWARD_TIMEOUT_S
 from verl.rewards.vision_control import blank_image_control
-from verl.trainer.clipping import PASS2_CLIP_RATIO, RESPONSE_CLIP_RATIO, warn_on_clipping
+from verl.trainer.clipping import PASS2_CLIP_RATIO, RESPONSE_CLIP_RATIO, clip_ratio, warn_on_clipping
 from verl.trainer.config import SelfRewardConfig
 from verl.trainer.perception_judge import DEFAULT_MAX_ERROR_RATE as DEFAULT_JUDGE_MAX_ERROR_RATE
 from verl.trainer.perception_judge import JudgeFailedError, JudgeTimeoutError, OpenAIJudge
@@ -714,7 +714,7 @@ def clip_ratios(records: Sequence[ResponseRecord], reanswers: Reanswers | None) 
     ratios = {}
     known = [record.finished for record in records if record.finished is not None]
     if known:
-        ratios[RESPONSE_CLIP_RATIO] = 1.0 - sum(known) / len(known)
+        ratios[RESPONSE_CLIP_RATIO] = clip_ratio(np.asarray(known))
     if reanswers is not None and PASS2_CLIP_RATIO in reanswers.metrics:
         ratios[PASS2_CLIP_RATIO] = reanswers.metrics[PASS2_CLIP_RATIO]
     return ratios

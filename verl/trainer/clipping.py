@@ -14,7 +14,6 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from verl.protocol import DataProto
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +30,11 @@ TRAINER_CAP_KEYS = {
 """Clip ratio -> the trainer config key that sets its cap."""
 
 
-def clip_ratio(rollout: DataProto) -> float:
-    """Share of a rollout's rows the engine stopped at the cap rather than at a stop token
-    (`finished`, set per row by `verl.workers.rollout.batching.build_rollout_batch`)."""
-    return 1.0 - float(np.asarray(rollout.non_tensor_batch["finished"], dtype=bool).mean())
+def clip_ratio(finished: np.ndarray) -> float:
+    """Share of rows the engine stopped at the cap rather than at a stop token, from their
+    `finished` flags (a rollout's `non_tensor_batch["finished"]`, set per row by
+    `verl.workers.rollout.batching.build_rollout_batch`, or several rollouts' concatenated)."""
+    return 1.0 - float(np.asarray(finished, dtype=bool).mean())
 
 
 def warn_on_clipping(ratios: Mapping[str, float], cap_keys: Mapping[str, str], where: str) -> list[str]:

@@ -477,7 +477,7 @@ class RayPPOTrainer:
         lengths = rollout.batch["response_mask"].sum(-1).float()
         metrics[f"{prefix}/response_length/mean"] = lengths.mean().item()
         metrics[f"{prefix}/response_length/max"] = lengths.max().item()
-        metrics[f"{prefix}/{RESPONSE_CLIP_RATIO}"] = clip_ratio(rollout)
+        metrics[f"{prefix}/{RESPONSE_CLIP_RATIO}"] = clip_ratio(rollout.non_tensor_batch["finished"])
         if sr_output is not None:
             metrics.update({f"{prefix}/{k}": v for k, v in sr_output.metrics.items()})
         return metrics
@@ -509,7 +509,7 @@ class RayPPOTrainer:
             samples.extend(zip(responses, rollout.non_tensor_batch["ground_truth"]))
         metrics = {f"val/reward/{name}": torch.cat(values).mean().item() for name, values in all_scores.items()}
         metrics["val/response_length/mean"] = torch.cat(lengths).mean().item()
-        metrics[f"val/{RESPONSE_CLIP_RATIO}"] = 1.0 - float(np.concatenate(finished).astype(bool).mean())
+        metrics[f"val/{RESPONSE_CLIP_RATIO}"] = clip_ratio(np.concatenate(finished))
         metrics.update({f"val/{k}": float(np.mean(v)) for k, v in sr_metrics.items()})
         warn_on_clipping(
             {name: metrics.get(f"val/{name}") for name in TRAINER_CAP_KEYS}, TRAINER_CAP_KEYS, f"validation at step {self.global_step}"

@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerBase
 from verl.data.format_prompt import build_reprompt
 from verl.protocol import DataProto
 from verl.rewards.format import extract_description
-from verl.trainer.clipping import PASS2_CLIP_RATIO
+from verl.trainer.clipping import PASS2_CLIP_RATIO, clip_ratio
 from verl.trainer.config import SelfRewardConfig
 from verl.workers.rollout.base import SamplingConfig
 
@@ -147,7 +147,7 @@ class SelfRewardStage:
                 clipped[int(parent)] += not finished
             metrics["self_reward/reprompt_truncated_rate"] = truncated / len(asked)
             # Share of re-answers that hit max_response_length before a stop token.
-            metrics[PASS2_CLIP_RATIO] = sum(clipped) / len(pass2)
+            metrics[PASS2_CLIP_RATIO] = clip_ratio(pass2.non_tensor_batch["finished"])
             metrics["self_reward/pass2_response_length"] = pass2.batch["response_mask"].sum(-1).float().mean().item()
         return SelfRewardOutput(
             descriptions=descriptions, reanswers=reanswers, pass2=pass2, metrics=metrics, reanswers_clipped=clipped
