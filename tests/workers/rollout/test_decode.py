@@ -80,3 +80,41 @@ def test_growing_layer_returns_what_concatenation_returns_without_reallocating()
     assert growing.get_seq_length() == 8 and growing.keys.data_ptr() == buffer
     with pytest.raises(RuntimeError, match="9 positions exceed the buffer's 8"):
         growing.update(torch.randn(2, 3, 1, 4), torch.randn(2, 3, 1, 4))
+
+
+def test_rows_that_finish_early_leave_the_batch_and_the_rest_keep_the_trainers_log_probs(
+    tiny_model_dir, synthetic_data_dir
+):
+    """Samples of mixed length (some stop early and are dropped from the batch mid-loop): every
+    returned log-prob equals the trainer's recomputation of the sequence (its padded forward with
+    its own mrope positions), so dropping finished rows and the preallocated cache change nothing."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+    from verl.data.rl_dataset import RLDataset, collate_rl
+    from verl.protocol import DataProto
+    from verl.utils.tiny_model import TinyModelSpec
+    from verl.workers.actor import forward_response_log_probs
+    from verl.workers.rollout import make_rollout_engine
+    from verl.workers.rollout.batching import build_rollout_batch, requests_from_batch
+
+    spec, max_prompt, max_tokens = TinyModelSpec(), 512, 40
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    dataset = RLDataset(
+        f"{synthetic_data_dir}/val.parquet", tokenizer, AutoProcessor.from_pretrained(tiny_model_dir),
+        max_prompt_length=max_prompt, min_pixels=spec.min_pixels, max_pixels=spec.max_pixels,
+        format_prompt="configs/format_prompt/r1v.jinja",
+    )
+    tensors, non_tensors = collate_rl([dataset[i] for i in range(4)], tokenizer.pad_token_id, max_prompt)
+    prompts = DataProto.from_dict(tensors=tensors, non_tensors=non_tensors)
+    engine = make_rollout_engine("hf", tiny_model_dir, min_pixels=spec.min_pixels, max_pixels=spec.max_pixels, dtype="float32")
+    outputs = engine.generate(requests_from_batch(prompts), SamplingConfig(n=8, max_tokens=max_tokens, seed=0))
+    lengths = [len(sample.token_ids) for samples in outputs for sample in samples]
+    assert min(lengths) < max_tokens and max(lengths) == max_tokens, lengths  # rows did leave early
+
+    batch = build_rollout_batch(prompts, outputs, max_tokens, tokenizer.pad_token_id)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    with torch.no_grad():
+        log_probs, _ = forward_response_log_probs(model, batch, 1.0, False)
+    mask = batch.batch["response_mask"].bool()
+    gap = (log_probs - batch.batch["rollout_log_probs"]).abs()[mask]
+    assert gap.max() < 1e-4, gap.max()
