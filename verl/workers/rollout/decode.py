@@ -197,8 +197,10 @@ def decode(
     logits = prefill.logits[:, -1].float().repeat_interleave(n, dim=0)  # (rows, vocab)
     rows = logits.shape[0]
     next_position = positions.amax(dim=(0, 2)).repeat_interleave(n) + 1  # (rows,)
-    mask = torch.ones(rows, attention_mask.shape[1] + steps, dtype=attention_mask.dtype, device=device)
-    mask[:, : attention_mask.shape[1]] = attention_mask.repeat_interleave(n, dim=0)
+    # Which keys each row may see (its prompt's padding not), as the 4D mask sdpa takes: a step's
+    # single query sees every earlier key, so no causal part is needed and none is built per step.
+    mask = torch.ones(rows, 1, 1, attention_mask.shape[1] + steps, dtype=torch.bool, device=device)
+    mask[:, 0, 0, : attention_mask.shape[1]] = attention_mask.repeat_interleave(n, dim=0).bool()
 
     tokens = torch.full((rows, steps), pad_id, dtype=torch.long, device=device)
     logprobs = torch.zeros(rows, steps, dtype=torch.float32, device=device)
@@ -225,7 +227,7 @@ def decode(
             break
         output = model(
             input_ids=step_tokens[:, None],
-            attention_mask=mask[:, : prompt_length + step + 1],
+            attention_mask=mask[..., : prompt_length + step + 1],
             position_ids=(next_position + step).view(1, -1, 1).expand(3, -1, 1),
             past_key_values=cache,
             use_cache=True,
