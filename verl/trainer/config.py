@@ -37,6 +37,7 @@ from verl.workers.config import (  # noqa: F401  (worker sections, re-exported f
     ModelConfig,
     OptimConfig,
     PACKING_ATTENTION,
+    POLICY_LOSS_DEFAULTS,
     RolloutCorrectionConfig,
     RefConfig,
     RankSetup,
@@ -131,13 +132,23 @@ class OverlongConfig:
 class DynamicSamplingConfig:
     """DAPO dynamic sampling (verl.algorithms.dapo.select_groups)."""
 
+    # Allowed values of the numeric fields (verl/utils/ranges.py), checked before Ray starts.
+    # At most 1000 tries: draw k of step s samples with seed worker.rollout.seed + 1000 s + k.
+    RANGES: ClassVar[dict[str, Range]] = {"max_tries": Range(1, 1000)}
+
     enable: bool = False
-    """Drop prompts whose n responses all score the same; draw new prompts to refill the batch."""
-    metric: str = "overall"
-    """Reward component whose spread is checked (e.g. accuracy)."""
+    """Drop prompts whose n responses all score the same; draw new prompts to refill the batch.
+    Needs a group-relative algorithm.adv_estimator (GROUP_RELATIVE_ESTIMATORS)."""
+    metric: str = "accuracy"
+    """Reward component whose spread is checked: accuracy, as DAPO and verl (overall would count
+    a group whose answers are all right or all wrong as informative when only the format or the
+    overlong penalty differs)."""
     max_tries: int = 4
-    """Generation batches per step, the first included; when they run out, prompts without
-    spread fill the rest of the batch (counted in dynamic_sampling/filler_prompts)."""
+    """Generation batches per step, the first included (each with its own sampling seed)."""
+    fill_after_max_tries: bool = False
+    """When the tries (or the data) run out before the batch holds enough prompts with spread:
+    false stops the run with an error, as verl does; true fills the rest with prompts without
+    spread, printed and counted in dynamic_sampling/filler_prompts, their advantage set to 0."""
 
 
 @dataclass
@@ -355,6 +366,28 @@ class PPOConfig:
             longest_row=longest_row,
         )
 
+    def apply_method_defaults(self, explicit_keys: set[str]) -> list[str]:
+        """Gives the chosen policy loss its paper's settings (`POLICY_LOSS_DEFAULTS`) for every
+        field not in `explicit_keys` (the dotted keys the YAML file and the command line set);
+        returns one line saying what it chose and which set values differ from the paper's
+        (`load_config` prints it)."""
+        actor = self.worker.actor
+        chosen, kept = [], []
+        for name, paper_value in POLICY_LOSS_DEFAULTS.get(actor.policy_loss, {}).items():
+            if f"worker.actor.{name}" not in explicit_keys:
+                setattr(actor, name, paper_value)
+                chosen.append(f"worker.actor.{name}={paper_value}")
+            elif getattr(actor, name) != paper_value:
+                kept.append(f"worker.actor.{name}={getattr(actor, name)} (paper: {paper_value})")
+        if not chosen and not kept:
+            return []
+        line = f"worker.actor.policy_loss={actor.policy_loss}:"
+        if chosen:
+            line += f" its paper's {' '.join(chosen)};"
+        if kept:
+            line += f" set explicitly, kept: {' '.join(kept)};"
+        return [line.rstrip(";")]
+
     def validate(self) -> None:
         """Checks derived values before anything starts; each message names the clashing numbers."""
         data, actor, rollout, trainer = self.data, self.worker.actor, self.worker.rollout, self.trainer
@@ -481,8 +514,13 @@ class PPOConfig:
             )
         if overlong.penalty_factor < 0:
             raise ConfigError(f"algorithm.overlong.penalty_factor={overlong.penalty_factor} must be >= 0")
-        if dynamic.max_tries < 1:
-            raise ConfigError(f"algorithm.dynamic_sampling.max_tries={dynamic.max_tries} must be >= 1")
+        if dynamic.enable and algorithm.adv_estimator not in GROUP_RELATIVE_ESTIMATORS:
+            # Dropping groups without spread is free only where such a group's advantage is 0.
+            raise ConfigError(
+                f"algorithm.dynamic_sampling.enable=true needs a group-relative algorithm.adv_estimator "
+                f"(one of {', '.join(GROUP_RELATIVE_ESTIMATORS)}), got {algorithm.adv_estimator!r}: under it a "
+                "group whose responses all score the same still has a non-zero advantage"
+            )
         multi_reward = bool(algorithm.reward_weights) or self.self_reward.objective == "separate"
         if multi_reward and (overlong.buffer_length > 0 or algorithm.adv_estimator in ("remax", "gae")):
             raise ConfigError(
@@ -495,6 +533,11 @@ class PPOConfig:
                 "(its pass-2 rows are tied to one generation batch)"
             )
 
+
+
+GROUP_RELATIVE_ESTIMATORS: tuple[str, ...] = ("grpo", "rloo", "reinforce_plus_plus_baseline")
+"""Estimators that give a group whose scores are all equal an advantage of exactly 0 (the
+others compare with a batch mean, a greedy response or a critic)."""
 
 
 def _choice(key: str, value: str, valid: tuple[str, ...]) -> None:
@@ -531,13 +574,16 @@ def load_config(schema: type[ConfigT], yaml_path: str | None, overrides: list[st
     """Defaults of `schema` <- YAML file <- `key=value` overrides, type-checked; returns the
     dataclass instance. Errors name the offending key and where it came from."""
     config: DictConfig = OmegaConf.structured(schema)
+    explicit_keys: set[str] = set()  # what the user set, for apply_method_defaults
     if yaml_path:
         if not os.path.isfile(yaml_path):
             raise ConfigError(f"config file {yaml_path} does not exist")
         try:
-            config = OmegaConf.merge(config, OmegaConf.load(yaml_path))
+            loaded = OmegaConf.load(yaml_path)
+            config = OmegaConf.merge(config, loaded)
         except OmegaConfBaseException as error:
             raise _explain(error, schema, yaml_path) from None
+        explicit_keys |= _dotted_keys(loaded)
     for override in overrides:
         if "=" not in override:
             raise ConfigError(f"command-line override {override!r} is not of the form key=value")
@@ -547,13 +593,32 @@ def load_config(schema: type[ConfigT], yaml_path: str | None, overrides: list[st
             # as "False"; quoted they stay words (and a boolean field still converts them).
             override = f"{key}='{value}'"
         try:
-            config = OmegaConf.merge(config, OmegaConf.from_dotlist([override]))
+            piece = OmegaConf.from_dotlist([override])
+            config = OmegaConf.merge(config, piece)
         except OmegaConfBaseException as error:
             raise _explain(error, schema, f"command line '{override}'") from None
+        explicit_keys |= _dotted_keys(piece)
     try:
-        return OmegaConf.to_object(config)  # type: ignore[return-value]
+        result = OmegaConf.to_object(config)
     except OmegaConfBaseException as error:
         raise _explain(error, schema, "config") from None
+    apply_method_defaults = getattr(result, "apply_method_defaults", None)
+    if apply_method_defaults is not None:
+        for line in apply_method_defaults(explicit_keys):
+            print(line, flush=True)
+    return result  # type: ignore[return-value]
+
+
+def _dotted_keys(node: Any, prefix: str = "") -> set[str]:
+    """Every key a loaded YAML/dotlist piece sets, dotted (`worker.actor.clip_ratio_low`)."""
+    if not isinstance(node, DictConfig):
+        return set()
+    keys: set[str] = set()
+    for key in node.keys():
+        dotted = f"{prefix}{key}"
+        keys.add(dotted)
+        keys |= _dotted_keys(node._get_node(key), dotted + ".")
+    return keys
 
 
 def parse_cli(schema: type[ConfigT], argv: list[str]) -> ConfigT:

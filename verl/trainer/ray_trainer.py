@@ -177,11 +177,14 @@ class RayPPOTrainer:
             group_size=self.config.worker.rollout.tensor_parallel_size,
         )
 
-    def train_sampling(self) -> SamplingConfig:
+    def train_sampling(self, draw: int = 0) -> SamplingConfig:
+        """Sampling of the step's generation batch number `draw` (dynamic sampling's refills are
+        draws 1, 2, ...): each its own seed, so a redrawn prompt is not sampled the same way
+        again (draw < algorithm.dynamic_sampling.max_tries <= 1000 keeps the seeds distinct)."""
         r = self.config.worker.rollout
         return SamplingConfig(
             n=r.n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
-            max_tokens=self.config.data.max_response_length, seed=r.seed + 1000 * self.global_step,
+            max_tokens=self.config.data.max_response_length, seed=r.seed + 1000 * self.global_step + draw,
             min_tokens=r.min_response_length,
         )
 
@@ -220,8 +223,15 @@ class RayPPOTrainer:
         return rollout, responses, scores, sr_output
 
     def compute_advantages(self, rollout: DataProto, scores: dict[str, torch.Tensor], metrics: dict) -> torch.Tensor:
-        """(bs, R) advantages of the configured estimator; for gae also the critic's targets,
-        stored as `rollout.batch["returns"]`."""
+        """(bs, R) advantages of the configured estimator, exactly 0 on dynamic sampling's filler
+        rows (their group has no spread in the sampling metric, but may have some in the trained
+        score, e.g. format); for gae also the critic's targets, stored as `rollout.batch["returns"]`."""
+        advantages = self._estimated_advantages(rollout, scores, metrics)
+        if "filler" in rollout.non_tensor_batch:
+            advantages[torch.as_tensor(rollout.non_tensor_batch["filler"].astype(bool))] = 0.0
+        return advantages
+
+    def _estimated_advantages(self, rollout: DataProto, scores: dict[str, torch.Tensor], metrics: dict) -> torch.Tensor:
         cfg = self.config.algorithm
         mask = rollout.batch["response_mask"]
         groups = group_index_of(rollout.non_tensor_batch["uid"])
@@ -287,10 +297,11 @@ class RayPPOTrainer:
         by_uid = dict(zip(greedy.non_tensor_batch["uid"], greedy_scores["overall"].tolist()))
         return torch.tensor([by_uid[uid] for uid in rollout.non_tensor_batch["uid"]], dtype=torch.float32)
 
-    def _sample(self, batch: DataProto, timing: dict):
-        """Rollout, self-reward, reward (+ shaping, + the ReMax baseline) for one batch of prompts."""
+    def _sample(self, batch: DataProto, timing: dict, draw: int = 0):
+        """Rollout, self-reward, reward (+ shaping, + the ReMax baseline) for one batch of
+        prompts, the step's generation batch number `draw`."""
         batch.non_tensor_batch["uid"] = np.array([uuid.uuid4().hex for _ in range(len(batch))], dtype=object)
-        rollout, _, scores, sr_output = self.generate_and_score(batch, self.train_sampling(), timing, False)
+        rollout, _, scores, sr_output = self.generate_and_score(batch, self.train_sampling(draw), timing, False)
         self._shape_scores(rollout, scores)
         if self.config.algorithm.adv_estimator == "remax":
             rollout.batch["remax_baseline"] = self._remax_baseline(batch, rollout, timing)
@@ -298,10 +309,12 @@ class RayPPOTrainer:
 
     def _sample_with_refill(self, batch: DataProto, timing: dict, metrics: dict):
         """`_sample`, and with DAPO dynamic sampling, more prompts from the data until the batch
-        holds `len(batch)` prompts whose responses' scores differ (or the tries run out, then
-        prompts without spread fill it: see `dapo.select_groups`). Returns the rows for the
-        update, their scores, the self-reward output of the first batch, and all rows drawn
-        with their scores (for the reward metrics, unbiased by the filter)."""
+        holds `len(batch)` prompts whose responses' scores differ. When the tries or the data
+        run out first: an error, or with `fill_after_max_tries` prompts without spread fill it
+        (see `dapo.select_groups`), flagged per row in `non_tensor_batch["filler"]` so that
+        `compute_advantages` gives them 0. Returns the rows for the update, their scores, the
+        self-reward output of the first batch, and all rows drawn with their scores (for the
+        reward metrics, unbiased by the filter)."""
         rollout, scores, sr_output = self._sample(batch, timing)
         dynamic = self.config.algorithm.dynamic_sampling
         if not dynamic.enable:
@@ -314,15 +327,28 @@ class RayPPOTrainer:
         spread = [dapo.prompt_has_spread(scores[dynamic.metric], n)]
         while not dapo.enough_informative(spread, len(batch)) and len(tries) < dynamic.max_tries:
             refill = next(self._batch_iter, None) if self._batch_iter is not None else None
-            if refill is None:  # the data ran out: fill with what was drawn
+            if refill is None:  # the data ran out
                 break
-            refill_rollout, refill_scores, _ = self._sample(refill, timing)
+            refill_rollout, refill_scores, _ = self._sample(refill, timing, draw=len(tries))
             tries.append((refill_rollout, refill_scores))
             spread.append(dapo.prompt_has_spread(refill_scores[dynamic.metric], n))
         selection = dapo.select_groups(spread, len(batch))
+        if selection.filler:
+            shortfall = (
+                f"step {self.global_step}: dynamic sampling found {selection.informative} of the {len(batch)} prompts "
+                f"whose {dynamic.metric} differs within the group, in {len(tries)} generation batches "
+                f"(algorithm.dynamic_sampling.max_tries={dynamic.max_tries})"
+            )
+            if not dynamic.fill_after_max_tries:
+                raise RuntimeError(
+                    f"{shortfall}; raise max_tries, or set algorithm.dynamic_sampling.fill_after_max_tries=true to "
+                    "fill the batch with prompts without spread (trained with advantage 0)"
+                )
+            print(f"{shortfall}; {selection.filler} prompts without spread fill the batch, advantage 0", flush=True)
         rows = [(prompts[:, None] * n + np.arange(n)).reshape(-1) for prompts in selection.prompts]
         names = list(scores)
         kept_rollout = DataProto.concat([drawn[keep] for (drawn, _), keep in zip(tries, rows)])
+        kept_rollout.non_tensor_batch["filler"] = np.repeat(np.concatenate(selection.is_filler), n)
         kept_scores = {name: torch.cat([drawn[name][keep] for (_, drawn), keep in zip(tries, rows)]) for name in names}
         all_rollout = DataProto.concat([drawn for drawn, _ in tries])
         all_scores = {name: torch.cat([drawn[name] for _, drawn in tries]) for name in names}
@@ -388,12 +414,15 @@ class RayPPOTrainer:
 
     @property
     def skip_old_log_probs(self) -> bool:
-        """One mini-batch, one epoch, no KL in the reward: the update is exactly on-policy and
-        takes its own detached log-probs as the old ones (no separate forward pass)."""
+        """One mini-batch, one epoch, no KL in the reward, no MIS: the update is exactly
+        on-policy and takes its own detached log-probs as the old ones (no separate forward
+        pass). MIS needs the old log-probs before the update: the tokens it rejects leave the
+        loss's normaliser, counted over the whole mini-batch before its first backward."""
         actor = self.config.worker.actor
+        mis = actor.rollout_correction.mode == "mis" and actor.rollout_correction.applies(self.config.worker.rollout.temperature)
         return (
             actor.skip_old_log_prob_when_on_policy and self.mini_batches_per_step == 1
-            and actor.ppo_epochs == 1 and self.kl_controller is None
+            and actor.ppo_epochs == 1 and self.kl_controller is None and not mis
         )
 
     def _dispatch_balanced(self, method: str, data: DataProto) -> DataProto:
