@@ -282,3 +282,29 @@ def test_dynamic_sampling_refuses_estimators_that_are_not_group_relative(estimat
     with pytest.raises(ConfigError, match=rf"algorithm.dynamic_sampling.enable=true needs a group-relative "
                                           rf"algorithm.adv_estimator \(one of grpo, rloo, reinforce_plus_plus_baseline\), got '{estimator}'"):
         config.validate()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"self_reward.objective": "paper_v2"}, r"self_reward.objective=paper_v2 needs self_reward.enable=true"),
+        ({"self_reward.enable": True, "self_reward.objective": "paper_v2", "self_reward.judge": "openai",
+          "self_reward.judge_base_url": "http://x", "self_reward.judge_model": "m"}, r"needs self_reward.judge=policy"),
+        ({"self_reward.enable": True, "self_reward.tags": "paper_v2"},
+         r"reward.reward_function_kwargs.tags='sr1' differs from self_reward.tags='paper_v2'"),
+        ({"self_reward.enable": True, "self_reward.tags": "v3"}, r"self_reward.tags='v3' is not one of sr1, paper_v2"),
+        ({"self_reward.enable": True, "self_reward.objective": "paper_v2", "algorithm.dynamic_sampling.enable": True},
+         r"does not support self_reward.objective=paper_v2"),
+    ],
+)
+def test_paper_v2_config_errors_name_the_key(override, message):
+    config = parse_cli(PPOConfig, _valid(**override))
+    with pytest.raises(ConfigError, match=message):
+        config.validate()
+
+
+def test_paper_v2_with_matching_tags_validates():
+    parse_cli(PPOConfig, _valid(**{
+        "self_reward.enable": True, "self_reward.objective": "paper_v2", "self_reward.tags": "paper_v2",
+        "reward.reward_function_kwargs": "{tags: paper_v2}",
+    })).validate()

@@ -18,6 +18,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from verl.algorithms.core_algos import ADVANTAGE_ESTIMATORS, LOSS_AGG_MODES, POLICY_LOSSES
 from verl.algorithms.rollout_correction import ROLLOUT_CORRECTION_LEVELS, ROLLOUT_CORRECTION_MODES
+from verl.rewards.format import TAG_STYLES
 from verl.rewards.loader import DEFAULT_TIMEOUT_S as DEFAULT_REWARD_TIMEOUT_S
 from verl.utils.ranges import (
     AT_LEAST_ONE,
@@ -228,12 +229,22 @@ class SelfRewardConfig:
     """zero: no (or an empty) perception -> visual reward 0, no re-prompt; whole_response: the
     reference's fallback (no block -> re-prompt with the whole response; an empty block -> with "")."""
     objective: str = "summed"
-    """summed: the reference code (visual added to one reward); separate: the paper's two
-    group-normalised advantages, pass-2 tokens trained with the visual advantage."""
+    """summed: the reference code (visual added to one reward); separate: the paper's (v2 on
+    arXiv) two group-normalised advantages summed on the responses, pass-2 tokens trained with
+    the visual advantage; paper_v2: the ICLR 2026 paper's objective, two GRPO terms each with its
+    own KL term: the answer rollout with the answer advantage, the visual re-answer rollout with
+    the visual advantage, each aggregated over its own tokens (docs/algorithms.md)."""
     answer_advantage_weight: float = 0.5
-    """separate objective: weight of the answer (accuracy+format) advantage."""
+    """separate: weight of the answer (accuracy+format) advantage; paper_v2: lambda of the answer
+    rollout's term (its policy loss and its KL loss)."""
     visual_advantage_weight: float = 0.5
-    """separate objective: weight of the visual advantage (also the pass-2 tokens' advantage)."""
+    """separate: weight of the visual advantage (also the pass-2 tokens' advantage); paper_v2:
+    lambda of the visual re-answer rollout's term (its policy loss and its KL loss)."""
+    tags: str = "sr1"
+    """Output tags: sr1 (<description>, <think>, \\boxed{}: the reference code) or paper_v2
+    (<visual reasoning>, <think>, <answer>: the ICLR 2026 paper, with
+    configs/format_prompt/sr1_paper_v2.jinja); the stage reads the perception block and asks the
+    re-answer in this style. The sr1 reward's `tags` keyword must match."""
     judge: str = "policy"
     """policy: the same policy re-answers through the rollout engine; openai: an
     OpenAI-compatible server re-answers (external perception judge)."""
@@ -404,7 +415,8 @@ class PPOConfig:
                 "use segments (the CPU default), dense or auto with trainer.device=cpu"
             )
         _choice("self_reward.missing_description", self.self_reward.missing_description, ("zero", "whole_response"))
-        _choice("self_reward.objective", self.self_reward.objective, ("summed", "separate"))
+        _choice("self_reward.objective", self.self_reward.objective, ("summed", "separate", "paper_v2"))
+        _choice("self_reward.tags", self.self_reward.tags, TAG_STYLES)
         _choice("self_reward.judge", self.self_reward.judge, ("policy", "openai"))
         _choice("algorithm.kl_type", self.algorithm.kl_type, ("fixed", "adaptive"))
         _choice("worker.actor.optim.lr_scheduler", actor.optim.lr_scheduler, ("constant", "cosine"))
@@ -483,10 +495,26 @@ class PPOConfig:
             actor.model.lora.check("worker.actor.model.lora")
         except ValueError as error:
             raise ConfigError(str(error)) from None
-        if self.self_reward.objective == "separate" and not self.self_reward.enable:
-            raise ConfigError("self_reward.objective=separate needs self_reward.enable=true")
+        self._validate_self_reward()
         if self.self_reward.judge == "openai" and not (self.self_reward.judge_base_url and self.self_reward.judge_model):
             raise ConfigError("self_reward.judge=openai needs self_reward.judge_base_url and self_reward.judge_model")
+
+    def _validate_self_reward(self) -> None:
+        """The objectives that need the second pass, and the tag style the reward reads."""
+        sr, reward = self.self_reward, self.reward
+        if sr.objective in ("separate", "paper_v2") and not sr.enable:
+            raise ConfigError(f"self_reward.objective={sr.objective} needs self_reward.enable=true")
+        if sr.objective == "paper_v2" and sr.judge != "policy":
+            raise ConfigError(
+                "self_reward.objective=paper_v2 trains the policy's own re-answers (the visual rollout); "
+                f"it needs self_reward.judge=policy, got {sr.judge!r}"
+            )
+        reward_tags = reward.reward_function_kwargs.get("tags", "sr1")
+        if sr.enable and reward.reward_function == "sr1" and reward_tags != sr.tags:
+            raise ConfigError(
+                f"reward.reward_function_kwargs.tags={reward_tags!r} differs from self_reward.tags={sr.tags!r}: "
+                "the reward would grade a different format than the stage re-prompts from"
+            )
 
     def _validate_algorithm(self) -> None:
         """The algorithm choices (estimator, policy loss, rollout correction, DAPO pieces) and
@@ -521,16 +549,16 @@ class PPOConfig:
                 f"(one of {', '.join(GROUP_RELATIVE_ESTIMATORS)}), got {algorithm.adv_estimator!r}: under it a "
                 "group whose responses all score the same still has a non-zero advantage"
             )
-        multi_reward = bool(algorithm.reward_weights) or self.self_reward.objective == "separate"
+        multi_reward = bool(algorithm.reward_weights) or self.self_reward.objective in ("separate", "paper_v2")
         if multi_reward and (overlong.buffer_length > 0 or algorithm.adv_estimator in ("remax", "gae")):
             raise ConfigError(
                 "algorithm.overlong and adv_estimator=remax/gae use the single `overall` score; they do not apply "
-                "with algorithm.reward_weights or self_reward.objective=separate"
+                "with algorithm.reward_weights or self_reward.objective=separate/paper_v2"
             )
-        if dynamic.enable and self.self_reward.objective == "separate":
+        if dynamic.enable and self.self_reward.objective in ("separate", "paper_v2"):
             raise ConfigError(
-                "algorithm.dynamic_sampling.enable=true does not support self_reward.objective=separate "
-                "(its pass-2 rows are tied to one generation batch)"
+                f"algorithm.dynamic_sampling.enable=true does not support self_reward.objective="
+                f"{self.self_reward.objective} (its pass-2 rows are tied to one generation batch)"
             )
 
 

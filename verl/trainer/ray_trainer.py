@@ -34,6 +34,7 @@ from verl.trainer.self_reward import SelfRewardOutput, SelfRewardStage
 from verl.utils import checkpoint
 from verl.utils.manifest import write_manifest
 from verl.utils.tracking import Tracker
+from verl.workers.actor import OBJECTIVE_PART, OBJECTIVE_PARTS, OBJECTIVE_WEIGHT
 from verl.workers.engine.micro_batch import rank_order
 from verl.workers.fsdp_worker import FSDPWorker
 from verl.workers.rollout.base import SamplingConfig
@@ -78,6 +79,15 @@ def pass2_advantages(
         torch.ones(len(visual_scores), 1), norm_adv_by_std,
     )[:, 0]
     return (per_response[parent_rows][:, None] * pass2_response_mask).float()
+
+
+def with_objective_term(rows: DataProto, part: int, weight: float) -> DataProto:
+    """`rows` marked as term `part` of a separately aggregated objective, with lambda `weight`
+    (the actor's `OBJECTIVE_PART` / `OBJECTIVE_WEIGHT`; self_reward.objective=paper_v2)."""
+    tensors = dict(rows.batch)
+    tensors[OBJECTIVE_PART] = torch.full((len(rows),), part, dtype=torch.long)
+    tensors[OBJECTIVE_WEIGHT] = torch.full((len(rows),), weight, dtype=torch.float32)
+    return DataProto(batch=tensors, non_tensor_batch=dict(rows.non_tensor_batch), meta_info=dict(rows.meta_info))
 
 
 def pad_rows(data: DataProto, prompt_length: int, response_length: int, pad_token_id: int) -> DataProto:
@@ -239,6 +249,10 @@ class RayPPOTrainer:
         weights = dict(cfg.reward_weights)
         if sr.enable and sr.objective == "separate":
             weights = {"answer": sr.answer_advantage_weight, "visual": sr.visual_advantage_weight}
+        elif sr.enable and sr.objective == "paper_v2":
+            # The answer rollout's own GRPO advantage; its lambda weighs the whole term (policy
+            # and KL loss) in the actor, the visual advantage sits on the pass-2 rows.
+            weights = {"answer": 1.0}
         if weights:
             missing = set(weights) - set(scores)
             if missing:
@@ -365,7 +379,7 @@ class RayPPOTrainer:
         metrics: dict[str, float] = {}
         rollout, scores, sr_output, drawn_rollout, drawn_scores = self._sample_with_refill(batch, timing, metrics)
         train_rows = rollout
-        separate = cfg.self_reward.enable and cfg.self_reward.objective == "separate"
+        separate = cfg.self_reward.enable and cfg.self_reward.objective in ("separate", "paper_v2")
         need_ref = cfg.worker.actor.use_kl_loss or self.kl_controller is not None
         if not self.skip_old_log_probs:  # else the on-policy update reports entropy and the gap
             with timed("old_log_prob", timing):
@@ -384,6 +398,8 @@ class RayPPOTrainer:
         with timed("adv", timing):
             advantages = self.compute_advantages(train_rows, scores, metrics)
         train_rows.batch["advantages"] = advantages.float()
+        if cfg.self_reward.enable and cfg.self_reward.objective == "paper_v2":
+            train_rows = with_objective_term(train_rows, OBJECTIVE_PARTS.index("answer"), cfg.self_reward.answer_advantage_weight)
         if separate and sr_output is not None and sr_output.pass2 is not None:
             with timed("pass2_log_prob", timing):
                 train_rows = self._with_pass2_rows(train_rows, sr_output, scores, need_ref)
@@ -434,7 +450,7 @@ class RayPPOTrainer:
         return self.workers.dispatch(method, data[order])[np.argsort(order)]
 
     def _actor_update_keys(self, train_rows: DataProto) -> list[str]:
-        keys = ["advantages"]
+        keys = ["advantages"] + [key for key in (OBJECTIVE_PART, OBJECTIVE_WEIGHT) if key in train_rows.batch]
         actor = self.config.worker.actor
         # The rollout log-probs feed the on-policy gap metric and the rollout correction.
         with_rollout = self.skip_old_log_probs or actor.rollout_correction.applies(self.config.worker.rollout.temperature)
@@ -478,19 +494,24 @@ class RayPPOTrainer:
             pass2 = pass2.union(self._dispatch_balanced("compute_log_probs", pass2))
         if need_ref:
             pass2 = pass2.union(self._dispatch_balanced("compute_ref_log_probs", pass2))
+        paper_v2 = cfg.self_reward.objective == "paper_v2"
         pass2.batch["advantages"] = pass2_advantages(
             scores["visual"],
             group_index_of(train_rows.non_tensor_batch["uid"]),
             torch.as_tensor(pass2.non_tensor_batch["parent_row"].astype(np.int64)),
             pass2.batch["response_mask"],
-            cfg.self_reward.visual_advantage_weight,
+            # paper_v2: the weight is the visual term's lambda, applied in the actor (to the KL too).
+            1.0 if paper_v2 else cfg.self_reward.visual_advantage_weight,
             cfg.algorithm.norm_adv_by_std_in_grpo,
         )
+        if paper_v2:
+            pass2 = with_objective_term(pass2, OBJECTIVE_PARTS.index("visual"), cfg.self_reward.visual_advantage_weight)
         prompt_len = max(train_rows.batch["prompts"].shape[1], pass2.batch["prompts"].shape[1])
         response_len = max(train_rows.batch["responses"].shape[1], pass2.batch["responses"].shape[1])
         pad = self.tokenizer.pad_token_id
         keys = ["prompts", "responses", "response_mask", "input_ids", "attention_mask", "advantages"]
-        optional = ["old_log_probs", "entropy", "rollout_log_probs"] + (["ref_log_probs"] if need_ref else [])
+        optional = ["old_log_probs", "entropy", "rollout_log_probs", OBJECTIVE_PART, OBJECTIVE_WEIGHT]
+        optional += ["ref_log_probs"] if need_ref else []
         keys += [key for key in optional if key in train_rows.batch and key in pass2.batch]
         parts = [
             pad_rows(rows.select(batch_keys=keys, non_tensor_batch_keys=["multi_modal_inputs"]), prompt_len, response_len, pad)
