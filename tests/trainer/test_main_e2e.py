@@ -176,6 +176,20 @@ def test_paper_v2_objective_logs_its_two_terms(tiny_model_dir, synthetic_data_di
     assert step["actor/kl_loss/visual"] >= 0.0 and step["actor/grad_norm"] > 0.0
 
 
+def test_papo_one_step(tiny_model_dir, synthetic_data_dir, tmp_path):
+    """worker.actor.papo: the masked-image forward runs beside the update's (packed prompts
+    included) and its perception KL and double entropy are logged."""
+    ckpt = str(tmp_path / "ckpt")
+    output = run_cli(
+        "configs/tiny_cpu.yaml", *common(tiny_model_dir, synthetic_data_dir, ckpt),
+        "trainer.max_steps=1", "trainer.val_before_train=false", "trainer.val_freq=-1",
+        "worker.actor.papo.enable=true", "data.max_response_length=32",
+    )
+    step = read_metrics(ckpt)[-1]
+    assert step["actor/papo_kl"] > 0.0 and step["actor/papo_double_entropy"] > 0.0, output[-3000:]
+    assert step["actor/grad_norm"] > 0.0
+
+
 @pytest.mark.vllm
 def test_vllm_rollout_two_steps_with_self_reward(tiny_model_dir, synthetic_data_dir, tmp_path):
     """The hybrid engine with vLLM: generation and the re-prompt pass through vLLM, weights synced

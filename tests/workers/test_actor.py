@@ -201,3 +201,31 @@ def test_paper_v2_terms_are_aggregated_and_logged_apart(tiny_model_dir, batch):
         total_pg, total_kl = total_pg + weight * pg, total_kl + weight * kl_term
     assert metrics["actor/pg_loss"][0] == pytest.approx(total_pg, abs=1e-5)
     assert metrics["actor/kl_loss"][0] == pytest.approx(total_kl, abs=1e-5)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.6])
+def test_papo_perception_kl_is_zero_without_masking_and_positive_with_it(tiny_model_dir, batch, ratio):
+    """PAPO (2507.06448): KL(policy | image || policy | masked image) over the sampled tokens,
+    one extra forward. Mask ratio 0: the two forwards are the same, the KL exactly 0 and the
+    double entropy twice the policy's entropy."""
+    from verl.workers.config import PAPOConfig
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    config = ActorConfig(
+        micro_batch_size_per_device_for_update=4, use_kl_loss=False,
+        papo=PAPOConfig(enable=True, kl_coef=0.01, mask_ratio=ratio, entropy_coef=0.03),
+    )
+    actor = PPOActor(model, config, total_optimizer_steps=1, temperature=1.0)
+    old, entropy = actor.compute_log_probs(batch)
+    mask = batch.batch["response_mask"].float()
+    data = DataProto.from_dict(
+        tensors={**batch.batch, "old_log_probs": old, "advantages": mask.clone()},
+        non_tensors=dict(batch.non_tensor_batch),
+    )
+    metrics = defaultdict(list)
+    assert actor.backward_mini_batch(data, metrics) == 0
+    if ratio == 0.0:
+        assert metrics["actor/papo_kl"][0] == 0.0
+        assert metrics["actor/papo_double_entropy"][0] == pytest.approx(2 * _masked_mean(entropy, mask).item(), rel=1e-4)
+    else:
+        assert metrics["actor/papo_kl"][0] > 1e-6

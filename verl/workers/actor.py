@@ -17,7 +17,7 @@ from torch import nn
 
 from verl.models.qwen_vl import forward_in_step, merge_multi_modal_inputs, position_ids_for
 from verl.protocol import DataProto
-from verl.algorithms import core_algos
+from verl.algorithms import core_algos, papo
 from verl.algorithms.rollout_correction import rollout_importance_weights
 from verl.workers.config import ActorConfig
 from verl.workers.engine.shared_prefix import block_mask_for, pack_shared_prefix, packing_of, prompt_group_labels
@@ -231,6 +231,21 @@ def mini_batch_metrics(sums: dict[str, float]) -> dict[str, float]:
     return result
 
 
+def with_masked_images(data: DataProto, ratio: float, generator: torch.Generator) -> DataProto:
+    """The same rows with `ratio` of each image's patches hidden (`papo.mask_patches`);
+    text-only rows unchanged."""
+    inputs = np.empty(len(data), dtype=object)
+    inputs[:] = [
+        {**row, "pixel_values": papo.mask_patches(row["pixel_values"], ratio, generator)}
+        if row and "pixel_values" in row else row
+        for row in data.non_tensor_batch["multi_modal_inputs"]
+    ]
+    return DataProto(
+        batch=dict(data.batch), non_tensor_batch={**data.non_tensor_batch, "multi_modal_inputs": inputs},
+        meta_info=dict(data.meta_info),
+    )
+
+
 class NonFiniteLossError(FloatingPointError):
     """The policy loss became NaN/inf; the message names the step and the loss terms."""
 
@@ -261,6 +276,8 @@ class PPOActor:
         self.max_token_len_for_experience = max_token_len_for_experience
         self.trainable_parameters, self.optimizer, self.scheduler = optimizer_for(model, config.optim, total_optimizer_steps)
         self.optimizer_steps = 0
+        # Chooses PAPO's hidden patches; the same sequence on every rank, each on its own rows.
+        self.papo_generator = torch.Generator().manual_seed(0)
         # AdamW moments stay on CPU except during the step: GPU memory for long rollouts.
         self.offload_optimizer_between_steps = offload_optimizer
 
@@ -308,10 +325,12 @@ class PPOActor:
         cfg = self.config
         mask = loss_mask_of(micro).float()
         on_policy = "old_log_probs" not in micro.batch
-        # The entropy bonus needs its gradient; the on-policy metric does not (`entropy_without_gradient`).
-        entropy_bonus = cfg.entropy_coeff != 0.0
+        # The entropy bonus and PAPO's double entropy need its gradient; the on-policy metric
+        # does not (`entropy_without_gradient`).
+        double_entropy = cfg.papo.enable and cfg.papo.entropy_coef > 0
+        entropy_gradient = cfg.entropy_coeff != 0.0 or double_entropy
         log_probs, entropy = forward_response_log_probs(
-            self.model, micro, self.temperature, entropy_bonus or on_policy, groups, entropy_gradient=entropy_bonus
+            self.model, micro, self.temperature, entropy_gradient or on_policy, groups, entropy_gradient=entropy_gradient
         )
         mask = mask.to(log_probs.device)
         tokens = float(mask.sum().item())
@@ -374,6 +393,23 @@ class PPOActor:
             entropy_loss = core_algos.agg_loss(entropy, mask, cfg.loss_agg_mode, max_response_length, sum(normalizers))
             loss = loss - cfg.entropy_coeff * entropy_loss
             sums["actor/entropy_loss"] += entropy_loss.item() * grad_scale
+        if cfg.papo.enable:
+            # Every rank runs the masked forward, images or not: FSDP's collectives run per forward.
+            masked_log_probs, masked_entropy = forward_response_log_probs(
+                self.model, with_masked_images(micro, cfg.papo.mask_ratio, self.papo_generator), self.temperature,
+                double_entropy, groups, entropy_gradient=True,
+            )
+            perception_kl = core_algos.compute_kl_loss(
+                log_probs, masked_log_probs, mask, "low_var_kl", cfg.loss_agg_mode, max_response_length, sum(normalizers)
+            )
+            loss = loss - cfg.papo.kl_coef * perception_kl  # maximised
+            sums["actor/papo_kl"] += perception_kl.item() * grad_scale
+            if double_entropy:
+                entropies = core_algos.agg_loss(
+                    entropy + masked_entropy, mask, cfg.loss_agg_mode, max_response_length, sum(normalizers)
+                )
+                loss = loss + cfg.papo.entropy_coef * entropies  # minimised
+                sums["actor/papo_double_entropy"] += entropies.item() * grad_scale
         if on_policy:  # what the skipped old-log-prob pass would have reported
             with torch.no_grad():
                 sums["entropy_sum"] += core_algos.masked_sum(entropy.detach(), mask).item()
@@ -434,7 +470,7 @@ class PPOActor:
         metrics["actor/micro_batches"].append(float(len(plans)))
         for key, value in mini_batch_metrics(sums).items():
             metrics[key].append(value)
-        loss_keys = ["actor/pg_loss", "actor/kl_loss", "actor/entropy_loss"]
+        loss_keys = ["actor/pg_loss", "actor/kl_loss", "actor/entropy_loss", "actor/papo_kl", "actor/papo_double_entropy"]
         loss_keys += [f"{key}/{name}" for key in loss_keys[:2] for name in OBJECTIVE_PARTS]
         for key in loss_keys:
             if key in sums:

@@ -108,6 +108,23 @@ class RolloutCorrectionConfig:
 
 
 @dataclass
+class PAPOConfig:
+    """PAPO's implicit perception loss (verl.algorithms.papo; arXiv 2507.06448): one extra
+    forward per update micro-batch with part of every image hidden."""
+
+    RANGES: ClassVar[dict[str, Range]] = {"kl_coef": NON_NEGATIVE, "mask_ratio": FRACTION, "entropy_coef": NON_NEGATIVE}
+
+    enable: bool = False
+    """Maximise KL(policy given the image || policy given the masked image) with the policy loss."""
+    kl_coef: float = 0.01
+    """gamma: weight of the perception KL (subtracted from the loss)."""
+    mask_ratio: float = 0.6
+    """Share of each image's patches hidden (the paper's 0.6)."""
+    entropy_coef: float = 0.03
+    """eta: weight of the double entropy loss H[policy] + H[policy | masked image] (0 = off)."""
+
+
+@dataclass
 class ActorConfig:
     # Allowed values of the numeric fields (verl/utils/ranges.py), checked before Ray starts.
     RANGES: ClassVar[dict[str, Range]] = {
@@ -168,6 +185,7 @@ class ActorConfig:
     """kl | abs | mse | low_var_kl | full."""
     entropy_coeff: float = 0.0
     """Entropy bonus weight (entropy is always logged)."""
+    papo: PAPOConfig = field(default_factory=PAPOConfig)
 
 
 POLICY_LOSS_DEFAULTS: dict[str, dict[str, float | str]] = {
