@@ -68,3 +68,13 @@ def test_asked_for_fill_gives_the_fillers_exactly_zero_advantage_and_redraws_new
     assert (advantages[:N] == 0).all() and (advantages[N:].abs() > 0.5).all()
     seed = trainer.config.worker.rollout.seed
     assert seeds == [seed + 3000, seed + 3001]
+
+
+def test_data_running_out_during_refills_ends_the_run_before_the_step():
+    from verl.trainer.ray_trainer import DataExhaustedError
+
+    trainer, _ = trainer_with()
+    trainer.config.algorithm.dynamic_sampling.max_tries = 4
+    trainer._batch_iter = iter([prompts("refill")])  # one refill, then no more data
+    with pytest.raises(DataExhaustedError, match="found 1 of the 2 prompts.*and the training data ran out"):
+        trainer._sample_with_refill(prompts("first"), {}, {})

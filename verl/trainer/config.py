@@ -147,8 +147,9 @@ class DynamicSamplingConfig:
     max_tries: int = 4
     """Generation batches per step, the first included (each with its own sampling seed)."""
     fill_after_max_tries: bool = False
-    """When the tries (or the data) run out before the batch holds enough prompts with spread:
-    false stops the run with an error, as verl does; true fills the rest with prompts without
+    """When the tries run out before the batch holds enough prompts with spread: false stops the
+    run with an error, as verl does (when the training data runs out instead, the run ends
+    before that step, its last full step saved); true fills the rest with prompts without
     spread, printed and counted in dynamic_sampling/filler_prompts, their advantage set to 0."""
 
 
@@ -639,13 +640,14 @@ def load_config(schema: type[ConfigT], yaml_path: str | None, overrides: list[st
 
 def _dotted_keys(node: Any, prefix: str = "") -> set[str]:
     """Every key a loaded YAML/dotlist piece sets, dotted (`worker.actor.clip_ratio_low`)."""
-    if not isinstance(node, DictConfig):
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=False)
+    if not isinstance(node, dict):
         return set()
     keys: set[str] = set()
-    for key in node.keys():
-        dotted = f"{prefix}{key}"
-        keys.add(dotted)
-        keys |= _dotted_keys(node._get_node(key), dotted + ".")
+    for key, value in node.items():
+        keys.add(f"{prefix}{key}")
+        keys |= _dotted_keys(value, f"{prefix}{key}.")
     return keys
 
 

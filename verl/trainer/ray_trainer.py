@@ -81,6 +81,12 @@ def pass2_advantages(
     return (per_response[parent_rows][:, None] * pass2_response_mask).float()
 
 
+class DataExhaustedError(Exception):
+    """Dynamic sampling's refills used up the training data before the step's batch held enough
+    prompts with spread (and filling was not asked for): `fit` ends the run there, without the
+    step, as verl ends its epoch loop with a partial batch."""
+
+
 def with_objective_term(rows: DataProto, part: int, weight: float) -> DataProto:
     """`rows` marked as term `part` of a separately aggregated objective, with lambda `weight`
     (the actor's `OBJECTIVE_PART` / `OBJECTIVE_WEIGHT`; self_reward.objective=paper_v2)."""
@@ -339,9 +345,11 @@ class RayPPOTrainer:
                            f"(the reward function returns {sorted(scores)})")
         tries = [(rollout, scores)]
         spread = [dapo.prompt_has_spread(scores[dynamic.metric], n)]
+        data_ran_out = False
         while not dapo.enough_informative(spread, len(batch)) and len(tries) < dynamic.max_tries:
             refill = next(self._batch_iter, None) if self._batch_iter is not None else None
-            if refill is None:  # the data ran out
+            if refill is None:
+                data_ran_out = True
                 break
             refill_rollout, refill_scores, _ = self._sample(refill, timing, draw=len(tries))
             tries.append((refill_rollout, refill_scores))
@@ -353,6 +361,8 @@ class RayPPOTrainer:
                 f"whose {dynamic.metric} differs within the group, in {len(tries)} generation batches "
                 f"(algorithm.dynamic_sampling.max_tries={dynamic.max_tries})"
             )
+            if not dynamic.fill_after_max_tries and data_ran_out:
+                raise DataExhaustedError(f"{shortfall}, and the training data ran out")
             if not dynamic.fill_after_max_tries:
                 raise RuntimeError(
                     f"{shortfall}; raise max_tries, or set algorithm.dynamic_sampling.fill_after_max_tries=true to "
@@ -669,13 +679,19 @@ class RayPPOTrainer:
         saved_step = self.global_step
         while self.global_step < self.total_steps:
             batch = next(self._batch_iter, None)
-            if batch is None:  # dynamic sampling drew the last prompts as refills
+            metrics = None
+            if batch is not None:
+                self.global_step += 1
+                try:
+                    metrics = self.step(batch)
+                except DataExhaustedError as error:  # the step is dropped, as verl drops its partial batch
+                    self.global_step -= 1
+                    print(f"{error}; the step is dropped", flush=True)
+            if metrics is None:  # dynamic sampling drew the last prompts as refills
                 print(f"training data exhausted after step {self.global_step} (dynamic sampling refills)", flush=True)
                 if cfg.save_freq != 0 and self.global_step > saved_step:  # the run's end: keep its last step
                     self.save_checkpoint()
                 break
-            self.global_step += 1
-            metrics = self.step(batch)
             is_last = self.global_step >= self.total_steps
             if self.val_dataloader is not None and cfg.val_freq > 0 and (self.global_step % cfg.val_freq == 0 or is_last):
                 last_val = self.validate()
