@@ -389,7 +389,8 @@ class RayPPOTrainer:
         metrics: dict[str, float] = {}
         rollout, scores, sr_output, drawn_rollout, drawn_scores = self._sample_with_refill(batch, timing, metrics)
         train_rows = rollout
-        separate = cfg.self_reward.enable and cfg.self_reward.objective in ("separate", "paper_v2")
+        # The objectives that train the re-answers (pass-2 rows) too.
+        trains_pass2 = cfg.self_reward.enable and cfg.self_reward.objective in ("separate", "paper_v2")
         need_ref = cfg.worker.actor.use_kl_loss or self.kl_controller is not None
         if not self.skip_old_log_probs:  # else the on-policy update reports entropy and the gap
             with timed("old_log_prob", timing):
@@ -409,8 +410,10 @@ class RayPPOTrainer:
             advantages = self.compute_advantages(train_rows, scores, metrics)
         train_rows.batch["advantages"] = advantages.float()
         if cfg.self_reward.enable and cfg.self_reward.objective == "paper_v2":
-            train_rows = with_objective_term(train_rows, OBJECTIVE_PARTS.index("answer"), cfg.self_reward.answer_advantage_weight)
-        if separate and sr_output is not None and sr_output.pass2 is not None:
+            train_rows = with_objective_term(
+                train_rows, OBJECTIVE_PARTS.index("answer"), cfg.self_reward.answer_advantage_weight
+            )
+        if trains_pass2 and sr_output is not None and sr_output.pass2 is not None:
             with timed("pass2_log_prob", timing):
                 train_rows = self._with_pass2_rows(train_rows, sr_output, scores, need_ref)
         metrics["actor/pass2_rows"] = float(len(train_rows) - len(rollout))
@@ -445,7 +448,8 @@ class RayPPOTrainer:
         pass). MIS needs the old log-probs before the update: the tokens it rejects leave the
         loss's normaliser, counted over the whole mini-batch before its first backward."""
         actor = self.config.worker.actor
-        mis = actor.rollout_correction.mode == "mis" and actor.rollout_correction.applies(self.config.worker.rollout.temperature)
+        correction = actor.rollout_correction
+        mis = correction.mode == "mis" and correction.applies(self.config.worker.rollout.temperature)
         return (
             actor.skip_old_log_prob_when_on_policy and self.mini_batches_per_step == 1
             and actor.ppo_epochs == 1 and self.kl_controller is None and not mis
@@ -496,8 +500,9 @@ class RayPPOTrainer:
     def _with_pass2_rows(
         self, train_rows: DataProto, sr_output: SelfRewardOutput, scores: dict[str, torch.Tensor], need_ref: bool
     ) -> DataProto:
-        """The paper's objective: re-answer (pass-2) rows join the update batch, each carrying
-        its parent response's visual advantage (weighted) on its own tokens."""
+        """The papers' objectives (separate, paper_v2): re-answer (pass-2) rows join the update
+        batch, each carrying its parent response's visual advantage on its own tokens (weighted
+        here for separate; as the visual term, weighted in the actor, for paper_v2)."""
         cfg = self.config
         pass2 = sr_output.pass2
         if not self.skip_old_log_probs:

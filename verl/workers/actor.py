@@ -330,7 +330,8 @@ class PPOActor:
         double_entropy = cfg.papo.enable and cfg.papo.entropy_coef > 0
         entropy_gradient = cfg.entropy_coeff != 0.0 or double_entropy
         log_probs, entropy = forward_response_log_probs(
-            self.model, micro, self.temperature, entropy_gradient or on_policy, groups, entropy_gradient=entropy_gradient
+            self.model, micro, self.temperature, entropy_gradient or on_policy, groups,
+            entropy_gradient=entropy_gradient,
         )
         mask = mask.to(log_probs.device)
         tokens = float(mask.sum().item())
@@ -400,7 +401,8 @@ class PPOActor:
                 double_entropy, groups, entropy_gradient=True,
             )
             perception_kl = core_algos.compute_kl_loss(
-                log_probs, masked_log_probs, mask, "low_var_kl", cfg.loss_agg_mode, max_response_length, sum(normalizers)
+                log_probs, masked_log_probs, mask, "low_var_kl", cfg.loss_agg_mode, max_response_length,
+                sum(normalizers),
             )
             loss = loss - cfg.papo.kl_coef * perception_kl  # maximised
             sums["actor/papo_kl"] += perception_kl.item() * grad_scale
@@ -430,7 +432,8 @@ class PPOActor:
         loss alike (as verl's rejection sampling does), instead of counting as a zero-loss
         token. Needs `old_log_probs`: the trainer keeps the old-log-prob pass under MIS."""
         correction = self.config.rollout_correction
-        if not (correction.mode == "mis" and correction.applies(self.temperature) and "rollout_log_probs" in mini.batch):
+        mis = correction.mode == "mis" and correction.applies(self.temperature)
+        if not (mis and "rollout_log_probs" in mini.batch):
             return mini
         if "old_log_probs" not in mini.batch:
             raise ValueError("rollout_correction.mode=mis needs old_log_probs (the trainer's old-log-prob pass)")
@@ -470,8 +473,8 @@ class PPOActor:
         metrics["actor/micro_batches"].append(float(len(plans)))
         for key, value in mini_batch_metrics(sums).items():
             metrics[key].append(value)
-        loss_keys = ["actor/pg_loss", "actor/kl_loss", "actor/entropy_loss", "actor/papo_kl", "actor/papo_double_entropy"]
-        loss_keys += [f"{key}/{name}" for key in loss_keys[:2] for name in OBJECTIVE_PARTS]
+        loss_keys = [f"actor/{term}/{name}" for term in ("pg_loss", "kl_loss") for name in OBJECTIVE_PARTS]
+        loss_keys += ["actor/pg_loss", "actor/kl_loss", "actor/entropy_loss", "actor/papo_kl", "actor/papo_double_entropy"]
         for key in loss_keys:
             if key in sums:
                 metrics[key].append(sums[key])
