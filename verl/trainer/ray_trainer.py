@@ -26,6 +26,7 @@ from verl.single_controller.worker_group import RayWorkerGroup, ResourcePool, Wo
 from verl.algorithms import core_algos, dapo
 from verl.trainer.clipping import RESPONSE_CLIP_RATIO, TRAINER_CAP_KEYS, clip_ratio, warn_on_clipping
 from verl.trainer.config import PPOConfig
+from verl.trainer.node_check import check_nodes
 from verl.trainer.resume_settings import check_resume, run_settings, write_run_settings
 from verl.data.vision import blank_like
 from verl.rewards.vision_control import blank_image_control
@@ -160,6 +161,7 @@ class RayPPOTrainer:
             FSDPWorker, pool, cfg.worker, cfg.rank_setup(), self.total_optimizer_steps,
             call_timeout_s=cfg.trainer.worker_timeout_s,
         )
+        print(check_nodes(self.workers, cfg), flush=True)  # before the models load: a node without the folders fails now
         attention = self.workers.execute_all("init_model")[0]
         print(f"training forwards: {attention}", flush=True)
         if cfg.self_reward.enable:
