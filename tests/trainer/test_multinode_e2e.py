@@ -1,7 +1,8 @@
 """Two Ray nodes on this machine, joined with the commands of docs/recipes.md (Multi-node, by hand):
 `ray start --head` and `ray start --address`, one CPU each, then the real CLI with trainer.nnodes=2
 and trainer.ray_address. One run trains a step and saves, a second resumes and trains step 2, the
-merger rebuilds the model; the ranks' node ids are the two nodes'. A second node whose view of the
+merger rebuilds the model; the ranks' node ids are the two nodes', and the run folder's
+timeline.json holds every stage of both steps. A second node whose view of the
 checkpoint folder is not the driver's (its own mount namespace: a local folder bind-mounted over the
 shared one) fails the run at start-up, naming that node.
 
@@ -68,6 +69,16 @@ def test_two_nodes_train_resume_and_merge(tiny_model_dir, synthetic_data_dir, tm
     print(f"node ids: head {cluster.head_id}, second {cluster.second_id}; ranks {placement}")
     records = [json.loads(line) for line in (ckpt / "metrics.jsonl").read_text().splitlines()]
     assert [record["step"] for record in records] == [1, 2]
+    # Stage timing: the stages run one after another, so the step's wall time holds both sides' busy time.
+    for record in records:
+        assert 0 < record["timing_s/generation_busy"] and 0 < record["timing_s/training_busy"]
+        assert record["timing_s/generation_busy"] + record["timing_s/training_busy"] <= record["timing_s/step_wall"]
+    # The timeline (Chrome trace) holds every stage of both steps, step 1's kept across the resume.
+    trace = json.loads((ckpt / "timeline.json").read_text())
+    stages = {(event["args"]["step"], event["name"]) for event in trace["traceEvents"] if event["ph"] == "X"}
+    for step in (1, 2):
+        assert {name for event_step, name in stages if event_step == step} == {
+            "gen", "reward", "ref", "adv", "update_actor", "sync", "save_checkpoint"}, stages
     for step in (1, 2):
         files = set(os.listdir(ckpt / f"global_step_{step}" / "actor"))
         expected = {f"{kind}_world_size_2_rank_{rank}.pt" for kind in RANK_FILES for rank in (0, 1)}
