@@ -106,6 +106,7 @@ def check_nodes(workers: RayWorkerGroup, config: PPOConfig) -> str:
     token_name = f"{TOKEN_PREFIX}{uuid.uuid4().hex}"
     token = f"{socket.gethostname()} pid {os.getpid()}"
     token_path = os.path.join(shared_dir, token_name)
+    os.makedirs(shared_dir, exist_ok=True)
     with open(token_path, "w") as f:
         f.write(token)
     try:

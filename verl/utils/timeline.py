@@ -23,9 +23,11 @@ SIDES: dict[str, tuple[str, ...]] = {
     "training": ("old_log_prob", "ref", "values", "pass2_log_prob", "update_critic", "update_actor"),
     "driver": ("reward", "adv"),
     "sync": ("sync",),
-    "checkpoint": ("save_checkpoint",),
 }
-SIDE_OF = {stage: side for side, stages in SIDES.items() for stage in stages}
+# The timeline's rows: the sides, the checkpoint save (after the step, not part of its wall time)
+# and any stage of no known side.
+LANES = (*SIDES, "checkpoint", "other")
+SIDE_OF = {stage: side for side, stages in SIDES.items() for stage in stages} | {"save_checkpoint": "checkpoint"}
 TIMELINE_FILE = "timeline.json"
 
 
@@ -68,7 +70,8 @@ def busy_metrics(timing: dict[str, float], wall_s: float) -> dict[str, float]:
     `other`); `generation_share` is the generation side's part of the wall time."""
     busy = {side: 0.0 for side in (*SIDES, "other")}
     for stage, seconds in timing.items():
-        busy[SIDE_OF.get(stage, "other")] += seconds
+        side = SIDE_OF.get(stage, "other")
+        busy[side if side in busy else "other"] += seconds
     metrics = {f"timing_s/{side}_busy": seconds for side, seconds in busy.items()}
     metrics["timing_s/step_wall"] = wall_s
     metrics["timing_s/generation_share"] = busy["generation"] / wall_s if wall_s > 0 else 0.0
@@ -103,10 +106,9 @@ class Timeline:
             })
 
     def write(self) -> None:
-        lanes = [*SIDES, "other"]
         names = [
             {"name": "thread_name", "ph": "M", "pid": 0, "tid": self._lane(side), "args": {"name": side}}
-            for side in lanes
+            for side in LANES
         ]
         process = {"name": "process_name", "ph": "M", "pid": 0, "tid": 0, "args": {"name": "trainer stages"}}
         tmp = self.path + ".tmp"
@@ -116,4 +118,4 @@ class Timeline:
 
     @staticmethod
     def _lane(side: str) -> int:
-        return [*SIDES, "other"].index(side)
+        return LANES.index(side)
