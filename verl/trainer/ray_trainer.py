@@ -155,7 +155,8 @@ class RayPPOTrainer:
             FSDPWorker, pool, cfg.worker, cfg.rank_setup(), self.total_optimizer_steps,
             call_timeout_s=cfg.trainer.worker_timeout_s,
         )
-        print(check_nodes(self.workers, cfg), flush=True)  # before the models load: a node without the folders fails now
+        # Before the models load: a node that does not see the run's folders fails the run now.
+        print(check_nodes(self.workers, cfg), flush=True)
         attention = self.workers.execute_all("init_model")[0]
         print(f"training forwards: {attention}", flush=True)
         if cfg.self_reward.enable:
