@@ -105,6 +105,14 @@ def test_packing_attention_is_a_checked_choice_and_flex_needs_a_gpu():
         config.validate()
 
 
+def test_ray_num_cpus_is_refused_when_joining_a_cluster():
+    """ray.init refuses num_cpus with an address; the config says which key to unset before Ray starts."""
+    config = load_config(PPOConfig, None, _valid(**{"trainer.ray_address": "10.0.0.1:6379", "trainer.ray_num_cpus": 2}))
+    with pytest.raises(ConfigError, match="trainer.ray_num_cpus=2 sizes a local Ray, but trainer.ray_address=10.0.0.1:6379"):
+        config.validate()
+    load_config(PPOConfig, None, _valid(**{"trainer.ray_address": "10.0.0.1:6379"})).validate()
+
+
 def test_bad_choice_lists_valid_values():
     config = load_config(PPOConfig, None, _valid(**{"worker.rollout.name": "sglang"}))
     with pytest.raises(ConfigError, match="worker.rollout.name='sglang' is not one of hf, vllm"):

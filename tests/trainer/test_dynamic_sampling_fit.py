@@ -3,6 +3,7 @@ message and still checkpoints its last step (the loop alone, with the stages stu
 
 from verl.trainer.config import PPOConfig
 from verl.trainer.ray_trainer import RayPPOTrainer
+from verl.utils.timeline import Timeline
 
 
 class RecordingTracker:
@@ -16,7 +17,7 @@ class RecordingTracker:
         pass
 
 
-def test_dapo_refills_exhausting_the_data_stop_the_loop_and_save_the_last_step(capsys):
+def test_dapo_refills_exhausting_the_data_stop_the_loop_and_save_the_last_step(capsys, tmp_path):
     trainer = RayPPOTrainer.__new__(RayPPOTrainer)
     trainer.config = PPOConfig()
     trainer.config.trainer.save_freq = -1  # only at the end
@@ -24,6 +25,7 @@ def test_dapo_refills_exhausting_the_data_stop_the_loop_and_save_the_last_step(c
     trainer.global_step, trainer.total_steps = 0, 10
     trainer.val_dataloader = None
     trainer.tracker = RecordingTracker()
+    trainer.timeline = Timeline(str(tmp_path))
     trainer.maybe_resume = lambda: None
     trainer._batches = lambda: iter(["b1", "b2", "b3"])
     consumed, saved = [], []

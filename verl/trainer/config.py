@@ -410,6 +410,12 @@ class PPOConfig:
         _choice("worker.rollout.name", rollout.name, ("hf", "vllm"))
         _choice("worker.actor.model.packing_attention", actor.model.packing_attention, ("auto", *PACKING_ATTENTION))
         _choice("trainer.device", trainer.device, ("auto", "cuda", "cpu"))
+        if trainer.ray_address is not None and trainer.ray_num_cpus is not None:  # ray.init refuses the pair
+            raise ConfigError(
+                f"trainer.ray_num_cpus={trainer.ray_num_cpus} sizes a local Ray, but trainer.ray_address="
+                f"{trainer.ray_address} joins a running cluster, whose nodes declared their CPUs at `ray start`: "
+                "set trainer.ray_num_cpus=null"
+            )
         if trainer.device == "cpu" and actor.model.packing_attention == "flex":
             raise ConfigError(
                 "worker.actor.model.packing_attention=flex needs a GPU (torch has no flex_attention backward on CPU); "

@@ -14,7 +14,6 @@ import logging
 import os
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import asdict, replace
 
 import numpy as np
@@ -26,6 +25,7 @@ from verl.single_controller.worker_group import RayWorkerGroup, ResourcePool, Wo
 from verl.algorithms import core_algos, dapo
 from verl.trainer.clipping import RESPONSE_CLIP_RATIO, TRAINER_CAP_KEYS, clip_ratio, warn_on_clipping
 from verl.trainer.config import PPOConfig
+from verl.trainer.node_check import check_nodes
 from verl.trainer.resume_settings import check_resume, run_settings, write_run_settings
 from verl.data.vision import blank_like
 from verl.rewards.vision_control import blank_image_control
@@ -33,6 +33,7 @@ from verl.trainer.scoring import decode_responses, score_responses
 from verl.trainer.self_reward import SelfRewardOutput, SelfRewardStage
 from verl.utils import checkpoint
 from verl.utils.manifest import write_manifest
+from verl.utils.timeline import StageTimes, Timeline, busy_metrics, timed
 from verl.utils.tracking import Tracker
 from verl.workers.actor import OBJECTIVE_PART, OBJECTIVE_PARTS, OBJECTIVE_WEIGHT
 from verl.workers.engine.micro_batch import rank_order
@@ -40,13 +41,6 @@ from verl.workers.fsdp_worker import FSDPWorker
 from verl.workers.rollout.base import SamplingConfig
 
 logger = logging.getLogger(__name__)
-
-
-@contextmanager
-def timed(name: str, timing: dict[str, float]):
-    start = time.perf_counter()
-    yield
-    timing[name] = timing.get(name, 0.0) + time.perf_counter() - start
 
 
 def group_index_of(uids: np.ndarray) -> torch.Tensor:
@@ -161,6 +155,7 @@ class RayPPOTrainer:
             self.checkpoint_root,
             asdict(config),
         )
+        self.timeline = Timeline(self.checkpoint_root)  # timeline.json: every stage call of every step
 
     # ---- set-up ------------------------------------------------------------------------------
     def init_workers(self) -> None:
@@ -176,6 +171,8 @@ class RayPPOTrainer:
             FSDPWorker, pool, cfg.worker, cfg.rank_setup(), self.total_optimizer_steps,
             call_timeout_s=cfg.trainer.worker_timeout_s,
         )
+        # Before the models load: a node that does not see the run's folders fails the run now.
+        print(check_nodes(self.workers, cfg), flush=True)
         attention = self.workers.execute_all("init_model")[0]
         print(f"training forwards: {attention}", flush=True)
         if cfg.self_reward.enable:
@@ -385,7 +382,8 @@ class RayPPOTrainer:
     def step(self, batch: DataProto) -> dict[str, float]:
         """One GRPO step on a batch of prompts."""
         cfg = self.config
-        timing: dict[str, float] = {}
+        step_start = time.perf_counter()
+        timing = StageTimes()
         metrics: dict[str, float] = {}
         rollout, scores, sr_output, drawn_rollout, drawn_scores = self._sample_with_refill(batch, timing, metrics)
         train_rows = rollout
@@ -439,6 +437,8 @@ class RayPPOTrainer:
         metrics["timing_s/step"] = step_time
         metrics["perf/tokens_per_s"] = tokens / step_time
         metrics["perf/tokens_per_s_per_worker"] = tokens / step_time / self.workers.world_size
+        metrics.update(busy_metrics(timing, time.perf_counter() - step_start))
+        self.timeline.add_step(self.global_step, timing.spans)
         return metrics
 
     @property
@@ -655,6 +655,7 @@ class RayPPOTrainer:
         accepted = {change.key for change in check_resume(path, settings, self.config)} if path else set()
         # Rows a crashed run logged past the point this run restarts from would repeat.
         self.tracker.drop_rows_from(checkpoint.step_of(path) + 1 if path is not None else 0)
+        self.timeline.drop_from(checkpoint.step_of(path) + 1 if path is not None else 0)
         if path is None:
             return
         self.global_step = checkpoint.step_of(path)
@@ -702,11 +703,13 @@ class RayPPOTrainer:
                 last_val = self.validate()
                 metrics.update(last_val)
             if cfg.save_freq != 0 and ((cfg.save_freq > 0 and self.global_step % cfg.save_freq == 0) or is_last):
-                with timed("save_checkpoint", metrics_timing := {}):
+                with timed("save_checkpoint", save_timing := StageTimes()):
                     self.save_checkpoint()
                 saved_step = self.global_step
-                metrics["timing_s/save_checkpoint"] = metrics_timing["save_checkpoint"]
+                metrics["timing_s/save_checkpoint"] = save_timing["save_checkpoint"]
+                self.timeline.add_step(self.global_step, save_timing.spans)
             self.tracker.log(metrics, step=self.global_step)
+            self.timeline.write()
             progress.update(1)
             progress.set_postfix(
                 reward=f"{metrics['train/reward/overall']:.3f}", tok_s=f"{metrics['perf/tokens_per_s']:.0f}"
