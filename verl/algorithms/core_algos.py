@@ -33,6 +33,9 @@ LOSS_AGG_MODES: tuple[str, ...] = (
     "seq-mean-token-sum-norm",
 )
 KL_KINDS: tuple[str, ...] = ("kl", "abs", "mse", "low_var_kl", "full")
+TOKEN_KL_KINDS: tuple[str, ...] = ("kl", "abs", "mse", "low_var_kl")
+"""The estimators that work on the sampled tokens' log-probs, all the trainer carries (``full``
+needs distributions over the vocabulary): the choices of the KL loss and the KL-in-reward."""
 
 # exp(20) ~ 4.9e8: far beyond any ratio the clip range lets through, yet finite in float32
 # (exp overflows at ~88.7), so a stale or corrupted log-prob cannot turn the loss or its
