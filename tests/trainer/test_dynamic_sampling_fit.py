@@ -28,8 +28,8 @@ def test_dapo_refills_exhausting_the_data_stop_the_loop_and_save_the_last_step(c
     trainer._batches = lambda: iter(["b1", "b2", "b3"])
     consumed, saved = [], []
 
-    def step(batch):  # each step draws one refill batch from the same iterator, as dynamic sampling does
-        consumed.append([batch, next(trainer._batch_iter, None)])
+    def step(batch, refills):  # each step draws one refill batch from the iterator fit passes, as dynamic sampling does
+        consumed.append([batch, next(refills, None)])
         return {"train/reward/overall": 0.0, "perf/tokens_per_s": 0.0}
 
     trainer.step = step
