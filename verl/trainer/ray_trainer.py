@@ -362,7 +362,8 @@ class RayPPOTrainer:
             batch, refills, timing
         )
         # Generation (and the self-reward pass) is over for this step: the engine frees its memory.
-        self.workers.sleep_rollout()
+        with timed("rollout_sleep", timing):
+            self.workers.sleep_rollout()
         train_rows = rollout
         separate = cfg.self_reward.enable and cfg.self_reward.objective == "separate"
         need_ref = cfg.worker.actor.use_kl_loss or self.kl_controller is not None
