@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
@@ -169,3 +170,84 @@ def test_readme_suite_command_on_a_missing_model_says_to_merge_it(monkeypatch, t
     monkeypatch.chdir(_fresh_checkout(tmp_path))
     with pytest.raises(ModelPathError, match=r"^--model_path=outputs/merged: no such model folder: merge a checkpoint"):
         main(["--model_path", shlex.split(command)[2], "--engine", "hf"])
+
+
+# ---- the README's "How to extend" examples, run against the code --------------------------------
+
+PYTHON_EXAMPLES = re.findall(r"```python\n(.*?)```", README, re.DOTALL)
+
+
+def _example(name: str) -> str:
+    """The README's python block that defines `name`."""
+    found = [block for block in PYTHON_EXAMPLES if f"def {name}(" in block]
+    assert len(found) == 1, f"the README has no (or more than one) python example defining {name}"
+    return found[0]
+
+
+def test_the_readme_has_an_extension_example_for_a_reward_an_estimator_and_a_policy_loss():
+    assert len(PYTHON_EXAMPLES) == 3
+    for name in ("length_penalised", "mean_centred", "reinforce"):
+        _example(name)
+
+
+def test_readme_reward_example_loads_as_the_readme_says_and_scores(tmp_path, monkeypatch):
+    from verl.rewards import RewardInput
+    from verl.rewards.loader import load_reward_function
+
+    (tmp_path / "my_reward.py").write_text(_example("length_penalised"))
+    spec = re.search(r"`reward\.reward_function=([^`]+)`", README).group(1)
+    monkeypatch.chdir(tmp_path)
+    reward = load_reward_function(spec, {"per_token": 0.01})
+    right = RewardInput(response="so \\boxed{4}", ground_truth="4", problem="2 + 2?", response_length=10)
+    wrong = RewardInput(response="so \\boxed{5}", ground_truth="4", problem="2 + 2?", response_length=20)
+    assert reward([right, wrong]) == [{"overall": 0.9, "accuracy": 1.0}, {"overall": -0.2, "accuracy": 0.0}]
+
+
+@pytest.fixture
+def registries():
+    """The estimator and policy-loss tables as they were, restored after an example adds to them."""
+    from verl.algorithms import core_algos
+
+    before = dict(core_algos.ADVANTAGE_ESTIMATORS), dict(core_algos.POLICY_LOSSES)
+    yield core_algos
+    for table, saved in zip((core_algos.ADVANTAGE_ESTIMATORS, core_algos.POLICY_LOSSES), before):
+        table.clear()
+        table.update(saved)
+
+
+def _config(*overrides: str):
+    from verl.trainer.config import PPOConfig, load_config
+
+    return load_config(PPOConfig, None, ["worker.actor.model.model_path=m", "data.train_files=t.parquet", *overrides])
+
+
+def test_readme_estimator_example_registers_a_valid_choice_equal_to_dr_grpo(registries):
+    exec(_example("mean_centred"), {})
+    _config("algorithm.adv_estimator=mean_centred").validate()  # the config accepts the new key
+    rewards = torch.zeros(6, 4)
+    rewards[torch.arange(6), torch.tensor([3, 1, 2, 3, 0, 2])] = torch.tensor([1.0, 0.0, 1.0, 0.5, 0.0, 2.0])
+    mask = (torch.arange(4)[None, :] <= torch.tensor([3, 1, 2, 3, 0, 2])[:, None]).float()
+    groups = torch.tensor([0, 0, 0, 1, 1, 1])
+    advantages, _ = registries.compute_advantages("mean_centred", rewards, mask, groups)
+    dr_grpo, _ = registries.compute_advantages("grpo", rewards, mask, groups, norm_adv_by_std=False)
+    torch.testing.assert_close(advantages, dr_grpo)
+
+
+def test_readme_policy_loss_example_registers_a_valid_choice_with_the_reinforce_gradient(registries):
+    exec(_example("reinforce"), {})
+    _config("worker.actor.policy_loss=reinforce").validate()
+    log_probs = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, float("-inf"), -9.0]], requires_grad=True)
+    advantages = torch.tensor([[1.0, 1.0, 1.0], [-2.0, -2.0, -2.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    loss, metrics = registries.compute_policy_loss_by_name(
+        "reinforce", log_probs.detach(), log_probs, advantages, mask, 0.2, 0.3, 3.0, "token-mean"
+    )
+    loss.backward()
+    assert metrics == {}
+    torch.testing.assert_close(loss, torch.tensor((3.5 - 0.6) / 4))  # -mean(A * log pi) over 4 tokens
+    torch.testing.assert_close(log_probs.grad, -advantages * mask / 4)
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    test_command = next(c for c in COMMANDS if "pytest" in c)
+    assert "bash setup.sh && " + test_command in (REPO / ".ci/run").read_text()

@@ -213,14 +213,7 @@ def test_every_numeric_knob_has_a_range_or_is_unbounded_on_purpose():
         "data.seed", "worker.rollout.seed", "trainer.seed",  # any integer seeds a generator
         "worker.actor.entropy_coeff",  # negative = entropy penalty
         "algorithm.reward_weights",  # component -> weight of either sign (finite: checked for every float)
-        "trainer.nnodes", "trainer.n_gpus_per_node", "data.rollout_batch_size", "worker.actor.global_batch_size",
-        "worker.rollout.n", "self_reward.n", "worker.actor.micro_batch_size_per_device_for_update",
-        "worker.actor.micro_batch_size_per_device_for_experience", "worker.ref.micro_batch_size_per_device_for_experience",
-        "worker.actor.max_token_len_per_device", "worker.actor.max_token_len_per_device_for_experience",
-        "worker.ref.max_token_len_per_device_for_experience",  # these: PPOConfig.validate's batch checks
-        "algorithm.overlong.buffer_length", "algorithm.overlong.penalty_factor",  # PPOConfig.validate (DAPO)
-        "algorithm.dynamic_sampling.max_tries", "worker.actor.rollout_correction.threshold",  # likewise
-        "worker.actor.model.lora.rank", "worker.actor.model.lora.alpha",  # LoRAConfig.validate
+        "worker.actor.model.lora.rank", "worker.actor.model.lora.alpha",  # LoRAConfig.check (alpha only when on)
     }
 
     def numeric_without_range(config, prefix=""):
@@ -316,3 +309,82 @@ def test_paper_v2_with_matching_tags_validates():
         "self_reward.enable": True, "self_reward.objective": "paper_v2", "self_reward.tags": "paper_v2",
         "reward.reward_function_kwargs": "{tags: paper_v2}",
     })).validate()
+
+
+# ---- choice fields: one generated test per field of a CHOICES table ----------------------------
+
+def _choice_fields(config, prefix=""):
+    """(dotted key, valid values, is a list field) of every field a CHOICES table lists."""
+    from dataclasses import fields, is_dataclass
+
+    from verl.utils.ranges import valid_choices
+
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if is_dataclass(value):
+            yield from _choice_fields(value, prefix + f.name + ".")
+        elif f.name in getattr(type(config), "CHOICES", {}):
+            yield prefix + f.name, valid_choices(type(config).CHOICES[f.name]), isinstance(value, list)
+
+
+CHOICE_FIELDS = sorted(_choice_fields(PPOConfig()))
+
+
+@pytest.mark.parametrize(("key", "valid", "is_list"), CHOICE_FIELDS, ids=[key for key, _, _ in CHOICE_FIELDS])
+def test_a_typo_in_a_choice_field_stops_before_anything_starts_naming_the_key_and_the_valid_values(key, valid, is_list):
+    typo = valid[-1].upper() + "x"  # close to a valid value, never one
+    config = parse_cli(PPOConfig, _valid(**{key: f"[{valid[0]},{typo}]" if is_list else typo}))
+    with pytest.raises(ConfigError) as error:
+        config.validate()
+    message = str(error.value)
+    assert message.startswith(f"{key}=") and repr(typo) in message, message
+    assert message.endswith(f"is not one of {', '.join(valid)}"), message
+
+
+def test_every_default_of_a_choice_field_is_one_of_its_choices():
+    config = PPOConfig()
+    for key, valid, is_list in CHOICE_FIELDS:
+        value = config
+        for part in key.split("."):
+            value = getattr(value, part)
+        assert set(value if is_list else [value]) <= set(valid), key
+
+
+def test_every_text_knob_is_a_checked_choice_or_free_text_on_purpose():
+    """A new string field with a fixed set of values must get a CHOICES entry (its typo would
+    otherwise fail after Ray, model loading and the first rollout), or be listed here with a reason."""
+    from dataclasses import fields, is_dataclass
+
+    free_text = {
+        "data.train_files", "data.val_files", "data.prompt_key", "data.answer_key", "data.image_key",
+        "data.format_prompt", "data.system_prompt",  # paths and column names: checked when the data loads
+        "worker.actor.model.model_path", "worker.actor.model.tokenizer_path", "worker.critic.model_path",
+        "worker.actor.model.lora.target_modules", "worker.actor.model.lora.exclude_modules",  # module names
+        "reward.reward_function",  # a built-in or path/to/file.py:function: the loader checks it at start-up
+        "algorithm.dynamic_sampling.metric",  # a reward component: checked against the reward's output
+        "self_reward.judge_base_url", "self_reward.judge_model", "self_reward.judge_api_key_env",
+        "trainer.project_name", "trainer.experiment_name", "trainer.ray_address",
+        "trainer.save_checkpoint_path", "trainer.load_checkpoint_path",
+        "trainer.resume_allow_changes",  # checked against RESUME_SETTINGS by PPOConfig.validate
+        "algorithm.reward_weights", "reward.reward_function_kwargs",  # keyed by reward components / kwargs
+    }
+
+    def text_without_choices(config, prefix=""):
+        for f in fields(config):
+            value = getattr(config, f.name)
+            if is_dataclass(value):
+                yield from text_without_choices(value, prefix + f.name + ".")
+            elif "str" in str(f.type) and f.name not in getattr(type(config), "CHOICES", {}):
+                yield prefix + f.name
+
+    assert sorted(set(text_without_choices(PPOConfig())) - free_text) == []
+
+
+def test_the_dtype_choices_are_the_names_the_model_code_resolves():
+    import torch
+
+    from verl.models.qwen_vl import resolve_dtype
+    from verl.workers.config import DTYPES
+
+    for name in DTYPES:
+        assert resolve_dtype(name, torch.device("cpu")) in (torch.float32, torch.bfloat16)

@@ -32,7 +32,6 @@ def trainer_with(**dynamic) -> tuple[RayPPOTrainer, list[int]]:
     trainer.config.algorithm.dynamic_sampling = DynamicSamplingConfig(enable=True, max_tries=2, **dynamic)
     trainer.global_step = 3
     trainer.kl_controller = None
-    trainer._batch_iter = iter([prompts("refill")])
     seeds: list[int] = []
 
     def sample(batch, timing, draw=0):
@@ -52,19 +51,18 @@ def test_running_out_of_tries_is_an_error_by_default():
     trainer, _ = trainer_with()
     with pytest.raises(RuntimeError, match=r"step 3: dynamic sampling found 1 of the 2 prompts whose accuracy differs.*"
                                            r"max_tries=2.*fill_after_max_tries=true"):
-        trainer._sample_with_refill(prompts("first"), {}, {})
+        trainer._sample_with_refill(prompts("first"), iter([prompts("refill")]), {})
 
 
 def test_asked_for_fill_gives_the_fillers_exactly_zero_advantage_and_redraws_new_seeds(capsys):
     trainer, seeds = trainer_with(fill_after_max_tries=True)
-    metrics = {}
-    rollout, scores, _, drawn, _ = trainer._sample_with_refill(prompts("first"), {}, metrics)
+    rollout, scores, _, drawn, _, metrics = trainer._sample_with_refill(prompts("first"), iter([prompts("refill")]), {})
     assert "1 prompts without spread fill the batch" in capsys.readouterr().out
     assert metrics["dynamic_sampling/filler_prompts"] == 1.0 and len(drawn) == 4 * N
     # Kept: prompt 1 of "first" (spread), then prompt 0 of "first" as the first filler.
     assert list(rollout.non_tensor_batch["uid"]) == ["first0", "first0", "first1", "first1"]
     assert list(rollout.non_tensor_batch["filler"]) == [True, True, False, False]
-    advantages = trainer.compute_advantages(rollout, scores, {})
+    advantages, _, _ = trainer.compute_advantages(rollout, scores)
     assert (advantages[:N] == 0).all() and (advantages[N:].abs() > 0.5).all()
     seed = trainer.config.worker.rollout.seed
     assert seeds == [seed + 3000, seed + 3001]
@@ -75,6 +73,5 @@ def test_data_running_out_during_refills_ends_the_run_before_the_step():
 
     trainer, _ = trainer_with()
     trainer.config.algorithm.dynamic_sampling.max_tries = 4
-    trainer._batch_iter = iter([prompts("refill")])  # one refill, then no more data
     with pytest.raises(DataExhaustedError, match="found 1 of the 2 prompts.*and the training data ran out"):
-        trainer._sample_with_refill(prompts("first"), {}, {})
+        trainer._sample_with_refill(prompts("first"), iter([prompts("refill")]), {})  # one refill, then no more data

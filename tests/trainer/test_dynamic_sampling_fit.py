@@ -30,8 +30,8 @@ def test_dapo_refills_exhausting_the_data_stop_the_loop_and_save_the_last_step(c
     trainer._batches = lambda: iter(["b1", "b2", "b3"])
     consumed, saved = [], []
 
-    def step(batch):  # each step draws one refill batch from the same iterator, as dynamic sampling does
-        consumed.append([batch, next(trainer._batch_iter, None)])
+    def step(batch, refills):  # each step draws one refill batch from the iterator fit passes, as dynamic sampling does
+        consumed.append([batch, next(refills, None)])
         return {"train/reward/overall": 0.0, "perf/tokens_per_s": 0.0}
 
     trainer.step = step
@@ -42,11 +42,12 @@ def test_dapo_refills_exhausting_the_data_stop_the_loop_and_save_the_last_step(c
     assert "training data exhausted after step 2" in capsys.readouterr().out
 
 
-def test_a_step_whose_refills_exhaust_the_data_is_dropped_and_the_last_full_step_saved(capsys):
+def test_a_step_whose_refills_exhaust_the_data_is_dropped_and_the_last_full_step_saved(capsys, tmp_path):
     from verl.trainer.ray_trainer import DataExhaustedError
 
     trainer = RayPPOTrainer.__new__(RayPPOTrainer)
     trainer.config = PPOConfig()
+    trainer.timeline = Timeline(str(tmp_path))
     trainer.config.trainer.save_freq = -1
     trainer.config.trainer.val_before_train = False
     trainer.global_step, trainer.total_steps = 0, 10
@@ -56,7 +57,7 @@ def test_a_step_whose_refills_exhaust_the_data_is_dropped_and_the_last_full_step
     trainer._batches = lambda: iter(["b1", "b2"])
     saved = []
 
-    def step(batch):
+    def step(batch, refills):
         if batch == "b2":
             raise DataExhaustedError("step 2: dynamic sampling found 3 of the 8 prompts ..., and the training data ran out")
         return {"train/reward/overall": 0.0, "perf/tokens_per_s": 0.0}

@@ -46,7 +46,7 @@ def _trainer(root: str, load_path: str | None = None, config: PPOConfig | None =
         timeline=Timeline(root),
         global_step=0,
         total_optimizer_steps=OPTIMIZER_STEPS,
-        workers=SimpleNamespace(execute_all=lambda method, path: loaded.append((method, path))),
+        workers=SimpleNamespace(load_checkpoint=lambda path: loaded.append(("load_checkpoint", path))),
         train_dataloader=SimpleNamespace(
             load_state_dict=lambda state: loaded.append(("dataloader", state)),
             state_dict=lambda: {"epoch": 0, "offset": 0, "seed": config.data.seed, "shuffle": config.data.shuffle},

@@ -33,6 +33,9 @@ LOSS_AGG_MODES: tuple[str, ...] = (
     "seq-mean-token-sum-norm",
 )
 KL_KINDS: tuple[str, ...] = ("kl", "abs", "mse", "low_var_kl", "full")
+TOKEN_KL_KINDS: tuple[str, ...] = ("kl", "abs", "mse", "low_var_kl")
+"""The estimators that work on the sampled tokens' log-probs, all the trainer carries (``full``
+needs distributions over the vocabulary): the choices of the KL loss and the KL-in-reward."""
 
 # exp(20) ~ 4.9e8: far beyond any ratio the clip range lets through, yet finite in float32
 # (exp overflows at ~88.7), so a stale or corrupted log-prob cannot turn the loss or its
@@ -925,7 +928,21 @@ def _check_clip_range(clip_ratio_low: float, clip_ratio_high: float) -> None:
         raise ValueError(f"clip_ratio_high must be >= 0, got {clip_ratio_high}")
 
 
-POLICY_LOSSES: tuple[str, ...] = ("ppo", "gspo", "gspo_token", "cispo")
+PolicyLossFn = Callable[..., tuple[torch.Tensor, dict[str, float]]]
+"""Keyword arguments old_log_probs, log_probs, advantages, response_mask (bs, L), clip_ratio_low,
+clip_ratio_high, clip_ratio_dual, loss_agg_mode, max_response_length, normalizer, token_weights
+-> (scalar loss, metrics logged as actor/<name>)."""
+
+POLICY_LOSSES: dict[str, PolicyLossFn] = {
+    "ppo": compute_policy_loss,
+    "gspo": lambda clip_ratio_dual, **common: compute_gspo_policy_loss(**common),
+    "gspo_token": lambda clip_ratio_dual, **common: compute_gspo_policy_loss(token_level=True, **common),
+    "cispo": lambda clip_ratio_dual, **common: compute_cispo_policy_loss(**common),
+}
+"""Policy-loss name (`worker.actor.policy_loss`) -> loss with the uniform keyword signature of
+``PolicyLossFn``: ``ppo`` is ``compute_policy_loss`` (clip-higher, dual-clip), ``gspo`` /
+``gspo_token`` are ``compute_gspo_policy_loss``, ``cispo`` is ``compute_cispo_policy_loss``;
+``clip_ratio_dual`` is used by ``ppo`` only."""
 
 
 def compute_policy_loss_by_name(
@@ -942,22 +959,15 @@ def compute_policy_loss_by_name(
     normalizer: float | None = None,
     token_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The policy loss called ``name`` (one of ``POLICY_LOSSES``): ``ppo`` is
-    ``compute_policy_loss`` (clip-higher, dual-clip), ``gspo``/``gspo_token`` are
-    ``compute_gspo_policy_loss``, ``cispo`` is ``compute_cispo_policy_loss``. ``clip_ratio_dual``
-    is used by ``ppo`` only."""
-    common = dict(
+    """The policy loss called ``name`` (a key of ``POLICY_LOSSES``)."""
+    if name not in POLICY_LOSSES:
+        raise ValueError(f"unknown policy loss {name!r}; valid names: {', '.join(POLICY_LOSSES)}")
+    return POLICY_LOSSES[name](
         old_log_probs=old_log_probs, log_probs=log_probs, advantages=advantages, response_mask=response_mask,
-        clip_ratio_low=clip_ratio_low, clip_ratio_high=clip_ratio_high, loss_agg_mode=loss_agg_mode,
-        max_response_length=max_response_length, normalizer=normalizer, token_weights=token_weights,
+        clip_ratio_low=clip_ratio_low, clip_ratio_high=clip_ratio_high, clip_ratio_dual=clip_ratio_dual,
+        loss_agg_mode=loss_agg_mode, max_response_length=max_response_length, normalizer=normalizer,
+        token_weights=token_weights,
     )
-    if name == "ppo":
-        return compute_policy_loss(clip_ratio_dual=clip_ratio_dual, **common)
-    if name in ("gspo", "gspo_token"):
-        return compute_gspo_policy_loss(token_level=name == "gspo_token", **common)
-    if name == "cispo":
-        return compute_cispo_policy_loss(**common)
-    raise ValueError(f"unknown policy loss {name!r}; valid names: {', '.join(POLICY_LOSSES)}")
 
 
 # --------------------------------------------------------------------------------------------

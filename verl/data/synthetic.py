@@ -94,14 +94,14 @@ class SyntheticTaskSpec:
     no colour, kind or place) while the answer still comes from the image. This is the
     insufficient perception the Vision-SR1 self-reward targets: a policy that learned it answers
     right with a description that cannot answer the question on its own (a language shortcut in
-    the paper's terms). Measured at 0.5 (README): GRPO with the self-reward dropped the vague
+    the paper's terms). Measured at 0.5 (docs/results.md): GRPO with the self-reward dropped the vague
     descriptions in 3 of 3 seeds, GRPO on the answer reward alone in 2 of 3."""
     shape_placement: ShapePlacement = "centred"
     """Where a shape sits in its slot. "centred": at the centre of its slot's cell in the middle
     row of the image, which at 84 px is one merged 28x28 visual token of Qwen2.5-VL per shape (2x2
     patches of 14 px); "scattered" (the default until 2026-12-02): at a random height and +-1 px
     sideways. Scenes, answers and shape sizes are the same in both (the same random draws; only the
-    pixels move). Measured on the tiny model (README): after its 6-epoch SFT on scattered shapes
+    pixels move). Measured on the tiny model (docs/results.md): after its 6-epoch SFT on scattered shapes
     greedy descriptions named a shape's kind right for 50% of shapes and its colour for 61% (a
     shape straddling tokens is more than the 1-layer vision tower pieces together); centred, every
     description of a colour or shape question named them right."""

@@ -439,28 +439,26 @@ def record_skipped_rows(output_path: str, dataset: RLDataset) -> str:
     return path
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python3 -m verl.eval.generate",
-        description="Generate responses for a benchmark (one JSON line per response), resumable.",
-    )
-    parser.add_argument("--model_path", required=True, help="HF checkpoint folder (merged actor)")
-    parser.add_argument("--data", required=True, help="parquet/json/jsonl file, datasets dir, or name@split")
-    parser.add_argument("--output", required=True, help="OUT.jsonl; OUT.generation.json holds the settings")
+def add_prompt_arguments(
+    parser: argparse.ArgumentParser, format_prompt: str, max_prompt_length: int, max_response_length: int
+) -> None:
+    """The data, prompt and run flags `verl.eval.generate` and `verl.eval.suite` share (read by
+    `settings_from_args`), with each command's own defaults."""
     parser.add_argument(
         "--format_prompt",
-        default=DEFAULT_FORMAT_PROMPT,
-        help="jinja file rendered with content=<question>; 'none' keeps the bare question "
-        "(default: configs/format_prompt/sr1.jinja)",
+        default=format_prompt,
+        help="jinja file rendered with content=<question>; 'none' keeps the bare question (default: %(default)s)",
     )
-    parser.add_argument("--system_prompt", default=None, help="system message (default: the chat template's)")
     parser.add_argument("--prompt_key", default="problem", help="question column (with <image> placeholders)")
     parser.add_argument("--answer_key", default="answer", help="ground-truth column")
     parser.add_argument("--image_key", default="images", help="image-list column; 'none' for text-only data")
     parser.add_argument("--min_pixels", type=int, default=DEFAULT_MIN_PIXELS, help="smallest image area after resize")
     parser.add_argument("--max_pixels", type=int, default=DEFAULT_MAX_PIXELS, help="largest image area after resize")
     parser.add_argument(
-        "--max_prompt_length", type=int, default=8192, help="prompt tokens, image tokens expanded"
+        "--max_prompt_length", type=int, default=max_prompt_length, help="prompt tokens, image tokens expanded"
+    )
+    parser.add_argument(
+        "--max_response_length", type=int, default=max_response_length, help="tokens per response (default: %(default)s)"
     )
     parser.add_argument(
         "--skip_overlong_prompts",
@@ -471,19 +469,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--skip_bad_rows",
         action="store_true",
         help="leave out rows that fail their checks (e.g. an undecodable image) instead of stopping; they are "
-        "listed in OUT.skipped.json and in the score summary (skipped_rows)",
+        "listed in a .skipped.json beside the responses and in the score summary (skipped_rows)",
     )
+    parser.add_argument("--batch_size", type=int, default=256, help="prompts per engine generate() call")
+    parser.add_argument("--limit", type=int, default=None, help="only the first LIMIT prompts (smoke runs)")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python3 -m verl.eval.generate",
+        description="Generate responses for a benchmark (one JSON line per response), resumable.",
+    )
+    parser.add_argument("--model_path", required=True, help="HF checkpoint folder (merged actor)")
+    parser.add_argument("--data", required=True, help="parquet/json/jsonl file, datasets dir, or name@split")
+    parser.add_argument("--output", required=True, help="OUT.jsonl; OUT.generation.json holds the settings")
+    parser.add_argument("--system_prompt", default=None, help="system message (default: the chat template's)")
+    # The GPU recipe's data.max_response_length (tests/eval/test_caps.py checks).
+    add_prompt_arguments(parser, DEFAULT_FORMAT_PROMPT, max_prompt_length=8192, max_response_length=DEFAULT_MAX_RESPONSE_LENGTH)
     parser.add_argument("--n", type=int, default=1, help="responses per prompt")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--top_p", type=float, default=1.0)
     parser.add_argument("--top_k", type=int, default=-1, help="-1 = off")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (unused when greedy)")
-    parser.add_argument(
-        "--max_response_length", type=int, default=DEFAULT_MAX_RESPONSE_LENGTH,
-        help="tokens per response (default: the GPU recipe's data.max_response_length, %(default)s)",
-    )
-    parser.add_argument("--batch_size", type=int, default=256, help="prompts per engine generate() call")
-    parser.add_argument("--limit", type=int, default=None, help="only the first LIMIT prompts (smoke runs)")
     parser.add_argument("--overwrite", action="store_true", help="discard an existing OUT instead of resuming")
     parser.add_argument(
         "--blank_images",
@@ -491,7 +499,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the blank-image control: replace every image by a blank one of the same size "
         "(score with verl.eval.score --blank_input OUT.jsonl)",
     )
-    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     add_engine_arguments(parser, default_engine="vllm")
     args = parser.parse_args(argv)
     if args.n < 1:
@@ -517,15 +524,24 @@ def normalized_source(source: str) -> str:
     return source
 
 
-def settings_from_args(args: argparse.Namespace) -> GenerationSettings:
+GREEDY_ONCE: dict[str, Any] = {"n": 1, "temperature": 0.0, "top_p": 1.0, "top_k": -1, "seed": None}
+"""One greedy response per prompt (the suite's sampling; greedy decoding needs no seed)."""
+
+
+def settings_from_args(
+    args: argparse.Namespace, data: str, blank_images: bool, system_prompt: str | None, **sampling: Any
+) -> GenerationSettings:
+    """The settings of one generation run: the shared flags of `add_prompt_arguments` in `args`,
+    this data source, blank-image control and system prompt, and the sampling (n, temperature,
+    top_p, top_k, seed). Raises FileNotFoundError for a format prompt that does not exist."""
     format_prompt = None if args.format_prompt.lower() == "none" else os.path.abspath(args.format_prompt)
     if format_prompt is not None and not os.path.isfile(format_prompt):
         raise FileNotFoundError(f"--format_prompt {args.format_prompt}: file not found")
     return GenerationSettings(
         model_path=normalized_source(args.model_path),
-        data=normalized_source(args.data),
+        data=normalized_source(data),
         format_prompt=format_prompt,
-        system_prompt=args.system_prompt,
+        system_prompt=system_prompt,
         prompt_key=args.prompt_key,
         answer_key=args.answer_key,
         image_key=None if args.image_key.lower() == "none" else args.image_key,
@@ -533,13 +549,9 @@ def settings_from_args(args: argparse.Namespace) -> GenerationSettings:
         max_pixels=args.max_pixels,
         max_prompt_length=args.max_prompt_length,
         skip_overlong_prompts=args.skip_overlong_prompts,
-        n=args.n,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
         max_response_length=args.max_response_length,
-        seed=args.seed,
-        blank_images=args.blank_images,
+        blank_images=blank_images,
+        **sampling,
     )
 
 
@@ -547,7 +559,10 @@ def main(argv: list[str] | None = None) -> GenerationReport:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     check_model_path(args.model_path, "--model_path")
-    settings = settings_from_args(args)
+    settings = settings_from_args(
+        args, args.data, args.blank_images, args.system_prompt,
+        n=args.n, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
+    )
     tokenizer = AutoTokenizer.from_pretrained(settings.model_path)
     processor = AutoProcessor.from_pretrained(settings.model_path) if settings.image_key is not None else None
     dataset = build_dataset(settings, tokenizer, processor, args.skip_bad_rows)

@@ -41,17 +41,17 @@ import torch
 from transformers import AutoProcessor, AutoTokenizer
 
 from verl.eval.generate import (
-    DEFAULT_MAX_PIXELS,
-    DEFAULT_MIN_PIXELS,
+    GREEDY_ONCE,
     GenerationSettings,
     add_engine_arguments,
+    add_prompt_arguments,
     build_dataset,
     build_engine,
     check_or_store_settings,
     generate_to_file,
     max_images_per_prompt,
-    normalized_source,
     record_skipped_rows,
+    settings_from_args,
     write_atomically,
 )
 from verl.eval.judges import EngineJudge
@@ -181,25 +181,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out_dir", default=None, help="default outputs/eval/<basename of model_path>")
     parser.add_argument("--data_dir", default=None, help="local copies: NAME.parquet|jsonl|json or NAME/ (offline)")
     parser.add_argument("--data", nargs="*", default=[], metavar="NAME=SOURCE", help="one benchmark's source")
-    parser.add_argument("--format_prompt", default="configs/format_prompt/see_think.jinja", help="'none' for raw")
-    parser.add_argument("--prompt_key", default="problem")
-    parser.add_argument("--answer_key", default="answer")
-    parser.add_argument("--image_key", default="images")
-    parser.add_argument("--min_pixels", type=int, default=DEFAULT_MIN_PIXELS)
-    parser.add_argument("--max_pixels", type=int, default=DEFAULT_MAX_PIXELS)
-    parser.add_argument("--max_prompt_length", type=int, default=12800)
-    parser.add_argument("--max_response_length", type=int, default=4096)
-    parser.add_argument("--skip_overlong_prompts", action="store_true", help="drop (logged) instead of stopping")
-    parser.add_argument(
-        "--skip_bad_rows", action="store_true",
-        help="leave out rows failing their checks (e.g. an undecodable image), listed in responses/NAME.skipped.json",
+    add_prompt_arguments(
+        parser, "configs/format_prompt/see_think.jinja", max_prompt_length=12800, max_response_length=4096
     )
-    parser.add_argument("--batch_size", type=int, default=256, help="prompts per engine call")
-    parser.add_argument("--limit", type=int, default=None, help="first N prompts of each benchmark (smoke tests)")
     parser.add_argument("--no_self_reward", action="store_true", help="skip the perception re-answers")
     parser.add_argument("--no_blank_control", action="store_true", help="skip the blank-image control")
     parser.add_argument("--grader", choices=tuple(GRADERS), default=None, help="answer grader (default builtin)")
-    parser.add_argument("--no_progress", action="store_true")
     judge = parser.add_argument_group("answer judge (re-checks answers the rule-based grader marks wrong)")
     judge.add_argument("--answer_judge_model_path", default=None, help="a local judge model folder, run by --engine")
     judge.add_argument("--answer_judge_max_tokens", type=int, default=256)
@@ -220,29 +207,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _settings(args: argparse.Namespace, source: str, blank: bool) -> GenerationSettings:
-    format_prompt = None if args.format_prompt.lower() == "none" else os.path.abspath(args.format_prompt)
-    if format_prompt is not None and not os.path.isfile(format_prompt):
-        raise SuiteError(f"--format_prompt {args.format_prompt}: file not found")
-    return GenerationSettings(
-        model_path=normalized_source(args.model_path),
-        data=normalized_source(source),
-        format_prompt=format_prompt,
-        system_prompt=None,
-        prompt_key=args.prompt_key,
-        answer_key=args.answer_key,
-        image_key=None if args.image_key.lower() == "none" else args.image_key,
-        min_pixels=args.min_pixels,
-        max_pixels=args.max_pixels,
-        max_prompt_length=args.max_prompt_length,
-        skip_overlong_prompts=args.skip_overlong_prompts,
-        n=1,
-        temperature=0.0,
-        top_p=1.0,
-        top_k=-1,
-        max_response_length=args.max_response_length,
-        seed=None,
-        blank_images=blank,
-    )
+    """One benchmark's generation settings: the reference's greedy single answer, no system prompt."""
+    try:
+        return settings_from_args(args, source, blank, None, **GREEDY_ONCE)
+    except FileNotFoundError as error:
+        raise SuiteError(str(error)) from None
 
 
 def _load_dataset(

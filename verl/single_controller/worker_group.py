@@ -1,13 +1,28 @@
 """Ray worker groups: start one actor per rank, broadcast calls, split a batch across ranks and
-gather the results. The trainer calls these; it never talks to an actor directly."""
+gather the results. The trainer calls these; it never talks to an actor directly.
+
+A group class names the worker methods it calls as typed attributes, each bound with its dispatch
+mode (`on_all_ranks`, `split_rows`, `split_each`)::
+
+    class HybridWorkerGroup(RayWorkerGroup):
+        compute_log_probs = split_rows(FSDPWorker.compute_log_probs)
+
+`group.compute_log_probs(batch)` then has the worker method's signature (its first argument, the
+batch, split over the ranks), go-to-definition leads to the worker, a misspelt worker method fails
+when the class is defined (at import), and a group built for a worker class that lacks a bound
+method fails at construction.
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError
@@ -71,6 +86,72 @@ def find_free_port() -> int:
         return sock.getsockname()[1]
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class GroupMethod(Generic[P, R]):
+    """A worker method bound to a worker-group class attribute of the same name: on a group it runs
+    the method on the ranks as `dispatch(group, name, *args, **kwargs)` does, and has the method's
+    signature (without `self`) and return type after dispatch."""
+
+    def __init__(self, method: Callable[..., Any], dispatch: Callable[..., Any], mode: str):
+        self.method = method
+        self.dispatch = dispatch
+        self.mode = mode
+        self.__doc__ = method.__doc__
+        signature = inspect.signature(method)
+        self.signature = signature.replace(parameters=list(signature.parameters.values())[1:])  # without self
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        if name != self.method.__name__:
+            raise TypeError(
+                f"{owner.__name__}.{name} is bound to {self.method.__qualname__}: a group attribute must carry "
+                "the worker method's own name"
+            )
+
+    def __get__(self, group: RayWorkerGroup | None, owner: type | None = None) -> Callable[P, R]:
+        if group is None:
+            return self  # type: ignore[return-value]  # the binding itself, read on the class
+        name, dispatch = self.method.__name__, self.dispatch
+
+        @functools.wraps(self.method)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return dispatch(group, name, *args, **kwargs)
+
+        call.__signature__ = self.signature  # type: ignore[attr-defined]  # what help() and IDEs show
+        return call
+
+
+def on_all_ranks(method: Callable[Concatenate[Any, P], R]) -> GroupMethod[P, list[R]]:
+    """Every rank runs `method` with the same arguments; the call returns each rank's result in
+    rank order."""
+    return GroupMethod(method, RayWorkerGroup.execute_all, "all ranks")
+
+
+def split_rows(
+    method: Callable[Concatenate[Any, DataProto, P], DataProto], per_engine: bool = False
+) -> GroupMethod[Concatenate[DataProto, P], DataProto]:
+    """The batch (the first argument) is split evenly over the ranks, or with `per_engine` over the
+    rollout engines (every rank of a tensor-parallel engine gets its engine's chunk); the returned
+    rows come back concatenated in batch order, padding dropped."""
+    dispatch = RayWorkerGroup.dispatch_per_engine if per_engine else RayWorkerGroup.dispatch
+    return GroupMethod(method, dispatch, "split rows per engine" if per_engine else "split rows")
+
+
+def split_each(method: Callable[Concatenate[Any, DataProto, P], R]) -> GroupMethod[Concatenate[DataProto, P], list[R]]:
+    """The batch (the first argument) is split evenly over the ranks; the call returns each rank's
+    result (not rows: e.g. an update's metrics) in rank order."""
+    return GroupMethod(method, lambda group, name, data, *args, **kwargs: group.dispatch_each(name, data, *args, **kwargs)[0],
+                       "split, each rank's result")
+
+
+def group_methods(group_cls: type) -> dict[str, GroupMethod]:
+    """The worker methods a group class binds, by name."""
+    return {name: value for klass in reversed(group_cls.__mro__) for name, value in vars(klass).items()
+            if isinstance(value, GroupMethod)}
+
+
 class RayWorkerGroup:
     """One Ray actor per rank of `worker_cls` (a plain class; it is wrapped with `ray.remote`).
     A placement group holds one bundle per node (STRICT_SPREAD: each on a different Ray node),
@@ -81,14 +162,26 @@ class RayWorkerGroup:
     call at once, naming it (a rank that only raised because its collective peer died is reported
     as that peer's death), and a call still running after `call_timeout_s` fails naming the ranks
     that have not finished - a stuck rank (a hung kernel, a collective whose peer hangs) otherwise
-    blocks the driver forever."""
+    blocks the driver forever.
+
+    `ranks_per_engine` ranks share one rollout engine (tensor parallelism): `split_rows(...,
+    per_engine=True)` methods give each of them the same chunk."""
 
     def __init__(
         self, worker_cls: type, pool: ResourcePool, *init_args: Any, call_timeout_s: float | None = None,
-        **init_kwargs: Any,
+        ranks_per_engine: int = 1, **init_kwargs: Any,
     ):
+        for name, bound in group_methods(type(self)).items():
+            if getattr(worker_cls, name, None) is not bound.method:
+                raise TypeError(
+                    f"{type(self).__name__}.{name} calls {bound.method.__qualname__}, which {worker_cls.__name__} "
+                    f"does not have as its {name!r}"
+                )
+        if pool.world_size % ranks_per_engine != 0:
+            raise ValueError(f"{ranks_per_engine} ranks per engine do not divide world size {pool.world_size}")
         self.pool = pool
         self.call_timeout_s = call_timeout_s
+        self.ranks_per_engine = ranks_per_engine
         per_proc = {"CPU": pool.cpus_per_proc}
         if pool.gpus_per_proc > 0:
             per_proc["GPU"] = pool.gpus_per_proc
@@ -230,14 +323,20 @@ class RayWorkerGroup:
         results = self._gather(method, refs)
         return results[::group_size], pad_size
 
-    def dispatch(
-        self, method: str, data: DataProto, *args: Any, rows_per_item: int = 1, group_size: int = 1, **kwargs: Any
-    ) -> DataProto:
+    def dispatch(self, method: str, data: DataProto, *args: Any, group_size: int = 1, **kwargs: Any) -> DataProto:
         """`dispatch_each` for methods returning rows: concatenates results in group order and
-        drops the padding. `rows_per_item` is how many output rows one input row yields
-        (rollout.n for generation)."""
+        drops the padding. Each input row may yield several output rows (n responses per prompt),
+        the same number for every row."""
         results, pad_size = self.dispatch_each(method, data, *args, group_size=group_size, **kwargs)
-        return unpad(DataProto.concat(results), pad_size * rows_per_item)
+        rows = DataProto.concat(results)
+        padded_rows = len(data) + pad_size
+        if len(rows) % padded_rows != 0:
+            raise ValueError(f"'{method}' returned {len(rows)} rows for {padded_rows} input rows: not a whole number each")
+        return unpad(rows, pad_size * (len(rows) // padded_rows))
+
+    def dispatch_per_engine(self, method: str, data: DataProto, *args: Any, **kwargs: Any) -> DataProto:
+        """`dispatch` over the rollout engines: the ranks of one engine get the same chunk."""
+        return self.dispatch(method, data, *args, group_size=self.ranks_per_engine, **kwargs)
 
     def shutdown(self) -> None:
         for worker in self.workers:

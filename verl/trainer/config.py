@@ -16,10 +16,10 @@ from typing import Any, ClassVar, TypeVar
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from verl.algorithms.core_algos import ADVANTAGE_ESTIMATORS, LOSS_AGG_MODES, POLICY_LOSSES
-from verl.algorithms.rollout_correction import ROLLOUT_CORRECTION_LEVELS, ROLLOUT_CORRECTION_MODES
+from verl.algorithms.core_algos import ADVANTAGE_ESTIMATORS, TOKEN_KL_KINDS
 from verl.rewards.format import TAG_STYLES
 from verl.rewards.loader import DEFAULT_TIMEOUT_S as DEFAULT_REWARD_TIMEOUT_S
+from verl.utils.tracking import SINKS
 from verl.utils.ranges import (
     AT_LEAST_ONE,
     DEFAULT_OR_AT_LEAST_ONE,
@@ -28,6 +28,7 @@ from verl.utils.ranges import (
     OFF_OR_AT_LEAST_ONE,
     POSITIVE,
     PROBABILITY,
+    Choices,
     Range,
     check_ranges,
 )
@@ -37,7 +38,6 @@ from verl.workers.config import (  # noqa: F401  (worker sections, re-exported f
     FSDPConfig,
     ModelConfig,
     OptimConfig,
-    PACKING_ATTENTION,
     POLICY_LOSS_DEFAULTS,
     RolloutCorrectionConfig,
     RefConfig,
@@ -83,6 +83,7 @@ class DataConfig:
     RANGES: ClassVar[dict[str, Range]] = {
         "max_prompt_length": AT_LEAST_ONE, "max_response_length": AT_LEAST_ONE,
         "val_batch_size": OFF_OR_AT_LEAST_ONE, "min_pixels": AT_LEAST_ONE, "max_pixels": AT_LEAST_ONE,
+        "rollout_batch_size": AT_LEAST_ONE,
     }
 
     train_files: str = ""
@@ -123,6 +124,9 @@ class DataConfig:
 class OverlongConfig:
     """DAPO overlong reward shaping (verl.algorithms.dapo.overlong_penalty)."""
 
+    # buffer_length's upper bound is data.max_response_length: PPOConfig._validate_algorithm.
+    RANGES: ClassVar[dict[str, Range]] = {"buffer_length": NON_NEGATIVE, "penalty_factor": NON_NEGATIVE}
+
     buffer_length: int = 0
     """Soft buffer L_cache in tokens before data.max_response_length; 0 = off."""
     penalty_factor: float = 1.0
@@ -159,6 +163,13 @@ class AlgorithmConfig:
     RANGES: ClassVar[dict[str, Range]] = {
         "gamma": FRACTION, "lam": FRACTION, "kl_coef": NON_NEGATIVE, "kl_target": POSITIVE, "kl_horizon": POSITIVE,
     }
+    # Valid values of the choice fields (verl/utils/ranges.py), checked with the ranges. remax needs
+    # the greedy baseline the trainer generates and gae the critic's values, so neither is a plain
+    # estimator of the registry (read at check time: an estimator added to it is a valid choice).
+    CHOICES: ClassVar[dict[str, Choices]] = {
+        "adv_estimator": lambda: (*ADVANTAGE_ESTIMATORS, "remax", "gae"),
+        "kl_penalty": TOKEN_KL_KINDS, "kl_type": ("fixed", "adaptive"),
+    }
 
     adv_estimator: str = "grpo"
     """grpo | rloo | reinforce_plus_plus | reinforce_plus_plus_baseline | remax (baseline: the
@@ -174,7 +185,7 @@ class AlgorithmConfig:
     """Multi-reward mode: component -> weight, each component group-normalised separately and
     summed (e.g. {accuracy: 0.5, visual: 0.5}); empty = one advantage from `overall`."""
     kl_penalty: str = "low_var_kl"
-    """KL-in-reward estimator when worker.actor.use_kl_loss is False."""
+    """KL-in-reward estimator when worker.actor.use_kl_loss is False: kl | abs | mse | low_var_kl."""
     kl_coef: float = 0.0
     """KL-in-reward coefficient (0 disables it)."""
     kl_type: str = "fixed"
@@ -211,7 +222,11 @@ class SelfRewardConfig:
         "max_prompt_length": AT_LEAST_ONE, "answer_advantage_weight": NON_NEGATIVE,
         "visual_advantage_weight": NON_NEGATIVE, "judge_timeout_s": POSITIVE,
         "judge_total_timeout_s": POSITIVE, "judge_max_retries": NON_NEGATIVE,
-        "judge_max_workers": AT_LEAST_ONE, "judge_max_error_rate": FRACTION,
+        "judge_max_workers": AT_LEAST_ONE, "judge_max_error_rate": FRACTION, "n": AT_LEAST_ONE,
+    }
+    CHOICES: ClassVar[dict[str, Choices]] = {
+        "missing_description": ("zero", "whole_response"), "objective": ("summed", "separate", "paper_v2"),
+        "tags": TAG_STYLES, "judge": ("policy", "openai"),
     }
 
     enable: bool = False
@@ -278,7 +293,9 @@ class TrainerConfig:
         "save_freq": OFF_OR_AT_LEAST_ONE, "save_limit": OFF_OR_AT_LEAST_ONE,
         "val_generations_to_log": NON_NEGATIVE, "val_blank_image_prompts": Range(0, also=(-1,)),
         "ray_num_cpus": DEFAULT_OR_AT_LEAST_ONE, "worker_timeout_s": POSITIVE, "dry_run_gpu_memory_gib": POSITIVE,
+        "nnodes": AT_LEAST_ONE, "n_gpus_per_node": AT_LEAST_ONE,
     }
+    CHOICES: ClassVar[dict[str, Choices]] = {"logger": SINKS, "device": ("auto", "cuda", "cpu")}
 
     project_name: str = "vision_sr1"
     """Logger project."""
@@ -407,9 +424,6 @@ class PPOConfig:
             check_ranges(self)
         except ValueError as error:
             raise ConfigError(str(error)) from None
-        _choice("worker.rollout.name", rollout.name, ("hf", "vllm"))
-        _choice("worker.actor.model.packing_attention", actor.model.packing_attention, ("auto", *PACKING_ATTENTION))
-        _choice("trainer.device", trainer.device, ("auto", "cuda", "cpu"))
         if trainer.ray_address is not None and trainer.ray_num_cpus is not None:  # ray.init refuses the pair
             raise ConfigError(
                 f"trainer.ray_num_cpus={trainer.ray_num_cpus} sizes a local Ray, but trainer.ray_address="
@@ -421,36 +435,11 @@ class PPOConfig:
                 "worker.actor.model.packing_attention=flex needs a GPU (torch has no flex_attention backward on CPU); "
                 "use segments (the CPU default), dense or auto with trainer.device=cpu"
             )
-        _choice("self_reward.missing_description", self.self_reward.missing_description, ("zero", "whole_response"))
-        _choice("self_reward.objective", self.self_reward.objective, ("summed", "separate", "paper_v2"))
-        _choice("self_reward.tags", self.self_reward.tags, TAG_STYLES)
-        _choice("self_reward.judge", self.self_reward.judge, ("policy", "openai"))
-        _choice("algorithm.kl_type", self.algorithm.kl_type, ("fixed", "adaptive"))
-        _choice("worker.actor.optim.lr_scheduler", actor.optim.lr_scheduler, ("constant", "cosine"))
         self._validate_algorithm()
         if not actor.model.model_path:
             raise ConfigError("worker.actor.model.model_path is empty: set it to a Hugging Face model folder")
         if not data.train_files and not trainer.val_only:
             raise ConfigError("data.train_files is empty: set it to a parquet/jsonl file or name@split")
-        for key, value in (
-            ("data.rollout_batch_size", data.rollout_batch_size),
-            ("worker.actor.global_batch_size", actor.global_batch_size),
-            ("worker.rollout.n", rollout.n),
-            ("worker.actor.micro_batch_size_per_device_for_update", actor.micro_batch_size_per_device_for_update),
-            ("worker.actor.micro_batch_size_per_device_for_experience", actor.micro_batch_size_per_device_for_experience),
-            ("trainer.n_gpus_per_node", trainer.n_gpus_per_node),
-            ("trainer.nnodes", trainer.nnodes),
-            ("self_reward.n", self.self_reward.n),
-        ):
-            if value < 1:
-                raise ConfigError(f"{key}={value} must be >= 1")
-        for key, value in (
-            ("worker.actor.max_token_len_per_device", actor.max_token_len_per_device),
-            ("worker.actor.max_token_len_per_device_for_experience", actor.max_token_len_per_device_for_experience),
-            ("worker.ref.max_token_len_per_device_for_experience", self.worker.ref.max_token_len_per_device_for_experience),
-        ):
-            if value is not None and value < 1:
-                raise ConfigError(f"{key}={value} must be >= 1 (or null for the default)")
         if data.rollout_batch_size % actor.global_batch_size != 0:
             raise ConfigError(
                 f"data.rollout_batch_size={data.rollout_batch_size} is not a multiple of "
@@ -524,31 +513,20 @@ class PPOConfig:
             )
 
     def _validate_algorithm(self) -> None:
-        """The algorithm choices (estimator, policy loss, rollout correction, DAPO pieces) and
-        the combinations that cannot work together."""
-        algorithm, actor = self.algorithm, self.worker.actor
-        # remax needs the greedy baseline the trainer generates and gae the critic's values, so
-        # neither is a plain estimator of the registry.
-        _choice("algorithm.adv_estimator", algorithm.adv_estimator, (*ADVANTAGE_ESTIMATORS, "remax", "gae"))
-        _choice("worker.critic.loss_agg_mode", self.worker.critic.loss_agg_mode, LOSS_AGG_MODES)
+        """The algorithm settings that cannot work together (each field's own values are checked
+        by its RANGES and CHOICES)."""
+        algorithm = self.algorithm
         if algorithm.adv_estimator == "gae" and self.worker.critic.fsdp.optimizer_offload:
             raise ConfigError(
                 "worker.critic.fsdp.optimizer_offload=true is not implemented for the critic (its AdamW state stays "
                 "on the GPU); use worker.critic.fsdp.param_offload=true to keep its state on the CPU"
             )
-        _choice("worker.actor.policy_loss", actor.policy_loss, POLICY_LOSSES)
-        _choice("worker.actor.rollout_correction.mode", actor.rollout_correction.mode, ROLLOUT_CORRECTION_MODES)
-        _choice("worker.actor.rollout_correction.level", actor.rollout_correction.level, ROLLOUT_CORRECTION_LEVELS)
-        if not actor.rollout_correction.threshold > 1.0:
-            raise ConfigError(f"worker.actor.rollout_correction.threshold={actor.rollout_correction.threshold} must be > 1")
         overlong, dynamic = algorithm.overlong, algorithm.dynamic_sampling
-        if not 0 <= overlong.buffer_length <= self.data.max_response_length:
+        if overlong.buffer_length > self.data.max_response_length:
             raise ConfigError(
                 f"algorithm.overlong.buffer_length={overlong.buffer_length} must be in [0, "
                 f"data.max_response_length={self.data.max_response_length}]"
             )
-        if overlong.penalty_factor < 0:
-            raise ConfigError(f"algorithm.overlong.penalty_factor={overlong.penalty_factor} must be >= 0")
         if dynamic.enable and algorithm.adv_estimator not in GROUP_RELATIVE_ESTIMATORS:
             # Dropping groups without spread is free only where such a group's advantage is 0.
             raise ConfigError(
@@ -573,11 +551,6 @@ class PPOConfig:
 GROUP_RELATIVE_ESTIMATORS: tuple[str, ...] = ("grpo", "rloo", "reinforce_plus_plus_baseline")
 """Estimators that give a group whose scores are all equal an advantage of exactly 0 (the
 others compare with a batch mean, a greedy response or a critic)."""
-
-
-def _choice(key: str, value: str, valid: tuple[str, ...]) -> None:
-    if value not in valid:
-        raise ConfigError(f"{key}={value!r} is not one of {', '.join(valid)}")
 
 
 ConfigT = TypeVar("ConfigT")

@@ -1,10 +1,11 @@
 """The single controller: one GRPO step is the list of stage calls in `RayPPOTrainer.step`.
 
     generate -> self-reward -> reward [-> ReMax greedy baseline] [-> DAPO refill: repeat]
-             -> old log-probs -> ref log-probs -> advantages
-             -> actor update -> weight sync            (validate) (checkpoint)
+             -> engine sleeps -> old log-probs -> ref log-probs -> advantages
+             -> actor update -> weight sync (engine wakes)          (validate) (checkpoint)
 
 The trainer decides the algorithm and moves batches; workers (verl/workers) hold parameters.
+Every worker call is a typed attribute of `HybridWorkerGroup` (never a method named by a string).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 
 import numpy as np
@@ -21,7 +23,9 @@ import torch
 from tqdm import tqdm
 
 from verl.protocol import DataProto, pad_to_divisor
-from verl.single_controller.worker_group import RayWorkerGroup, ResourcePool, WorkerDiedError
+from verl.single_controller.worker_group import (
+    RayWorkerGroup, ResourcePool, WorkerDiedError, on_all_ranks, split_each, split_rows,
+)
 from verl.algorithms import core_algos, dapo
 from verl.trainer.clipping import RESPONSE_CLIP_RATIO, TRAINER_CAP_KEYS, clip_ratio, warn_on_clipping
 from verl.trainer.config import PPOConfig
@@ -112,6 +116,24 @@ def pad_rows(data: DataProto, prompt_length: int, response_length: int, pad_toke
     return DataProto.from_dict(tensors=tensors, non_tensors=dict(data.non_tensor_batch), meta_info=dict(data.meta_info))
 
 
+class HybridWorkerGroup(RayWorkerGroup):
+    """The FSDPWorker ranks (actor, reference, critic and rollout engine in one process each) as
+    the trainer calls them: one attribute per worker method, with its signature and dispatch."""
+
+    init_model = on_all_ranks(FSDPWorker.init_model)
+    generate_sequences = split_rows(FSDPWorker.generate_sequences, per_engine=True)
+    num_generate_calls = on_all_ranks(FSDPWorker.num_generate_calls)
+    sleep_rollout = on_all_ranks(FSDPWorker.sleep_rollout)
+    sync_rollout_weights = on_all_ranks(FSDPWorker.sync_rollout_weights)
+    compute_log_probs = split_rows(FSDPWorker.compute_log_probs)
+    compute_ref_log_probs = split_rows(FSDPWorker.compute_ref_log_probs)
+    compute_values = split_rows(FSDPWorker.compute_values)
+    update_actor = split_each(FSDPWorker.update_actor)
+    update_critic = split_each(FSDPWorker.update_critic)
+    save_checkpoint = on_all_ranks(FSDPWorker.save_checkpoint)
+    load_checkpoint = on_all_ranks(FSDPWorker.load_checkpoint)
+
+
 class RayPPOTrainer:
     def __init__(self, config: PPOConfig, tokenizer, train_dataloader, val_dataloader, reward_fn, judge=None):
         self.config = config
@@ -138,8 +160,7 @@ class RayPPOTrainer:
                 )
             else:
                 self.kl_controller = core_algos.FixedKLController(config.algorithm.kl_coef)
-        self.workers: RayWorkerGroup | None = None
-        self._batch_iter = None  # fit's batch iterator: dynamic sampling draws refills from it
+        self.workers: HybridWorkerGroup | None = None
         correction = config.worker.actor.rollout_correction
         if correction.mode != "off" and not correction.applies(config.worker.rollout.temperature):
             logger.warning(
@@ -167,13 +188,13 @@ class RayPPOTrainer:
             gpus_per_proc=1 if use_gpu else 0,
             cpus_per_proc=1,
         )
-        self.workers = RayWorkerGroup(
+        self.workers = HybridWorkerGroup(
             FSDPWorker, pool, cfg.worker, cfg.rank_setup(), self.total_optimizer_steps,
-            call_timeout_s=cfg.trainer.worker_timeout_s,
+            call_timeout_s=cfg.trainer.worker_timeout_s, ranks_per_engine=cfg.worker.rollout.tensor_parallel_size,
         )
         # Before the models load: a node that does not see the run's folders fails the run now.
         print(check_nodes(self.workers, cfg), flush=True)
-        attention = self.workers.execute_all("init_model")[0]
+        attention = self.workers.init_model()[0]
         print(f"training forwards: {attention}", flush=True)
         if cfg.self_reward.enable:
             generate = None if self.judge is not None else self._generate
@@ -181,14 +202,7 @@ class RayPPOTrainer:
 
     def _generate(self, prompts: DataProto, sampling: SamplingConfig, max_response_length: int) -> DataProto:
         prompts.meta_info["pad_token_id"] = self.tokenizer.pad_token_id
-        return self.workers.dispatch(
-            "generate_sequences",
-            prompts,
-            sampling,
-            max_response_length,
-            rows_per_item=sampling.n,
-            group_size=self.config.worker.rollout.tensor_parallel_size,
-        )
+        return self.workers.generate_sequences(prompts, sampling, max_response_length)
 
     def train_sampling(self, draw: int = 0) -> SamplingConfig:
         """Sampling of the step's generation batch number `draw` (dynamic sampling's refills are
@@ -216,12 +230,12 @@ class RayPPOTrainer:
         responses = decode_responses(rollout, self.tokenizer)
         sr_output: SelfRewardOutput | None = None
         if self.self_reward is not None:
-            calls_before = self.workers.execute_all("num_generate_calls")
+            calls_before = self.workers.num_generate_calls()
             with timed("self_reward", timing):
                 sr_output = self.self_reward.run(
                     responses, [str(q) for q in rollout.non_tensor_batch["problem"]], validation=validation
                 )
-            calls = [after - before for after, before in zip(self.workers.execute_all("num_generate_calls"), calls_before)]
+            calls = [after - before for after, before in zip(self.workers.num_generate_calls(), calls_before)]
             # The re-prompt pass must be one batched engine call per rank, never one per prompt.
             sr_output.metrics["self_reward/engine_calls_per_rank"] = float(max(calls))
         with timed("reward", timing):
@@ -235,17 +249,23 @@ class RayPPOTrainer:
             )
         return rollout, responses, scores, sr_output
 
-    def compute_advantages(self, rollout: DataProto, scores: dict[str, torch.Tensor], metrics: dict) -> torch.Tensor:
+    def compute_advantages(
+        self, rollout: DataProto, scores: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, float]]:
         """(bs, R) advantages of the configured estimator, exactly 0 on dynamic sampling's filler
         rows (their group has no spread in the sampling metric, but may have some in the trained
-        score, e.g. format); for gae also the critic's targets, stored as `rollout.batch["returns"]`."""
-        advantages = self._estimated_advantages(rollout, scores, metrics)
+        score, e.g. format); the critic's (bs, R) regression targets for gae (else None); the
+        metrics of the KL-in-reward and of the critic's values."""
+        advantages, returns, metrics = self._estimated_advantages(rollout, scores)
         if "filler" in rollout.non_tensor_batch:
             advantages[torch.as_tensor(rollout.non_tensor_batch["filler"].astype(bool))] = 0.0
-        return advantages
+        return advantages, returns, metrics
 
-    def _estimated_advantages(self, rollout: DataProto, scores: dict[str, torch.Tensor], metrics: dict) -> torch.Tensor:
+    def _estimated_advantages(
+        self, rollout: DataProto, scores: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, float]]:
         cfg = self.config.algorithm
+        metrics: dict[str, float] = {}
         mask = rollout.batch["response_mask"]
         groups = group_index_of(rollout.non_tensor_batch["uid"])
         sr = self.config.self_reward
@@ -261,9 +281,10 @@ class RayPPOTrainer:
             if missing:
                 raise KeyError(f"reward components {sorted(missing)} in the advantage weights are not returned by "
                                f"the reward function (it returns {sorted(scores)})")
-            return core_algos.compute_multi_reward_advantages(
+            advantages = core_algos.compute_multi_reward_advantages(
                 {name: scores[name] for name in weights}, weights, groups, mask, cfg.norm_adv_by_std_in_grpo
             )
+            return advantages, None, metrics
         token_rewards = last_token_scores(scores["overall"], mask)
         if self.kl_controller is not None:
             token_rewards, mean_kl = core_algos.apply_kl_penalty(
@@ -277,20 +298,19 @@ class RayPPOTrainer:
             advantages, returns = core_algos.compute_gae_advantage_return(
                 token_rewards, rollout.batch["values"], mask, cfg.gamma, cfg.lam
             )
-            rollout.batch["returns"] = returns.float()  # the critic's regression targets
             valid = mask.bool()
             metrics["critic/values_mean"] = rollout.batch["values"][valid].mean().item()
             metrics["critic/returns_mean"] = returns[valid].mean().item()
-            return advantages
+            return advantages, returns.float(), metrics
         if cfg.adv_estimator == "remax":
             advantages, _ = core_algos.compute_remax_outcome_advantage(
                 token_rewards, mask, rollout.batch["remax_baseline"]
             )
-            return advantages
+            return advantages, None, metrics
         advantages, _ = core_algos.compute_advantages(
             cfg.adv_estimator, token_rewards, mask, groups, cfg.gamma, cfg.norm_adv_by_std_in_grpo
         )
-        return advantages
+        return advantages, None, metrics
 
     def _shape_scores(self, rollout: DataProto, scores: dict[str, torch.Tensor]) -> None:
         """DAPO overlong reward shaping, added to `overall` in place (and logged as its own
@@ -324,18 +344,18 @@ class RayPPOTrainer:
             rollout.batch["remax_baseline"] = self._remax_baseline(batch, rollout, timing)
         return rollout, scores, sr_output
 
-    def _sample_with_refill(self, batch: DataProto, timing: dict, metrics: dict):
-        """`_sample`, and with DAPO dynamic sampling, more prompts from the data until the batch
-        holds `len(batch)` prompts whose responses' scores differ. When the tries or the data
+    def _sample_with_refill(self, batch: DataProto, refills: Iterator[DataProto] | None, timing: dict):
+        """`_sample`, and with DAPO dynamic sampling, more prompts from `refills` until the batch
+        holds `len(batch)` prompts whose responses' scores differ. When the tries or the refills
         run out first: an error, or with `fill_after_max_tries` prompts without spread fill it
         (see `dapo.select_groups`), flagged per row in `non_tensor_batch["filler"]` so that
         `compute_advantages` gives them 0. Returns the rows for the update, their scores, the
-        self-reward output of the first batch, and all rows drawn with their scores (for the
-        reward metrics, unbiased by the filter)."""
+        self-reward output of the first batch, all rows drawn with their scores (for the reward
+        metrics, unbiased by the filter), and the dynamic sampling metrics."""
         rollout, scores, sr_output = self._sample(batch, timing)
         dynamic = self.config.algorithm.dynamic_sampling
         if not dynamic.enable:
-            return rollout, scores, sr_output, rollout, scores
+            return rollout, scores, sr_output, rollout, scores, {}
         n = self.config.worker.rollout.n
         if dynamic.metric not in scores:
             raise KeyError(f"algorithm.dynamic_sampling.metric={dynamic.metric!r} is not a reward component "
@@ -344,7 +364,7 @@ class RayPPOTrainer:
         spread = [dapo.prompt_has_spread(scores[dynamic.metric], n)]
         data_ran_out = False
         while not dapo.enough_informative(spread, len(batch)) and len(tries) < dynamic.max_tries:
-            refill = next(self._batch_iter, None) if self._batch_iter is not None else None
+            refill = next(refills, None) if refills is not None else None
             if refill is None:
                 data_ran_out = True
                 break
@@ -373,40 +393,51 @@ class RayPPOTrainer:
         kept_scores = {name: torch.cat([drawn[name][keep] for (_, drawn), keep in zip(tries, rows)]) for name in names}
         all_rollout = DataProto.concat([drawn for drawn, _ in tries])
         all_scores = {name: torch.cat([drawn[name] for _, drawn in tries]) for name in names}
-        metrics["dynamic_sampling/generation_batches"] = float(len(tries))
-        metrics["dynamic_sampling/prompts_drawn"] = float(sum(len(flags) for flags in spread))
-        metrics["dynamic_sampling/informative_prompts"] = float(selection.informative)
-        metrics["dynamic_sampling/filler_prompts"] = float(selection.filler)
-        return kept_rollout, kept_scores, sr_output, all_rollout, all_scores
+        metrics = {
+            "dynamic_sampling/generation_batches": float(len(tries)),
+            "dynamic_sampling/prompts_drawn": float(sum(len(flags) for flags in spread)),
+            "dynamic_sampling/informative_prompts": float(selection.informative),
+            "dynamic_sampling/filler_prompts": float(selection.filler),
+        }
+        return kept_rollout, kept_scores, sr_output, all_rollout, all_scores, metrics
 
-    def step(self, batch: DataProto) -> dict[str, float]:
-        """One GRPO step on a batch of prompts."""
+    def step(self, batch: DataProto, refills: Iterator[DataProto] | None = None) -> dict[str, float]:
+        """One GRPO step on a batch of prompts; returns the step's metrics. `refills`: where DAPO
+        dynamic sampling draws more prompts from (fit passes its own batch iterator, so a refill
+        batch is not trained on as a step of its own); None: no refills."""
         cfg = self.config
         step_start = time.perf_counter()
         timing = StageTimes()
-        metrics: dict[str, float] = {}
-        rollout, scores, sr_output, drawn_rollout, drawn_scores = self._sample_with_refill(batch, timing, metrics)
+        rollout, scores, sr_output, drawn_rollout, drawn_scores, metrics = self._sample_with_refill(
+            batch, refills, timing
+        )
+        # Generation (and the self-reward pass) is over for this step: the engine frees its memory.
+        with timed("rollout_sleep", timing):
+            self.workers.sleep_rollout()
         train_rows = rollout
         # The objectives that train the re-answers (pass-2 rows) too.
         trains_pass2 = cfg.self_reward.enable and cfg.self_reward.objective in ("separate", "paper_v2")
         need_ref = cfg.worker.actor.use_kl_loss or self.kl_controller is not None
         if not self.skip_old_log_probs:  # else the on-policy update reports entropy and the gap
             with timed("old_log_prob", timing):
-                train_rows = train_rows.union(self._dispatch_balanced("compute_log_probs", train_rows))
+                train_rows = train_rows.union(self._dispatch_balanced(self.workers.compute_log_probs, train_rows))
             metrics.update(logprob_gap_metrics(train_rows))
             metrics["actor/entropy"] = core_algos.masked_mean(
                 train_rows.batch["entropy"], train_rows.batch["response_mask"].float()
             ).item()
         if need_ref:
             with timed("ref", timing):
-                train_rows = train_rows.union(self._dispatch_balanced("compute_ref_log_probs", train_rows))
+                train_rows = train_rows.union(self._dispatch_balanced(self.workers.compute_ref_log_probs, train_rows))
         gae = cfg.algorithm.adv_estimator == "gae"
         if gae:
             with timed("values", timing):
-                train_rows = train_rows.union(self._dispatch_balanced("compute_values", train_rows))
+                train_rows = train_rows.union(self._dispatch_balanced(self.workers.compute_values, train_rows))
         with timed("adv", timing):
-            advantages = self.compute_advantages(train_rows, scores, metrics)
+            advantages, returns, advantage_metrics = self.compute_advantages(train_rows, scores)
+        metrics.update(advantage_metrics)
         train_rows.batch["advantages"] = advantages.float()
+        if returns is not None:
+            train_rows.batch["returns"] = returns
         if cfg.self_reward.enable and cfg.self_reward.objective == "paper_v2":
             train_rows = with_objective_term(
                 train_rows, OBJECTIVE_PARTS.index("answer"), cfg.self_reward.answer_advantage_weight
@@ -417,11 +448,11 @@ class RayPPOTrainer:
         metrics["actor/pass2_rows"] = float(len(train_rows) - len(rollout))
         if gae:
             with timed("update_critic", timing):
-                metrics.update(self._update("update_critic", train_rows, ["values", "returns"]))
+                metrics.update(self._update(self.workers.update_critic, train_rows, ["values", "returns"]))
         with timed("update_actor", timing):
-            metrics.update(self._update("update_actor", train_rows, self._actor_update_keys(train_rows)))
+            metrics.update(self._update(self.workers.update_actor, train_rows, self._actor_update_keys(train_rows)))
         with timed("sync", timing):
-            sync = self.workers.execute_all("sync_rollout_weights")
+            sync = self.workers.sync_rollout_weights()
         metrics["perf/sync_bytes"] = sync[0]["bytes"]
         metrics.update(self._rollout_metrics(drawn_rollout, drawn_scores, sr_output, "train"))
         warn_on_clipping(
@@ -455,13 +486,13 @@ class RayPPOTrainer:
             and actor.ppo_epochs == 1 and self.kl_controller is None and not mis
         )
 
-    def _dispatch_balanced(self, method: str, data: DataProto) -> DataProto:
-        """`dispatch` with rows reordered so every rank gets about the same number of tokens (a
-        prompt's rows together); results come back in the original row order."""
+    def _dispatch_balanced(self, call: Callable[[DataProto], DataProto], data: DataProto) -> DataProto:
+        """`call` (a split-rows worker call) with rows reordered so every rank gets about the same
+        number of tokens (a prompt's rows together); results come back in the original row order."""
         order = rank_order(data, self.workers.world_size, share_prefix=self.config.worker.actor.model.share_prompt_prefix)
         if order is None:
-            return self.workers.dispatch(method, data)
-        return self.workers.dispatch(method, data[order])[np.argsort(order)]
+            return call(data)
+        return call(data[order])[np.argsort(order)]
 
     def _actor_update_keys(self, train_rows: DataProto) -> list[str]:
         keys = ["advantages"] + [key for key in (OBJECTIVE_PART, OBJECTIVE_WEIGHT) if key in train_rows.batch]
@@ -474,8 +505,10 @@ class RayPPOTrainer:
             keys.append("ref_log_probs")
         return keys
 
-    def _update(self, method: str, train_rows: DataProto, keys: list[str]) -> dict[str, float]:
-        """`method` ("update_actor" / "update_critic") on the rows' model inputs plus `keys`,
+    def _update(
+        self, update: Callable[[DataProto, int, int], list[dict[str, float]]], train_rows: DataProto, keys: list[str]
+    ) -> dict[str, float]:
+        """`update` (the workers' update_actor / update_critic) on the rows' model inputs plus `keys`,
         padded to the world size and spread over the ranks by token count; per-rank metrics
         averaged (maxima for `*_max`)."""
         keys = ["input_ids", "attention_mask", "responses", "response_mask", *keys]
@@ -491,7 +524,7 @@ class RayPPOTrainer:
         )
         if order is not None:
             update_batch = update_batch[order]
-        per_rank, _ = self.workers.dispatch_each(method, update_batch, self.mini_batches_per_step, self.global_step)
+        per_rank = update(update_batch, self.mini_batches_per_step, self.global_step)
         return {
             key: float((np.max if key.endswith("_max") else np.mean)([m[key] for m in per_rank]))
             for key in per_rank[0]
@@ -506,9 +539,9 @@ class RayPPOTrainer:
         cfg = self.config
         pass2 = sr_output.pass2
         if not self.skip_old_log_probs:
-            pass2 = pass2.union(self._dispatch_balanced("compute_log_probs", pass2))
+            pass2 = pass2.union(self._dispatch_balanced(self.workers.compute_log_probs, pass2))
         if need_ref:
-            pass2 = pass2.union(self._dispatch_balanced("compute_ref_log_probs", pass2))
+            pass2 = pass2.union(self._dispatch_balanced(self.workers.compute_ref_log_probs, pass2))
         paper_v2 = cfg.self_reward.objective == "paper_v2"
         pass2.batch["advantages"] = pass2_advantages(
             scores["visual"],
@@ -617,7 +650,7 @@ class RayPPOTrainer:
             os.makedirs(root, exist_ok=True)
             tmp_dir = checkpoint.temporary_step_dir(root, self.global_step)
         try:
-            digests = self.workers.execute_all("save_checkpoint", tmp_dir, self.config.worker.actor.model.model_path)
+            digests = self.workers.save_checkpoint(tmp_dir, self.config.worker.actor.model.model_path)
         except WorkerDiedError as error:
             cause = getattr(error.__cause__, "cause", None)  # the worker's own exception, through Ray
             if isinstance(cause, checkpoint.CheckpointWriteError):
@@ -659,7 +692,7 @@ class RayPPOTrainer:
         if path is None:
             return
         self.global_step = checkpoint.step_of(path)
-        self.workers.execute_all("load_checkpoint", path)
+        self.workers.load_checkpoint(path)
         dataloader_state = os.path.join(path, "dataloader.pt")
         if not os.path.isfile(dataloader_state):
             raise FileNotFoundError(f"checkpoint {path} lacks dataloader.pt")
@@ -681,15 +714,15 @@ class RayPPOTrainer:
             if cfg.val_only:
                 return last_val
         progress = tqdm(total=self.total_steps, initial=self.global_step, desc="GRPO", dynamic_ncols=True)
-        self._batch_iter = self._batches()
+        batches = self._batches()
         saved_step = self.global_step
         while self.global_step < self.total_steps:
-            batch = next(self._batch_iter, None)
+            batch = next(batches, None)
             metrics = None
             if batch is not None:
                 self.global_step += 1
                 try:
-                    metrics = self.step(batch)
+                    metrics = self.step(batch, refills=batches)
                 except DataExhaustedError as error:  # the step is dropped, as verl drops its partial batch
                     self.global_step -= 1
                     print(f"{error}; the step is dropped", flush=True)

@@ -1,14 +1,18 @@
-"""Ranges of numeric config values, checked before anything starts.
+"""Allowed values of config fields, checked before anything starts.
 
 A config dataclass lists its numeric fields' ranges in a class attribute
-`RANGES: ClassVar[dict[str, Range]]`; `check_ranges` walks a config (nested dataclasses
-included) and raises ValueError naming the first dotted key whose value lies outside its range.
-Every float, listed or not, must be finite: NaN passes every comparison and would slip through.
+`RANGES: ClassVar[dict[str, Range]]` and its choice fields' valid values in
+`CHOICES: ClassVar[dict[str, Choices]]` (for a list field, every item must be one of them);
+`check_ranges` walks a config (nested dataclasses included) and raises ValueError naming the
+first dotted key whose value is not allowed, and the values that are. Every float, listed or
+not, must be finite: NaN passes every comparison and would slip through. Checks that relate two
+fields stay with the config that owns both (e.g. `PPOConfig.validate`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any
 
@@ -57,9 +61,20 @@ OFF_OR_AT_LEAST_ONE = Range(1, also=(-1,))
 DEFAULT_OR_AT_LEAST_ONE = Range(1, also=(None,))
 
 
+Choices = Collection[str] | Callable[[], Collection[str]]
+"""The valid values of a choice field: a collection, or a function returning one when the values
+come from a table that code may extend (e.g. a registry of estimators, read at check time)."""
+
+
+def valid_choices(choices: Choices) -> tuple[str, ...]:
+    return tuple(choices() if callable(choices) else choices)
+
+
 def check_ranges(config: Any, prefix: str = "") -> None:
-    """Raises ValueError `key=value must be <range>` for the first value out of range."""
+    """Raises ValueError `key=value must be <range>` for the first value out of range, or
+    `key=value is not one of <valid values>` for the first value that is not a valid choice."""
     ranges: dict[str, Range] = getattr(type(config), "RANGES", {})
+    choices: dict[str, Choices] = getattr(type(config), "CHOICES", {})
     for f in fields(config):
         key, value = prefix + f.name, getattr(config, f.name)
         if is_dataclass(value):
@@ -72,3 +87,9 @@ def check_ranges(config: Any, prefix: str = "") -> None:
         rule = ranges.get(f.name)
         if rule is not None and not all(rule.holds(item) for item in values):
             raise ValueError(f"{key}={value!r} must be {rule.describe()}")
+        if f.name in choices:
+            valid = valid_choices(choices[f.name])
+            wrong = [item for item in values if item not in valid]
+            if wrong:
+                which = "" if wrong == [value] else f": {wrong[0]!r}"
+                raise ValueError(f"{key}={value!r}{which} is not one of {', '.join(valid)}")

@@ -121,7 +121,7 @@ class TinyModelSpec:
     # back (the answer copying the colour its own description gave a kind). (8, 12, 12) at base 10
     # met the first and not the second (every pair >= 0.11 rad per token). (2, 2, 28) at base 1e4:
     # width pairs turn 0.32..1.3e-4 rad per column/token. Measured on the recipe (3 seeds, SFT -> GRPO
-    # mean accuracy, README): base 10 76.0 -> 80.2%, this 76.5 -> 82.2%, with fewer answers that
+    # mean accuracy, docs/results.md): base 10 76.0 -> 80.2%, this 76.5 -> 82.2%, with fewer answers that
     # contradict their own description (48 -> 40 of 200 after SFT) at a price: a lone middle shape
     # is placed worse (position questions 80 -> 62% after SFT). Text-only tokens see RoPE at 1e4.
     mrope_section: tuple[int, int, int] = (2, 2, 28)

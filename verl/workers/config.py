@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from verl.algorithms.core_algos import LOSS_AGG_MODES, POLICY_LOSSES, TOKEN_KL_KINDS
+from verl.algorithms.rollout_correction import ROLLOUT_CORRECTION_LEVELS, ROLLOUT_CORRECTION_MODES
 from verl.models.lora import LoRAConfig
 from verl.utils.ranges import (
     AT_LEAST_ONE,
@@ -15,8 +17,16 @@ from verl.utils.ranges import (
     NON_NEGATIVE,
     POSITIVE,
     PROBABILITY,
+    Choices,
     Range,
 )
+
+DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16")
+"""The dtype names `verl.models.qwen_vl.resolve_dtype` takes (`auto`: bf16 on GPU, fp32 on CPU)."""
+
+ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
+"""The attention implementations the model code is built and tested with (`auto`:
+flash_attention_2 where installed on GPU, else sdpa)."""
 
 
 @dataclass
@@ -26,6 +36,8 @@ class OptimConfig:
         "lr": POSITIVE, "betas": Range(0, 1, high_open=True), "eps": POSITIVE, "weight_decay": NON_NEGATIVE,
         "lr_warmup_ratio": FRACTION, "min_lr_ratio": FRACTION,
     }
+    # Valid values of the choice fields (verl/utils/ranges.py), checked with the ranges.
+    CHOICES: ClassVar[dict[str, Choices]] = {"lr_scheduler": ("constant", "cosine")}
 
     lr: float = 1e-6
     """Peak learning rate."""
@@ -45,6 +57,8 @@ class OptimConfig:
 
 @dataclass
 class FSDPConfig:
+    CHOICES: ClassVar[dict[str, Choices]] = {"torch_dtype": DTYPES}
+
     param_offload: bool = False
     """Offload parameters to CPU between phases (GPU only)."""
     optimizer_offload: bool = False
@@ -59,6 +73,10 @@ PACKING_ATTENTION = ("dense", "segments", "flex")
 
 @dataclass
 class ModelConfig:
+    CHOICES: ClassVar[dict[str, Choices]] = {
+        "attn_implementation": ATTN_IMPLEMENTATIONS, "packing_attention": ("auto", *PACKING_ATTENTION),
+    }
+
     model_path: str = ""
     """Hugging Face folder (or hub id on a machine with internet) of the policy."""
     tokenizer_path: str | None = None
@@ -91,6 +109,9 @@ class ModelConfig:
 class RolloutCorrectionConfig:
     """Importance weights pi_trainer / pi_rollout on the policy loss, for the mismatch between
     the rollout engine and the trainer (verl.algorithms.rollout_correction)."""
+
+    RANGES: ClassVar[dict[str, Range]] = {"threshold": Range(1, low_open=True)}
+    CHOICES: ClassVar[dict[str, Choices]] = {"mode": ROLLOUT_CORRECTION_MODES, "level": ROLLOUT_CORRECTION_LEVELS}
 
     mode: str = "tis"
     """tis (truncated IS weights) | mis (tokens/sequences outside [1/threshold, threshold]
@@ -130,7 +151,15 @@ class ActorConfig:
     RANGES: ClassVar[dict[str, Range]] = {
         "ppo_epochs": AT_LEAST_ONE, "max_grad_norm": POSITIVE, "clip_ratio_low": Range(0, 1),
         "clip_ratio_high": NON_NEGATIVE, "clip_ratio_dual": Range(1, low_open=True),
-        "kl_loss_coef": NON_NEGATIVE,
+        "kl_loss_coef": NON_NEGATIVE, "global_batch_size": AT_LEAST_ONE,
+        "micro_batch_size_per_device_for_update": AT_LEAST_ONE,
+        "micro_batch_size_per_device_for_experience": AT_LEAST_ONE,
+        "max_token_len_per_device": DEFAULT_OR_AT_LEAST_ONE,
+        "max_token_len_per_device_for_experience": DEFAULT_OR_AT_LEAST_ONE,
+    }
+    # POLICY_LOSSES is read at check time: a loss added to that table is a valid choice.
+    CHOICES: ClassVar[dict[str, Choices]] = {
+        "policy_loss": lambda: POLICY_LOSSES, "loss_agg_mode": LOSS_AGG_MODES, "kl_loss_type": TOKEN_KL_KINDS,
     }
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -182,7 +211,7 @@ class ActorConfig:
     kl_loss_coef: float = 1e-2
     """Weight of the KL loss."""
     kl_loss_type: str = "low_var_kl"
-    """kl | abs | mse | low_var_kl | full."""
+    """kl | abs | mse | low_var_kl (the sampled-token estimators, verl.algorithms.core_algos.kl_penalty)."""
     entropy_coeff: float = 0.0
     """Entropy bonus weight (entropy is always logged)."""
     papo: PAPOConfig = field(default_factory=PAPOConfig)
@@ -214,6 +243,7 @@ class CriticConfig:
         "max_token_len_per_device": DEFAULT_OR_AT_LEAST_ONE, "ppo_epochs": AT_LEAST_ONE,
         "max_grad_norm": POSITIVE, "clip_range_value": POSITIVE,
     }
+    CHOICES: ClassVar[dict[str, Choices]] = {"loss_agg_mode": LOSS_AGG_MODES}
 
     model_path: str | None = None
     """Language model the critic starts from (a fresh zero value head on top); None = the actor's."""
@@ -238,6 +268,11 @@ class CriticConfig:
 
 @dataclass
 class RefConfig:
+    RANGES: ClassVar[dict[str, Range]] = {
+        "micro_batch_size_per_device_for_experience": AT_LEAST_ONE,
+        "max_token_len_per_device_for_experience": DEFAULT_OR_AT_LEAST_ONE,
+    }
+
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)
     micro_batch_size_per_device_for_experience: int = 16
     """Responses per forward when computing reference log-probs."""
@@ -255,8 +290,9 @@ class RolloutConfig:
         "max_batch_size": AT_LEAST_ONE, "gpu_memory_utilization": PROBABILITY,
         "max_model_len": DEFAULT_OR_AT_LEAST_ONE, "max_num_batched_tokens": AT_LEAST_ONE,
         "tensor_parallel_size": AT_LEAST_ONE, "cpu_kvcache_space_gib": AT_LEAST_ONE,
-        "limit_images": AT_LEAST_ONE,
+        "limit_images": AT_LEAST_ONE, "n": AT_LEAST_ONE,
     }
+    CHOICES: ClassVar[dict[str, Choices]] = {"name": ("hf", "vllm"), "dtype": DTYPES}
 
     name: str = "hf"
     """Engine: `hf` (transformers generate, always available) or `vllm`."""

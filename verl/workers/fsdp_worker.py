@@ -201,6 +201,12 @@ class FSDPWorker:
             (self.rollout.wake_up if awake else self.rollout.sleep)()
             self.rollout_awake = awake
 
+    def sleep_rollout(self) -> None:
+        """Generation (and the self-reward pass) is over for this step: the engine frees its GPU
+        memory for the training passes (the trainer calls this between sampling and log-probs;
+        the next weight sync or generation wakes it)."""
+        self._set_rollout_awake(False)
+
     def sync_rollout_weights(self) -> dict[str, float]:
         """Actor weights -> rollout engine (a collective: every rank streams the same order)."""
         self._set_rollout_awake(True)
@@ -208,7 +214,6 @@ class FSDPWorker:
 
     # ---- log-probs and update ----------------------------------------------------------------
     def compute_log_probs(self, data: DataProto) -> DataProto:
-        self._set_rollout_awake(False)  # generation (and the self-reward pass) is over for this step
         log_probs, entropy = self.actor.compute_log_probs(data)
         return DataProto.from_dict(tensors={"old_log_probs": log_probs, "entropy": entropy})
 
@@ -241,7 +246,6 @@ class FSDPWorker:
         return self.critic
 
     def compute_values(self, data: DataProto) -> DataProto:
-        self._set_rollout_awake(False)
         return DataProto.from_dict(tensors={"values": self._require_critic().compute_values(data)})
 
     def update_critic(self, data: DataProto, num_mini_batches: int, step: int) -> dict[str, float]:
