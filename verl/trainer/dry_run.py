@@ -27,7 +27,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokeniz
 from verl.data.synthetic import generate_split, write_rl_split
 from verl.models.lora import LoRAConfig, apply_lora
 from verl.models.published_configs import config_for_model_path
-from verl.models.qwen_vl import decoder_layers, vision_parts
+from verl.models.qwen_vl import decoder_layers, recurrent_layers, vision_parts
 from verl.trainer.config import PPOConfig
 from verl.trainer.datasets import build_rl_dataset
 from verl.utils.memory_estimate import GIB, MemoryEstimate, ModelShape, StepSettings, estimate_memory
@@ -98,10 +98,14 @@ def experience_tokens(config: PPOConfig) -> int:
 
 def gpu_attention_plan(config: PPOConfig) -> AttentionPlan:
     """The training forwards' attention on the GPUs the dry run sizes; `auto` attention is
-    counted as sdpa (flash-attn may be missing there: the case with the larger dense mask)."""
+    counted as sdpa (flash-attn may be missing there: the case with the larger dense mask).
+    A model with recurrent layers (Qwen3.5) trains unpacked (`plan_attention`)."""
     model = config.worker.actor.model
     attention = "sdpa" if model.attn_implementation == "auto" else model.attn_implementation
-    return plan_attention(attention, model.share_prompt_prefix, model.packing_attention, "cuda")
+    text_config = config_for_model_path(model.model_path)[0].get_text_config()
+    return plan_attention(
+        attention, model.share_prompt_prefix, model.packing_attention, "cuda", recurrent_layers(text_config)
+    )
 
 
 def packed_group_tokens(config: PPOConfig, plan: AttentionPlan) -> int:
