@@ -19,6 +19,7 @@ import torch
 from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer, GenerationConfig
 
 from verl.data.vision import expand_image_tokens, multimodal_token_types, processor_size_kwargs
+from verl.models.qwen_vl import recurrent_layers
 from verl.workers.rollout import RolloutTokenIds
 from verl.workers.rollout.base import GenerationOutput, GenerationRequest, RolloutEngine, SamplingConfig
 
@@ -71,6 +72,7 @@ class HFRolloutEngine(RolloutEngine):
         self.model.requires_grad_(False)
         self.token_ids = RolloutTokenIds.from_tokenizer(tokenizer, self.model.config)
         self.merge_size = self.model.config.vision_config.spatial_merge_size
+        self.recurrent = bool(recurrent_layers(self.model.config.get_text_config()))
         # generate() fills every unset option from model.generation_config; a real checkpoint's
         # (Qwen2.5-VL: repetition_penalty 1.05, top_k 1, ...) would silently change the sampler.
         self.model.generation_config = GenerationConfig(
@@ -117,7 +119,9 @@ class HFRolloutEngine(RolloutEngine):
             return_dict_in_generate=True,
             output_logits=True,
         )
-        if samples_per_prompt > 1 and "image_grid_thw" in inputs:
+        # A recurrent decoder's (Qwen3.5's) cache cannot be repeated (transformers' LinearAttentionLayer
+        # has no batch_repeat_interleave): its n samples prefill n copies of the prompt.
+        if samples_per_prompt > 1 and "image_grid_thw" in inputs and not self.recurrent:
             result = self._generate_from_shared_prefill(inputs, config, samples_per_prompt)
         else:
             result = self.model.generate(**inputs, generation_config=config)

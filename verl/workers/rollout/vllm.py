@@ -153,6 +153,12 @@ class VLLMRolloutEngine(RolloutEngine):
         # such a model runs there without prefix caching (every prompt prefilled in full); any
         # other keeps vLLM's default (None).
         without_prefix_caching = not enable_chunked_prefill and recurrent_layers(config.get_text_config())
+        if self.on_cpu and recurrent_layers(config.get_text_config()) and dtype != "bfloat16":
+            raise ValueError(
+                f"{model_path}: vLLM's CPU gated-delta-rule kernel (the {config.model_type} linear-attention "
+                f"layers) runs in bfloat16 only, not {dtype}: set worker.rollout.dtype=bfloat16, or "
+                "worker.rollout.name=hf"
+            )
         self.llm = vllm.LLM(
             enable_prefix_caching=False if without_prefix_caching else None,
             model=model_path,
