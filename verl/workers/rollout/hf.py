@@ -119,9 +119,17 @@ class HFRolloutEngine(RolloutEngine):
             return_dict_in_generate=True,
             output_logits=True,
         )
-        # A recurrent decoder's (Qwen3.5's) cache cannot be repeated (transformers' LinearAttentionLayer
-        # has no batch_repeat_interleave): its n samples prefill n copies of the prompt.
-        if samples_per_prompt > 1 and "image_grid_thw" in inputs and not self.recurrent:
+        if samples_per_prompt > 1 and "image_grid_thw" in inputs and self.recurrent:
+            # A recurrent decoder (Qwen3.5): its cache cannot be repeated after one prefill
+            # (transformers 5.19's LinearAttentionLayer has no batch_repeat_interleave), and an
+            # image batch that generate() expands for num_return_sequences samples from wrong
+            # log-probs (up to 2 nats off the model's own forward of the same rows; cause inside
+            # transformers not found). Each prompt is put in the batch n times instead.
+            inputs = self._model_inputs([request for request in requests for _ in range(samples_per_prompt)])
+            config = copy.copy(config)
+            config.num_return_sequences = 1
+            result = self.model.generate(**inputs, generation_config=config)
+        elif samples_per_prompt > 1 and "image_grid_thw" in inputs:
             result = self._generate_from_shared_prefill(inputs, config, samples_per_prompt)
         else:
             result = self.model.generate(**inputs, generation_config=config)
