@@ -179,7 +179,7 @@ def test_naive_packing_leaks_through_the_recurrent_state_and_is_planned_off(mode
             assert error < 2e-5
     plan = plan_attention("sdpa", True, "auto", "cpu", recurrent_layers(load(model_dirs["hybrid"]).config.get_text_config()))
     assert plan.packing is None
-    assert "layers [0, 2] are recurrent" in plan.reason
+    assert "its 2 linear-attention layers keep a recurrent state" in plan.reason
     assert plan_attention("sdpa", True, "auto", "cpu", []).packing == "segments"
 
 

@@ -95,8 +95,8 @@ def plan_attention(
     if recurrent_layers:
         return AttentionPlan(
             attn_implementation, None,
-            f"rows unpacked ({attn_implementation}): share_prompt_prefix off for this model, its layers "
-            f"{list(recurrent_layers)} are recurrent (linear attention), whose state would carry one packed "
+            f"rows unpacked ({attn_implementation}): share_prompt_prefix off for this model, its "
+            f"{len(recurrent_layers)} linear-attention layers keep a recurrent state that would carry one packed "
             "response into the next",
         )
     choice = packing_attention
