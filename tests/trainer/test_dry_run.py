@@ -121,3 +121,10 @@ def test_gae_dry_run_names_the_critic_state_it_does_not_count():
     )
     # 8.29 B parameters x 16 bytes / 8 GPUs
     assert "the GAE critic's state, ~15.4 GiB per GPU" in dry_run(config).text()
+
+
+def test_qwen3_5_recipe_dry_run_counts_the_published_model_and_trains_unpacked():
+    config = load_config(PPOConfig, str(REPO / "configs/qwen3_5_9b_selfReward.yaml"), [])
+    text = dry_run(config).text()
+    assert "published Qwen3.5-9B architecture (no local config.json): 9.41 B parameters" in text
+    assert "training forwards (on GPU): rows unpacked (sdpa): share_prompt_prefix off for this model, its 24 linear-attention layers" in text

@@ -123,7 +123,7 @@ class HFRolloutEngine(RolloutEngine):
             # A recurrent decoder (Qwen3.5): its cache cannot be repeated after one prefill
             # (transformers 5.19's LinearAttentionLayer has no batch_repeat_interleave), and an
             # image batch that generate() expands for num_return_sequences samples from wrong
-            # log-probs (up to 2 nats off the model's own forward of the same rows; cause inside
+            # log-probs (up to 2.5 nats off the model's own forward of the same rows; cause inside
             # transformers not found). Each prompt is put in the batch n times instead.
             inputs = self._model_inputs([request for request in requests for _ in range(samples_per_prompt)])
             config = copy.copy(config)
