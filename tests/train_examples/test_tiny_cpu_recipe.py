@@ -64,7 +64,7 @@ def test_self_reward_recipe_on_the_hybrid_qwen3_5(tiny_qwen3_5_dir, synthetic_da
             "data.rollout_batch_size=4", "worker.actor.global_batch_size=4", "worker.rollout.n=4",
             "worker.actor.micro_batch_size_per_device_for_update=8",
         ],
-        # 881 s on a quiet 2-core machine, over 1200 s beside other test runs: transformers' torch
+        # 504 s and 881 s on the shared 2-core machine, over 1200 s beside other test runs: transformers' torch
         # fallback of the gated delta rule (no fla / causal-conv1d kernels on CPU) makes the three
         # evaluations of 96-token answers most of it.
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=2400,
