@@ -1,7 +1,8 @@
-"""Builds the tiny random Qwen2.5-VL (or Qwen3-VL) checkpoint used by the tests and smoke runs.
+"""Builds the tiny random Qwen2.5-VL (or Qwen3-VL, Qwen3.5, Qwen3.5-MoE) checkpoint used by the tests and smoke runs.
 
 Example: python scripts/make_tiny_model.py --out /tmp/tiny-qwen2.5-vl --seed 0
          python scripts/make_tiny_model.py --out /tmp/tiny-qwen3-vl --family qwen3_vl
+         python scripts/make_tiny_model.py --out /tmp/tiny-qwen3.5 --family qwen3_5
 """
 
 import argparse
@@ -9,7 +10,7 @@ import dataclasses
 import time
 
 from verl.utils.build_stamp import keep_existing_build, write_build_stamp
-from verl.utils.tiny_model import FAMILIES, QWEN3_VL_SPEC, TinyModelSpec, build_tiny_model
+from verl.utils.tiny_model import FAMILIES, SPECS, build_tiny_model
 
 
 def main() -> None:
@@ -23,7 +24,7 @@ def main() -> None:
         help="keep OUT if it holds a build of this seed and spec (its build_stamp.json); rebuild a stamped build of another",
     )
     args = parser.parse_args()
-    spec = QWEN3_VL_SPEC if args.family == "qwen3_vl" else TinyModelSpec()
+    spec = SPECS[args.family]
     stamp = {"builder": "make_tiny_model", "seed": args.seed, "spec": dataclasses.asdict(spec)}
     if args.reuse and keep_existing_build(args.out, stamp, "make_tiny_model.py"):
         return

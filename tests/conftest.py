@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from verl.data.synthetic import write_synthetic_dataset
-from verl.utils.tiny_model import QWEN3_VL_SPEC, build_tiny_model
+from verl.utils.tiny_model import QWEN3_5_SPEC, QWEN3_VL_SPEC, build_tiny_model
 
 # The tiny model gains nothing from more threads, and test machines share their cores.
 torch.set_num_threads(2)
@@ -30,6 +30,12 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 def tiny_qwen3_vl_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Folder of the tiny random Qwen3-VL (seed 0), built once per test session."""
     return build_tiny_model(str(tmp_path_factory.mktemp("tiny_qwen3_vl")), seed=0, spec=QWEN3_VL_SPEC)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_5_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Folder of the tiny random Qwen3.5 (seed 0; linear, full, linear attention layers), built once per test session."""
+    return build_tiny_model(str(tmp_path_factory.mktemp("tiny_qwen3_5")), seed=0, spec=QWEN3_5_SPEC)
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

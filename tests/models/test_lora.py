@@ -7,6 +7,7 @@ import json
 import shutil
 from dataclasses import asdict
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
@@ -163,3 +164,31 @@ def test_checkpoints_with_base_weights_in_their_shards_still_merge(tiny_model_di
     expected = fold_adapters(model.state_dict(), LORA.alpha / LORA.rank)
     merged_state = AutoModelForImageTextToText.from_pretrained(merged.target_dir, dtype=torch.float32).state_dict()
     assert all(torch.equal(tensor, expected[name]) for name, tensor in merged_state.items())
+
+
+def test_qwen3_5_adapters_cover_the_delta_rule_projections_and_merge_like_any_other(tiny_qwen3_5_dir):
+    """Qwen3.5 (linear, full, linear attention): the delta rule's in_proj_qkv, in_proj_z and
+    out_proj get adapters, its per-head in_proj_a / in_proj_b do not (`LANGUAGE_MODEL_LINEARS`);
+    the merged weights streamed to the rollout engine compute what base + adapters computes."""
+    ids = torch.randint(0, 600, (2, 24), generator=torch.Generator().manual_seed(0))
+    batch = DataProto.from_dict(
+        tensors={"input_ids": ids, "attention_mask": torch.ones_like(ids), "responses": ids[:, 16:]},
+        non_tensors={"multi_modal_inputs": np.array([{}, {}], dtype=object)},
+    )
+    base = build_policy(tiny_qwen3_5_dir, CPU, attn_implementation="sdpa", trainable=False)
+    model = build_policy(tiny_qwen3_5_dir, CPU, attn_implementation="sdpa", lora=LORA)
+    adapted = {name.removeprefix("model.language_model.layers.") for name in lora_modules(model)}
+    delta_rule = {"in_proj_qkv", "in_proj_z", "out_proj"}
+    mlp = {f"mlp.{name}" for name in ("gate_proj", "up_proj", "down_proj")}
+    assert adapted == (
+        {f"{layer}.linear_attn.{name}" for layer in (0, 2) for name in delta_rule}
+        | {f"1.self_attn.{name}" for name in ("q_proj", "k_proj", "v_proj", "o_proj")}
+        | {f"{layer}.{name}" for layer in range(3) for name in mlp}
+    )
+    assert torch.equal(log_probs(model, batch), log_probs(base, batch))  # a fresh adapter changes nothing
+    randomise_adapters(model)
+    with_adapters = log_probs(model, batch)
+    assert (with_adapters - log_probs(base, batch)).abs().max() > 1e-2
+    plain = AutoModelForImageTextToText.from_pretrained(tiny_qwen3_5_dir, dtype=torch.float32, attn_implementation="sdpa")
+    plain.load_state_dict(dict(iter_full_state_dict(model)), strict=False)
+    torch.testing.assert_close(log_probs(plain, batch), with_adapters, atol=1e-5, rtol=0)

@@ -30,10 +30,10 @@ def test_every_gpu_recipe_dry_runs_and_fits_an_80_gib_gpu(config_path):
     report = dry_run(config)
     text = report.text()
     assert "config valid" in text
-    # Exactly one released size: Qwen2.5-VL-3B/7B or Qwen3-VL-4B/8B.
-    assert sum(f"{b} B parameters" in text for b in ("3.75", "8.29", "4.44", "8.77")) == 1
+    # Exactly one released size: Qwen2.5-VL-3B/7B, Qwen3-VL-4B/8B or Qwen3.5-9B.
+    assert sum(f"{b} B parameters" in text for b in ("3.75", "8.29", "4.44", "8.77", "9.41")) == 1
     assert "data.train_files" in text and "prompts kept" in text
-    assert report.memory.peak > 30 * 1024**3, "a 3B-8B step cannot need under 30 GiB: the estimate lost a term"
+    assert report.memory.peak > 30 * 1024**3, "a 3B-9B step cannot need under 30 GiB: the estimate lost a term"
     assert report.fits, text
 
 
@@ -121,3 +121,10 @@ def test_gae_dry_run_names_the_critic_state_it_does_not_count():
     )
     # 8.29 B parameters x 16 bytes / 8 GPUs
     assert "the GAE critic's state, ~15.4 GiB per GPU" in dry_run(config).text()
+
+
+def test_qwen3_5_recipe_dry_run_counts_the_published_model_and_trains_unpacked():
+    config = load_config(PPOConfig, str(REPO / "configs/qwen3_5_9b_selfReward.yaml"), [])
+    text = dry_run(config).text()
+    assert "published Qwen3.5-9B architecture (no local config.json): 9.41 B parameters" in text
+    assert "training forwards (on GPU): rows unpacked (sdpa): share_prompt_prefix off for this model, its 24 linear-attention layers" in text

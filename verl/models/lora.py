@@ -33,8 +33,17 @@ from torch import nn
 LORA_A, LORA_B = "lora_A", "lora_B"
 # Written next to the model shards of a checkpoint: the merger needs rank/alpha to fold adapters.
 LORA_CONFIG_FILE = "lora_config.json"
-# Every linear layer of Qwen2.5-VL's and Qwen3-VL's language model (attention and MLP projections).
-LANGUAGE_MODEL_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# The language model's linear layers that get adapters by default: every one of Qwen2.5-VL's and
+# Qwen3-VL's (attention and MLP projections), and Qwen3.5's gated delta rule's wide projections
+# (`in_proj_qkv` its q/k/v, `in_proj_z` the output gate, `out_proj`), its counterpart of q/k/v/o.
+# Left out on purpose: the delta rule's `in_proj_a` / `in_proj_b` (hidden -> one decay step and one
+# write strength per value head: as narrow as a rank-r adapter, and the decay enters as
+# exp(cumulative sum), the projection where a low-rank update matters least and risks most), and
+# Qwen3.5-MoE's router (`gate`) and fused expert tensors (parameters, not linear layers; its
+# shared expert's gate/up/down projections are adapted).
+LANGUAGE_MODEL_LINEARS = (
+    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "in_proj_qkv", "in_proj_z", "out_proj",
+)
 
 
 @dataclass

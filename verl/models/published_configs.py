@@ -7,7 +7,9 @@ The numbers are those of the checkpoints' own config.json (Qwen/Qwen2.5-VL-3B-In
 Qwen/Qwen2.5-VL-7B-Instruct); the vision tower is the same 32-block, 1280-wide ViT in both.
 Qwen3-VL-4B/8B-Instruct: Qwen3 language models (q/k norms, head_dim 128, interleaved mrope) with
 a patch-16 ViT and deepstack mergers; the meta-device counts equal the released 4.44 B / 8.77 B.
-Sizes are unique across the two families (3b/7b vs 4b/8b), so a size alone names a model.
+Qwen3.5-9B: a hybrid decoder (3 gated-delta-rule layers to 1 full-attention layer) with Qwen3-VL's
+patch-16 ViT (no deepstack); see `_QWEN3_5` for where its numbers come from and how they are checked.
+Sizes are unique across the families (3b/7b, 4b/8b, 9b), so a size alone names a model.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import os
 import re
 
-from transformers import AutoConfig, PretrainedConfig, Qwen2_5_VLConfig, Qwen3VLConfig
+from transformers import AutoConfig, PretrainedConfig, Qwen2_5_VLConfig, Qwen3_5Config, Qwen3VLConfig
 
 _VISION = {
     "depth": 32,
@@ -67,7 +69,42 @@ _QWEN3_VL = {
     ),
 }
 
-PUBLISHED_SIZES = tuple(_TEXT) + tuple(_QWEN3_VL)
+# Qwen/Qwen3.5-9B's config.json, not read from the hub (no hub here) but as third-party code quotes
+# it (a test fixture of an RL project, "run against the real Qwen3.5-9B config"). Check of the
+# numbers: the meta-device model built from them, plus the 1-layer multi-token-prediction head the
+# released files add (`mtp.*`, which transformers skips and the dry run does not count), is exactly the
+# checkpoint's size in its safetensors index, total_size 19,306,216,416 bytes, when the 24
+# delta-rule layers' A_log (32) and gated-norm weight (128) are stored in fp32 and the rest in bf16
+# (tests/models/test_published_configs.py). The other sizes (0.8B/2B/4B/27B, the MoE) are not here:
+# no copy of their full config (vision tower included) was at hand to check the same way.
+_QWEN3_5 = {
+    "9b": (
+        {
+            "hidden_size": 4096, "intermediate_size": 12288, "num_hidden_layers": 32, "num_attention_heads": 16,
+            "num_key_value_heads": 4, "head_dim": 256, "vocab_size": 248320, "max_position_embeddings": 262144,
+            "layer_types": (["linear_attention"] * 3 + ["full_attention"]) * 8, "linear_conv_kernel_dim": 4,
+            "linear_key_head_dim": 128, "linear_num_key_heads": 16, "linear_value_head_dim": 128,
+            "linear_num_value_heads": 32, "rms_norm_eps": 1e-6, "tie_word_embeddings": False, "eos_token_id": 248044,
+            "rope_parameters": {
+                "rope_type": "default", "rope_theta": 10000000, "mrope_section": [11, 11, 10], "mrope_interleaved": True,
+                "partial_rotary_factor": 0.25,
+            },
+        },
+        {
+            "depth": 27, "hidden_size": 1152, "intermediate_size": 4304, "num_heads": 16, "num_position_embeddings": 2304,
+            "out_hidden_size": 4096, "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2,
+        },
+    ),
+}
+PUBLISHED_SIZES = tuple(_TEXT) + tuple(_QWEN3_VL) + tuple(_QWEN3_5)
+
+
+def _qwen3_5_config(size: str) -> Qwen3_5Config:
+    text, vision = _QWEN3_5[size]
+    return Qwen3_5Config(
+        text_config=text, vision_config=vision, tie_word_embeddings=False, image_token_id=248056,
+        video_token_id=248057, vision_start_token_id=248053, vision_end_token_id=248054, dtype="bfloat16",
+    )
 
 
 def _qwen3_vl_config(size: str) -> Qwen3VLConfig:
@@ -109,8 +146,10 @@ def _qwen3_vl_config(size: str) -> Qwen3VLConfig:
     )
 
 
-def published_config(size: str) -> Qwen2_5_VLConfig | Qwen3VLConfig:
-    """The Qwen2.5-VL-{3B,7B} / Qwen3-VL-{4B,8B}-Instruct architecture (`size` in PUBLISHED_SIZES), bf16."""
+def published_config(size: str) -> Qwen2_5_VLConfig | Qwen3VLConfig | Qwen3_5Config:
+    """The Qwen2.5-VL-{3B,7B} / Qwen3-VL-{4B,8B}-Instruct / Qwen3.5-9B architecture (`size` in PUBLISHED_SIZES), bf16."""
+    if size in _QWEN3_5:
+        return _qwen3_5_config(size)
     if size in _QWEN3_VL:
         return _qwen3_vl_config(size)
     if size not in _TEXT:
@@ -151,5 +190,5 @@ def config_for_model_path(model_path: str) -> tuple[PretrainedConfig, str]:
             f"{model_path}: no config.json there, and the path names no published size "
             f"({', '.join(PUBLISHED_SIZES)}); point worker.actor.model.model_path at a folder with config.json"
         )
-    family = "Qwen3-VL" if known[-1] in _QWEN3_VL else "Qwen2.5-VL"
+    family = "Qwen3-VL" if known[-1] in _QWEN3_VL else "Qwen3.5" if known[-1] in _QWEN3_5 else "Qwen2.5-VL"
     return published_config(known[-1]), f"published {family}-{known[-1].upper()} architecture (no local config.json)"

@@ -1,4 +1,4 @@
-"""What the trainer needs to know about the Qwen-VL models it trains (Qwen2.5-VL, Qwen3-VL):
+"""What the trainer needs to know about the Qwen-VL models it trains (Qwen2.5-VL, Qwen3-VL, Qwen3.5):
 loading, checkpoint weight names, which modules are the vision tower, mrope position ids, and how
 the per-sample multi-modal tensors of a batch are put together for one forward. Everything that
 differs between the two lives in `QwenVLFamily`; the rest of the code asks this module."""
@@ -45,6 +45,22 @@ FAMILIES = {
         projector_modules=("merger", "deepstack_merger_list"),
     ),
 }
+# Qwen3.5 (and its MoE): Qwen3-VL's checkpoint layout (the released files add `mtp.*`
+# multi-token-prediction weights, which transformers skips on load and the merger never writes)
+# and Qwen3-VL's merger without deepstack.
+FAMILIES["qwen3_5"] = FAMILIES["qwen3_5_moe"] = QwenVLFamily(
+    checkpoint_prefixes=FAMILIES["qwen3_vl"].checkpoint_prefixes, projector_modules=("merger",)
+)
+
+# Decoder layer types whose token mixing is a recurrence (a state carried from token to token)
+# rather than attention over a mask: Qwen3.5's gated delta rule (`linear_attention`).
+RECURRENT_LAYER_TYPES = ("linear_attention",)
+
+
+def recurrent_layers(text_config) -> list[int]:
+    """Indices of the decoder layers of `text_config` (a language model's config) that carry a
+    recurrent state (`RECURRENT_LAYER_TYPES` in its `layer_types`); [] for attention-only models."""
+    return [i for i, kind in enumerate(getattr(text_config, "layer_types", None) or ()) if kind in RECURRENT_LAYER_TYPES]
 
 
 def family_of(model_type: str) -> QwenVLFamily:

@@ -27,11 +27,11 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokeniz
 from verl.data.synthetic import generate_split, write_rl_split
 from verl.models.lora import LoRAConfig, apply_lora
 from verl.models.published_configs import config_for_model_path
-from verl.models.qwen_vl import decoder_layers, vision_parts
+from verl.models.qwen_vl import decoder_layers, recurrent_layers, vision_parts
 from verl.trainer.config import PPOConfig
 from verl.trainer.datasets import build_rl_dataset
 from verl.utils.memory_estimate import GIB, MemoryEstimate, ModelShape, StepSettings, estimate_memory
-from verl.utils.tiny_model import QWEN3_VL_SPEC, TinyModelSpec, build_processor, build_tokenizer
+from verl.utils.tiny_model import SPECS, TinyModelSpec, build_processor, build_tokenizer
 from verl.workers.engine.shared_prefix import AttentionPlan, plan_attention
 
 FIXTURE_ROWS = 8
@@ -98,10 +98,14 @@ def experience_tokens(config: PPOConfig) -> int:
 
 def gpu_attention_plan(config: PPOConfig) -> AttentionPlan:
     """The training forwards' attention on the GPUs the dry run sizes; `auto` attention is
-    counted as sdpa (flash-attn may be missing there: the case with the larger dense mask)."""
+    counted as sdpa (flash-attn may be missing there: the case with the larger dense mask).
+    A model with recurrent layers (Qwen3.5) trains unpacked (`plan_attention`)."""
     model = config.worker.actor.model
     attention = "sdpa" if model.attn_implementation == "auto" else model.attn_implementation
-    return plan_attention(attention, model.share_prompt_prefix, model.packing_attention, "cuda")
+    text_config = config_for_model_path(model.model_path)[0].get_text_config()
+    return plan_attention(
+        attention, model.share_prompt_prefix, model.packing_attention, "cuda", recurrent_layers(text_config)
+    )
 
 
 def packed_group_tokens(config: PPOConfig, plan: AttentionPlan) -> int:
@@ -118,8 +122,8 @@ def _tokenizer_and_processor(model_path: str):
     """The model folder's own tokenizer/processor, else the tiny model's (see module docstring)."""
     if os.path.isfile(os.path.join(os.path.expanduser(model_path), "tokenizer_config.json")):
         return AutoTokenizer.from_pretrained(model_path), AutoProcessor.from_pretrained(model_path), "the model's"
-    # The stand-in's image processor has the recipe model's patch size: Qwen3-VL's 32-pixel tokens.
-    spec = QWEN3_VL_SPEC if config_for_model_path(model_path)[0].model_type == "qwen3_vl" else TinyModelSpec()
+    # The stand-in's image processor has the recipe model's patch size: Qwen3-VL's and Qwen3.5's 32-pixel tokens.
+    spec = SPECS.get(config_for_model_path(model_path)[0].model_type, TinyModelSpec())
     tokenizer = build_tokenizer(spec)
     return tokenizer, build_processor(spec, tokenizer), "stand-in (tiny model)"
 

@@ -1,5 +1,5 @@
-"""A tiny, randomly initialised Qwen2.5-VL (or Qwen3-VL) checkpoint built locally for tests and
-smoke runs.
+"""A tiny, randomly initialised Qwen2.5-VL (or Qwen3-VL, Qwen3.5, Qwen3.5-MoE) checkpoint built
+locally for tests and smoke runs.
 
 No model hub is reachable from the test machines, so the test suite builds its own checkpoint:
 a byte-level BPE tokenizer trained on a small corpus (the synthetic shapes task and the
@@ -9,6 +9,10 @@ parameters). The folder is a normal Hugging Face checkpoint: ``AutoTokenizer``,
 ``AutoProcessor``, ``AutoModelForImageTextToText`` and vLLM load it exactly like the real model,
 so the code under test takes the same path as on GPU nodes. ``QWEN3_VL_SPEC`` is the Qwen3-VL
 preset (patch 16, so 32-pixel merged tokens; a deepstack merger; q/k norms in the decoder).
+``QWEN3_5_SPEC`` is Qwen3.5: the Qwen3-VL vision tower without deepstack, and a hybrid decoder
+whose ``layer_types`` mix ``linear_attention`` (a gated delta rule behind a causal conv1d, a
+recurrent state instead of a KV cache) with ``full_attention`` (gated-output attention with
+partial rotary). ``QWEN3_5_MOE_SPEC`` is the same with sparse-expert MLPs (Qwen3.5-MoE).
 """
 
 import json
@@ -28,6 +32,10 @@ from transformers import (
     Qwen3VLConfig,
     Qwen3VLForConditionalGeneration,
     Qwen3VLProcessor,
+    Qwen3_5Config,
+    Qwen3_5ForConditionalGeneration,
+    Qwen3_5MoeConfig,
+    Qwen3_5MoeForConditionalGeneration,
 )
 from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX as QWEN2_PRETOKENIZE_REGEX
@@ -100,7 +108,7 @@ POSITIONS = ("left", "right", "top", "bottom", "center")
 
 @dataclass(frozen=True)
 class TinyModelSpec:
-    """Sizes of the tiny checkpoint; `family` is the model type (`qwen2_5_vl` or `qwen3_vl`).
+    """Sizes of the tiny checkpoint; `family` is the model type (`FAMILIES`).
 
     Text head_dim is hidden / heads = 64: vLLM's CPU attention kernel rejects 16, and the
     multimodal rotary sections (temporal, height, width) must sum to head_dim / 2.
@@ -139,10 +147,29 @@ class TinyModelSpec:
     # 0.02 (Qwen's default) makes a random toy model greedily repeat one token; 0.1 gives
     # varied greedy text and images that visibly change the output, which tests can observe.
     initializer_range: float = 0.1
+    # Qwen3.5 only: the decoder's layer pattern (`layer_types`, one entry per layer), the gated
+    # delta rule's heads and causal-conv width, the share of each head's dimensions that rotate
+    # (the real model's 0.25), and for Qwen3.5-MoE the experts (0: a dense MLP). The delta rule's
+    # head dim is the real model's 128: vLLM's CPU kernel (chunk_gated_delta_rule_cpu) rejects 32;
+    # one key head and two value heads keep the real model's value/key head ratio (2).
+    text_layer_types: tuple[str, ...] = ()
+    linear_num_key_heads: int = 1
+    linear_num_value_heads: int = 2
+    linear_head_dim: int = 128
+    linear_conv_kernel: int = 4
+    partial_rotary_factor: float = 1.0
+    num_experts: int = 0
+    num_experts_per_tok: int = 2
+    moe_intermediate_size: int = 64
 
     @property
     def text_head_dim(self) -> int:
         return self.text_hidden_size // self.text_num_heads
+
+    @property
+    def rotary_half_dim(self) -> int:
+        """Rotated pairs per head: the mrope sections must sum to this."""
+        return int(self.text_head_dim * self.partial_rotary_factor) // 2
 
 
 # Qwen3-VL at toy size: patch 16 (the real model's), so the pixel range is in 32-pixel tokens.
@@ -151,7 +178,18 @@ class TinyModelSpec:
 QWEN3_VL_SPEC = TinyModelSpec(
     family="qwen3_vl", patch_size=16, min_pixels=64 * 64, max_pixels=128 * 128, mrope_section=(8, 12, 12), rope_theta=10.0
 )
-FAMILIES = ("qwen2_5_vl", "qwen3_vl")
+# Qwen3.5 at toy size: Qwen3-VL's patching and interleaved mrope, three layers in the real
+# model's pattern (every few layers full attention, the rest the gated delta rule), partial
+# rotary 0.25 as in the real config, so 8 rotated pairs per 64-dim head in sections (2, 3, 3)
+# (the real (11, 11, 10) scaled down).
+QWEN3_5_SPEC = TinyModelSpec(
+    family="qwen3_5", patch_size=16, min_pixels=64 * 64, max_pixels=128 * 128, mrope_section=(2, 3, 3),
+    rope_theta=10.0, text_num_layers=3, text_layer_types=("linear_attention", "full_attention", "linear_attention"),
+    partial_rotary_factor=0.25,
+)
+QWEN3_5_MOE_SPEC = TinyModelSpec(**{**QWEN3_5_SPEC.__dict__, "family": "qwen3_5_moe", "num_experts": 4})
+FAMILIES = ("qwen2_5_vl", "qwen3_vl", "qwen3_5", "qwen3_5_moe")
+SPECS = {"qwen2_5_vl": TinyModelSpec(), "qwen3_vl": QWEN3_VL_SPEC, "qwen3_5": QWEN3_5_SPEC, "qwen3_5_moe": QWEN3_5_MOE_SPEC}
 
 
 def _training_corpus() -> list[str]:
@@ -231,8 +269,8 @@ def build_tokenizer(spec: TinyModelSpec) -> Qwen2Tokenizer:
 
 def build_processor(spec: TinyModelSpec, tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLProcessor | Qwen3VLProcessor:
     """The family's processor with a small pixel budget: images become 2x2 to 4x4 merged patches."""
-    if spec.family == "qwen3_vl":
-        # Qwen3-VL's own processor config: patch 16, mean/std 0.5, a pixel range given as `size`.
+    if spec.family != "qwen2_5_vl":
+        # Qwen3-VL's own processor config (Qwen3.5's too: its processor class is Qwen3VLProcessor): patch 16, mean/std 0.5, a pixel range given as `size`.
         size = {"shortest_edge": spec.min_pixels, "longest_edge": spec.max_pixels}
         patches = {"patch_size": spec.patch_size, "temporal_patch_size": spec.temporal_patch_size,
                    "merge_size": spec.spatial_merge_size}
@@ -265,7 +303,7 @@ def build_processor(spec: TinyModelSpec, tokenizer: Qwen2Tokenizer) -> Qwen2_5_V
     )
 
 
-def build_config(spec: TinyModelSpec, tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLConfig | Qwen3VLConfig:
+def build_config(spec: TinyModelSpec, tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLConfig | Qwen3VLConfig | Qwen3_5Config | Qwen3_5MoeConfig:
     """The family's config at toy size; every special token id comes from ``tokenizer``."""
     if spec.family not in FAMILIES:
         raise ValueError(f"TinyModelSpec.family={spec.family!r}: expected one of {FAMILIES}")
@@ -274,10 +312,10 @@ def build_config(spec: TinyModelSpec, tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLCo
             f"text_hidden_size {spec.text_hidden_size} is not divisible by "
             f"text_num_heads {spec.text_num_heads}"
         )
-    if sum(spec.mrope_section) * 2 != spec.text_head_dim:
+    if sum(spec.mrope_section) != spec.rotary_half_dim:
         raise ValueError(
-            f"mrope_section {spec.mrope_section} sums to {sum(spec.mrope_section)}, "
-            f"but must sum to head_dim / 2 = {spec.text_head_dim // 2}"
+            f"mrope_section {spec.mrope_section} sums to {sum(spec.mrope_section)}, but must sum to "
+            f"head_dim x partial_rotary_factor / 2 = {spec.rotary_half_dim}"
         )
     token_id = tokenizer.convert_tokens_to_ids
     text_config = {
@@ -316,6 +354,8 @@ def build_config(spec: TinyModelSpec, tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLCo
         "temporal_patch_size": spec.temporal_patch_size,
         "initializer_range": spec.initializer_range,
     }
+    if spec.family in ("qwen3_5", "qwen3_5_moe"):
+        return _qwen3_5_config(spec, text_config, vision_common, token_ids)
     if spec.family == "qwen3_vl":
         text_config["head_dim"] = spec.text_head_dim
         text_config["rope_parameters"]["mrope_interleaved"] = True  # Qwen3-VL's own layout
@@ -339,6 +379,49 @@ def build_config(spec: TinyModelSpec, tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLCo
     )
 
 
+def _qwen3_5_config(spec: TinyModelSpec, text_config: dict, vision_common: dict, token_ids: dict):
+    """Qwen3.5 (or Qwen3.5-MoE): the shared text keys plus the hybrid layer pattern and the
+    gated delta rule's sizes; the vision tower is Qwen3-VL's without deepstack mergers."""
+    if len(spec.text_layer_types) != spec.text_num_layers:
+        raise ValueError(
+            f"TinyModelSpec.text_layer_types has {len(spec.text_layer_types)} entries for {spec.text_num_layers} layers"
+        )
+    text_config = {
+        **text_config,
+        "head_dim": spec.text_head_dim,
+        "layer_types": list(spec.text_layer_types),
+        "linear_num_key_heads": spec.linear_num_key_heads,
+        "linear_num_value_heads": spec.linear_num_value_heads,
+        "linear_key_head_dim": spec.linear_head_dim,
+        "linear_value_head_dim": spec.linear_head_dim,
+        "linear_conv_kernel_dim": spec.linear_conv_kernel,
+    }
+    text_config["rope_parameters"] = {
+        **text_config["rope_parameters"], "mrope_interleaved": True, "partial_rotary_factor": spec.partial_rotary_factor,
+    }
+    vision_config = {**vision_common, "num_position_embeddings": 64}
+    if spec.family == "qwen3_5_moe":
+        text_config.update(
+            num_experts=spec.num_experts, num_experts_per_tok=spec.num_experts_per_tok,
+            moe_intermediate_size=spec.moe_intermediate_size, shared_expert_intermediate_size=spec.moe_intermediate_size,
+        )
+        del text_config["intermediate_size"]
+        return Qwen3_5MoeConfig(
+            text_config=text_config, vision_config=vision_config, tie_word_embeddings=True, dtype="float32", **token_ids
+        )
+    return Qwen3_5Config(
+        text_config=text_config, vision_config=vision_config, tie_word_embeddings=True, dtype="float32", **token_ids
+    )
+
+
+MODEL_CLASSES = {
+    "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
+    "qwen3_vl": Qwen3VLForConditionalGeneration,
+    "qwen3_5": Qwen3_5ForConditionalGeneration,
+    "qwen3_5_moe": Qwen3_5MoeForConditionalGeneration,
+}
+
+
 def build_tiny_model(out_dir: str, seed: int = 0, spec: TinyModelSpec = TinyModelSpec()) -> str:
     """Builds the tiny checkpoint of ``spec.family`` into ``out_dir`` and returns ``out_dir``.
 
@@ -352,8 +435,7 @@ def build_tiny_model(out_dir: str, seed: int = 0, spec: TinyModelSpec = TinyMode
     config = build_config(spec, tokenizer)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model_class = Qwen3VLForConditionalGeneration if spec.family == "qwen3_vl" else Qwen2_5_VLForConditionalGeneration
-        model = model_class(config).to(torch.float32)
+        model = MODEL_CLASSES[spec.family](config).to(torch.float32)
     # Qwen's own generation config stops on both <|im_end|> and <|endoftext|>.
     model.generation_config = GenerationConfig(
         bos_token_id=config.text_config.bos_token_id,

@@ -12,11 +12,12 @@ from datetime import timedelta
 import ray
 import torch
 import torch.distributed as dist
+from transformers import AutoConfig
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy
 
 from verl.models.lora import LORA_CONFIG_FILE, adapters_disabled, is_adapter_name, load_lora_config, save_lora_config
-from verl.models.qwen_vl import resolve_attn_implementation, resolve_dtype
+from verl.models.qwen_vl import recurrent_layers, resolve_attn_implementation, resolve_dtype
 from verl.protocol import DataProto
 from verl.single_controller.worker_group import find_free_port
 from verl.utils import checkpoint
@@ -82,6 +83,7 @@ class FSDPWorker:
         self.attention = plan_attention(
             resolve_attn_implementation(model_cfg.attn_implementation, self.device),
             model_cfg.share_prompt_prefix, model_cfg.packing_attention, self.device.type,
+            recurrent_layers(AutoConfig.from_pretrained(model_cfg.model_path).get_text_config()),
         )
         self.share_prefix = self.attention.packing is not None
         actor_model = build_policy(

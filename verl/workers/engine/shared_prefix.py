@@ -73,13 +73,32 @@ class AttentionPlan:
     reason: str
 
 
-def plan_attention(attn_implementation: str, share_prompt_prefix: bool, packing_attention: str, device_type: str) -> AttentionPlan:
+def plan_attention(
+    attn_implementation: str,
+    share_prompt_prefix: bool,
+    packing_attention: str,
+    device_type: str,
+    recurrent_layers: list[int] | tuple[int, ...] = (),
+) -> AttentionPlan:
     """The `AttentionPlan` of a model config (`attn_implementation` already resolved: sdpa,
     eager or flash_attention_2) on `device_type`. `packing_attention` `auto` is `flex` on CUDA
     and `segments` elsewhere. The block-sparse kernels keep packing on with flash-attn installed
-    (the vision tower runs flash, the language model the kernel)."""
+    (the vision tower runs flash, the language model the kernel).
+
+    `recurrent_layers` (`verl.models.qwen_vl.recurrent_layers`): decoder layers that carry a
+    state from token to token (Qwen3.5's gated delta rule). No attention mask reaches that
+    state, so in [prompt | response 1 | response 2] response 2 would read response 1 through
+    it: such a model trains unpacked, one row each, where transformers zeroes the padding
+    before each recurrent layer (left-padded prompts, right-padded responses stay exact)."""
     if not share_prompt_prefix:
         return AttentionPlan(attn_implementation, None, f"rows unpacked ({attn_implementation}): share_prompt_prefix=false")
+    if recurrent_layers:
+        return AttentionPlan(
+            attn_implementation, None,
+            f"rows unpacked ({attn_implementation}): share_prompt_prefix off for this model, its "
+            f"{len(recurrent_layers)} linear-attention layers keep a recurrent state that would carry one packed "
+            "response into the next",
+        )
     choice = packing_attention
     if choice == "auto":
         choice = "flex" if device_type == "cuda" else "segments"

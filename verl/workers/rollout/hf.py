@@ -20,6 +20,7 @@ import torch
 from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer, GenerationConfig
 
 from verl.data.vision import expand_image_tokens, multimodal_token_types, processor_size_kwargs
+from verl.models.qwen_vl import recurrent_layers
 from verl.workers.rollout import RolloutTokenIds
 from verl.workers.rollout.base import GenerationOutput, GenerationRequest, RolloutEngine, SamplingConfig
 from verl.workers.rollout.decode import TokenFilter, decode, supports_decode_loop
@@ -75,6 +76,7 @@ class HFRolloutEngine(RolloutEngine):
         self.model.requires_grad_(False)
         self.token_ids = RolloutTokenIds.from_tokenizer(tokenizer, self.model.config)
         self.merge_size = self.model.config.vision_config.spatial_merge_size
+        self.recurrent = bool(recurrent_layers(self.model.config.get_text_config()))
         # generate() fills every unset option from model.generation_config; a real checkpoint's
         # (Qwen2.5-VL: repetition_penalty 1.05, top_k 1, ...) would silently change the sampler.
         self.model.generation_config = GenerationConfig(
@@ -129,7 +131,7 @@ class HFRolloutEngine(RolloutEngine):
             )
             generated, logprobs = decoded.tokens, decoded.logprobs
         else:
-            generated, logprobs = self._transformers_generate(inputs, sampling, samples_per_prompt)
+            generated, logprobs = self._transformers_generate(requests, inputs, sampling, samples_per_prompt)
         rows = [
             truncate_at_stop(token_ids, row_logprobs, self.token_ids.stop)
             for token_ids, row_logprobs in zip(generated.tolist(), logprobs.tolist())
@@ -140,7 +142,11 @@ class HFRolloutEngine(RolloutEngine):
         return [rows[index : index + sampling.n] for index in range(0, len(rows), sampling.n)]
 
     def _transformers_generate(
-        self, inputs: dict[str, torch.Tensor], sampling: SamplingConfig, samples_per_prompt: int
+        self,
+        requests: list[GenerationRequest],
+        inputs: dict[str, torch.Tensor],
+        sampling: SamplingConfig,
+        samples_per_prompt: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(tokens, raw log-probs), both (rows, steps), from `transformers.generate`: the path for
         models the decode loop does not serve (`supports_decode_loop`). Draws from torch's global
@@ -161,7 +167,17 @@ class HFRolloutEngine(RolloutEngine):
             return_dict_in_generate=True,
             output_logits=True,
         )
-        if samples_per_prompt > 1 and "image_grid_thw" in inputs:
+        if samples_per_prompt > 1 and "image_grid_thw" in inputs and self.recurrent:
+            # A recurrent decoder (Qwen3.5): its cache cannot be repeated after one prefill
+            # (transformers 5.19's LinearAttentionLayer has no batch_repeat_interleave), and an
+            # image batch that generate() expands for num_return_sequences samples from wrong
+            # log-probs (up to 2.5 nats off the model's own forward of the same rows; cause inside
+            # transformers not found). Each prompt is put in the batch n times instead.
+            inputs = self._model_inputs([request for request in requests for _ in range(samples_per_prompt)])
+            config = copy.copy(config)
+            config.num_return_sequences = 1
+            result = self.model.generate(**inputs, generation_config=config)
+        elif samples_per_prompt > 1 and "image_grid_thw" in inputs:
             result = self._generate_from_shared_prefill(inputs, config, samples_per_prompt)
         else:
             result = self.model.generate(**inputs, generation_config=config)

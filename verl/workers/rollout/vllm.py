@@ -27,7 +27,7 @@ from vllm.platforms import current_platform
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 
 from verl.data.vision import processor_size_kwargs
-from verl.models.qwen_vl import checkpoint_weight_name
+from verl.models.qwen_vl import checkpoint_weight_name, recurrent_layers
 from verl.workers.rollout import RolloutTokenIds
 from verl.workers.rollout.base import GenerationOutput, GenerationRequest, RolloutEngine, SamplingConfig
 from verl.workers.weight_sync import checkpoint_weight_names
@@ -148,7 +148,19 @@ class VLLMRolloutEngine(RolloutEngine):
                 f"{model_path}: config vision token ids {vision_token_ids(config)} differ from the "
                 f"tokenizer's {self.token_ids.forbidden}"
             )
+        # vLLM caches a recurrent model's (Qwen3.5's gated delta rule) prefix states only with
+        # chunked prefill ("mamba cache mode align"), which the CPU backend runs without (above):
+        # such a model runs there without prefix caching (every prompt prefilled in full); any
+        # other keeps vLLM's default (None).
+        without_prefix_caching = not enable_chunked_prefill and recurrent_layers(config.get_text_config())
+        if self.on_cpu and recurrent_layers(config.get_text_config()) and dtype != "bfloat16":
+            raise ValueError(
+                f"{model_path}: vLLM's CPU gated-delta-rule kernel (the {config.model_type} linear-attention "
+                f"layers) runs in bfloat16 only, not {dtype}: set worker.rollout.dtype=bfloat16, or "
+                "worker.rollout.name=hf"
+            )
         self.llm = vllm.LLM(
+            enable_prefix_caching=False if without_prefix_caching else None,
             model=model_path,
             dtype=dtype,
             seed=seed,
