@@ -74,7 +74,7 @@ def init_single_rank(device: torch.device):
 
 def model_config(size: str, layers: int | None):
     from verl.models.published_configs import published_config
-    from verl.utils.tiny_model import TinyModelSpec, build_config, build_tokenizer
+    from verl.toy.tiny_model import TinyModelSpec, build_config, build_tokenizer
 
     if size == "tiny":
         spec = TinyModelSpec()

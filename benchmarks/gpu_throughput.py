@@ -38,7 +38,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
 from verl.models.published_configs import published_config  # noqa: E402
-from verl.utils.tiny_model import (  # noqa: E402
+from verl.toy.tiny_model import (  # noqa: E402
     EOS_TOKEN,
     IMAGE_PAD_TOKEN,
     PAD_TOKEN,
@@ -181,7 +181,7 @@ def main() -> None:
     args.gpus = args.gpus or (torch.cuda.device_count() if args.device == "cuda" else 2)
     gpu, peak_tflops = gpu_name_and_peak(args)
 
-    from verl.data.synthetic import write_synthetic_dataset
+    from verl.toy.synthetic import write_synthetic_dataset
 
     with tempfile.TemporaryDirectory() as work:
         model_dir = build_model(args.size, os.path.join(work, "model"), args.device)

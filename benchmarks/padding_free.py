@@ -46,8 +46,8 @@ def build_batch(work: str, rows: int, group_size: int, response_length: int) -> 
     from transformers import AutoProcessor, AutoTokenizer
 
     from verl.data.rl_dataset import RLDataset, collate_rl
-    from verl.data.synthetic import write_synthetic_dataset
-    from verl.utils.tiny_model import build_tiny_model
+    from verl.toy.synthetic import write_synthetic_dataset
+    from verl.toy.tiny_model import build_tiny_model
 
     model_dir = build_tiny_model(os.path.join(work, "model"), seed=0)
     format_prompt = os.path.join(REPO_ROOT, "configs/format_prompt/sr1.jinja")

@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw
 from transformers import AutoModelForImageTextToText, AutoTokenizer
 
 from verl.data.vision import resize_image
-from verl.utils.tiny_model import COLORS, SHAPES, TinyModelSpec, build_tiny_model
+from verl.toy.tiny_model import COLORS, SHAPES, TinyModelSpec, build_tiny_model
 from verl.workers.rollout import GenerationRequest, SamplingConfig, make_rollout_engine
 from verl.workers.weight_sync import sync_weights
 
@@ -197,7 +197,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "benchmark": "rollout_engines",
-        "model": "tiny Qwen2.5-VL (verl.utils.tiny_model, seed 0)" if "tiny_qwen2_5_vl" in args.model_path
+        "model": "tiny Qwen2.5-VL (verl.toy.tiny_model, seed 0)" if "tiny_qwen2_5_vl" in args.model_path
         else args.model_path,
         "prompts": args.prompts,
         "n": args.n,

@@ -23,7 +23,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
 from verl.protocol import DataProto  # noqa: E402
-from verl.utils.tiny_model import TinyModelSpec, build_tiny_model  # noqa: E402
+from verl.toy.tiny_model import TinyModelSpec, build_tiny_model  # noqa: E402
 
 COMPUTE_IMAGE_SIZE = 224
 COMPUTE_SPEC = TinyModelSpec(
@@ -64,7 +64,7 @@ def write_data(out_dir: str, prompts: int, image_size: int = COMPUTE_IMAGE_SIZE)
     """Synthetic shapes train split of `prompts` rows with `image_size` images; returns the folder."""
     from dataclasses import replace
 
-    from verl.data.synthetic import SyntheticTaskSpec, write_synthetic_dataset
+    from verl.toy.synthetic import SyntheticTaskSpec, write_synthetic_dataset
 
     spec = replace(SyntheticTaskSpec(), image_size=image_size)
     write_synthetic_dataset(out_dir, FORMAT_PROMPT, seed=0, train_size=prompts, val_size=8, sft_size=8, spec=spec)

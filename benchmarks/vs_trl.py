@@ -124,7 +124,7 @@ def prepare_inputs(args, work: str) -> tuple[str, str, str]:
     import pyarrow.parquet as pq
 
     from training_shapes import COMPUTE_IMAGE_SIZE, build_model, write_data
-    from verl.utils.tiny_model import TinyModelSpec
+    from verl.toy.tiny_model import TinyModelSpec
 
     model_path = args.model_path
     if model_path is None:

@@ -3,14 +3,14 @@
     python scripts/make_synthetic_dataset.py --out data/shapes [--seed 0] [--train 2000] [--val 200]
     python scripts/make_synthetic_dataset.py --out data/scenes --task scenes
 
-`--task shapes` (default, verl/data/synthetic.py): the recipe's own task. `--task scenes`
-(verl/data/scenes.py): a second task of a different kind, small varied images on textured
+`--task shapes` (default, verl/toy/synthetic.py): the recipe's own task. `--task scenes`
+(verl/toy/scenes.py): a second task of a different kind, small varied images on textured
 backgrounds, 5 kinds x 7 colours at free positions, yes/no questions beside open ones; the
 shapes-only flags (--image-size, --train-prior-strength, --vague-description-rate,
 --shape-placement) do not apply to it.
 
 Writes DIR/train.parquet and DIR/val.parquet (columns problem, answer, images, distractor,
-question_type) and DIR/sft.json with its images under DIR/images/. See verl/data/synthetic.py.
+question_type) and DIR/sft.json with its images under DIR/images/. See verl/toy/synthetic.py.
 """
 
 import argparse
@@ -19,9 +19,9 @@ import hashlib
 import os
 import time
 
-from verl.data.scenes import SceneTaskSpec, write_scenes_dataset
-from verl.data.synthetic import SHAPE_PLACEMENTS, SyntheticTaskSpec, write_synthetic_dataset
-from verl.utils.build_stamp import keep_existing_build, write_build_stamp
+from verl.toy.scenes import SceneTaskSpec, write_scenes_dataset
+from verl.toy.synthetic import SHAPE_PLACEMENTS, SyntheticTaskSpec, write_synthetic_dataset
+from verl.toy.build_stamp import keep_existing_build, write_build_stamp
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_FORMAT_PROMPT = os.path.join(REPO_ROOT, "configs", "format_prompt", "sr1.jinja")

@@ -9,8 +9,8 @@ import argparse
 import dataclasses
 import time
 
-from verl.utils.build_stamp import keep_existing_build, write_build_stamp
-from verl.utils.tiny_model import FAMILIES, SPECS, build_tiny_model
+from verl.toy.build_stamp import keep_existing_build, write_build_stamp
+from verl.toy.tiny_model import FAMILIES, SPECS, build_tiny_model
 
 
 def main() -> None:

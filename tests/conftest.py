@@ -13,8 +13,8 @@ from typing import TypeVar
 import pytest
 import torch
 
-from verl.data.synthetic import write_synthetic_dataset
-from verl.utils.tiny_model import QWEN3_5_SPEC, QWEN3_VL_SPEC, build_tiny_model
+from verl.toy.synthetic import write_synthetic_dataset
+from verl.toy.tiny_model import QWEN3_5_SPEC, QWEN3_VL_SPEC, build_tiny_model
 
 # The tiny model gains nothing from more threads, and test machines share their cores.
 torch.set_num_threads(2)

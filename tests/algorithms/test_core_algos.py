@@ -1,4 +1,4 @@
-"""Hand-computed checks of verl.trainer.core_algos (pure tensor math, milliseconds)."""
+"""Hand-computed checks of verl.algorithms.core_algos (pure tensor math, milliseconds)."""
 
 import math
 

@@ -14,7 +14,7 @@ from transformers import AutoProcessor
 
 from verl.data.format_prompt import load_format_prompt
 from verl.data.rl_dataset import RLDataset, collate_rl, make_rl_dataloader, split_image_placeholders
-from verl.data.synthetic import write_synthetic_dataset
+from verl.toy.synthetic import write_synthetic_dataset
 from verl.data.vision import resize_image
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

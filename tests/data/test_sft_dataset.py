@@ -9,7 +9,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from verl.data.rl_dataset import split_image_placeholders
 from verl.data.sft_dataset import IGNORE_INDEX, SFTDataset, collate_sft
-from verl.data.synthetic import write_synthetic_dataset
+from verl.toy.synthetic import write_synthetic_dataset
 from verl.data.vision import resize_image
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

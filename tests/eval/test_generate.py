@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
-from verl.data.synthetic import write_synthetic_dataset
+from verl.toy.synthetic import write_synthetic_dataset
 from verl.eval.generate import (
     DEFAULT_FORMAT_PROMPT,
     GenerationSettings,
@@ -20,7 +20,7 @@ from verl.eval.generate import (
     main,
     parse_args,
 )
-from verl.utils.tiny_model import TinyModelSpec
+from verl.toy.tiny_model import TinyModelSpec
 from verl.workers.rollout import SamplingConfig
 from verl.workers.rollout.hf import HFRolloutEngine
 

@@ -17,7 +17,7 @@ from verl.eval.score import (
 )
 from verl.rewards.grader import grade_response
 from verl.rewards.loader import RewardFunctionError, load_reward_function
-from verl.utils.tiny_model import TinyModelSpec
+from verl.toy.tiny_model import TinyModelSpec
 from verl.workers.rollout.hf import HFRolloutEngine
 
 # Six responses, each a distinct case (format/accuracy by sr1's rules):

@@ -10,7 +10,7 @@ from verl.data.rl_dataset import RLDataset, collate_rl
 from verl.data.vision import resize_factor
 from verl.models.qwen_vl import vision_parts
 from verl.protocol import DataProto
-from verl.utils.tiny_model import QWEN3_VL_SPEC
+from verl.toy.tiny_model import QWEN3_VL_SPEC
 from verl.workers.actor import forward_response_log_probs
 from verl.workers.engine.model import freeze_vision
 from verl.workers.rollout import make_rollout_engine

@@ -8,7 +8,7 @@ import torch
 import torch.multiprocessing as mp
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from verl.data.synthetic import generate_split, write_sft_file
+from verl.toy.synthetic import generate_split, write_sft_file
 from verl.models.qwen_vl import position_ids_for
 from verl.trainer.config import ConfigError, parse_cli
 from verl.trainer.sft import (

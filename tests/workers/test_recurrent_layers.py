@@ -15,7 +15,7 @@ from verl.data.rl_dataset import RLDataset, collate_rl
 from verl.models.qwen_vl import recurrent_layers
 from verl.models.value_head import attach_value_head
 from verl.protocol import DataProto
-from verl.utils.tiny_model import QWEN3_5_MOE_SPEC, QWEN3_5_SPEC, build_tiny_model
+from verl.toy.tiny_model import QWEN3_5_MOE_SPEC, QWEN3_5_SPEC, build_tiny_model
 from verl.workers.actor import compute_log_probs, forward_response_log_probs
 from verl.workers.critic import forward_response_values
 from verl.workers.engine.micro_batch import trim_padding

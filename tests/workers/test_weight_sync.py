@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModelForImageTextToText
 
 from verl.models.qwen_vl import checkpoint_weight_name
-from verl.utils.tiny_model import TinyModelSpec
+from verl.toy.tiny_model import TinyModelSpec
 from verl.workers.rollout import make_rollout_engine
 from verl.workers.weight_sync import checkpoint_weight_names, iter_full_state_dict, sync_weights
 

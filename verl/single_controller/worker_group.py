@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,12 +77,6 @@ def check_nodes_fit(node_bundle: dict[str, float], nnodes: int) -> None:
             f"trainer.nnodes={nnodes} needs {nnodes} Ray nodes with {node_bundle} each (trainer.n_gpus_per_node "
             f"workers per node); the cluster has {len(fitting)} such node(s) of {len(alive)}: {seen}"
         )
-
-
-def find_free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("", 0))
-        return sock.getsockname()[1]
 
 
 P = ParamSpec("P")

@@ -24,14 +24,14 @@ import numpy as np
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
-from verl.data.synthetic import generate_split, write_rl_split
+from verl.toy.synthetic import generate_split, write_rl_split
 from verl.models.lora import LoRAConfig, apply_lora
 from verl.models.published_configs import config_for_model_path
 from verl.models.qwen_vl import decoder_layers, recurrent_layers, vision_parts
 from verl.trainer.config import PPOConfig
 from verl.trainer.datasets import build_rl_dataset
 from verl.utils.memory_estimate import GIB, MemoryEstimate, ModelShape, StepSettings, estimate_memory
-from verl.utils.tiny_model import SPECS, TinyModelSpec, build_processor, build_tokenizer
+from verl.toy.tiny_model import SPECS, TinyModelSpec, build_processor, build_tokenizer
 from verl.workers.engine.shared_prefix import AttentionPlan, plan_attention
 
 FIXTURE_ROWS = 8

@@ -19,7 +19,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy
 from verl.models.lora import LORA_CONFIG_FILE, adapters_disabled, is_adapter_name, load_lora_config, save_lora_config
 from verl.models.qwen_vl import recurrent_layers, resolve_attn_implementation, resolve_dtype
 from verl.protocol import DataProto
-from verl.single_controller.worker_group import find_free_port
+from verl.utils.network import find_free_port
 from verl.utils import checkpoint
 from verl.models.value_head import mark_value_checkpoint
 from verl.utils.manifest import digest_files

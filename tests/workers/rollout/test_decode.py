@@ -92,7 +92,7 @@ def test_rows_that_finish_early_leave_the_batch_and_the_rest_keep_the_trainers_l
 
     from verl.data.rl_dataset import RLDataset, collate_rl
     from verl.protocol import DataProto
-    from verl.utils.tiny_model import TinyModelSpec
+    from verl.toy.tiny_model import TinyModelSpec
     from verl.workers.actor import forward_response_log_probs
     from verl.workers.rollout import make_rollout_engine
     from verl.workers.rollout.batching import build_rollout_batch, requests_from_batch

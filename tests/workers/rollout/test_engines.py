@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer, GenerationConfig
 
 from verl.data.vision import resize_image
-from verl.utils.tiny_model import TinyModelSpec
+from verl.toy.tiny_model import TinyModelSpec
 from verl.workers.rollout import (
     STOP_TOKENS,
     VISION_TOKENS,

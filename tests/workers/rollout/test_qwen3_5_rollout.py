@@ -10,7 +10,7 @@ from transformers import AutoModelForImageTextToText, AutoTokenizer, GenerationC
 
 from verl.data.vision import resize_image
 from verl.protocol import DataProto
-from verl.utils.tiny_model import QWEN3_5_SPEC
+from verl.toy.tiny_model import QWEN3_5_SPEC
 from verl.workers.actor import forward_response_log_probs
 from verl.workers.rollout import GenerationRequest, SamplingConfig, make_rollout_engine
 from verl.workers.weight_sync import iter_full_state_dict

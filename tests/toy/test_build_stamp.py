@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from verl.utils.build_stamp import BUILD_STAMP, UnstampedFolderError, needs_build, stamp_mismatch, write_build_stamp
+from verl.toy.build_stamp import BUILD_STAMP, UnstampedFolderError, needs_build, stamp_mismatch, write_build_stamp
 
 STAMP = {"builder": "make_tiny_model", "seed": 0, "spec": {"rope_theta": 10000.0, "mrope_section": (2, 2, 28)}}
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from verl.data.format_prompt import build_reprompt, load_format_prompt
-from verl.data.synthetic import (
+from verl.toy.synthetic import (
     COLORS,
     QUESTION_TYPES,
     SLOTS,

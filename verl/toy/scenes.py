@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from verl.data.synthetic import Split, SyntheticDatasetFiles, TaskRow, write_task_dataset
+from verl.toy.synthetic import Split, SyntheticDatasetFiles, TaskRow, write_task_dataset
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (215, 25, 30),

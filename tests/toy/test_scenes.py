@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from verl.data.scenes import (
+from verl.toy.scenes import (
     COLORS,
     KINDS,
     QUESTION_TYPES,

@@ -16,7 +16,7 @@ from transformers import (
     Qwen2Tokenizer,
 )
 
-from verl.utils.tiny_model import FORMAT_PROMPT, SPECIAL_TOKENS, build_tiny_model
+from verl.toy.tiny_model import FORMAT_PROMPT, SPECIAL_TOKENS, build_tiny_model
 
 IMAGE_QUESTION = [
     {
