@@ -8,7 +8,7 @@ from transformers import AutoTokenizer
 
 from verl.eval.judges import EngineJudge, LazyJudge
 from verl.eval.score import ResponseRecord, judge_answers
-from verl.trainer.perception_judge import JudgeFailedError
+from verl.stages.perception_judge import JudgeFailedError
 from verl.workers.rollout import GenerationOutput, RolloutEngine
 
 

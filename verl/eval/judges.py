@@ -2,7 +2,7 @@
 
 The reference's newest evaluation judges answers with a local Qwen2.5-14B-Instruct under vLLM;
 ``EngineJudge`` is that judge for any model folder. It answers text prompts the way the
-OpenAI-compatible judge (``verl.trainer.perception_judge.OpenAIJudge``) does, so the answer
+OpenAI-compatible judge (``verl.stages.perception_judge.OpenAIJudge``) does, so the answer
 judge of ``verl.eval.score`` takes either: ``reanswer(prompts, n)`` returns, per prompt, its
 replies, or None when the judge failed on it. A failure is counted as an error by the caller,
 never as a correct answer; more than ``max_error_rate`` of a batch failing raises
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from verl.eval.generate import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, build_engine
-from verl.trainer.perception_judge import DEFAULT_MAX_ERROR_RATE, check_error_rate
+from verl.stages.perception_judge import DEFAULT_MAX_ERROR_RATE, check_error_rate
 from verl.workers.rollout import GenerationRequest, RolloutEngine, SamplingConfig
 
 logger = logging.getLogger(__name__)

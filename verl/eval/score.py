@@ -9,7 +9,7 @@ Reads the records of ``verl.eval.generate`` and writes ``OUT.summary.json`` (met
 per group) and ``OUT.scored.jsonl`` (each record with its scores, perception and re-answer).
 
 Perception (the Vision-SR1 self-reward, as a measurement): each response's ``<description>`` is
-re-asked, text only, with the question (``verl.trainer.self_reward.build_reprompt``), greedily,
+re-asked, text only, with the question (``verl.stages.self_reward.build_reprompt``), greedily,
 either by a model through a rollout engine (all re-prompts in ONE ``generate`` call) or by an
 OpenAI-compatible server. ``perception_sufficient``: the re-answer reaches the ground truth;
 ``language_shortcut``: the answer is correct while the perception is not sufficient (the paper's
@@ -65,11 +65,11 @@ from verl.rewards.grading import DEFAULT_GRADER, GRADERS
 from verl.rewards.loader import BUILTIN_REWARD_FUNCTIONS, LoadedRewardFunction, RewardFunctionError, load_reward_function
 from verl.rewards.loader import DEFAULT_TIMEOUT_S as DEFAULT_REWARD_TIMEOUT_S
 from verl.rewards.vision_control import blank_image_control
-from verl.trainer.clipping import PASS2_CLIP_RATIO, RESPONSE_CLIP_RATIO, clip_ratio, warn_on_clipping
-from verl.trainer.config import SelfRewardConfig
-from verl.trainer.perception_judge import DEFAULT_MAX_ERROR_RATE as DEFAULT_JUDGE_MAX_ERROR_RATE
-from verl.trainer.perception_judge import JudgeFailedError, JudgeTimeoutError, OpenAIJudge
-from verl.trainer.self_reward import ReanswerJudge, SelfRewardStage, build_reprompt, perception_of
+from verl.stages.clipping import PASS2_CLIP_RATIO, RESPONSE_CLIP_RATIO, clip_ratio, warn_on_clipping
+from verl.stages.config import SelfRewardConfig
+from verl.stages.perception_judge import DEFAULT_MAX_ERROR_RATE as DEFAULT_JUDGE_MAX_ERROR_RATE
+from verl.stages.perception_judge import JudgeFailedError, JudgeTimeoutError, OpenAIJudge
+from verl.stages.self_reward import ReanswerJudge, SelfRewardStage, build_reprompt, perception_of
 from verl.utils.model_source import ModelPathError, check_model_path
 from verl.workers.rollout import RolloutEngine, SamplingConfig
 from verl.workers.rollout.batching import build_rollout_batch, requests_from_batch
@@ -100,7 +100,7 @@ ANSWER_JUDGE_TEMPLATE = (
     "Equivalent forms count as correct (0.5 and 1/2, B and (B), the option letter and its text). Reply "
     "with exactly <judgment>correct</judgment> or <judgment>incorrect</judgment>."
 )
-# Clip ratio -> the flag that raises its cap (the trainer's keys: verl.trainer.clipping.TRAINER_CAP_KEYS).
+# Clip ratio -> the flag that raises its cap (the trainer's keys: verl.stages.clipping.TRAINER_CAP_KEYS).
 EVAL_CAP_FLAGS = {
     RESPONSE_CLIP_RATIO: "verl.eval.generate --max_response_length",
     PASS2_CLIP_RATIO: "verl.eval.score --reanswer_max_response_length",
@@ -708,7 +708,7 @@ def score_file(
 
 
 def clip_ratios(records: Sequence[ResponseRecord], reanswers: Reanswers | None) -> dict[str, float]:
-    """The trainer's two clip ratios (`verl.trainer.clipping`) for this file: responses cut at
+    """The trainer's two clip ratios (`verl.stages.clipping`) for this file: responses cut at
     generate's --max_response_length (records that say whether they finished), and re-answers cut
     at --reanswer_max_response_length (re-answers by a model); a ratio that cannot be known is left out."""
     ratios = {}

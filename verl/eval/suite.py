@@ -64,7 +64,7 @@ from verl.eval.score import (
     score_file,
 )
 from verl.rewards.grading import GRADERS
-from verl.trainer.perception_judge import DEFAULT_MAX_ERROR_RATE as DEFAULT_JUDGE_MAX_ERROR_RATE
+from verl.stages.perception_judge import DEFAULT_MAX_ERROR_RATE as DEFAULT_JUDGE_MAX_ERROR_RATE
 from verl.utils.model_source import ModelPathError, check_model_path, hub_offline
 from verl.workers.rollout import SamplingConfig
 

@@ -35,7 +35,7 @@ def _train(config: PPOConfig) -> dict[str, float]:
 
     from verl.rewards.loader import load_reward_function
     from verl.trainer.datasets import build_dataloaders
-    from verl.trainer.perception_judge import make_judge
+    from verl.stages.perception_judge import make_judge
     from verl.trainer.ray_trainer import RayPPOTrainer
 
     model_cfg = config.worker.actor.model

@@ -27,14 +27,14 @@ from verl.single_controller.worker_group import (
     RayWorkerGroup, ResourcePool, WorkerDiedError, on_all_ranks, split_each, split_rows,
 )
 from verl.algorithms import core_algos, dapo
-from verl.trainer.clipping import RESPONSE_CLIP_RATIO, TRAINER_CAP_KEYS, clip_ratio, warn_on_clipping
+from verl.stages.clipping import RESPONSE_CLIP_RATIO, TRAINER_CAP_KEYS, clip_ratio, warn_on_clipping
 from verl.trainer.config import PPOConfig
 from verl.trainer.node_check import check_nodes
 from verl.trainer.resume_settings import check_resume, run_settings, write_run_settings
 from verl.data.vision import blank_like
 from verl.rewards.vision_control import blank_image_control
-from verl.trainer.scoring import decode_responses, score_responses
-from verl.trainer.self_reward import SelfRewardOutput, SelfRewardStage
+from verl.stages.scoring import decode_responses, score_responses
+from verl.stages.self_reward import SelfRewardOutput, SelfRewardStage
 from verl.utils import checkpoint
 from verl.utils.manifest import write_manifest
 from verl.utils.timeline import StageTimes, Timeline, busy_metrics, timed

@@ -6,7 +6,7 @@ import torch
 
 from verl.trainer.ray_trainer import group_index_of, last_token_scores, pad_rows, pass2_advantages
 from verl.data.format_prompt import REPROMPT_TEMPLATE, build_reprompt
-from verl.trainer.self_reward import perception_of
+from verl.stages.self_reward import perception_of
 
 
 def test_reprompt_text_is_the_reference_template():
@@ -77,8 +77,8 @@ def _stage_with_judge(tiny_model_dir, base_url, max_retries, max_error_rate=0.1)
     from transformers import AutoTokenizer
 
     from verl.trainer.config import SelfRewardConfig
-    from verl.trainer.perception_judge import make_judge
-    from verl.trainer.self_reward import SelfRewardStage
+    from verl.stages.perception_judge import make_judge
+    from verl.stages.self_reward import SelfRewardStage
 
     config = SelfRewardConfig(
         enable=True, judge="openai", n=2, judge_base_url=base_url, judge_model="judge", judge_timeout_s=2.0,
@@ -119,7 +119,7 @@ def test_judge_errors_count_as_wrong_never_as_correct(tiny_model_dir, chat_serve
 
 def test_a_judge_failing_past_judge_max_error_rate_stops_the_step_naming_it(tiny_model_dir, chat_server):
     """Scoring every re-answer 0 would train on a zeroed visual reward: the step raises instead."""
-    from verl.trainer.perception_judge import JudgeFailedError
+    from verl.stages.perception_judge import JudgeFailedError
 
     with chat_server(lambda body: (500, "overloaded")) as server:
         with pytest.raises(JudgeFailedError) as raised:
@@ -135,9 +135,9 @@ def test_a_reanswer_cut_at_its_cap_is_counted_as_clipped(tiny_model_dir, caplog)
     row, and the step warns naming the key that raises the cap."""
     from transformers import AutoTokenizer
 
-    from verl.trainer.clipping import PASS2_CLIP_RATIO, TRAINER_CAP_KEYS, warn_on_clipping
+    from verl.stages.clipping import PASS2_CLIP_RATIO, TRAINER_CAP_KEYS, warn_on_clipping
     from verl.trainer.config import SelfRewardConfig
-    from verl.trainer.self_reward import SelfRewardStage
+    from verl.stages.self_reward import SelfRewardStage
     from verl.workers.rollout.base import GenerationOutput
     from verl.workers.rollout.batching import build_rollout_batch
 

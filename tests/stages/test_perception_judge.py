@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from verl.trainer.config import ConfigError, PPOConfig, SelfRewardConfig
-from verl.trainer.perception_judge import JudgeFailedError, JudgeTimeoutError, OpenAIJudge, make_judge
+from verl.stages.perception_judge import JudgeFailedError, JudgeTimeoutError, OpenAIJudge, make_judge
 
 
 class StallingServer:

@@ -19,8 +19,8 @@ from transformers import PreTrainedTokenizerBase
 from verl.data.format_prompt import build_reprompt
 from verl.protocol import DataProto
 from verl.rewards.format import extract_perception
-from verl.trainer.clipping import PASS2_CLIP_RATIO, clip_ratio
-from verl.trainer.config import SelfRewardConfig
+from verl.stages.clipping import PASS2_CLIP_RATIO, clip_ratio
+from verl.stages.config import SelfRewardConfig
 from verl.workers.rollout.base import SamplingConfig
 
 def perception_of(response: str, missing_description: str, tags: str = "sr1") -> str | None:

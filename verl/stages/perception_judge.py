@@ -17,7 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 import requests
 
-from verl.trainer.config import DEFAULT_JUDGE_MAX_ERROR_RATE, SelfRewardConfig
+from verl.stages.config import DEFAULT_JUDGE_MAX_ERROR_RATE, SelfRewardConfig
 
 logger = logging.getLogger(__name__)
 
