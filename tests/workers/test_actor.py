@@ -111,7 +111,7 @@ def test_one_update_moves_log_probs_with_advantage_sign(tiny_model_dir, batch):
     assert change[0] > 0 and change[2] > 0, change
     assert change[1] < 0 and change[3] < 0, change
     assert metrics["actor/grad_norm"] > 0 and np.isfinite(metrics["actor/pg_loss"])
-    assert actor.optimizer_steps == 1
+    assert actor.engine.optimizer_steps == 1
 
 
 def test_nan_advantages_raise_a_named_error(tiny_model_dir, batch):

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from verl.workers.engine.model import build_policy
-from verl.workers.engine.optim import build_optimizer, clip_and_step, lr_lambda, warmup_steps_for
+from verl.workers.engine.engine import clip_and_step
+from verl.workers.engine.optim import build_optimizer, lr_lambda, warmup_steps_for
 
 
 def trainable_prefixes(model) -> set[str]:
