@@ -52,10 +52,10 @@ def test_clip_and_step_clips_and_skips_non_finite():
     param = torch.nn.Parameter(torch.ones(4))
     optimizer = torch.optim.SGD([param], lr=1.0)
     param.grad = torch.full((4,), 3.0)  # norm 6, clipped to 1
-    norm, stepped = clip_and_step([param], optimizer, 1.0)
+    norm, stepped = clip_and_step([param], 1.0, optimizer.step)
     assert stepped and norm == pytest.approx(6.0)
     torch.testing.assert_close(param.detach(), torch.full((4,), 1.0 - 0.5))
     param.grad = torch.tensor([float("nan"), 0.0, 0.0, 0.0])
-    norm, stepped = clip_and_step([param], optimizer, 1.0)
+    norm, stepped = clip_and_step([param], 1.0, optimizer.step)
     assert not stepped and math.isnan(norm)
     torch.testing.assert_close(param.detach(), torch.full((4,), 0.5))  # unchanged

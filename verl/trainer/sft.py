@@ -41,7 +41,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from functools import partial
-from typing import Any, ClassVar, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -58,14 +58,18 @@ from verl.data.sft_dataset import IGNORE_INDEX, SFTDataset, collate_sft
 from verl.models.lora import LoRAConfig, fold_adapters, lora_scale
 from verl.models.qwen_vl import forward_in_step, position_ids_for, resolve_dtype
 from verl.trainer.config import ConfigError, parse_cli_or_exit, to_yaml
+from verl.utils import checkpoint
 from verl.utils.cli_exit import exit_cleanly
+from verl.utils.folder_lock import LOCK_FILE, CheckpointFolderLock
+from verl.utils.manifest import digest_files, write_manifest
 from verl.utils.model_source import ModelPathError, check_model_path
-from verl.utils.ranges import FRACTION, NON_NEGATIVE, POSITIVE, Range, check_ranges
+from verl.utils.ranges import check_ranges
 from verl.utils.tracking import Tracker
 from verl.workers.engine.fsdp import shard_model
 from verl.workers.engine.micro_batch import sum_across_ranks
 from verl.workers.engine.model import build_policy
-from verl.workers.engine.optim import build_optimizer, clip_and_step
+from verl.workers.config import OptimConfig
+from verl.workers.engine.engine import Engine, resume_policy, save_policy
 
 USAGE = """usage: python3 -m verl.trainer.sft config=CONFIG.yaml [section.key=value ...]
        torchrun --nproc_per_node N -m verl.trainer.sft config=CONFIG.yaml [...]
@@ -79,7 +83,8 @@ Keys and their defaults (see verl/trainer/sft.py for what each one means):
 
 FINAL_TMP_DIR = ".final.tmp"
 CONFIG_FILE = "config.json"
-RUN_FILES = ("metrics.jsonl", "sft_config.yaml")
+DATA_SETTINGS_FILE = "sft_data_settings.pt"
+"""Beside a checkpoint's shards: the settings its step's data position depends on."""
 
 
 @dataclass
@@ -118,29 +123,10 @@ class SFTDataConfig:
     """DataLoader worker processes per rank (image decoding and resizing); 0 = in the main process."""
 
 
-@dataclass
-class SFTOptimConfig:
-    # Ranges not checked in SFTConfig.validate (verl/utils/ranges.py); NaN is refused everywhere.
-    RANGES: ClassVar[dict[str, Range]] = {
-        "betas": Range(0, 1, high_open=True), "eps": POSITIVE, "weight_decay": NON_NEGATIVE, "min_lr_ratio": FRACTION,
-    }
-
-    lr: float = 1e-5
-    """Peak learning rate."""
-    betas: tuple[float, float] = (0.9, 0.999)
-    """AdamW betas."""
-    eps: float = 1e-8
-    """AdamW epsilon."""
-    weight_decay: float = 0.0
-    """AdamW decoupled weight decay."""
-    warmup_ratio: float = 0.1
-    """Fraction of the optimizer steps spent warming up linearly."""
-    lr_scheduler: str = "cosine"
-    """cosine (decay to min_lr_ratio after warm-up) or constant."""
-    min_lr_ratio: float = 0.0
-    """Cosine floor as a fraction of lr."""
-    max_grad_norm: float = 1.0
-    """Gradient clipping norm."""
+def sft_optim() -> OptimConfig:
+    """The RL optimizer section with SFT's defaults: a higher peak, no weight decay, 10% warm-up
+    then cosine decay."""
+    return OptimConfig(lr=1e-5, weight_decay=0.0, lr_warmup_ratio=0.1, lr_scheduler="cosine")
 
 
 @dataclass
@@ -159,8 +145,17 @@ class SFTTrainerConfig:
     """Stop after this many optimizer steps (when fewer than the epochs give)."""
     seed: int = 42
     """Seed of the data order and of torch/numpy/random."""
-    save_steps: int = 0
-    """Write output_dir/checkpoint-{step} every this many steps; 0 = only the final model."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
+    save_freq: int = 0
+    """Checkpoint (output_dir/global_step_N, the RL trainer's resumable format: weight shards,
+    AdamW state, lr schedule, RNG; `python3 -m verl.utils.model_merger` turns one into a Hugging
+    Face folder) every N steps; -1: only at the end; 0: never (only the final model)."""
+    save_limit: int = -1
+    """Keep the newest N checkpoints (-1: all)."""
+    find_last_checkpoint: bool = True
+    """Resume automatically from the latest intact checkpoint in output_dir (a run started again
+    after a crash continues where its last checkpoint left it)."""
     logging_steps: int = 10
     """Print and log metrics every this many steps (and at the last step)."""
     device: str = "auto"
@@ -177,7 +172,7 @@ class SFTTrainerConfig:
 class SFTConfig:
     model: SFTModelConfig = field(default_factory=SFTModelConfig)
     data: SFTDataConfig = field(default_factory=SFTDataConfig)
-    optim: SFTOptimConfig = field(default_factory=SFTOptimConfig)
+    optim: OptimConfig = field(default_factory=sft_optim)
     trainer: SFTTrainerConfig = field(default_factory=SFTTrainerConfig)
 
     def validate(self) -> None:
@@ -210,17 +205,15 @@ class SFTConfig:
                 raise ConfigError(f"{key}={value} must be >= 1")
         if trainer.max_steps is not None and trainer.max_steps < 1:
             raise ConfigError(f"trainer.max_steps={trainer.max_steps} must be >= 1 (or null for no cap)")
-        for key, value in (("trainer.save_steps", trainer.save_steps), ("data.num_workers", data.num_workers)):
-            if value < 0:
-                raise ConfigError(f"{key}={value} must be >= 0")
+        if data.num_workers < 0:
+            raise ConfigError(f"data.num_workers={data.num_workers} must be >= 0")
         if data.min_pixels > data.max_pixels:
             raise ConfigError(f"data.min_pixels={data.min_pixels} > data.max_pixels={data.max_pixels}")
-        if optim.lr <= 0:
-            raise ConfigError(f"optim.lr={optim.lr} must be > 0")
-        if not 0.0 <= optim.warmup_ratio <= 1.0:
-            raise ConfigError(f"optim.warmup_ratio={optim.warmup_ratio} must be in [0, 1]")
-        if optim.max_grad_norm <= 0:
-            raise ConfigError(f"optim.max_grad_norm={optim.max_grad_norm} must be > 0")
+        if trainer.max_grad_norm <= 0:
+            raise ConfigError(f"trainer.max_grad_norm={trainer.max_grad_norm} must be > 0")
+        for key, value in (("trainer.save_freq", trainer.save_freq), ("trainer.save_limit", trainer.save_limit)):
+            if value < -1:
+                raise ConfigError(f"{key}={value} must be >= -1")
         try:
             self.model.lora.check("model.lora")
         except ValueError as error:
@@ -348,14 +341,40 @@ def _format_duration(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def check_output_dir(trainer: SFTTrainerConfig) -> None:
-    """Refuses to mix two runs in one folder: output_dir must be absent or empty unless overwrite_output_dir."""
+def find_resume_checkpoint(trainer: SFTTrainerConfig) -> str | None:
+    """The checkpoint a run in `trainer.output_dir` continues from: its latest intact
+    global_step_N (with find_last_checkpoint, unless overwrite_output_dir), else None for a
+    fresh start. Refuses to mix two runs in one folder: a non-empty output_dir without a
+    checkpoint needs overwrite_output_dir, and one whose every checkpoint is damaged stops the
+    run naming them."""
     path = trainer.output_dir
-    if os.path.isdir(path) and os.listdir(path) and not trainer.overwrite_output_dir:
+    if trainer.overwrite_output_dir:
+        return None
+    if trainer.find_last_checkpoint and checkpoint.list_checkpoints(path):
+        found, warnings = checkpoint.find_latest_intact_checkpoint(path)
+        for warning in warnings:
+            print(f"WARNING: {warning}", file=sys.stderr, flush=True)
+        if found is None:
+            raise checkpoint.CheckpointError(
+                f"every checkpoint under {path} is damaged:\n  " + "\n  ".join(warnings)
+                + "\nRepair or remove them, or set trainer.overwrite_output_dir=true to start over"
+            )
+        return found
+    contents = sorted(set(os.listdir(path)) - {LOCK_FILE}) if os.path.isdir(path) else []
+    if contents:
         raise ConfigError(
-            f"trainer.output_dir={path} is not empty ({sorted(os.listdir(path))[:5]}); "
+            f"trainer.output_dir={path} is not empty ({contents[:5]}) and holds no checkpoint to resume; "
             "choose a new folder or set trainer.overwrite_output_dir=true to delete it"
         )
+    return None
+
+
+def clear_folder(path: str, keep: str) -> None:
+    """Removes everything in `path` except the entry `keep` (the run's lock, held while clearing)."""
+    for name in os.listdir(path):
+        if name != keep:
+            target = os.path.join(path, name)
+            shutil.rmtree(target) if os.path.isdir(target) and not os.path.islink(target) else os.remove(target)
 
 
 def publish_final_model(staging_dir: str, output_dir: str) -> None:
@@ -375,7 +394,9 @@ def publish_final_model(staging_dir: str, output_dir: str) -> None:
 
 
 class SFTTrainer:
-    """Builds model, data and optimizer from an `SFTConfig`; `fit()` trains and saves."""
+    """Builds model, data and the training engine from an `SFTConfig`; `fit()` trains, saves
+    checkpoints and the final model. In an output_dir with a checkpoint it resumes from the
+    latest intact one (`find_resume_checkpoint`)."""
 
     def __init__(self, config: SFTConfig, context: DistributedContext | None = None):
         config.validate()
@@ -385,14 +406,20 @@ class SFTTrainer:
             self.context, config.model, config.data, config.optim, config.trainer,
         )
         # Every rank checks before rank 0 writes anything, so a refusal stops all ranks alike.
-        check_output_dir(trainer_cfg)
+        self.resume_from = find_resume_checkpoint(trainer_cfg)
         if ctx.is_distributed:
             dist.barrier()
-        if ctx.is_main:
-            shutil.rmtree(trainer_cfg.output_dir, ignore_errors=True)
-            os.makedirs(trainer_cfg.output_dir)
+        # One run per output_dir (verl.utils.folder_lock), held until `fit` ends; a killed run's
+        # lock is dropped by the kernel and taken over by the run that resumes it.
+        self.folder_lock = CheckpointFolderLock(trainer_cfg.output_dir) if ctx.is_main else None
+        if self.folder_lock is not None:
+            self.folder_lock.acquire()
+            if self.resume_from is None:
+                clear_folder(trainer_cfg.output_dir, keep=LOCK_FILE)
             with open(os.path.join(trainer_cfg.output_dir, "sft_config.yaml"), "w", encoding="utf-8") as file:
                 file.write(to_yaml(config))
+        if ctx.is_distributed:
+            dist.barrier()
         set_seed(trainer_cfg.seed)
 
         check_model_path(model_cfg.model_path, "model.model_path")
@@ -413,13 +440,7 @@ class SFTTrainer:
         self.pad_token_id: int = self.tokenizer.pad_token_id
         if self.pad_token_id is None:
             self.pad_token_id = self.tokenizer.eos_token_id
-        self.loader = DataLoader(
-            self.dataset,
-            batch_size=trainer_cfg.per_device_batch_size,
-            sampler=self.sampler,
-            collate_fn=partial(collate_sft, pad_token_id=self.pad_token_id),
-            num_workers=data_cfg.num_workers,
-        )
+        self.loader = self._loader(self.sampler)
         self.total_steps = total_optimizer_steps(
             len(self.loader), trainer_cfg.gradient_accumulation_steps, trainer_cfg.num_epochs, trainer_cfg.max_steps
         )
@@ -442,13 +463,32 @@ class SFTTrainer:
             mixed_precision = MixedPrecisionPolicy(param_dtype=self.compute_dtype, reduce_dtype=torch.float32)
             model = shard_model(model, mesh, mixed_precision)
         self.model = model
-        self.trainable_parameters = [p for p in model.parameters() if p.requires_grad]
-        if not self.trainable_parameters:
-            raise ConfigError("every parameter is frozen: nothing to train")
-        self.optimizer, self.scheduler = build_optimizer(
-            self.trainable_parameters, optim_cfg.lr, optim_cfg.betas, optim_cfg.eps, optim_cfg.weight_decay,
-            self.total_steps, optim_cfg.warmup_ratio, optim_cfg.lr_scheduler, optim_cfg.min_lr_ratio,
+        try:
+            self.engine = Engine(model, optim_cfg, self.total_steps, trainer_cfg.max_grad_norm)
+        except ValueError as error:  # every parameter frozen
+            raise ConfigError(str(error)) from None
+        self.start_step = 0
+        if self.resume_from is not None:
+            self.start_step = self._resume(self.resume_from)
+
+    def _loader(self, sampler: Iterable[int]) -> DataLoader:
+        """Micro-batches of `per_device_batch_size` conversations in `sampler`'s order."""
+        return DataLoader(
+            self.dataset,
+            batch_size=self.config.trainer.per_device_batch_size,
+            sampler=sampler,
+            collate_fn=partial(collate_sft, pad_token_id=self.pad_token_id),
+            num_workers=self.config.data.num_workers,
         )
+
+    def _epoch_micro_batches(self, epoch: int, skip: int) -> Iterable[dict[str, torch.Tensor]]:
+        """This rank's micro-batches of `epoch` after the first `skip` (a resume mid-epoch starts
+        where its checkpoint stopped, without loading the conversations it skips)."""
+        self.sampler.set_epoch(epoch)
+        if skip == 0:
+            return self.loader
+        order = list(self.sampler)[skip * self.config.trainer.per_device_batch_size :]
+        return self._loader(order)
 
     def _autocast(self):
         """bf16 autocast for the unsharded model on GPU; FSDP's mixed-precision policy does it when sharded."""
@@ -456,51 +496,115 @@ class SFTTrainer:
         return torch.autocast(self.context.device.type, dtype=self.compute_dtype, enabled=enabled)
 
     def train_step(self, micro_batches: list[dict[str, torch.Tensor]], step: int) -> StepRecord:
-        """One optimizer step over this rank's micro-batches of the global batch."""
+        """One optimizer step over this rank's micro-batches of the global batch
+        (`Engine.train_batch`: each micro-batch's loss is its token sum over the global batch's
+        label-token count)."""
         start = time.perf_counter()
         ctx = self.context
-        self.model.train()
         local_labels = sum(count_label_tokens(batch["labels"]) for batch in micro_batches)
         local_tokens = sum(int(batch["attention_mask"].sum()) for batch in micro_batches)
         global_labels, global_tokens = sum_across_ranks([local_labels, local_tokens])
         if global_labels == 0:
             raise ValueError(f"step {step}: the global batch has no supervised token")
-        # FSDP averages gradients over ranks; scaling by world_size turns that average back into
-        # the sum of the ranks' shares, i.e. the global token mean.
-        scale = ctx.world_size / global_labels
-        self.optimizer.zero_grad(set_to_none=True)
         local_loss_sum = 0.0
-        for batch in micro_batches:
+
+        def loss_fn(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            nonlocal local_loss_sum
             with self._autocast():
                 loss_sum = supervised_loss_sum(self.model, batch, ctx.device)
-            (loss_sum * scale).backward()
             local_loss_sum += loss_sum.item()
+            return loss_sum / global_labels
+
+        result = self.engine.train_batch(
+            micro_batches, loss_fn,
+            lambda count: f"step {step}: non-finite SFT loss on {count} micro-batch(es); lower optim.lr or check "
+            "the data (e.g. with model.dtype=float32)",
+        )
+        if not result.stepped and ctx.is_main:  # one overflowing batch does not poison the weights
+            print(f"step {step}: gradient norm {result.grad_norm}, optimizer step skipped", file=sys.stderr, flush=True)
         (global_loss_sum,) = sum_across_ranks([local_loss_sum])
-        loss = global_loss_sum / global_labels
-        if not math.isfinite(loss):
-            raise FloatingPointError(
-                f"step {step}: non-finite SFT loss {loss}; lower optim.lr or check the data "
-                "(e.g. with model.dtype=float32)"
-            )
-        lr = self.scheduler.get_last_lr()[0]
-        grad_norm, stepped = clip_and_step(self.trainable_parameters, self.optimizer, self.config.optim.max_grad_norm)
-        if not stepped and ctx.is_main:  # one overflowing batch does not poison the weights
-            print(f"step {step}: gradient norm {grad_norm}, optimizer step skipped", file=sys.stderr, flush=True)
-        self.scheduler.step()
         return StepRecord(
             step=step,
-            loss=loss,
-            grad_norm=grad_norm,
-            lr=lr,
+            loss=global_loss_sum / global_labels,
+            grad_norm=result.grad_norm,
+            lr=result.lr,
             label_tokens=int(global_labels),
             tokens=int(global_tokens),
             seconds=time.perf_counter() - start,
         )
 
+    def _data_settings(self) -> dict[str, Any]:
+        """What the data position of a checkpoint (its step) depends on: a resume must see the same."""
+        trainer_cfg = self.config.trainer
+        return {
+            "trainer.per_device_batch_size": trainer_cfg.per_device_batch_size,
+            "trainer.gradient_accumulation_steps": trainer_cfg.gradient_accumulation_steps,
+            "trainer.seed": trainer_cfg.seed,
+            "data.shuffle": self.config.data.shuffle,
+            "world size": self.context.world_size,
+            "conversations": len(self.dataset),
+        }
+
+    def save_checkpoint(self, step: int) -> str:
+        """output_dir/global_step_{step} in the RL trainer's format (`save_policy`: the engine's
+        shards, AdamW state, lr schedule and RNG, the HF metadata), the data position's settings,
+        the manifest last, then published atomically (`verl.utils.checkpoint.commit_checkpoint`).
+        A collective: every rank calls it."""
+        ctx, root = self.context, self.config.trainer.output_dir
+        tmp_dir = checkpoint.step_dir(root, step) + ".tmp"
+        if ctx.is_main:
+            with checkpoint.naming_write_errors(root):
+                checkpoint.temporary_step_dir(root, step)
+        if ctx.is_distributed:
+            dist.barrier()
+        model_cfg = self.config.model
+        with checkpoint.naming_write_errors(tmp_dir):
+            written = save_policy(
+                self.engine, os.path.join(tmp_dir, "actor"), model_cfg.model_path, model_cfg.lora, model_cfg.model_path
+            )
+            digests = digest_files(tmp_dir, [f"actor/{name}" for name in written])
+        gathered = [None] * ctx.world_size
+        if ctx.is_distributed:
+            dist.all_gather_object(gathered, digests)
+        else:
+            gathered = [digests]
+        published = checkpoint.step_dir(root, step)
+        if ctx.is_main:
+            checkpoint.save_file(self._data_settings(), os.path.join(tmp_dir, DATA_SETTINGS_FILE))
+            with checkpoint.naming_write_errors(tmp_dir):
+                write_manifest(tmp_dir, {rel: entry for rank_digests in gathered for rel, entry in rank_digests.items()})
+            with checkpoint.naming_write_errors(root):
+                published = checkpoint.commit_checkpoint(root, step, tmp_dir, self.config.trainer.save_limit)
+        if ctx.is_distributed:
+            dist.barrier()
+        return published
+
+    def _resume(self, path: str) -> int:
+        """Loads checkpoint `path` into the engine; returns its step. Refuses a checkpoint whose
+        data position means other conversations here (`_data_settings` changed)."""
+        settings_path = os.path.join(path, DATA_SETTINGS_FILE)
+        if not os.path.isfile(settings_path):
+            raise checkpoint.CheckpointError(f"checkpoint {path} lacks {DATA_SETTINGS_FILE}: not an SFT checkpoint")
+        saved = torch.load(settings_path, weights_only=False)
+        changed = {key: (saved.get(key), value) for key, value in self._data_settings().items() if saved.get(key) != value}
+        if changed:
+            raise checkpoint.CheckpointError(
+                f"checkpoint {path} was written with other data settings, its step would skip other conversations: "
+                + ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changed.items())
+                + "; resume with the saved values or set trainer.overwrite_output_dir=true to start over"
+            )
+        model_cfg = self.config.model
+        resume_policy(self.engine, os.path.join(path, "actor"), model_cfg.lora, model_cfg.model_path, "model.model_path")
+        step = checkpoint.step_of(path)
+        if self.context.is_main:
+            print(f"resumed from {path} (step {step})", flush=True)
+        return step
+
     def save(self, target_dir: str) -> None:
         """Writes a complete HF folder (weights in the source dtype, config, generation config,
-        tokenizer, processor with chat template) to `target_dir` via a temporary folder.
-        A collective when sharded: every rank must call it."""
+        tokenizer, processor with chat template) to `target_dir` via a temporary folder, moved
+        in with config.json last (`publish_final_model`). A collective when sharded: every rank
+        must call it."""
         ctx = self.context
         if ctx.is_distributed:
             state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -509,8 +613,7 @@ class SFTTrainer:
         if self.config.model.lora.enabled:  # the saved folder is the plain model, adapters folded in
             state = fold_adapters(state, lora_scale(self.config.model.lora))
         if ctx.is_main:
-            is_final = os.path.abspath(target_dir) == os.path.abspath(self.config.trainer.output_dir)
-            staging = os.path.join(target_dir, FINAL_TMP_DIR) if is_final else target_dir + ".tmp"
+            staging = os.path.join(target_dir, FINAL_TMP_DIR)
             shutil.rmtree(staging, ignore_errors=True)
             state = {name: tensor.detach().to("cpu", self.save_dtype) for name, tensor in state.items()}
             self.model.save_pretrained(staging, state_dict=state, safe_serialization=True)
@@ -520,15 +623,13 @@ class SFTTrainer:
                 config.dtype = self.save_dtype
             saved_config.save_pretrained(staging)
             self.processor.save_pretrained(staging)
-            if is_final:
-                publish_final_model(staging, target_dir)
-            else:
-                os.replace(staging, target_dir)
+            publish_final_model(staging, target_dir)
         if ctx.is_distributed:
             dist.barrier()
 
     def fit(self) -> SFTResult:
-        """Trains for the configured epochs/steps, logs, saves checkpoints and the final model."""
+        """Trains for the configured epochs/steps from `start_step`, logs, saves checkpoints and
+        the final model; releases the output_dir's lock at the end."""
         ctx, trainer_cfg = self.context, self.config.trainer
         tracker = None
         if ctx.is_main:
@@ -539,41 +640,48 @@ class SFTTrainer:
                 trainer_cfg.output_dir,
                 asdict(self.config),
             )
+            # Rows logged after the checkpoint by the run that died are logged again below.
+            tracker.drop_rows_from(self.start_step + 1)
             print(
                 f"SFT: {len(self.dataset)} conversations, {ctx.world_size} rank(s) on {ctx.device.type}, global batch "
                 f"{trainer_cfg.per_device_batch_size * trainer_cfg.gradient_accumulation_steps * ctx.world_size}, "
                 f"{self.total_steps} optimizer steps",
                 flush=True,
             )
-        steps_per_epoch = math.ceil(len(self.loader) / trainer_cfg.gradient_accumulation_steps)
+        accumulation = trainer_cfg.gradient_accumulation_steps
+        steps_per_epoch = math.ceil(len(self.loader) / accumulation)
         records: list[StepRecord] = []
         window: list[StepRecord] = []
         start = time.perf_counter()
-        step = 0
+        step = self.start_step
         try:
-            for epoch in itertools.count():
+            for epoch in itertools.count(step // steps_per_epoch):
                 if step >= self.total_steps:
                     break
-                self.sampler.set_epoch(epoch)
-                for micro_batches in chunks(self.loader, trainer_cfg.gradient_accumulation_steps):
+                skip = (step - epoch * steps_per_epoch) * accumulation
+                for micro_batches in chunks(self._epoch_micro_batches(epoch, skip), accumulation):
                     if step >= self.total_steps:
                         break
                     record = self.train_step(micro_batches, step + 1)
                     step += 1
                     records.append(record)
                     window.append(record)
-                    if step % trainer_cfg.logging_steps == 0 or step == self.total_steps:
+                    is_last = step == self.total_steps
+                    save_freq = trainer_cfg.save_freq
+                    if save_freq != 0 and ((save_freq > 0 and step % save_freq == 0) or is_last):
+                        self.save_checkpoint(step)
+                    if step % trainer_cfg.logging_steps == 0 or is_last:
                         if tracker is not None:
                             elapsed = time.perf_counter() - start
                             self._log(tracker, window, step, epoch_progress=step / steps_per_epoch, elapsed=elapsed)
                         window = []
-                    if trainer_cfg.save_steps and step % trainer_cfg.save_steps == 0 and step < self.total_steps:
-                        self.save(os.path.join(trainer_cfg.output_dir, f"checkpoint-{step}"))
             train_seconds = time.perf_counter() - start
             self.save(trainer_cfg.output_dir)
         finally:
             if tracker is not None:
                 tracker.close()
+            if self.folder_lock is not None:
+                self.folder_lock.release()
         if ctx.is_main:
             print(
                 f"SFT done: {step} steps in {_format_duration(train_seconds)}; model saved to {trainer_cfg.output_dir}",

@@ -60,15 +60,15 @@ def count_on_all_ranks(local: int) -> int:
     return int(tensor.item())
 
 
-def clip_and_step(params, optimizer: torch.optim.Optimizer, max_grad_norm: float, step=None) -> tuple[float, bool]:
-    """Clips gradients to `max_grad_norm` (over all shards), then steps the optimizer
-    (`step()` when given, e.g. with optimizer-state offload) unless the norm is not finite:
-    one bad batch must not poison the weights. Returns (grad norm, whether it stepped)."""
+def clip_and_step(params, max_grad_norm: float, step: Callable[[], None]) -> tuple[float, bool]:
+    """Clips gradients to `max_grad_norm` (over all shards), then calls the optimizer's `step`
+    unless the norm is not finite: one bad batch must not poison the weights. Returns (grad
+    norm, whether it stepped)."""
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
     if not math.isfinite(grad_norm):
         return grad_norm, False
-    (step or optimizer.step)()
+    step()
     return grad_norm, True
 
 
@@ -129,7 +129,7 @@ class Engine:
         nonfinite = count_on_all_ranks(self.accumulate(micro_batches, loss_fn))
         if nonfinite > 0:
             raise NonFiniteLossError(nonfinite_error(nonfinite))
-        grad_norm, stepped = clip_and_step(self.parameters, self.optimizer, self.max_grad_norm, self._optimizer_step)
+        grad_norm, stepped = clip_and_step(self.parameters, self.max_grad_norm, self._optimizer_step)
         self.scheduler.step()
         self.optimizer_steps += 1
         return StepResult(grad_norm, stepped, lr)
