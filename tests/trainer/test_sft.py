@@ -53,6 +53,15 @@ def sft_file(tmp_path_factory: pytest.TempPathFactory) -> str:
     return path
 
 
+def full(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of an FSDP shard (SFT always shards, one rank included)."""
+    return (tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor).detach()
+
+
+def weights(model) -> dict[str, torch.Tensor]:
+    return {name: full(weight) for name, weight in model.named_parameters()}
+
+
 def make_config(model_dir: str, train_file: str, output_dir: str, **overrides) -> SFTConfig:
     settings = {
         "model.model_path": model_dir,
@@ -132,11 +141,11 @@ def test_saved_folder_loads_with_the_trained_weights(trained):
     trainer, _ = trained
     output_dir = trainer.config.trainer.output_dir
     loaded = AutoModelForImageTextToText.from_pretrained(output_dir)
-    trained_weights = dict(trainer.model.named_parameters())
+    trained_weights = weights(trainer.model)
     loaded_weights = dict(loaded.named_parameters())
     assert loaded_weights.keys() == trained_weights.keys()
     for name, weight in trained_weights.items():
-        torch.testing.assert_close(loaded_weights[name], weight.detach(), rtol=0, atol=0, msg=name)
+        torch.testing.assert_close(loaded_weights[name], weight, rtol=0, atol=0, msg=name)
     initial = AutoModelForImageTextToText.from_pretrained(trainer.config.model.model_path)
     assert not torch.equal(
         initial.lm_head.weight, loaded.lm_head.weight
@@ -151,7 +160,7 @@ def test_saved_folder_loads_with_the_trained_weights(trained):
     merged = merge_checkpoint(os.path.join(output_dir, "global_step_6", "actor"), output_dir + "_merged_6").target_dir
     merged_weights = dict(AutoModelForImageTextToText.from_pretrained(merged).named_parameters())
     for name, weight in trained_weights.items():
-        torch.testing.assert_close(merged_weights[name], weight.detach(), rtol=0, atol=0, msg=name)
+        torch.testing.assert_close(merged_weights[name], weight, rtol=0, atol=0, msg=name)
     with open(os.path.join(output_dir, "metrics.jsonl"), encoding="utf-8") as file:
         logged = [json.loads(line) for line in file]
     assert [entry["step"] for entry in logged] == [1, 2, 3, 4, 5, 6]
@@ -166,7 +175,7 @@ def _first_step(
     trainer = SFTTrainer(config)
     micro_batches = list(itertools.islice(iter(trainer.loader), config.trainer.gradient_accumulation_steps))
     record = trainer.train_step(micro_batches, step=1)
-    gradients = {name: p.grad.clone() for name, p in trainer.model.named_parameters()}
+    gradients = {name: full(p.grad).clone() for name, p in trainer.model.named_parameters()}
     return record, gradients, [count_label_tokens(batch["labels"]) for batch in micro_batches]
 
 
@@ -188,11 +197,11 @@ def test_token_mean_does_not_depend_on_micro_batching(tiny_model_dir, sft_file, 
 
 
 def test_frozen_vision_tower_stays_fixed_under_gradient_checkpointing(tiny_model_dir, sft_file, tmp_path):
-    overrides = {"model.freeze_vision_tower": True, "model.gradient_checkpointing": True, "trainer.max_steps": 1}
+    overrides = {"model.freeze_vision_tower": True, "model.enable_gradient_checkpointing": True, "trainer.max_steps": 1}
     trainer = SFTTrainer(make_config(tiny_model_dir, sft_file, str(tmp_path / "out"), **overrides))
     trainer.fit()
     initial = dict(AutoModelForImageTextToText.from_pretrained(tiny_model_dir).named_parameters())
-    for name, weight in trainer.model.named_parameters():
+    for name, weight in weights(trainer.model).items():
         frozen = name.startswith(("model.visual.patch_embed.", "model.visual.blocks."))
         assert torch.equal(weight, initial[name]) == frozen, name
 
@@ -203,12 +212,14 @@ def test_bf16_source_checkpoint_is_saved_in_bf16(tiny_model_dir, sft_file, tmp_p
     AutoProcessor.from_pretrained(tiny_model_dir).save_pretrained(source)
     trainer = SFTTrainer(make_config(source, sft_file, str(tmp_path / "out"), **{"trainer.max_steps": 1}))
     assert trainer.model.dtype == torch.float32  # fp32 master weights while training
+    # The RL workers' precision path in one process too: FSDP2 shards, mixed precision in fsdp.torch_dtype.
+    assert all(hasattr(weight, "full_tensor") for weight in trainer.model.parameters())
     trainer.fit()
     saved = AutoModelForImageTextToText.from_pretrained(str(tmp_path / "out"), dtype="auto")
     assert saved.dtype == torch.bfloat16
     saved_weights = dict(saved.named_parameters())
-    for name, weight in trainer.model.named_parameters():
-        assert torch.equal(saved_weights[name], weight.detach().to(torch.bfloat16)), name
+    for name, weight in weights(trainer.model).items():
+        assert torch.equal(saved_weights[name], weight.to(torch.bfloat16)), name
 
 
 def test_total_optimizer_steps_counts_partial_last_step():
@@ -293,23 +304,23 @@ def test_two_fsdp_ranks_match_one_process(tiny_model_dir, sft_file, tmp_path):
         assert entry["train/loss"] == pytest.approx(record.loss, rel=1e-5)
         assert entry["train/grad_norm"] == pytest.approx(record.grad_norm, rel=1e-4)
     sharded = dict(AutoModelForImageTextToText.from_pretrained(output_dir).named_parameters())
-    trained = dict(single.model.named_parameters())
+    trained = weights(single.model)
     assert sharded.keys() == trained.keys()
     # Adam turns float-rounding differences of near-zero gradients into visible (<< lr) weight
     # differences; a wrong weighting or scale shows up in the losses and gradient norms above.
     for name, weight in trained.items():
-        torch.testing.assert_close(sharded[name], weight.detach(), rtol=0, atol=5e-4, msg=name)
+        torch.testing.assert_close(sharded[name], weight, rtol=0, atol=5e-4, msg=name)
 
 
 def test_lora_sft_trains_adapters_only_and_saves_them_folded(tiny_model_dir, sft_file, tmp_path):
-    overrides = {"model.lora.rank": 4, "model.lora.alpha": 8, "model.gradient_checkpointing": True, "trainer.max_steps": 2}
+    overrides = {"model.lora.rank": 4, "model.lora.alpha": 8, "model.enable_gradient_checkpointing": True, "trainer.max_steps": 2}
     trainer = SFTTrainer(make_config(tiny_model_dir, sft_file, str(tmp_path / "out"), **overrides))
     assert all(name.endswith((".lora_A", ".lora_B")) for name, p in trainer.model.named_parameters() if p.requires_grad)
     trainer.fit()
     initial = dict(AutoModelForImageTextToText.from_pretrained(tiny_model_dir).named_parameters())
     saved = dict(AutoModelForImageTextToText.from_pretrained(trainer.config.trainer.output_dir).named_parameters())
     assert saved.keys() == initial.keys()
-    live = dict(trainer.model.named_parameters())
+    live = weights(trainer.model)
     for name, weight in saved.items():
         module = name.removesuffix(".weight")
         if f"{module}.lora_A" in live:  # adapted: base + alpha/r B A, and moved by training

@@ -4,8 +4,10 @@ The first stage of the Vision-SR1 recipe: supervised fine-tuning of Qwen2.5-VL o
 sharegpt conversations (``verl.data.sft_dataset``), loss on assistant tokens only. The result is a
 plain Hugging Face folder that the GRPO stage takes as ``worker.actor.model.model_path``.
 
-Single process (CPU or one GPU) or ``torchrun --nproc_per_node N -m verl.trainer.sft ...``
-(FSDP2, one shard per rank, gloo on CPU / nccl on GPU).
+Single process (CPU or one GPU) or ``torchrun --nproc_per_node N -m verl.trainer.sft ...``; either
+way FSDP2 shards (one per rank, a one-rank group alone; gloo on CPU / nccl on GPU) with the RL
+workers' mixed precision, and the optimizer step is the RL one (``verl.workers.engine.engine``).
+The ``model``, ``optim`` and ``fsdp`` sections are the RL actor's (``verl.workers.config``).
 
 Loss: token-mean over the global batch. Every optimizer step consumes
 ``gradient_accumulation_steps`` micro-batches of ``per_device_batch_size`` conversations on every
@@ -16,15 +18,21 @@ is split into ranks and micro-batches.
 Output directory layout::
 
     output_dir/
+      run.lock                            held by the run (verl.utils.folder_lock)
       metrics.jsonl, sft_config.yaml      run log and the resolved config
-      checkpoint-{step}/                  every trainer.save_steps steps (complete HF folders)
+      latest_global_step.txt, global_step_N/
+                                          every trainer.save_freq steps: the RL trainer's checkpoint
+                                          (actor/ shards, AdamW state, lr schedule, RNG; manifest.json)
       config.json, model*.safetensors,    the final model, tokenizer and processor
       tokenizer*, preprocessor_config.json, chat_template.jinja, ...
 
 Saves never leave a folder that looks complete but is not: a checkpoint is written to
-``checkpoint-{step}.tmp`` and renamed; the final model is written to ``.final.tmp`` and its files
-are moved into ``output_dir`` with ``config.json`` last (no ``config.json``, no loadable model).
-Checkpoints hold weights only (no optimizer state): they are for evaluation, not for resuming.
+``global_step_N.tmp``, its manifest last, and renamed (``verl.utils.checkpoint``); the final model
+is written to ``.final.tmp`` and its files are moved into ``output_dir`` with ``config.json`` last
+(no ``config.json``, no loadable model). Started again in the same output_dir (after a crash or
+a kill), a run resumes from the latest intact checkpoint and reproduces the uninterrupted run;
+``python3 -m verl.utils.model_merger --local_dir output_dir/global_step_N/actor`` turns a
+checkpoint into a Hugging Face folder.
 """
 
 from __future__ import annotations
@@ -68,7 +76,7 @@ from verl.utils.tracking import Tracker
 from verl.workers.engine.fsdp import shard_model
 from verl.workers.engine.micro_batch import sum_across_ranks
 from verl.workers.engine.model import build_policy
-from verl.workers.config import OptimConfig
+from verl.workers.config import FSDPConfig, ModelConfig, OptimConfig
 from verl.workers.engine.engine import Engine, resume_policy, save_policy
 
 USAGE = """usage: python3 -m verl.trainer.sft config=CONFIG.yaml [section.key=value ...]
@@ -85,24 +93,6 @@ FINAL_TMP_DIR = ".final.tmp"
 CONFIG_FILE = "config.json"
 DATA_SETTINGS_FILE = "sft_data_settings.pt"
 """Beside a checkpoint's shards: the settings its step's data position depends on."""
-
-
-@dataclass
-class SFTModelConfig:
-    model_path: str = ""
-    """Hugging Face folder (or hub id on a machine with internet) of the model to fine-tune."""
-    dtype: str = "auto"
-    """Compute dtype: auto = bf16 on GPU, fp32 on CPU; or float32/bfloat16 (weights and optimizer stay fp32)."""
-    attn_implementation: str = "auto"
-    """auto = flash_attention_2 where installed on GPU, else sdpa."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in backward (needed for long sequences on big models)."""
-    freeze_vision_tower: bool = False
-    """Keep the vision encoder (patch embedding and blocks) fixed."""
-    freeze_multi_modal_projector: bool = False
-    """Keep the vision-to-language merger fixed."""
-    lora: LoRAConfig = field(default_factory=LoRAConfig)
-    """LoRA adapters instead of full fine-tuning (rank > 0); the saved model has them folded in."""
 
 
 @dataclass
@@ -170,9 +160,11 @@ class SFTTrainerConfig:
 
 @dataclass
 class SFTConfig:
-    model: SFTModelConfig = field(default_factory=SFTModelConfig)
-    data: SFTDataConfig = field(default_factory=SFTDataConfig)
+    # The RL actor's model, optim and fsdp sections (verl.workers.config): same keys, same meaning.
+    model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=sft_optim)
+    fsdp: FSDPConfig = field(default_factory=FSDPConfig)
+    data: SFTDataConfig = field(default_factory=SFTDataConfig)
     trainer: SFTTrainerConfig = field(default_factory=SFTTrainerConfig)
 
     def validate(self) -> None:
@@ -189,7 +181,7 @@ class SFTConfig:
         ):
             if not value:
                 raise ConfigError(f"{key} is empty")
-        _choice("model.dtype", model.dtype, ("auto", "float32", "fp32", "bfloat16", "bf16"))
+        _choice("fsdp.torch_dtype", self.fsdp.torch_dtype, ("auto", "float32", "fp32", "bfloat16", "bf16"))
         _choice("data.truncation", data.truncation, ("error", "right"))
         _choice("optim.lr_scheduler", optim.lr_scheduler, ("cosine", "constant"))
         _choice("trainer.device", trainer.device, ("auto", "cuda", "cpu"))
@@ -267,7 +259,8 @@ class DistributedContext:
 
 
 def init_distributed(device_name: str) -> DistributedContext:
-    """Reads RANK/WORLD_SIZE/LOCAL_RANK (torchrun) and starts the process group when world_size > 1."""
+    """Reads RANK/WORLD_SIZE/LOCAL_RANK (torchrun) and starts the process group; one process
+    without torchrun gets a one-rank group (in-process store), so it shards like the rest."""
     rank = int(os.environ.get("RANK", "0"))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -277,8 +270,12 @@ def init_distributed(device_name: str) -> DistributedContext:
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timedelta(minutes=30))
+    backend = "nccl" if use_cuda else "gloo"
+    if not dist.is_initialized():
+        if world_size > 1:
+            dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+        else:
+            dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
     return DistributedContext(rank, world_size, device)
 
 
@@ -423,8 +420,8 @@ class SFTTrainer:
         set_seed(trainer_cfg.seed)
 
         check_model_path(model_cfg.model_path, "model.model_path")
-        self.tokenizer = AutoTokenizer.from_pretrained(model_cfg.model_path)
-        self.processor = AutoProcessor.from_pretrained(model_cfg.model_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_cfg.tokenizer_path or model_cfg.model_path)
+        self.processor = AutoProcessor.from_pretrained(model_cfg.tokenizer_path or model_cfg.model_path)
         self.dataset = SFTDataset(
             data_cfg.train_file,
             self.tokenizer,
@@ -447,24 +444,29 @@ class SFTTrainer:
 
         # The saved model keeps the source checkpoint's dtype (bf16 for Qwen's releases).
         self.save_dtype: torch.dtype = AutoConfig.from_pretrained(model_cfg.model_path).dtype or torch.float32
-        self.compute_dtype = resolve_dtype(model_cfg.dtype, ctx.device)
+        # The RL workers' precision path, one process included: fp32 master weights and AdamW
+        # state, FSDP2 shards whose mixed-precision policy computes in fsdp.torch_dtype.
+        fsdp_cfg = config.fsdp
+        compute_dtype = resolve_dtype(fsdp_cfg.torch_dtype, ctx.device)
         model = build_policy(
             model_cfg.model_path,
             ctx.device,
             model_cfg.attn_implementation,
-            gradient_checkpointing=model_cfg.gradient_checkpointing,
+            gradient_checkpointing=model_cfg.enable_gradient_checkpointing,
             freeze_vision_tower=model_cfg.freeze_vision_tower,
             freeze_multi_modal_projector=model_cfg.freeze_multi_modal_projector,
+            move_to_device=not fsdp_cfg.param_offload,
             lora=model_cfg.lora,
             lora_key="model.lora",
         )
-        if ctx.is_distributed:
-            mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
-            mixed_precision = MixedPrecisionPolicy(param_dtype=self.compute_dtype, reduce_dtype=torch.float32)
-            model = shard_model(model, mesh, mixed_precision)
-        self.model = model
+        mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
+        mixed_precision = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
+        self.model = shard_model(model, mesh, mixed_precision, fsdp_cfg.param_offload)
         try:
-            self.engine = Engine(model, optim_cfg, self.total_steps, trainer_cfg.max_grad_norm)
+            self.engine = Engine(
+                self.model, optim_cfg, self.total_steps, trainer_cfg.max_grad_norm,
+                offload_optimizer=fsdp_cfg.optimizer_offload and ctx.device.type == "cuda",
+            )
         except ValueError as error:  # every parameter frozen
             raise ConfigError(str(error)) from None
         self.start_step = 0
@@ -490,11 +492,6 @@ class SFTTrainer:
         order = list(self.sampler)[skip * self.config.trainer.per_device_batch_size :]
         return self._loader(order)
 
-    def _autocast(self):
-        """bf16 autocast for the unsharded model on GPU; FSDP's mixed-precision policy does it when sharded."""
-        enabled = not self.context.is_distributed and self.compute_dtype != torch.float32
-        return torch.autocast(self.context.device.type, dtype=self.compute_dtype, enabled=enabled)
-
     def train_step(self, micro_batches: list[dict[str, torch.Tensor]], step: int) -> StepRecord:
         """One optimizer step over this rank's micro-batches of the global batch
         (`Engine.train_batch`: each micro-batch's loss is its token sum over the global batch's
@@ -510,15 +507,14 @@ class SFTTrainer:
 
         def loss_fn(batch: dict[str, torch.Tensor]) -> torch.Tensor:
             nonlocal local_loss_sum
-            with self._autocast():
-                loss_sum = supervised_loss_sum(self.model, batch, ctx.device)
+            loss_sum = supervised_loss_sum(self.model, batch, ctx.device)
             local_loss_sum += loss_sum.item()
             return loss_sum / global_labels
 
         result = self.engine.train_batch(
             micro_batches, loss_fn,
             lambda count: f"step {step}: non-finite SFT loss on {count} micro-batch(es); lower optim.lr or check "
-            "the data (e.g. with model.dtype=float32)",
+            "the data (e.g. with fsdp.torch_dtype=float32)",
         )
         if not result.stepped and ctx.is_main:  # one overflowing batch does not poison the weights
             print(f"step {step}: gradient norm {result.grad_norm}, optimizer step skipped", file=sys.stderr, flush=True)
@@ -604,12 +600,9 @@ class SFTTrainer:
         """Writes a complete HF folder (weights in the source dtype, config, generation config,
         tokenizer, processor with chat template) to `target_dir` via a temporary folder, moved
         in with config.json last (`publish_final_model`). A collective when sharded: every rank
-        must call it."""
+        must call it (a collective)."""
         ctx = self.context
-        if ctx.is_distributed:
-            state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        else:
-            state = self.model.state_dict()
+        state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if self.config.model.lora.enabled:  # the saved folder is the plain model, adapters folded in
             state = fold_adapters(state, lora_scale(self.config.model.lora))
         if ctx.is_main:

@@ -88,7 +88,8 @@ class FSDPWorker:
             self.device,
             self.attention.model_attention,
             gradient_checkpointing=model_cfg.enable_gradient_checkpointing,
-            freeze_vision_tower=model_cfg.freeze_vision_tower,  # the merger (projector) stays trainable
+            freeze_vision_tower=model_cfg.freeze_vision_tower,
+            freeze_multi_modal_projector=model_cfg.freeze_multi_modal_projector,
             move_to_device=not actor_fsdp.param_offload,
             lora=model_cfg.lora,
             lora_key="worker.actor.model.lora",
