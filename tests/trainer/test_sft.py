@@ -246,6 +246,9 @@ def test_publish_final_model_moves_config_last(tmp_path):
 def test_config_errors_name_the_key(tmp_path, capsys):
     with pytest.raises(ConfigError, match=r"unknown config key 'trainer.outptu_dir'.*'trainer.output_dir'"):
         parse_cli(SFTConfig, ["trainer.outptu_dir=x"])
+    # SFT's keys before it took the RL sections' names: the error names the new one.
+    with pytest.raises(ConfigError, match=r"unknown config key 'model.dtype' \(renamed to 'fsdp.torch_dtype'\)"):
+        parse_cli(SFTConfig, ["model.dtype=bf16"])
     with pytest.raises(ConfigError, match=r"'optim.lr'"):
         parse_cli(SFTConfig, ["optim.lr=fast"])
     config = make_config("m", "t.json", str(tmp_path / "o"), **{"trainer.gradient_accumulation_steps": 0})

@@ -49,7 +49,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from functools import partial
-from typing import Any, Iterable, Iterator
+from typing import Any, ClassVar, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -160,6 +160,15 @@ class SFTTrainerConfig:
 
 @dataclass
 class SFTConfig:
+    # Keys of SFT configs before SFT took the RL sections' names: an old config's error names the new key.
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {
+        "model.dtype": "fsdp.torch_dtype",
+        "model.gradient_checkpointing": "model.enable_gradient_checkpointing",
+        "optim.warmup_ratio": "optim.lr_warmup_ratio",
+        "optim.max_grad_norm": "trainer.max_grad_norm",
+        "trainer.save_steps": "trainer.save_freq",
+    }
+
     # The RL actor's model, optim and fsdp sections (verl.workers.config): same keys, same meaning.
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=sft_optim)
