@@ -115,7 +115,7 @@ def test_one_update_moves_log_probs_with_advantage_sign(tiny_model_dir, batch):
 
 
 def test_nan_advantages_raise_a_named_error(tiny_model_dir, batch):
-    from verl.workers.actor import NonFiniteLossError
+    from verl.workers.engine.engine import NonFiniteLossError
 
     model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32)
     actor = PPOActor(model, ActorConfig(micro_batch_size_per_device_for_update=4, use_kl_loss=False), 1, 1.0)

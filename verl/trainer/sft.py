@@ -58,13 +58,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy
 from torch.utils.data import DataLoader, DistributedSampler
 from transformers import AutoConfig, AutoProcessor, AutoTokenizer
 
 from verl.data.sft_dataset import IGNORE_INDEX, SFTDataset, collate_sft
-from verl.models.lora import LoRAConfig, fold_adapters, lora_scale
-from verl.models.qwen_vl import forward_in_step, position_ids_for, resolve_dtype
+from verl.models.lora import fold_adapters, lora_scale
+from verl.models.qwen_vl import forward_in_step, position_ids_for
 from verl.trainer.config import ConfigError, parse_cli_or_exit, to_yaml
 from verl.utils import checkpoint
 from verl.utils.cli_exit import exit_cleanly
@@ -73,9 +72,8 @@ from verl.utils.manifest import digest_files, write_manifest
 from verl.utils.model_source import ModelPathError, check_model_path
 from verl.utils.ranges import check_ranges
 from verl.utils.tracking import Tracker
-from verl.workers.engine.fsdp import shard_model
 from verl.workers.engine.micro_batch import sum_across_ranks
-from verl.workers.engine.model import build_policy
+from verl.workers.engine.model import build_trained_policy
 from verl.workers.config import FSDPConfig, ModelConfig, OptimConfig
 from verl.workers.engine.engine import Engine, resume_policy, save_policy
 
@@ -453,24 +451,12 @@ class SFTTrainer:
 
         # The saved model keeps the source checkpoint's dtype (bf16 for Qwen's releases).
         self.save_dtype: torch.dtype = AutoConfig.from_pretrained(model_cfg.model_path).dtype or torch.float32
-        # The RL workers' precision path, one process included: fp32 master weights and AdamW
-        # state, FSDP2 shards whose mixed-precision policy computes in fsdp.torch_dtype.
+        # The RL actor's build and precision path, one process included.
         fsdp_cfg = config.fsdp
-        compute_dtype = resolve_dtype(fsdp_cfg.torch_dtype, ctx.device)
-        model = build_policy(
-            model_cfg.model_path,
-            ctx.device,
-            model_cfg.attn_implementation,
-            gradient_checkpointing=model_cfg.enable_gradient_checkpointing,
-            freeze_vision_tower=model_cfg.freeze_vision_tower,
-            freeze_multi_modal_projector=model_cfg.freeze_multi_modal_projector,
-            move_to_device=not fsdp_cfg.param_offload,
-            lora=model_cfg.lora,
-            lora_key="model.lora",
-        )
         mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
-        mixed_precision = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
-        self.model = shard_model(model, mesh, mixed_precision, fsdp_cfg.param_offload)
+        self.model = build_trained_policy(
+            model_cfg, fsdp_cfg, ctx.device, mesh, model_cfg.attn_implementation, "model.lora"
+        )
         try:
             self.engine = Engine(
                 self.model, optim_cfg, self.total_steps, trainer_cfg.max_grad_norm,

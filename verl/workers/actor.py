@@ -22,7 +22,7 @@ from verl.algorithms import core_algos
 from verl.algorithms.rollout_correction import rollout_importance_weights
 from verl.workers.config import ActorConfig
 from verl.workers.engine.shared_prefix import block_mask_for, pack_shared_prefix, packing_of, prompt_group_labels
-from verl.workers.engine.engine import Engine, NonFiniteLossError
+from verl.workers.engine.engine import Engine
 from verl.workers.engine.micro_batch import (
     max_across_ranks,
     plan_micro_batches,

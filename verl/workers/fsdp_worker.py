@@ -26,7 +26,7 @@ from verl.workers.config import RankSetup, WorkerConfig
 from verl.workers.critic import PPOCritic
 from verl.workers.engine.engine import resume_policy, save_policy
 from verl.workers.engine.fsdp import shard_model
-from verl.workers.engine.model import build_policy
+from verl.workers.engine.model import build_policy, build_trained_policy
 from verl.workers.engine.shared_prefix import plan_attention
 from verl.workers.rollout import make_rollout_engine
 from verl.workers.rollout.base import SamplingConfig
@@ -73,9 +73,6 @@ class FSDPWorker:
         cfg = self.config
         torch.manual_seed(self.setup.seed)
         model_cfg = cfg.actor.model
-        compute_dtype = resolve_dtype(cfg.actor.fsdp.torch_dtype, self.device)
-        # fp32 master weights; compute in bf16 on GPU through FSDP mixed precision.
-        mp_policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
         actor_fsdp = cfg.actor.fsdp
         # Actor, reference and critic attend alike: packed (and how) or one row each.
         self.attention = plan_attention(
@@ -83,18 +80,10 @@ class FSDPWorker:
             model_cfg.share_prompt_prefix, model_cfg.packing_attention, self.device.type,
         )
         self.share_prefix = self.attention.packing is not None
-        actor_model = build_policy(
-            model_cfg.model_path,
-            self.device,
-            self.attention.model_attention,
-            gradient_checkpointing=model_cfg.enable_gradient_checkpointing,
-            freeze_vision_tower=model_cfg.freeze_vision_tower,
-            freeze_multi_modal_projector=model_cfg.freeze_multi_modal_projector,
-            move_to_device=not actor_fsdp.param_offload,
-            lora=model_cfg.lora,
-            lora_key="worker.actor.model.lora",
+        # fp32 master weights; compute in bf16 on GPU through FSDP mixed precision.
+        self.actor_module = build_trained_policy(
+            model_cfg, actor_fsdp, self.device, self.mesh, self.attention.model_attention, "worker.actor.model.lora"
         )
-        self.actor_module = shard_model(actor_model, self.mesh, mp_policy, actor_fsdp.param_offload)
         actor_cfg = cfg.actor
         self.actor = PPOActor(
             self.actor_module,

@@ -165,21 +165,19 @@ class Engine:
         apply_configured_lr(self.optimizer, self.scheduler, self.optim.lr)
         self.optimizer_steps = state["optimizer_steps"]
 
-    def save(self, folder: str, keep: Callable[[str], bool] | None = None, extra: dict | None = None) -> list[str]:
+    def save(self, folder: str, keep: Callable[[str], bool] | None = None) -> list[str]:
         """Writes this rank's files of the checkpoint format (`verl.utils.checkpoint`: weight
-        shards, AdamW state, then `state_dict()`, `extra` and the RNG states) into `folder`;
-        returns their names relative to it. `keep(name)`: which weights to write (a LoRA run's
-        adapters alone). Every rank calls it."""
+        shards, AdamW state, then `state_dict()` and the RNG states) into `folder`; returns
+        their names relative to it. `keep(name)`: which weights to write (a LoRA run's adapters
+        alone). Every rank calls it."""
         size, me = world_size(), rank()
-        checkpoint.save_rank_state(folder, size, me, self.module, self.optimizer, {**self.state_dict(), **(extra or {})}, keep)
+        checkpoint.save_rank_state(folder, size, me, self.module, self.optimizer, self.state_dict(), keep)
         return [checkpoint.shard_file(kind, size, me) for kind in checkpoint.RANK_FILES]
 
-    def resume(self, folder: str, keep: Callable[[str], bool] | None = None) -> dict[str, Any]:
-        """Loads what `save` wrote (weights, AdamW state, schedule, step count, RNG states);
-        returns the `extra` it was saved with."""
-        state = checkpoint.load_rank_state(folder, world_size(), rank(), self.module, self.optimizer, keep)
-        self.load_state_dict(state)
-        return {key: value for key, value in state.items() if key not in ("scheduler", "optimizer_steps")}
+    def resume(self, folder: str, keep: Callable[[str], bool] | None = None) -> None:
+        """Loads what `save` wrote: weights (those `keep` selects), AdamW state, schedule, step
+        count, RNG states."""
+        self.load_state_dict(checkpoint.load_rank_state(folder, world_size(), rank(), self.module, self.optimizer, keep))
 
 
 def save_policy(engine: Engine, folder: str, hf_source_dir: str, lora: LoRAConfig, base_model: str) -> list[str]:
