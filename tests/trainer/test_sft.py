@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -32,6 +33,17 @@ from verl.trainer.sft import (
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SR1_PROMPT = os.path.join(REPO_ROOT, "configs", "format_prompt", "sr1.jinja")
 TEXT_ONLY_ANSWER = "<think> The description says the circle is red. </think> \\boxed{red}"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_rank_group_closed_after_the_module():
+    """SFT always shards, so a trainer in this process starts a one-rank process group; the
+    modules after this one (an in-process vLLM engine reads an open group as a launcher's) must
+    not find it."""
+    opened_here = not dist.is_initialized()
+    yield
+    if opened_here and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
