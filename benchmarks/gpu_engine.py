@@ -17,6 +17,12 @@ update (forward, backward, AdamW):
 - backward exactness of the flex path: on a small fp32 model, the gradients of one packed
   update (flex) against one update of the unpacked rows (sdpa), max |difference| / max |grad|.
 
+Then the rollout (`--rollout_response` tokens, 0 to skip): the HF engine's decode loop
+(`verl/workers/rollout/decode.py`) against transformers' `generate` as the engine called it
+before (n return sequences, per-step logits kept for the log-probs), on an unsharded bf16 copy of
+the same model: one image prompt of `--prompt` tokens, `--n` samples each forced to the full
+length; seconds, tokens/s and peak memory of each.
+
 flash-attn varlen is not a path here: with flash-attn installed the plan keeps packing on
 through flex for the language model (`verl.workers.engine.shared_prefix.plan_attention`).
 
@@ -190,6 +196,51 @@ def flex_exactness(device: torch.device, mesh) -> dict:
             "relative": difference / scale}
 
 
+def rollout_rows(model, data: DataProto, n: int, response: int, device: torch.device) -> list[dict]:
+    """The decode loop and `generate` on the group's prompt: n samples of `response` tokens each."""
+    from transformers import GenerationConfig
+
+    from verl.workers.rollout.base import SamplingConfig
+    from verl.workers.rollout.decode import TokenFilter, decode
+
+    model.eval()
+    prompt_length = data.batch["input_ids"].shape[1] - data.batch["responses"].shape[1]
+    input_ids = data.batch["input_ids"][:1, :prompt_length].to(device)
+    images = {key: value.to(device) for key, value in data.non_tensor_batch["multi_modal_inputs"][0].items()}
+    images["pixel_values"] = images["pixel_values"].to(model.dtype)
+    inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), **images}
+    sampling = SamplingConfig(n=n, max_tokens=response, min_tokens=response, seed=0)
+    stop = torch.tensor([model.config.text_config.eos_token_id or 0])
+    no_tokens = torch.zeros(0, dtype=torch.long)
+
+    def loop():
+        decode(model, inputs, sampling, TokenFilter(no_tokens, stop, response), 0, n, torch.Generator(device).manual_seed(0))
+
+    def transformers_generate():
+        result = model.generate(
+            **inputs, mm_token_type_ids=(input_ids == model.config.image_token_id).int(),
+            generation_config=GenerationConfig(
+                do_sample=True, top_k=0, top_p=1.0, temperature=1.0, num_return_sequences=n, max_new_tokens=response,
+                min_new_tokens=response, eos_token_id=stop.tolist(), pad_token_id=0, return_dict_in_generate=True,
+                output_logits=True,
+            ),
+        )
+        generated = result.sequences[:, prompt_length:]
+        torch.stack([torch.log_softmax(logits.float(), -1).gather(1, generated[:, i, None])[:, 0]
+                     for i, logits in enumerate(result.logits)], 1)
+
+    rows = []
+    with torch.no_grad():
+        for name, fn in (("decode_loop", loop), ("generate", transformers_generate)):
+            fn()
+            seconds, peak = measure(device, fn)
+            rows.append({"path": name, "pass": "rollout", "seconds": seconds, "tokens_per_s": n * response / seconds,
+                         "peak_gib": peak / GIB})
+            print(f"  {name:11s} rollout  {seconds:8.3f} s  {n * response / seconds:10.0f} tok/s  "
+                  f"peak {peak / GIB:6.2f} GiB", flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
@@ -199,6 +250,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--response", type=int, default=1024)
     parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
+    parser.add_argument("--rollout_response", type=int, default=256, help="rollout tokens per sample (0: skip)")
     parser.add_argument("--out", default=os.path.join(REPO_ROOT, "benchmarks/results/gpu_engine.json"))
     args = parser.parse_args()
     device = torch.device(args.device, 0) if args.device == "cuda" else torch.device("cpu")
@@ -257,6 +309,11 @@ def main() -> None:
             rows.append(row)
             print(f"  {path:9s} {name:10s} {seconds:8.3f} s  {row['tokens_per_s']:10.0f} tok/s  "
                   f"peak {row['peak_gib']:6.2f} GiB  estimate {row['estimate_gib']:6.2f} GiB", flush=True)
+    if args.rollout_response:
+        with torch.device(device):
+            rollout_model = Qwen2_5_VLForConditionalGeneration(config).to(compute_dtype)
+        rows += rollout_rows(rollout_model, data, args.n, args.rollout_response, device)
+        del rollout_model
     exactness = flex_exactness(device, mesh)
     print(f"flex exactness ({exactness['checked']}): max |difference| {exactness['max_abs_difference']:.2e}"
           + (f", relative to max |grad| {exactness['relative']:.2e}" if "relative" in exactness else ""))

@@ -75,8 +75,15 @@ def image_requests(model_path: str, count: int, min_pixels: int, max_pixels: int
     return requests
 
 
+# "hf" decodes with the project's loop (verl/workers/rollout/decode.py); "hf-generate" is the same
+# engine on transformers' `generate`, the loop's reference.
+ENGINES = {"hf": "hf", "hf-generate": "hf", "vllm": "vllm"}
+
+
 def engine_kwargs(name: str, args: argparse.Namespace) -> dict:
     kwargs = {"min_pixels": args.min_pixels, "max_pixels": args.max_pixels, "dtype": args.dtype}
+    if name == "hf-generate":
+        kwargs["decode_loop"] = False
     if name == "vllm":
         kwargs.update(
             max_model_len=args.max_model_len,
@@ -89,10 +96,12 @@ def engine_kwargs(name: str, args: argparse.Namespace) -> dict:
 
 def benchmark_engine(name: str, args: argparse.Namespace) -> EngineResult:
     requests = image_requests(args.model_path, args.prompts, args.min_pixels, args.max_pixels)
-    sampling = SamplingConfig(n=args.n, temperature=1.0, top_p=1.0, max_tokens=args.max_tokens, seed=0)
+    sampling = SamplingConfig(
+        n=args.n, temperature=1.0, top_p=1.0, max_tokens=args.max_tokens, min_tokens=args.min_tokens, seed=0
+    )
 
     start = time.perf_counter()
-    engine = make_rollout_engine(name, args.model_path, **engine_kwargs(name, args))
+    engine = make_rollout_engine(ENGINES[name], args.model_path, **engine_kwargs(name, args))
     startup_s = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -129,7 +138,7 @@ def run_in_subprocess(name: str, args: argparse.Namespace) -> EngineResult:
     with tempfile.TemporaryDirectory() as scratch:
         result_file = os.path.join(scratch, "result.json")
         command = [sys.executable, __file__, "--single-engine", name, "--result-file", result_file]
-        for option in ("model_path", "prompts", "n", "max_tokens", "repeats", "dtype", "min_pixels",
+        for option in ("model_path", "prompts", "n", "max_tokens", "min_tokens", "repeats", "dtype", "min_pixels",
                        "max_pixels", "max_model_len", "gpu_memory_utilization"):
             command += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
         completed = subprocess.run(command, capture_output=True, text=True)
@@ -142,10 +151,11 @@ def main() -> None:
     spec = TinyModelSpec()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-path", help="Qwen2.5-VL checkpoint folder (default: the tiny model, built now)")
-    parser.add_argument("--engines", nargs="+", default=["hf", "vllm"], choices=["hf", "vllm"])
+    parser.add_argument("--engines", nargs="+", default=["hf", "vllm"], choices=sorted(ENGINES))
     parser.add_argument("--prompts", type=int, default=16, help="image prompts per generate call")
     parser.add_argument("--n", type=int, default=4, help="samples per prompt")
     parser.add_argument("--max-tokens", type=int, default=64, help="new tokens per sample (at most)")
+    parser.add_argument("--min-tokens", type=int, default=0, help="stop tokens suppressed before this many")
     parser.add_argument("--repeats", type=int, default=3, help="timed generate / sync calls (median)")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--min-pixels", type=int, default=spec.min_pixels)
@@ -173,12 +183,12 @@ def main() -> None:
         f"{args.dtype}, device {device}, load average {os.getloadavg()[0]:.1f}"
     )
     print(
-        f"{'engine':<8}{'start-up s':>12}{'1st gen s':>11}{'gen s':>9}{'min s':>8}{'tokens':>8}{'tokens/s':>10}"
+        f"{'engine':<12}{'start-up s':>12}{'1st gen s':>11}{'gen s':>9}{'min s':>8}{'tokens':>8}{'tokens/s':>10}"
         f"{'finished':>10}{'sync ms':>10}{'sync MB':>9}{'threads':>9}"
     )
     for row in results:
         print(
-            f"{row.engine:<8}{row.startup_s:>12.2f}{row.first_generate_s:>11.2f}{row.generate_s:>9.3f}"
+            f"{row.engine:<12}{row.startup_s:>12.2f}{row.first_generate_s:>11.2f}{row.generate_s:>9.3f}"
             f"{row.generate_min_s:>8.3f}"
             f"{row.generated_tokens:>8}{row.tokens_per_s:>10.0f}{row.finished_fraction:>10.2f}"
             f"{row.sync_s * 1e3:>10.1f}{row.sync_mbytes:>9.2f}{row.torch_threads:>9}"
@@ -192,6 +202,7 @@ def main() -> None:
         "prompts": args.prompts,
         "n": args.n,
         "max_tokens": args.max_tokens,
+        "min_tokens": args.min_tokens,
         "repeats": args.repeats,
         "dtype": args.dtype,
         "device": device,

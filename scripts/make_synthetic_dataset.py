@@ -1,6 +1,13 @@
-"""Builds the synthetic shapes task (RL parquet splits + cold-start SFT file) into a directory.
+"""Builds a synthetic task (RL parquet splits + cold-start SFT file) into a directory.
 
     python scripts/make_synthetic_dataset.py --out data/shapes [--seed 0] [--train 2000] [--val 200]
+    python scripts/make_synthetic_dataset.py --out data/scenes --task scenes
+
+`--task shapes` (default, verl/data/synthetic.py): the recipe's own task. `--task scenes`
+(verl/data/scenes.py): a second task of a different kind, small varied images on textured
+backgrounds, 5 kinds x 7 colours at free positions, yes/no questions beside open ones; the
+shapes-only flags (--image-size, --train-prior-strength, --vague-description-rate,
+--shape-placement) do not apply to it.
 
 Writes DIR/train.parquet and DIR/val.parquet (columns problem, answer, images, distractor,
 question_type) and DIR/sft.json with its images under DIR/images/. See verl/data/synthetic.py.
@@ -12,6 +19,7 @@ import hashlib
 import os
 import time
 
+from verl.data.scenes import SceneTaskSpec, write_scenes_dataset
 from verl.data.synthetic import SHAPE_PLACEMENTS, SyntheticTaskSpec, write_synthetic_dataset
 from verl.utils.build_stamp import keep_existing_build, write_build_stamp
 
@@ -25,6 +33,7 @@ def parse_args() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--task", choices=["shapes", "scenes"], default="shapes", help="which synthetic task")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files")
     parser.add_argument("--train", type=int, default=2000, help="rows in train.parquet")
     parser.add_argument("--val", type=int, default=200, help="rows in val.parquet")
@@ -67,13 +76,18 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    spec = SyntheticTaskSpec(
-        image_size=args.image_size,
-        prior_strength=args.prior_strength,
-        train_prior_strength=args.train_prior_strength,
-        vague_description_rate=args.vague_description_rate,
-        shape_placement=args.shape_placement,
-    )
+    if args.task == "scenes":
+        spec = SceneTaskSpec(prior_strength=args.prior_strength)
+        write = write_scenes_dataset
+    else:
+        spec = SyntheticTaskSpec(
+            image_size=args.image_size,
+            prior_strength=args.prior_strength,
+            train_prior_strength=args.train_prior_strength,
+            vague_description_rate=args.vague_description_rate,
+            shape_placement=args.shape_placement,
+        )
+        write = write_synthetic_dataset
     with open(args.format_prompt, "rb") as f:
         format_prompt_sha256 = hashlib.sha256(f.read()).hexdigest()
     stamp = {
@@ -83,10 +97,12 @@ def main() -> None:
         "spec": dataclasses.asdict(spec),
         "format_prompt_sha256": format_prompt_sha256,
     }
+    if args.task != "shapes":  # a shapes build keeps the stamp it always had (reused as it is)
+        stamp["task"] = args.task
     if args.reuse and keep_existing_build(args.out, stamp, "make_synthetic_dataset.py"):
         return
     start = time.perf_counter()
-    files = write_synthetic_dataset(
+    files = write(
         out_dir=args.out,
         format_prompt_path=args.format_prompt,
         seed=args.seed,

@@ -28,7 +28,7 @@ arm_args() {
   case "$1" in
     grpo) echo "worker.actor.rollout_correction.mode=off" ;;
     grpo_tis) echo "worker.actor.rollout_correction.mode=tis worker.actor.rollout_correction.level=token worker.actor.rollout_correction.threshold=2.0" ;;
-    dapo) echo "worker.actor.rollout_correction.mode=off worker.actor.clip_ratio_low=0.2 worker.actor.clip_ratio_high=0.28 worker.actor.loss_agg_mode=token-mean algorithm.overlong.buffer_length=16 algorithm.dynamic_sampling.enable=true algorithm.dynamic_sampling.metric=accuracy algorithm.dynamic_sampling.max_tries=3" ;;
+    dapo) echo "worker.actor.rollout_correction.mode=off worker.actor.clip_ratio_low=0.2 worker.actor.clip_ratio_high=0.28 worker.actor.loss_agg_mode=token-mean algorithm.overlong.buffer_length=16 algorithm.dynamic_sampling.enable=true algorithm.dynamic_sampling.metric=accuracy algorithm.dynamic_sampling.max_tries=3 algorithm.dynamic_sampling.fill_after_max_tries=true" ;;
     gspo) echo "worker.actor.rollout_correction.mode=off worker.actor.policy_loss=gspo worker.actor.loss_agg_mode=seq-mean-token-mean worker.actor.clip_ratio_low=3e-4 worker.actor.clip_ratio_high=4e-4" ;;
     *) echo "unknown arm $1 (grpo grpo_tis dapo gspo)" >&2; exit 2 ;;
   esac

@@ -28,6 +28,10 @@
 # when present, else python3 (scripts/find_python.sh); no activated venv is needed.
 # Ray workers inherit the environment of `ray start`: export NCCL_SOCKET_IFNAME, NCCL_IB_HCA, HF_HOME, ... on
 # every node before running this script. WANDB_API_KEY is needed on node 0 only (the driver logs).
+# Export RAY_AUTH_MODE=token and the same RAY_AUTH_TOKEN on every node (or RAY_AUTH_MODE=disabled on all): a
+# head that finds ~/.ray/auth_token turns Ray's token auth on and refuses nodes without it (docs/recipes.md).
+# Before the models load, the run checks that every node sees the checkpoint folder and the model folder
+# the driver sees (verl/trainer/node_check.py) and names a node that does not.
 # 128 prompts x 8 responses = 1024 responses per update must split evenly into micro-batches of 4 on every GPU:
 # NNODES x GPUS_PER_NODE must divide 256 (2, 4, 8 ... nodes of 8 GPUs).
 set -euo pipefail

@@ -368,8 +368,9 @@ def test_dual_clip_does_not_touch_positive_advantage_and_can_be_disabled():
 def test_policy_loss_rejects_bad_clip_settings():
     with pytest.raises(ValueError, match="clip_ratio_dual must be > 1"):
         _policy_loss([1.0], [1.0], dual=1.0)
-    with pytest.raises(ValueError, match="clip_ratio_low"):
-        _policy_loss([1.0], [1.0], low=1.0)
+    with pytest.raises(ValueError, match=r"clip_ratio_low must be in \[0, 1\]"):
+        _policy_loss([1.0], [1.0], low=1.5)
+    _policy_loss([1.0], [1.0], low=1.0)  # 1: no lower bound (floor 0), CISPO's default
 
 
 def test_log_ratio_clamp_keeps_loss_finite():

@@ -43,5 +43,6 @@ def test_dapo_refill_pads_with_uninformative_prompts_when_tries_run_out():
     selection = select_groups(spread, 3)
     assert [kept.tolist() for kept in selection.prompts] == [[0, 1], [2]]
     assert (selection.informative, selection.filler) == (2, 1)
+    assert [flags.tolist() for flags in selection.is_filler] == [[True, False], [False]]
     with pytest.raises(ValueError, match="drew 3 prompts, fewer than the 4"):
         select_groups(spread[:1], 4)

@@ -136,3 +136,23 @@ def test_every_recipe_prompt_asks_for_what_its_reward_checks(config_path) -> Non
     prompt = (config_path.parents[1] / prompt_file).read_text()
     missing = [tag for tag in _REQUIRED_TAGS[reward] if tag not in prompt]
     assert not missing, f"{prompt_file} (reward {reward}) never asks for {missing}"
+
+
+def test_paper_v2_tags_format_perception_and_graded_answer():
+    """The ICLR 2026 paper's tags: <visual reasoning> holds the perception, <answer> the graded answer."""
+    from verl.rewards.format import extract_perception, graded_answer, sr1_v2_format_ok
+
+    good = "<visual reasoning> A red ball. </visual  reasoning>\n<think>It is red.</think> < answer >red</answer>"
+    assert sr1_v2_format_ok(good)
+    assert extract_perception(good, "paper_v2") == "A red ball." and extract_perception(good, "sr1") is None
+    assert graded_answer(good, "paper_v2") == r"\boxed{red}"
+    assert graded_answer(r"<answer>\boxed{3}</answer>", "paper_v2") == r"\boxed{3}"
+    assert graded_answer(r"<think>x</think>\boxed{red}", "paper_v2") == ""  # no <answer> block: wrong
+    assert graded_answer(r"\boxed{red}", "sr1") == r"\boxed{red}"
+    for bad in (
+        good + " trailing text",
+        "<visual reasoning> </visual reasoning><think>t</think><answer>red</answer>",  # blank perception
+        "<think>t</think><visual reasoning>v</visual reasoning><answer>red</answer>",  # order
+        r"<description>v</description><think>t</think>\boxed{red}",  # the sr1 tags
+    ):
+        assert not sr1_v2_format_ok(bad), bad

@@ -126,3 +126,15 @@ def test_reward_input_validates_its_fields(field_name: str, value: object, messa
     fields[field_name] = value
     with pytest.raises((TypeError, ValueError), match=message):
         RewardInput(**fields)  # type: ignore[arg-type]
+
+
+def test_sr1_reward_with_the_paper_v2_tags():
+    good = "<visual reasoning>A red ball.</visual reasoning><think>It is red.</think><answer>red</answer>"
+    reanswer = "<think>The text says red.</think><answer>Red</answer>"
+    [scores] = sr1_reward([_input(good, [reanswer, r"<think>x</think> \boxed{red}"])], tags="paper_v2")
+    # The boxed re-answer has no <answer> block: wrong under paper_v2.
+    assert (scores["format"], scores["accuracy"], scores["visual"]) == (1.0, 1.0, 0.5)
+    [sr1_scores] = sr1_reward([_input(good, [reanswer])])  # the sr1 tags do not read it
+    assert (sr1_scores["format"], sr1_scores["accuracy"]) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="tags='v3' is not one of sr1, paper_v2"):
+        sr1_reward([_input(good, [reanswer])], tags="v3")

@@ -23,7 +23,7 @@ VARIANTS = {
         "worker.actor.loss_agg_mode=token-mean",
         "algorithm.overlong.buffer_length=8",
         "algorithm.dynamic_sampling.enable=true", "algorithm.dynamic_sampling.max_tries=2",
-        "algorithm.dynamic_sampling.metric=accuracy",
+        "algorithm.dynamic_sampling.metric=accuracy", "algorithm.dynamic_sampling.fill_after_max_tries=true",
         "worker.actor.rollout_correction.mode=mis", "worker.actor.rollout_correction.level=sequence",
     ],
     "gspo_remax": [

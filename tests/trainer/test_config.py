@@ -1,6 +1,7 @@
 import textwrap
 
 import pytest
+import torch
 
 from verl.trainer.config import ConfigError, PPOConfig, load_config, parse_cli
 
@@ -104,6 +105,14 @@ def test_packing_attention_is_a_checked_choice_and_flex_needs_a_gpu():
         config.validate()
 
 
+def test_ray_num_cpus_is_refused_when_joining_a_cluster():
+    """ray.init refuses num_cpus with an address; the config says which key to unset before Ray starts."""
+    config = load_config(PPOConfig, None, _valid(**{"trainer.ray_address": "10.0.0.1:6379", "trainer.ray_num_cpus": 2}))
+    with pytest.raises(ConfigError, match="trainer.ray_num_cpus=2 sizes a local Ray, but trainer.ray_address=10.0.0.1:6379"):
+        config.validate()
+    load_config(PPOConfig, None, _valid(**{"trainer.ray_address": "10.0.0.1:6379"})).validate()
+
+
 def test_bad_choice_lists_valid_values():
     config = load_config(PPOConfig, None, _valid(**{"worker.rollout.name": "sglang"}))
     with pytest.raises(ConfigError, match="worker.rollout.name='sglang' is not one of hf, vllm"):
@@ -135,7 +144,7 @@ def test_shipped_configs_load_and_validate():
         ({"worker.actor.rollout_correction.mode": "is"}, r"rollout_correction.mode='is' is not one of off, tis, mis"),
         ({"worker.actor.rollout_correction.threshold": 1.0}, r"rollout_correction.threshold=1.0 must be > 1"),
         ({"algorithm.overlong.buffer_length": 600}, r"buffer_length=600 must be in \[0, data.max_response_length=512\]"),
-        ({"algorithm.dynamic_sampling.max_tries": 0}, r"dynamic_sampling.max_tries=0 must be >= 1"),
+        ({"algorithm.dynamic_sampling.max_tries": 0}, r"dynamic_sampling.max_tries=0 must be in \[1, 1000\]"),
         ({"algorithm.adv_estimator": "remax", "algorithm.reward_weights": "{accuracy: 1.0}"}, r"do not apply"),
         ({"algorithm.adv_estimator": "gae", "worker.critic.fsdp.optimizer_offload": True},
          r"worker.critic.fsdp.optimizer_offload=true is not implemented for the critic"),
@@ -224,3 +233,86 @@ def test_every_numeric_knob_has_a_range_or_is_unbounded_on_purpose():
                     yield prefix + f.name
 
     assert sorted(set(numeric_without_range(PPOConfig())) - unbounded) == []
+
+
+@pytest.mark.parametrize("loss", ["gspo", "gspo_token"])
+def test_gspo_gets_its_papers_aggregation_and_clip_unless_set(loss, capsys):
+    """GSPO under PPO's defaults (token-mean, 0.2/0.3) is a length-weighted, almost unclipped
+    objective; choosing it selects the paper's settings, says so, and keeps what the user set."""
+    actor = parse_cli(PPOConfig, _valid(**{"worker.actor.policy_loss": loss})).worker.actor
+    assert (actor.loss_agg_mode, actor.clip_ratio_low, actor.clip_ratio_high) == ("seq-mean-token-mean", 3e-4, 4e-4)
+    line = capsys.readouterr().out.strip()
+    assert line.count("\n") == 0 and f"policy_loss={loss}" in line and "clip_ratio_low=0.0003" in line
+    actor = parse_cli(PPOConfig, _valid(**{"worker.actor.policy_loss": loss, "worker.actor.clip_ratio_high": 1e-3})).worker.actor
+    assert (actor.clip_ratio_low, actor.clip_ratio_high) == (3e-4, 1e-3)
+    assert "kept: worker.actor.clip_ratio_high=0.001 (paper: 0.0004)" in capsys.readouterr().out
+
+
+def test_a_yaml_setting_counts_as_set_by_the_user(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("worker:\n  actor:\n    policy_loss: gspo\n    loss_agg_mode: token-mean\n")
+    actor = load_config(PPOConfig, str(path), []).worker.actor
+    assert (actor.loss_agg_mode, actor.clip_ratio_low) == ("token-mean", 3e-4)
+
+
+def test_ppo_keeps_the_generic_defaults(capsys):
+    actor = parse_cli(PPOConfig, _valid()).worker.actor
+    assert (actor.loss_agg_mode, actor.clip_ratio_low, actor.clip_ratio_high) == ("token-mean", 0.2, 0.3)
+    assert "policy_loss" not in capsys.readouterr().out
+
+
+def test_cispo_has_no_is_weight_floor_by_default():
+    """MiniMax-M1 (2506.13585) bounds the IS weight only from above; the old default 0.2 floored
+    it at 0.8. A ratio of 0.25 now keeps its value (and its gradient weight)."""
+    from verl.algorithms.core_algos import compute_cispo_policy_loss
+
+    actor = parse_cli(PPOConfig, _valid(**{"worker.actor.policy_loss": "cispo"})).worker.actor
+    assert actor.clip_ratio_low == 1.0
+    log_probs = torch.log(torch.tensor([[0.25]])).requires_grad_()
+    loss, metrics = compute_cispo_policy_loss(
+        torch.zeros(1, 1), log_probs, torch.ones(1, 1), torch.ones(1, 1),
+        actor.clip_ratio_low, actor.clip_ratio_high, actor.loss_agg_mode,
+    )
+    loss.backward()
+    assert metrics["pg_clipfrac"] == 0.0 and log_probs.grad.item() == pytest.approx(-0.25)
+    explicit = parse_cli(PPOConfig, _valid(**{"worker.actor.policy_loss": "cispo", "worker.actor.clip_ratio_low": 0.2}))
+    assert explicit.worker.actor.clip_ratio_low == 0.2
+
+
+def test_dynamic_sampling_defaults_to_accuracy_and_erroring():
+    dynamic = PPOConfig().algorithm.dynamic_sampling
+    assert dynamic.metric == "accuracy" and dynamic.fill_after_max_tries is False
+
+
+@pytest.mark.parametrize("estimator", ["reinforce_plus_plus", "remax", "gae"])
+def test_dynamic_sampling_refuses_estimators_that_are_not_group_relative(estimator):
+    config = parse_cli(PPOConfig, _valid(**{"algorithm.dynamic_sampling.enable": True, "algorithm.adv_estimator": estimator}))
+    with pytest.raises(ConfigError, match=rf"algorithm.dynamic_sampling.enable=true needs a group-relative "
+                                          rf"algorithm.adv_estimator \(one of grpo, rloo, reinforce_plus_plus_baseline\), got '{estimator}'"):
+        config.validate()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"self_reward.objective": "paper_v2"}, r"self_reward.objective=paper_v2 needs self_reward.enable=true"),
+        ({"self_reward.enable": True, "self_reward.objective": "paper_v2", "self_reward.judge": "openai",
+          "self_reward.judge_base_url": "http://x", "self_reward.judge_model": "m"}, r"needs self_reward.judge=policy"),
+        ({"self_reward.enable": True, "self_reward.tags": "paper_v2"},
+         r"reward.reward_function_kwargs.tags='sr1' differs from self_reward.tags='paper_v2'"),
+        ({"self_reward.enable": True, "self_reward.tags": "v3"}, r"self_reward.tags='v3' is not one of sr1, paper_v2"),
+        ({"self_reward.enable": True, "self_reward.objective": "paper_v2", "algorithm.dynamic_sampling.enable": True},
+         r"does not support self_reward.objective=paper_v2"),
+    ],
+)
+def test_paper_v2_config_errors_name_the_key(override, message):
+    config = parse_cli(PPOConfig, _valid(**override))
+    with pytest.raises(ConfigError, match=message):
+        config.validate()
+
+
+def test_paper_v2_with_matching_tags_validates():
+    parse_cli(PPOConfig, _valid(**{
+        "self_reward.enable": True, "self_reward.objective": "paper_v2", "self_reward.tags": "paper_v2",
+        "reward.reward_function_kwargs": "{tags: paper_v2}",
+    })).validate()

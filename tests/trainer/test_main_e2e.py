@@ -150,6 +150,46 @@ def test_self_reward_step_runs_second_pass_in_one_engine_call(tiny_model_dir, sy
     assert step["actor/pass2_rows"] == 32 * 2  # 8 prompts x n=4 responses x 2 re-answers join the update
 
 
+def test_paper_v2_objective_logs_its_two_terms(tiny_model_dir, synthetic_data_dir, tmp_path):
+    """self_reward.objective=paper_v2 with the paper's tags: the answer rollout and the visual
+    re-answer rollout train as two terms, each with its policy and KL loss, logged apart."""
+    ckpt = str(tmp_path / "ckpt")
+    output = run_cli(
+        "configs/tiny_cpu_selfReward.yaml",
+        *common(tiny_model_dir, synthetic_data_dir, ckpt),
+        "trainer.max_steps=1", "trainer.val_before_train=false", "trainer.val_freq=-1",
+        "self_reward.objective=paper_v2", "self_reward.tags=paper_v2", "reward.reward_function_kwargs={tags: paper_v2}",
+        "data.format_prompt=configs/format_prompt/sr1_paper_v2.jinja",
+        # The random model writes no <visual reasoning>: re-prompt with the whole response.
+        "self_reward.missing_description=whole_response",
+        "data.max_response_length=32", "self_reward.max_response_length=16",
+    )
+    step = read_metrics(ckpt)[-1]
+    assert step["actor/pass2_rows"] == 32, output[-3000:]
+    for term in ("answer", "visual"):
+        for loss in ("pg_loss", "kl_loss"):
+            assert f"actor/{loss}/{term}" in step, (loss, term)
+    # Both terms at lambda 0.5: the logged totals are their weighted sums.
+    for loss in ("pg_loss", "kl_loss"):
+        weighted = 0.5 * (step[f"actor/{loss}/answer"] + step[f"actor/{loss}/visual"])
+        assert step[f"actor/{loss}"] == pytest.approx(weighted, rel=1e-4, abs=1e-7), loss
+    assert step["actor/kl_loss/visual"] >= 0.0 and step["actor/grad_norm"] > 0.0
+
+
+def test_papo_one_step(tiny_model_dir, synthetic_data_dir, tmp_path):
+    """worker.actor.papo: the masked-image forward runs beside the update's (packed prompts
+    included) and its perception KL and double entropy are logged."""
+    ckpt = str(tmp_path / "ckpt")
+    output = run_cli(
+        "configs/tiny_cpu.yaml", *common(tiny_model_dir, synthetic_data_dir, ckpt),
+        "trainer.max_steps=1", "trainer.val_before_train=false", "trainer.val_freq=-1",
+        "worker.actor.papo.enable=true", "data.max_response_length=32",
+    )
+    step = read_metrics(ckpt)[-1]
+    assert step["actor/papo_kl"] > 0.0 and step["actor/papo_double_entropy"] > 0.0, output[-3000:]
+    assert step["actor/grad_norm"] > 0.0
+
+
 @pytest.mark.vllm
 def test_vllm_rollout_two_steps_with_self_reward(tiny_model_dir, synthetic_data_dir, tmp_path):
     """The hybrid engine with vLLM: generation and the re-prompt pass through vLLM, weights synced

@@ -12,6 +12,7 @@ import torch
 
 from verl.trainer.config import PPOConfig
 from verl.trainer.ray_trainer import RayPPOTrainer
+from verl.utils.timeline import Timeline
 from verl.trainer.resume_settings import run_settings, write_run_settings
 from verl.utils import checkpoint
 from verl.utils.manifest import write_manifest
@@ -42,6 +43,7 @@ def _trainer(root: str, load_path: str | None = None, config: PPOConfig | None =
         config=config,
         checkpoint_root=root,
         tracker=tracker,
+        timeline=Timeline(root),
         global_step=0,
         total_optimizer_steps=OPTIMIZER_STEPS,
         workers=SimpleNamespace(execute_all=lambda method, path: loaded.append((method, path))),

@@ -169,3 +169,14 @@ def test_a_reanswer_cut_at_its_cap_is_counted_as_clipped(tiny_model_dir, caplog)
     ]
     assert warnings[0] in caplog.text
     assert warn_on_clipping({PASS2_CLIP_RATIO: 0.05}, TRAINER_CAP_KEYS, "step") == []  # 5% itself is fine
+
+
+def test_paper_v2_tags_perception_and_reprompt():
+    from verl.data.format_prompt import REPROMPT_TEMPLATE_PAPER_V2
+
+    response = "<visual reasoning>two circles</visual reasoning><think>t</think><answer>2</answer>"
+    assert perception_of(response, "zero", "paper_v2") == "two circles"
+    assert perception_of(response, "zero") is None  # the sr1 tags look for <description>
+    text = build_reprompt("two circles", "How many?", "paper_v2")
+    assert text == REPROMPT_TEMPLATE_PAPER_V2.format(description="two circles", question="How many?")
+    assert "<answer> </answer>" in text and "boxed" not in text

@@ -1,6 +1,8 @@
 """The actor on the tiny model: its log-probs equal a plain Hugging Face forward of the same
 batch, and one PPO update moves log-probs the way the advantages say."""
 
+from collections import defaultdict
+
 import numpy as np
 import pytest
 import torch
@@ -126,3 +128,104 @@ def test_nan_advantages_raise_a_named_error(tiny_model_dir, batch):
     )
     with pytest.raises(NonFiniteLossError, match="step 7: non-finite actor loss"):
         actor.update_policy(data, num_mini_batches=1, step=7)
+
+
+def _masked_mean(values, mask):
+    return (values * mask).sum() / mask.sum()
+
+
+def test_mis_rejected_tokens_leave_the_loss_its_denominator_and_the_kl(tiny_model_dir, batch):
+    """verl's MIS (rejection sampling): a token whose pi_old / pi_rollout leaves [1/2, 2] is out of
+    the policy loss, its token-mean denominator and the KL loss. Before, it stayed in both
+    denominators as a zero-loss token and its KL was still trained."""
+    from verl.algorithms.core_algos import kl_penalty
+    from verl.workers.config import RolloutCorrectionConfig
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    config = ActorConfig(
+        micro_batch_size_per_device_for_update=2, use_kl_loss=True, kl_loss_type="low_var_kl",
+        rollout_correction=RolloutCorrectionConfig(mode="mis", level="token", threshold=2.0),
+    )
+    actor = PPOActor(model, config, total_optimizer_steps=1, temperature=1.0)
+    old, _ = actor.compute_log_probs(batch)
+    mask = batch.batch["response_mask"].float()
+    rollout = old.clone()
+    rejected = torch.zeros_like(mask)
+    rejected[0, 1] = rejected[1, 0] = rejected[2, 3] = 1.0
+    rollout[rejected.bool()] -= 3.0  # ratio e^3 > 2: rejected
+    advantages = torch.tensor([1.0, -2.0, 0.5, 4.0])[:, None] * torch.arange(1, RESPONSE_LENGTH + 1) * mask
+    ref = old - 0.3 * torch.arange(RESPONSE_LENGTH) / RESPONSE_LENGTH
+    data = DataProto.from_dict(
+        tensors={**batch.batch, "old_log_probs": old, "rollout_log_probs": rollout, "advantages": advantages,
+                 "ref_log_probs": ref},
+        non_tensors=dict(batch.non_tensor_batch),
+    )
+    metrics = defaultdict(list)
+    assert actor.backward_mini_batch(data, metrics) == 0
+    accepted = mask * (1 - rejected)
+    # On-policy (ratio 1): the PPO loss per token is -A.
+    torch.testing.assert_close(metrics["actor/pg_loss"][0], _masked_mean(-advantages, accepted).item(), atol=1e-5, rtol=1e-5)
+    expected_kl = _masked_mean(kl_penalty(old, ref, "low_var_kl"), accepted).item()
+    torch.testing.assert_close(metrics["actor/kl_loss"][0], expected_kl, atol=1e-5, rtol=1e-4)
+    assert metrics["rollout_corr/masked_frac"][0] == pytest.approx(3 / mask.sum().item())
+
+
+def test_paper_v2_terms_are_aggregated_and_logged_apart(tiny_model_dir, batch):
+    """Rows of two objective terms (answer, visual): each term's policy and KL loss is a token
+    mean over its own rows, weighted by its lambda; logged per term."""
+    from verl.algorithms.core_algos import kl_penalty
+    from verl.workers.actor import OBJECTIVE_PART, OBJECTIVE_WEIGHT
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    config = ActorConfig(micro_batch_size_per_device_for_update=3, use_kl_loss=True, kl_loss_coef=0.1)
+    actor = PPOActor(model, config, total_optimizer_steps=1, temperature=1.0)
+    old, _ = actor.compute_log_probs(batch)
+    mask = batch.batch["response_mask"].float()
+    advantages = torch.tensor([1.0, -2.0, 0.5, 3.0])[:, None] * mask
+    ref = old - 0.2
+    parts = torch.tensor([0, 0, 1, 1])
+    data = DataProto.from_dict(
+        tensors={**batch.batch, "old_log_probs": old, "advantages": advantages, "ref_log_probs": ref,
+                 OBJECTIVE_PART: parts, OBJECTIVE_WEIGHT: torch.tensor([0.5, 0.5, 0.25, 0.25])},
+        non_tensors=dict(batch.non_tensor_batch),
+    )
+    metrics = defaultdict(list)
+    assert actor.backward_mini_batch(data, metrics) == 0
+    kl = kl_penalty(old, ref, "low_var_kl")
+    total_pg = total_kl = 0.0
+    for part, name, weight in ((0, "answer", 0.5), (1, "visual", 0.25)):
+        term_mask = mask * (parts == part)[:, None]
+        pg, kl_term = _masked_mean(-advantages, term_mask).item(), _masked_mean(kl, term_mask).item()
+        assert metrics[f"actor/pg_loss/{name}"][0] == pytest.approx(pg, abs=1e-5)
+        assert metrics[f"actor/kl_loss/{name}"][0] == pytest.approx(kl_term, abs=1e-5)
+        total_pg, total_kl = total_pg + weight * pg, total_kl + weight * kl_term
+    assert metrics["actor/pg_loss"][0] == pytest.approx(total_pg, abs=1e-5)
+    assert metrics["actor/kl_loss"][0] == pytest.approx(total_kl, abs=1e-5)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.6])
+def test_papo_perception_kl_is_zero_without_masking_and_positive_with_it(tiny_model_dir, batch, ratio):
+    """PAPO (2507.06448): KL(policy | image || policy | masked image) over the sampled tokens,
+    one extra forward. Mask ratio 0: the two forwards are the same, the KL exactly 0 and the
+    double entropy twice the policy's entropy."""
+    from verl.workers.config import PAPOConfig
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    config = ActorConfig(
+        micro_batch_size_per_device_for_update=4, use_kl_loss=False,
+        papo=PAPOConfig(enable=True, kl_coef=0.01, mask_ratio=ratio, entropy_coef=0.03),
+    )
+    actor = PPOActor(model, config, total_optimizer_steps=1, temperature=1.0)
+    old, entropy = actor.compute_log_probs(batch)
+    mask = batch.batch["response_mask"].float()
+    data = DataProto.from_dict(
+        tensors={**batch.batch, "old_log_probs": old, "advantages": mask.clone()},
+        non_tensors=dict(batch.non_tensor_batch),
+    )
+    metrics = defaultdict(list)
+    assert actor.backward_mini_batch(data, metrics) == 0
+    if ratio == 0.0:
+        assert metrics["actor/papo_kl"][0] == 0.0
+        assert metrics["actor/papo_double_entropy"][0] == pytest.approx(2 * _masked_mean(entropy, mask).item(), rel=1e-4)
+    else:
+        assert metrics["actor/papo_kl"][0] > 1e-6

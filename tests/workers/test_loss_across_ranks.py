@@ -15,11 +15,14 @@ from torch.distributed.fsdp import MixedPrecisionPolicy
 from transformers import AutoModelForImageTextToText
 
 from verl.trainer.config import ActorConfig
-from verl.workers.actor import PPOActor
+from verl.protocol import DataProto
+from verl.workers.actor import OBJECTIVE_PART, OBJECTIVE_WEIGHT, PPOActor
 from verl.workers.engine.fsdp import shard_model
 from verl.workers.engine.micro_batch import plan_micro_batches, row_lengths
 
-MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
+# "+terms": the rows split into paper_v2's two objective terms, unevenly over the ranks, each term
+# normalised by its own count over both ranks.
+MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "token-mean+terms")
 # Rank 0: the three longest responses (one image row has 12 tokens), rank 1: the short ones.
 RANK_ROWS = ([0, 2, 4], [1, 3, 5])
 BUDGET = 260  # rank 0 plans 3 micro-batches, rank 1 plans 2 (prompts 120-127 or 11-20 tokens)
@@ -30,9 +33,18 @@ def load(model_dir):
 
 
 def actor_config(mode: str) -> ActorConfig:
-    config = ActorConfig(loss_agg_mode=mode, use_kl_loss=True, kl_loss_coef=0.1)
+    config = ActorConfig(loss_agg_mode=mode.removesuffix("+terms"), use_kl_loss=True, kl_loss_coef=0.1)
     config.micro_batch_size_per_device_for_update = 99
     return config
+
+
+def rows_for(data: DataProto, mode: str) -> DataProto:
+    if not mode.endswith("+terms"):
+        return data
+    parts = torch.tensor([0, 1, 0, 0, 1, 1])  # rank 0: terms 0, 0, 1; rank 1: 1, 0, 1
+    weights = torch.where(parts == 0, 0.5, 0.25)
+    return DataProto(batch={**data.batch, OBJECTIVE_PART: parts, OBJECTIVE_WEIGHT: weights},
+                     non_tensor_batch=dict(data.non_tensor_batch), meta_info=dict(data.meta_info))
 
 
 def _rank(rank: int, world_size: int, port: int, model_dir: str, data_path: str, out_path: str) -> None:
@@ -43,9 +55,9 @@ def _rank(rank: int, world_size: int, port: int, model_dir: str, data_path: str,
     mesh = init_device_mesh("cpu", (world_size,))
     model = shard_model(load(model_dir), mesh, MixedPrecisionPolicy(param_dtype=torch.float32))
     data = torch.load(data_path, weights_only=False)
-    rows = data[RANK_ROWS[rank]]
     results = {}
     for mode in MODES:
+        rows = rows_for(data, mode)[RANK_ROWS[rank]]
         actor = PPOActor(model, actor_config(mode), 1, 1.0, max_token_len=BUDGET)
         model.zero_grad(set_to_none=True)
         metrics = defaultdict(list)
@@ -83,7 +95,7 @@ def test_two_ranks_gradient_equals_one_process(tiny_model_dir, padded_batch, two
     model = load(tiny_model_dir)
     actor = PPOActor(model, actor_config(mode), 1, 1.0, max_token_len=BUDGET)
     metrics = defaultdict(list)
-    actor.backward_mini_batch(padded_batch, metrics)
+    actor.backward_mini_batch(rows_for(padded_batch, mode), metrics)
     # Per-rank loss shares (x world size) average to the single process's mini-batch loss.
     assert sum(r["pg_loss"] for r in ranks) / 2 == pytest.approx(metrics["actor/pg_loss"][0], rel=1e-5, abs=1e-7)
     expected = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}

@@ -889,7 +889,8 @@ def compute_cispo_policy_loss(
     Per token, ``loss = -sg(clip(ratio, 1 - clip_ratio_low, 1 + clip_ratio_high)) * A * log_probs``
     with ``sg`` the stop-gradient: the gradient is ``-clip(ratio) * A * grad log pi`` (REINFORCE
     weighted by the bounded IS weight), also for tokens PPO's clip would silence. The paper
-    aggregates with the token mean (``token-mean``) and leaves the lower bound loose.
+    aggregates with the token mean (``token-mean``) and has no lower bound: ``clip_ratio_low=1``
+    (the config's default for cispo) floors the weight at 0, which no ratio reaches.
 
     Args:
         see ``compute_policy_loss`` (no dual-clip here).
@@ -917,8 +918,9 @@ def compute_cispo_policy_loss(
 
 
 def _check_clip_range(clip_ratio_low: float, clip_ratio_high: float) -> None:
-    if not 0.0 <= clip_ratio_low < 1.0:
-        raise ValueError(f"clip_ratio_low must be in [0, 1), got {clip_ratio_low}")
+    # 1 puts the lower bound at 0, below every ratio: no lower clip (CISPO's default).
+    if not 0.0 <= clip_ratio_low <= 1.0:
+        raise ValueError(f"clip_ratio_low must be in [0, 1], got {clip_ratio_low}")
     if clip_ratio_high < 0.0:
         raise ValueError(f"clip_ratio_high must be >= 0, got {clip_ratio_high}")
 

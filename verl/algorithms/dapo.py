@@ -70,13 +70,15 @@ class GroupSelection:
 
     Attributes:
         prompts: per generation batch (in draw order), the indices of its kept prompts (sorted).
+        is_filler: per generation batch, (len(prompts[b]),) bool: which kept prompts are filler.
         informative: kept prompts whose group has spread.
         filler: kept prompts without spread, taken only when the tries ran out before
-            ``target`` informative prompts were found (they keep the batch size fixed and
-            contribute zero advantage).
+            ``target`` informative prompts were found (they keep the batch size fixed; the
+            trainer sets their advantage to 0).
     """
 
     prompts: list[np.ndarray]
+    is_filler: list[np.ndarray]
     informative: int
     filler: int
 
@@ -116,4 +118,6 @@ def select_groups(spread_per_batch: list[np.ndarray], target: int) -> GroupSelec
                 break
             kept[batch][prompt] = True
             filler += 1
-    return GroupSelection([np.flatnonzero(mask) for mask in kept], informative, filler)
+    prompts = [np.flatnonzero(mask) for mask in kept]
+    is_filler = [~spread[indices] for spread, indices in zip(spread_per_batch, prompts)]
+    return GroupSelection(prompts, is_filler, informative, filler)

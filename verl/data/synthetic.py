@@ -314,49 +314,118 @@ def reasoning(sample: SyntheticSample) -> str:
     )
 
 
+def format_sft_response(description: str, reasoning_text: str, answer: str) -> str:
+    """Assistant turn in the Vision-SR1 format: description, reasoning, boxed answer."""
+    return f"<description> {description} </description> <think> {reasoning_text} </think> \\boxed{{{answer}}}"
+
+
 def sft_response(sample: SyntheticSample, vague: bool = False) -> str:
-    """Assistant turn in the Vision-SR1 format: description (``vague_description`` when
-    ``vague``), reasoning, boxed answer."""
-    description = vague_description(sample) if vague else describe(sample)
-    return (
-        f"<description> {description} </description> "
-        f"<think> {reasoning(sample)} </think> \\boxed{{{sample.answer}}}"
+    """`format_sft_response` of a shapes-task sample (``vague_description`` when ``vague``)."""
+    return format_sft_response(vague_description(sample) if vague else describe(sample), reasoning(sample), sample.answer)
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    """One question of any synthetic task, as the writers below need it."""
+
+    question: str
+    answer: str
+    question_type: str
+    distractor: bool
+    image: Image.Image
+    description: str
+    """The full perception: answers the question without the image."""
+    vague_description: str
+    """An insufficient perception (for `vague_description_rate`)."""
+    reasoning: str
+
+    @property
+    def problem(self) -> str:
+        """The RL ``problem`` column: image placeholder then question."""
+        return f"<image>{self.question}"
+
+    def sft_response(self, vague: bool = False) -> str:
+        return format_sft_response(self.vague_description if vague else self.description, self.reasoning, self.answer)
+
+    def text_only_record(self) -> dict:
+        """The cold-start data's third response type: the self-reward re-prompt (perception text
+        and question, no image) answered with reasoning and a boxed answer. Without it the policy
+        has never seen the re-prompt, and the visual reward of early GRPO steps would be noise."""
+        return {
+            "messages": [
+                {"role": "user", "content": build_reprompt(self.description, self.question)},
+                {"role": "assistant", "content": f"<think> {self.reasoning} </think> \\boxed{{{self.answer}}}"},
+            ],
+            "images": [],
+        }
+
+
+def task_row(sample: SyntheticSample, image_size: int) -> TaskRow:
+    return TaskRow(
+        question=sample.question, answer=sample.answer, question_type=sample.question_type,
+        distractor=sample.distractor, image=render_image(sample, image_size), description=describe(sample),
+        vague_description=vague_description(sample), reasoning=reasoning(sample),
     )
 
 
-def text_only_record(sample: SyntheticSample) -> dict:
-    """The cold-start data's third response type: the self-reward re-prompt (perception text and
-    question, no image) answered with reasoning and a boxed answer. Without it the policy has never
-    seen the re-prompt, and the visual reward of early GRPO steps would be noise."""
-    return {
-        "messages": [
-            {"role": "user", "content": build_reprompt(describe(sample), sample.question)},
-            {"role": "assistant", "content": f"<think> {reasoning(sample)} </think> \\boxed{{{sample.answer}}}"},
-        ],
-        "images": [],
-    }
-
-
-def problem_text(sample: SyntheticSample) -> str:
-    """The RL ``problem`` column: image placeholder then question."""
-    return f"<image>{sample.question}"
-
-
-def write_rl_split(samples: list[SyntheticSample], path: str, image_size: int) -> None:
+def write_rl_rows(rows: list[TaskRow], path: str) -> None:
     """Parquet in the EasyR1 layout; ``images`` is a ``List(Image())`` column (PNG bytes, no path)."""
     table = pa.Table.from_pydict(
         {
-            "problem": [problem_text(sample) for sample in samples],
-            "answer": [sample.answer for sample in samples],
-            "images": [
-                [{"bytes": png_bytes(render_image(sample, image_size)), "path": None}] for sample in samples
-            ],
-            "distractor": [sample.distractor for sample in samples],
-            "question_type": [sample.question_type for sample in samples],
+            "problem": [row.problem for row in rows],
+            "answer": [row.answer for row in rows],
+            "images": [[{"bytes": png_bytes(row.image), "path": None}] for row in rows],
+            "distractor": [row.distractor for row in rows],
+            "question_type": [row.question_type for row in rows],
         },
         schema=RL_FEATURES.arrow_schema,
     )
     pq.write_table(table, path)
+
+
+def write_rl_split(samples: list[SyntheticSample], path: str, image_size: int) -> None:
+    """`write_rl_rows` for shapes-task samples drawn at ``image_size``."""
+    write_rl_rows([task_row(sample, image_size) for sample in samples], path)
+
+
+def write_sft_rows(
+    rows: list[TaskRow], out_dir: str, format_prompt_path: str, vague: list[bool] | None = None
+) -> str:
+    """LLaMA-Factory sharegpt ``out_dir/sft.json``; images saved under ``out_dir/images/``.
+
+    The user turn is the format prompt rendered on the problem, exactly what the RL rollout
+    sees; image paths are relative to the json file. Every row also gets a text-only re-prompt
+    record (``TaskRow.text_only_record``), as the Vision-SR1 cold-start set has: with only every
+    second sample, the tiny model re-answered 0% of shape and 2% of position questions correctly
+    from its own (correct) descriptions after SFT, so the visual reward could not tell good
+    perceptions apart. ``vague[i]`` gives row i its vague description in its image record; its
+    text-only record keeps the full description (the re-answerer learns to read complete
+    perceptions only).
+    """
+    vague = vague if vague is not None else [False] * len(rows)
+    if len(vague) != len(rows):
+        raise ValueError(f"vague has {len(vague)} flags for {len(rows)} samples")
+    format_prompt = load_format_prompt(format_prompt_path)
+    os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
+    records = []
+    for index, (row, is_vague) in enumerate(zip(rows, vague)):
+        relative_path = f"images/sft_{index:05d}.png"
+        with open(os.path.join(out_dir, relative_path), "wb") as file:
+            file.write(png_bytes(row.image))
+        records.append(
+            {
+                "messages": [
+                    {"role": "user", "content": format_prompt.render(content=row.problem)},
+                    {"role": "assistant", "content": row.sft_response(is_vague)},
+                ],
+                "images": [relative_path],
+            }
+        )
+        records.append(row.text_only_record())
+    sft_path = os.path.join(out_dir, "sft.json")
+    with open(sft_path, "w", encoding="utf-8") as file:
+        json.dump(records, file, ensure_ascii=False, indent=1)
+    return sft_path
 
 
 def write_sft_file(
@@ -366,40 +435,8 @@ def write_sft_file(
     image_size: int,
     vague: list[bool] | None = None,
 ) -> str:
-    """LLaMA-Factory sharegpt ``out_dir/sft.json``; images saved under ``out_dir/images/``.
-
-    The user turn is the format prompt rendered on the problem, exactly what the RL rollout
-    sees; image paths are relative to the json file. Every sample also gets a text-only re-prompt
-    record (``text_only_record``), as the Vision-SR1 cold-start set has: with only every second
-    sample, the tiny model re-answered 0% of shape and 2% of position questions correctly from its
-    own (correct) descriptions after SFT, so the visual reward could not tell good perceptions apart.
-    ``vague[i]`` gives sample i a ``vague_description`` in its image record; its text-only record
-    keeps the full description (the re-answerer learns to read complete perceptions only).
-    """
-    vague = vague if vague is not None else [False] * len(samples)
-    if len(vague) != len(samples):
-        raise ValueError(f"vague has {len(vague)} flags for {len(samples)} samples")
-    format_prompt = load_format_prompt(format_prompt_path)
-    os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
-    records = []
-    for index, (sample, is_vague) in enumerate(zip(samples, vague)):
-        relative_path = f"images/sft_{index:05d}.png"
-        with open(os.path.join(out_dir, relative_path), "wb") as file:
-            file.write(png_bytes(render_image(sample, image_size)))
-        records.append(
-            {
-                "messages": [
-                    {"role": "user", "content": format_prompt.render(content=problem_text(sample))},
-                    {"role": "assistant", "content": sft_response(sample, is_vague)},
-                ],
-                "images": [relative_path],
-            }
-        )
-        records.append(text_only_record(sample))
-    sft_path = os.path.join(out_dir, "sft.json")
-    with open(sft_path, "w", encoding="utf-8") as file:
-        json.dump(records, file, ensure_ascii=False, indent=1)
-    return sft_path
+    """`write_sft_rows` for shapes-task samples drawn at ``image_size``."""
+    return write_sft_rows([task_row(sample, image_size) for sample in samples], out_dir, format_prompt_path, vague)
 
 
 @dataclass(frozen=True)
@@ -428,16 +465,34 @@ def write_synthetic_dataset(
     ):
         if value is not None and not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {value}")
+    # Its own random stream, so the rate never changes which scenes and answers the rows hold.
+    vague = list(np.random.default_rng([seed, _VAGUE_STREAM]).random(sft_size) < spec.vague_description_rate)
+    return write_task_dataset(
+        out_dir,
+        format_prompt_path,
+        *([task_row(sample, spec.image_size) for sample in generate_split(size, seed, split, spec)]
+          for size, split in ((train_size, "train"), (val_size, "val"), (sft_size, "sft"))),
+        vague=vague,
+    )
+
+
+def write_task_dataset(
+    out_dir: str,
+    format_prompt_path: str,
+    train: list[TaskRow],
+    val: list[TaskRow],
+    sft: list[TaskRow],
+    vague: list[bool] | None = None,
+) -> SyntheticDatasetFiles:
+    """Writes ``train.parquet``, ``val.parquet`` (RL) and ``sft.json`` + ``images/`` (cold start)
+    for any task's rows."""
     os.makedirs(out_dir, exist_ok=True)
     files = SyntheticDatasetFiles(
         train=os.path.join(out_dir, "train.parquet"),
         val=os.path.join(out_dir, "val.parquet"),
         sft=os.path.join(out_dir, "sft.json"),
     )
-    write_rl_split(generate_split(train_size, seed, "train", spec), files.train, spec.image_size)
-    write_rl_split(generate_split(val_size, seed, "val", spec), files.val, spec.image_size)
-    # Its own random stream, so the rate never changes which scenes and answers the rows hold.
-    vague = list(np.random.default_rng([seed, _VAGUE_STREAM]).random(sft_size) < spec.vague_description_rate)
-    sft_samples = generate_split(sft_size, seed, "sft", spec)
-    write_sft_file(sft_samples, out_dir, format_prompt_path, spec.image_size, vague)
+    write_rl_rows(train, files.train)
+    write_rl_rows(val, files.val)
+    write_sft_rows(sft, out_dir, format_prompt_path, vague)
     return files

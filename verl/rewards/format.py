@@ -14,6 +14,11 @@ Decisions:
 - ``extract_description``: the FIRST ``<description>`` and the first ``</description>`` after it;
   nested tags are not paired, the text runs to the first closing tag
   (``<description>a<description>b</description>c</description>`` -> ``a<description>b``).
+- Two tag styles (``TAG_STYLES``): ``sr1``, the reference code's ``<description>`` /
+  ``<think>`` / ``\\boxed{}``, and ``paper_v2``, the ICLR 2026 paper's ``<visual reasoning>`` /
+  ``<think>`` / ``<answer>``. Under ``paper_v2`` the perception is the first ``<visual reasoning>``
+  block and the graded answer is the first ``<answer>`` block (``graded_answer``); the same
+  rules hold (non-blank blocks, each tag once, whitespace inside the angle brackets tolerated).
 """
 
 import re
@@ -28,6 +33,17 @@ _SR1_LAYOUT = re.compile(
 )
 _THINK_LAYOUT = re.compile(r"\s*<think>(?P<think>.*?)</think>(?P<answer>.*)", re.DOTALL)
 _BOXED_ONLY = re.compile(r"\s*\\boxed\s*\{(?P<content>.*)\}\s*", re.DOTALL)
+_V2_TAG = re.compile(r"<\s*(/?)\s*(visual\s+reasoning|think|answer)\s*>")
+_V2_ANY_TAG = re.compile(r"</?(?:visual reasoning|think|answer)>")
+_V2_LAYOUT = re.compile(
+    r"\s*<visual reasoning>(?P<perception>.*?)</visual reasoning>\s*<think>(?P<think>.*?)</think>"
+    r"\s*<answer>(?P<answer>.*?)</answer>\s*",
+    re.DOTALL,
+)
+
+TAG_STYLES: tuple[str, ...] = ("sr1", "paper_v2")
+PERCEPTION_TAG = {"sr1": "description", "paper_v2": "visual reasoning"}
+"""Tag style -> the block holding the perception the self-reward re-prompts with."""
 
 
 def sr1_format_ok(response: str) -> bool:
@@ -64,19 +80,51 @@ def r1v_format_ok(response: str) -> bool:
     return not _ANY_TAG.search(answer) and bool(extract_boxed(answer))
 
 
+def sr1_v2_format_ok(response: str) -> bool:
+    """``<visual reasoning>...</visual reasoning> <think>...</think> <answer>...</answer>`` and
+    nothing else, every block non-blank (the ICLR 2026 paper's tags)."""
+    match = _V2_LAYOUT.fullmatch(_normalize_v2_tags(response))
+    return match is not None and all(
+        match.group(block).strip() and not _V2_ANY_TAG.search(match.group(block))
+        for block in ("perception", "think", "answer")
+    )
+
+
 def extract_description(response: str) -> str | None:
     """Stripped text of the first ``<description>`` block; None when missing or never closed.
 
     An empty block gives "" (callers treat it as missing perception).
     """
-    if not isinstance(response, str):
-        return None
-    text = _normalize_tags(response)
-    start = text.find("<description>")
+    return _first_block(_normalize_tags(response), "description")
+
+
+def extract_perception(response: str, tags: str = "sr1") -> str | None:
+    """The perception block of tag style ``tags`` (``PERCEPTION_TAG``), as ``extract_description``."""
+    if tags == "sr1":
+        return extract_description(response)
+    return _first_block(_normalize_v2_tags(response), PERCEPTION_TAG[tags])
+
+
+def graded_answer(response: str, tags: str = "sr1") -> str:
+    """The text an answer grader reads (graders grade the last ``\\boxed{}``): the response itself
+    for ``sr1``; for ``paper_v2`` the first ``<answer>`` block, boxed unless it holds a box
+    already, or "" (graded wrong) without one."""
+    if tags == "sr1":
+        return response
+    answer = _first_block(_normalize_v2_tags(response), "answer")
+    if not answer:
+        return ""
+    return answer if extract_boxed(answer) else f"\\boxed{{{answer}}}"
+
+
+def _first_block(text: str, tag: str) -> str | None:
+    """Stripped text between the first ``<tag>`` and the first ``</tag>`` after it; None when
+    missing or never closed."""
+    start = text.find(f"<{tag}>")
     if start == -1:
         return None
-    content_start = start + len("<description>")
-    end = text.find("</description>", content_start)
+    content_start = start + len(tag) + 2
+    end = text.find(f"</{tag}>", content_start)
     if end == -1:
         return None
     return text[content_start:end].strip()
@@ -86,6 +134,12 @@ def _normalize_tags(response: str) -> str:
     if not isinstance(response, str):
         return ""
     return _TAG.sub(r"<\1\2>", response)
+
+
+def _normalize_v2_tags(response: str) -> str:
+    if not isinstance(response, str):
+        return ""
+    return _V2_TAG.sub(lambda match: f"<{match[1]}{' '.join(match[2].split())}>", response)
 
 
 def _is_block_content(content: str) -> bool:

@@ -6,7 +6,7 @@ ground truth means the perception was self-contained.
 """
 
 from verl.rewards import RewardInput, check_weights
-from verl.rewards.format import sr1_format_ok
+from verl.rewards.format import TAG_STYLES, graded_answer, sr1_format_ok, sr1_v2_format_ok
 from verl.rewards.grading import DEFAULT_GRADER, get_grader
 
 
@@ -16,6 +16,7 @@ def sr1_reward(
     format_weight: float = 0.1,
     visual_weight: float = 1.0,
     grader: str = DEFAULT_GRADER,
+    tags: str = "sr1",
 ) -> list[dict[str, float]]:
     """Vision-SR1 self-reward (defaults: the reference's 0.9 / 0.1 / 1.0).
 
@@ -36,6 +37,9 @@ def sr1_reward(
       description_missing: the response has no (or an empty) ``<description>`` block.
 
     ``grader``: the answer grader by name (``verl.rewards.grading``), for answers and re-answers.
+    ``tags``: ``sr1`` (the format above) or ``paper_v2``: ``<visual reasoning>``, ``<think>``,
+    ``<answer>`` blocks, the answer and the re-answers graded on their ``<answer>`` block
+    (``verl.rewards.format.graded_answer``); it must match ``self_reward.tags``.
 
     Raises ValueError when a response has a description but no re-answers: the self-reward
     stage did not run, and scoring visual 0 would silently train against perception.
@@ -43,7 +47,14 @@ def sr1_reward(
     check_weights(
         "sr1", accuracy_weight=accuracy_weight, format_weight=format_weight, visual_weight=visual_weight
     )
-    grade_response = get_grader(grader)
+    if tags not in TAG_STYLES:
+        raise ValueError(f"sr1 reward: tags={tags!r} is not one of {', '.join(TAG_STYLES)}")
+    grade = get_grader(grader)
+    format_ok = sr1_format_ok if tags == "sr1" else sr1_v2_format_ok
+
+    def grade_response(text: str, ground_truth: str, problem: str | None) -> bool:
+        return grade(graded_answer(text, tags), ground_truth, problem)
+
     scores = []
     for index, item in enumerate(reward_inputs):
         has_description = bool(item.description and item.description.strip())
@@ -52,7 +63,7 @@ def sr1_reward(
                 f"sr1 reward: sample {index} has a description but no re-answers; the sr1 reward needs "
                 "the self-reward stage (self_reward.enable=true); use 'see_think' to train without it"
             )
-        format_score = float(sr1_format_ok(item.response))
+        format_score = float(format_ok(item.response))
         accuracy = float(grade_response(item.response, item.ground_truth, item.problem))
         correct_reanswers = [grade_response(text, item.ground_truth, item.problem) for text in item.reanswers]
         visual = sum(correct_reanswers) / len(correct_reanswers) if correct_reanswers else 0.0

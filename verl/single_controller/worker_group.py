@@ -7,7 +7,7 @@ import logging
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError
@@ -45,6 +45,26 @@ class ResourcePool:
         return self.nnodes * self.procs_per_node
 
 
+def check_nodes_fit(node_bundle: dict[str, float], nnodes: int) -> None:
+    """Raises ValueError unless `nnodes` alive Ray nodes can each hold `node_bundle` (one node's
+    ranks): the placement group spreads them one node each, and one that cannot be placed would
+    wait forever."""
+    alive = [node for node in ray.nodes() if node["Alive"]]
+    fitting = [
+        node for node in alive
+        if all(node["Resources"].get(resource, 0) >= amount for resource, amount in node_bundle.items())
+    ]
+    if len(fitting) < nnodes:
+        def has(node: dict) -> str:
+            return ", ".join(f"{node['Resources'].get(resource, 0):g} {resource}" for resource in node_bundle)
+
+        seen = "; ".join(f"{node['NodeManagerAddress']} ({has(node)})" for node in alive)
+        raise ValueError(
+            f"trainer.nnodes={nnodes} needs {nnodes} Ray nodes with {node_bundle} each (trainer.n_gpus_per_node "
+            f"workers per node); the cluster has {len(fitting)} such node(s) of {len(alive)}: {seen}"
+        )
+
+
 def find_free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("", 0))
@@ -53,8 +73,9 @@ def find_free_port() -> int:
 
 class RayWorkerGroup:
     """One Ray actor per rank of `worker_cls` (a plain class; it is wrapped with `ray.remote`).
-    Ranks are packed node by node through a placement group, so rank r sits on node
-    r // procs_per_node, as torch.distributed expects.
+    A placement group holds one bundle per node (STRICT_SPREAD: each on a different Ray node),
+    and rank r runs in bundle r // procs_per_node, so consecutive ranks share a node, as
+    torch.distributed expects; `rank_node_ids` says which node each rank got.
 
     Results are taken rank by rank as they arrive: the first rank that dies or raises fails the
     call at once, naming it (a rank that only raised because its collective peer died is reported
@@ -68,30 +89,34 @@ class RayWorkerGroup:
     ):
         self.pool = pool
         self.call_timeout_s = call_timeout_s
-        bundle = {"CPU": pool.cpus_per_proc}
+        per_proc = {"CPU": pool.cpus_per_proc}
         if pool.gpus_per_proc > 0:
-            bundle["GPU"] = pool.gpus_per_proc
+            per_proc["GPU"] = pool.gpus_per_proc
         available = ray.cluster_resources()
-        for resource, amount in bundle.items():
+        for resource, amount in per_proc.items():
             if amount * pool.world_size > available.get(resource, 0):
                 raise ValueError(
                     f"{pool.world_size} workers x {amount:g} {resource} do not fit the Ray cluster's "
                     f"{available.get(resource, 0):g} {resource} (trainer.nnodes x trainer.n_gpus_per_node, "
                     "trainer.ray_num_cpus); a placement that cannot happen would wait forever"
                 )
-        self.placement_group = ray.util.placement_group([bundle] * pool.world_size, strategy="PACK")
+        node_bundle = {resource: amount * pool.procs_per_node for resource, amount in per_proc.items()}
+        check_nodes_fit(node_bundle, pool.nnodes)
+        self.placement_group = ray.util.placement_group([node_bundle] * pool.nnodes, strategy="STRICT_SPREAD")
         try:
             ray.get(self.placement_group.ready(), timeout=call_timeout_s)
         except ray.exceptions.GetTimeoutError:
             raise WorkerTimeoutError(
-                f"Ray placed no {pool.world_size} x {bundle} workers within {call_timeout_s:g} s "
+                f"Ray placed no {pool.nnodes} node(s) x {node_bundle} within {call_timeout_s:g} s "
                 f"(trainer.worker_timeout_s); cluster resources: {available}"
             ) from None
+        bundle_nodes = ray.util.placement_group_table(self.placement_group)["bundles_to_node_id"]
+        self.rank_node_ids: list[str] = [bundle_nodes[self.bundle_of(rank)] for rank in range(pool.world_size)]
         remote_cls = ray.remote(worker_cls)
         self.workers = []
         for rank in range(pool.world_size):
             strategy = ray.util.scheduling_strategies.PlacementGroupSchedulingStrategy(
-                placement_group=self.placement_group, placement_group_bundle_index=rank
+                placement_group=self.placement_group, placement_group_bundle_index=self.bundle_of(rank)
             )
             env = {
                 "RANK": str(rank),
@@ -112,6 +137,31 @@ class RayWorkerGroup:
     @property
     def world_size(self) -> int:
         return len(self.workers)
+
+    def bundle_of(self, rank: int) -> int:
+        """The placement-group bundle, i.e. the node, rank `rank` runs in."""
+        return rank // self.pool.procs_per_node
+
+    def run_on_each_node(self, fn: Callable[..., Any], *args: Any) -> list:
+        """`fn(*args)` as a zero-CPU Ray task inside each node's bundle (next to that node's ranks,
+        seeing what they see); returns the results in node (bundle) order, within the group's
+        time limit."""
+        task = ray.remote(num_cpus=0)(fn)
+        refs = [
+            task.options(
+                scheduling_strategy=ray.util.scheduling_strategies.PlacementGroupSchedulingStrategy(
+                    placement_group=self.placement_group, placement_group_bundle_index=node
+                )
+            ).remote(*args)
+            for node in range(self.pool.nnodes)
+        ]
+        try:
+            return ray.get(refs, timeout=self.call_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise WorkerTimeoutError(
+                f"'{getattr(fn, '__name__', fn)}' did not finish on every node within {self.call_timeout_s:g} s "
+                "(trainer.worker_timeout_s)"
+            ) from None
 
     def _gather(self, method: str, refs: list) -> list:
         rank_of = {ref: rank for rank, ref in enumerate(refs)}

@@ -18,6 +18,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from verl.algorithms.core_algos import ADVANTAGE_ESTIMATORS, LOSS_AGG_MODES, POLICY_LOSSES
 from verl.algorithms.rollout_correction import ROLLOUT_CORRECTION_LEVELS, ROLLOUT_CORRECTION_MODES
+from verl.rewards.format import TAG_STYLES
 from verl.rewards.loader import DEFAULT_TIMEOUT_S as DEFAULT_REWARD_TIMEOUT_S
 from verl.utils.ranges import (
     AT_LEAST_ONE,
@@ -37,6 +38,7 @@ from verl.workers.config import (  # noqa: F401  (worker sections, re-exported f
     ModelConfig,
     OptimConfig,
     PACKING_ATTENTION,
+    POLICY_LOSS_DEFAULTS,
     RolloutCorrectionConfig,
     RefConfig,
     RankSetup,
@@ -131,13 +133,24 @@ class OverlongConfig:
 class DynamicSamplingConfig:
     """DAPO dynamic sampling (verl.algorithms.dapo.select_groups)."""
 
+    # Allowed values of the numeric fields (verl/utils/ranges.py), checked before Ray starts.
+    # At most 1000 tries: draw k of step s samples with seed worker.rollout.seed + 1000 s + k.
+    RANGES: ClassVar[dict[str, Range]] = {"max_tries": Range(1, 1000)}
+
     enable: bool = False
-    """Drop prompts whose n responses all score the same; draw new prompts to refill the batch."""
-    metric: str = "overall"
-    """Reward component whose spread is checked (e.g. accuracy)."""
+    """Drop prompts whose n responses all score the same; draw new prompts to refill the batch.
+    Needs a group-relative algorithm.adv_estimator (GROUP_RELATIVE_ESTIMATORS)."""
+    metric: str = "accuracy"
+    """Reward component whose spread is checked: accuracy, as DAPO and verl (overall would count
+    a group whose answers are all right or all wrong as informative when only the format or the
+    overlong penalty differs)."""
     max_tries: int = 4
-    """Generation batches per step, the first included; when they run out, prompts without
-    spread fill the rest of the batch (counted in dynamic_sampling/filler_prompts)."""
+    """Generation batches per step, the first included (each with its own sampling seed)."""
+    fill_after_max_tries: bool = False
+    """When the tries run out before the batch holds enough prompts with spread: false stops the
+    run with an error, as verl does (when the training data runs out instead, the run ends
+    before that step, its last full step saved); true fills the rest with prompts without
+    spread, printed and counted in dynamic_sampling/filler_prompts, their advantage set to 0."""
 
 
 @dataclass
@@ -217,12 +230,22 @@ class SelfRewardConfig:
     """zero: no (or an empty) perception -> visual reward 0, no re-prompt; whole_response: the
     reference's fallback (no block -> re-prompt with the whole response; an empty block -> with "")."""
     objective: str = "summed"
-    """summed: the reference code (visual added to one reward); separate: the paper's two
-    group-normalised advantages, pass-2 tokens trained with the visual advantage."""
+    """summed: the reference code (visual added to one reward); separate: the paper's (v2 on
+    arXiv) two group-normalised advantages summed on the responses, pass-2 tokens trained with
+    the visual advantage; paper_v2: the ICLR 2026 paper's objective, two GRPO terms each with its
+    own KL term: the answer rollout with the answer advantage, the visual re-answer rollout with
+    the visual advantage, each aggregated over its own tokens (docs/algorithms.md)."""
     answer_advantage_weight: float = 0.5
-    """separate objective: weight of the answer (accuracy+format) advantage."""
+    """separate: weight of the answer (accuracy+format) advantage; paper_v2: lambda of the answer
+    rollout's term (its policy loss and its KL loss)."""
     visual_advantage_weight: float = 0.5
-    """separate objective: weight of the visual advantage (also the pass-2 tokens' advantage)."""
+    """separate: weight of the visual advantage (also the pass-2 tokens' advantage); paper_v2:
+    lambda of the visual re-answer rollout's term (its policy loss and its KL loss)."""
+    tags: str = "sr1"
+    """Output tags: sr1 (<description>, <think>, \\boxed{}: the reference code) or paper_v2
+    (<visual reasoning>, <think>, <answer>: the ICLR 2026 paper, with
+    configs/format_prompt/sr1_paper_v2.jinja); the stage reads the perception block and asks the
+    re-answer in this style. The sr1 reward's `tags` keyword must match."""
     judge: str = "policy"
     """policy: the same policy re-answers through the rollout engine; openai: an
     OpenAI-compatible server re-answers (external perception judge)."""
@@ -355,6 +378,28 @@ class PPOConfig:
             longest_row=longest_row,
         )
 
+    def apply_method_defaults(self, explicit_keys: set[str]) -> list[str]:
+        """Gives the chosen policy loss its paper's settings (`POLICY_LOSS_DEFAULTS`) for every
+        field not in `explicit_keys` (the dotted keys the YAML file and the command line set);
+        returns one line saying what it chose and which set values differ from the paper's
+        (`load_config` prints it)."""
+        actor = self.worker.actor
+        chosen, kept = [], []
+        for name, paper_value in POLICY_LOSS_DEFAULTS.get(actor.policy_loss, {}).items():
+            if f"worker.actor.{name}" not in explicit_keys:
+                setattr(actor, name, paper_value)
+                chosen.append(f"worker.actor.{name}={paper_value}")
+            elif getattr(actor, name) != paper_value:
+                kept.append(f"worker.actor.{name}={getattr(actor, name)} (paper: {paper_value})")
+        if not chosen and not kept:
+            return []
+        line = f"worker.actor.policy_loss={actor.policy_loss}:"
+        if chosen:
+            line += f" its paper's {' '.join(chosen)};"
+        if kept:
+            line += f" set explicitly, kept: {' '.join(kept)};"
+        return [line.rstrip(";")]
+
     def validate(self) -> None:
         """Checks derived values before anything starts; each message names the clashing numbers."""
         data, actor, rollout, trainer = self.data, self.worker.actor, self.worker.rollout, self.trainer
@@ -365,13 +410,20 @@ class PPOConfig:
         _choice("worker.rollout.name", rollout.name, ("hf", "vllm"))
         _choice("worker.actor.model.packing_attention", actor.model.packing_attention, ("auto", *PACKING_ATTENTION))
         _choice("trainer.device", trainer.device, ("auto", "cuda", "cpu"))
+        if trainer.ray_address is not None and trainer.ray_num_cpus is not None:  # ray.init refuses the pair
+            raise ConfigError(
+                f"trainer.ray_num_cpus={trainer.ray_num_cpus} sizes a local Ray, but trainer.ray_address="
+                f"{trainer.ray_address} joins a running cluster, whose nodes declared their CPUs at `ray start`: "
+                "set trainer.ray_num_cpus=null"
+            )
         if trainer.device == "cpu" and actor.model.packing_attention == "flex":
             raise ConfigError(
                 "worker.actor.model.packing_attention=flex needs a GPU (torch has no flex_attention backward on CPU); "
                 "use segments (the CPU default), dense or auto with trainer.device=cpu"
             )
         _choice("self_reward.missing_description", self.self_reward.missing_description, ("zero", "whole_response"))
-        _choice("self_reward.objective", self.self_reward.objective, ("summed", "separate"))
+        _choice("self_reward.objective", self.self_reward.objective, ("summed", "separate", "paper_v2"))
+        _choice("self_reward.tags", self.self_reward.tags, TAG_STYLES)
         _choice("self_reward.judge", self.self_reward.judge, ("policy", "openai"))
         _choice("algorithm.kl_type", self.algorithm.kl_type, ("fixed", "adaptive"))
         _choice("worker.actor.optim.lr_scheduler", actor.optim.lr_scheduler, ("constant", "cosine"))
@@ -450,10 +502,26 @@ class PPOConfig:
             actor.model.lora.check("worker.actor.model.lora")
         except ValueError as error:
             raise ConfigError(str(error)) from None
-        if self.self_reward.objective == "separate" and not self.self_reward.enable:
-            raise ConfigError("self_reward.objective=separate needs self_reward.enable=true")
+        self._validate_self_reward()
         if self.self_reward.judge == "openai" and not (self.self_reward.judge_base_url and self.self_reward.judge_model):
             raise ConfigError("self_reward.judge=openai needs self_reward.judge_base_url and self_reward.judge_model")
+
+    def _validate_self_reward(self) -> None:
+        """The objectives that need the second pass, and the tag style the reward reads."""
+        sr, reward = self.self_reward, self.reward
+        if sr.objective in ("separate", "paper_v2") and not sr.enable:
+            raise ConfigError(f"self_reward.objective={sr.objective} needs self_reward.enable=true")
+        if sr.objective == "paper_v2" and sr.judge != "policy":
+            raise ConfigError(
+                "self_reward.objective=paper_v2 trains the policy's own re-answers (the visual rollout); "
+                f"it needs self_reward.judge=policy, got {sr.judge!r}"
+            )
+        reward_tags = reward.reward_function_kwargs.get("tags", "sr1")
+        if sr.enable and reward.reward_function == "sr1" and reward_tags != sr.tags:
+            raise ConfigError(
+                f"reward.reward_function_kwargs.tags={reward_tags!r} differs from self_reward.tags={sr.tags!r}: "
+                "the reward would grade a different format than the stage re-prompts from"
+            )
 
     def _validate_algorithm(self) -> None:
         """The algorithm choices (estimator, policy loss, rollout correction, DAPO pieces) and
@@ -481,20 +549,30 @@ class PPOConfig:
             )
         if overlong.penalty_factor < 0:
             raise ConfigError(f"algorithm.overlong.penalty_factor={overlong.penalty_factor} must be >= 0")
-        if dynamic.max_tries < 1:
-            raise ConfigError(f"algorithm.dynamic_sampling.max_tries={dynamic.max_tries} must be >= 1")
-        multi_reward = bool(algorithm.reward_weights) or self.self_reward.objective == "separate"
+        if dynamic.enable and algorithm.adv_estimator not in GROUP_RELATIVE_ESTIMATORS:
+            # Dropping groups without spread is free only where such a group's advantage is 0.
+            raise ConfigError(
+                f"algorithm.dynamic_sampling.enable=true needs a group-relative algorithm.adv_estimator "
+                f"(one of {', '.join(GROUP_RELATIVE_ESTIMATORS)}), got {algorithm.adv_estimator!r}: under it a "
+                "group whose responses all score the same still has a non-zero advantage"
+            )
+        multi_reward = bool(algorithm.reward_weights) or self.self_reward.objective in ("separate", "paper_v2")
         if multi_reward and (overlong.buffer_length > 0 or algorithm.adv_estimator in ("remax", "gae")):
             raise ConfigError(
                 "algorithm.overlong and adv_estimator=remax/gae use the single `overall` score; they do not apply "
-                "with algorithm.reward_weights or self_reward.objective=separate"
+                "with algorithm.reward_weights or self_reward.objective=separate/paper_v2"
             )
-        if dynamic.enable and self.self_reward.objective == "separate":
+        if dynamic.enable and self.self_reward.objective in ("separate", "paper_v2"):
             raise ConfigError(
-                "algorithm.dynamic_sampling.enable=true does not support self_reward.objective=separate "
-                "(its pass-2 rows are tied to one generation batch)"
+                f"algorithm.dynamic_sampling.enable=true does not support self_reward.objective="
+                f"{self.self_reward.objective} (its pass-2 rows are tied to one generation batch)"
             )
 
+
+
+GROUP_RELATIVE_ESTIMATORS: tuple[str, ...] = ("grpo", "rloo", "reinforce_plus_plus_baseline")
+"""Estimators that give a group whose scores are all equal an advantage of exactly 0 (the
+others compare with a batch mean, a greedy response or a critic)."""
 
 
 def _choice(key: str, value: str, valid: tuple[str, ...]) -> None:
@@ -532,13 +610,16 @@ def load_config(schema: type[ConfigT], yaml_path: str | None, overrides: list[st
     """Defaults of `schema` <- YAML file <- `key=value` overrides, type-checked; returns the
     dataclass instance. Errors name the offending key and where it came from."""
     config: DictConfig = OmegaConf.structured(schema)
+    explicit_keys: set[str] = set()  # what the user set, for apply_method_defaults
     if yaml_path:
         if not os.path.isfile(yaml_path):
             raise ConfigError(f"config file {yaml_path} does not exist")
         try:
-            config = OmegaConf.merge(config, OmegaConf.load(yaml_path))
+            loaded = OmegaConf.load(yaml_path)
+            config = OmegaConf.merge(config, loaded)
         except OmegaConfBaseException as error:
             raise _explain(error, schema, yaml_path) from None
+        explicit_keys |= _dotted_keys(loaded)
     for override in overrides:
         if "=" not in override:
             raise ConfigError(f"command-line override {override!r} is not of the form key=value")
@@ -548,13 +629,33 @@ def load_config(schema: type[ConfigT], yaml_path: str | None, overrides: list[st
             # as "False"; quoted they stay words (and a boolean field still converts them).
             override = f"{key}='{value}'"
         try:
-            config = OmegaConf.merge(config, OmegaConf.from_dotlist([override]))
+            piece = OmegaConf.from_dotlist([override])
+            config = OmegaConf.merge(config, piece)
         except OmegaConfBaseException as error:
             raise _explain(error, schema, f"command line '{override}'") from None
+        explicit_keys |= _dotted_keys(piece)
     try:
-        return OmegaConf.to_object(config)  # type: ignore[return-value]
+        result = OmegaConf.to_object(config)
     except OmegaConfBaseException as error:
         raise _explain(error, schema, "config") from None
+    apply_method_defaults = getattr(result, "apply_method_defaults", None)
+    if apply_method_defaults is not None:
+        for line in apply_method_defaults(explicit_keys):
+            print(line, flush=True)
+    return result  # type: ignore[return-value]
+
+
+def _dotted_keys(node: Any, prefix: str = "") -> set[str]:
+    """Every key a loaded YAML/dotlist piece sets, dotted (`worker.actor.clip_ratio_low`)."""
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=False)
+    if not isinstance(node, dict):
+        return set()
+    keys: set[str] = set()
+    for key, value in node.items():
+        keys.add(f"{prefix}{key}")
+        keys |= _dotted_keys(value, f"{prefix}{key}.")
+    return keys
 
 
 def parse_cli(schema: type[ConfigT], argv: list[str]) -> ConfigT:

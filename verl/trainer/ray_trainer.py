@@ -14,7 +14,6 @@ import logging
 import os
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import asdict, replace
 
 import numpy as np
@@ -26,6 +25,7 @@ from verl.single_controller.worker_group import RayWorkerGroup, ResourcePool, Wo
 from verl.algorithms import core_algos, dapo
 from verl.trainer.clipping import RESPONSE_CLIP_RATIO, TRAINER_CAP_KEYS, clip_ratio, warn_on_clipping
 from verl.trainer.config import PPOConfig
+from verl.trainer.node_check import check_nodes
 from verl.trainer.resume_settings import check_resume, run_settings, write_run_settings
 from verl.data.vision import blank_like
 from verl.rewards.vision_control import blank_image_control
@@ -33,19 +33,14 @@ from verl.trainer.scoring import decode_responses, score_responses
 from verl.trainer.self_reward import SelfRewardOutput, SelfRewardStage
 from verl.utils import checkpoint
 from verl.utils.manifest import write_manifest
+from verl.utils.timeline import StageTimes, Timeline, busy_metrics, timed
 from verl.utils.tracking import Tracker
+from verl.workers.actor import OBJECTIVE_PART, OBJECTIVE_PARTS, OBJECTIVE_WEIGHT
 from verl.workers.engine.micro_batch import rank_order
 from verl.workers.fsdp_worker import FSDPWorker
 from verl.workers.rollout.base import SamplingConfig
 
 logger = logging.getLogger(__name__)
-
-
-@contextmanager
-def timed(name: str, timing: dict[str, float]):
-    start = time.perf_counter()
-    yield
-    timing[name] = timing.get(name, 0.0) + time.perf_counter() - start
 
 
 def group_index_of(uids: np.ndarray) -> torch.Tensor:
@@ -78,6 +73,21 @@ def pass2_advantages(
         torch.ones(len(visual_scores), 1), norm_adv_by_std,
     )[:, 0]
     return (per_response[parent_rows][:, None] * pass2_response_mask).float()
+
+
+class DataExhaustedError(Exception):
+    """Dynamic sampling's refills used up the training data before the step's batch held enough
+    prompts with spread (and filling was not asked for): `fit` ends the run there, without the
+    step, as verl ends its epoch loop with a partial batch."""
+
+
+def with_objective_term(rows: DataProto, part: int, weight: float) -> DataProto:
+    """`rows` marked as term `part` of a separately aggregated objective, with lambda `weight`
+    (the actor's `OBJECTIVE_PART` / `OBJECTIVE_WEIGHT`; self_reward.objective=paper_v2)."""
+    tensors = dict(rows.batch)
+    tensors[OBJECTIVE_PART] = torch.full((len(rows),), part, dtype=torch.long)
+    tensors[OBJECTIVE_WEIGHT] = torch.full((len(rows),), weight, dtype=torch.float32)
+    return DataProto(batch=tensors, non_tensor_batch=dict(rows.non_tensor_batch), meta_info=dict(rows.meta_info))
 
 
 def pad_rows(data: DataProto, prompt_length: int, response_length: int, pad_token_id: int) -> DataProto:
@@ -145,6 +155,7 @@ class RayPPOTrainer:
             self.checkpoint_root,
             asdict(config),
         )
+        self.timeline = Timeline(self.checkpoint_root)  # timeline.json: every stage call of every step
 
     # ---- set-up ------------------------------------------------------------------------------
     def init_workers(self) -> None:
@@ -160,6 +171,8 @@ class RayPPOTrainer:
             FSDPWorker, pool, cfg.worker, cfg.rank_setup(), self.total_optimizer_steps,
             call_timeout_s=cfg.trainer.worker_timeout_s,
         )
+        # Before the models load: a node that does not see the run's folders fails the run now.
+        print(check_nodes(self.workers, cfg), flush=True)
         attention = self.workers.execute_all("init_model")[0]
         print(f"training forwards: {attention}", flush=True)
         if cfg.self_reward.enable:
@@ -177,11 +190,14 @@ class RayPPOTrainer:
             group_size=self.config.worker.rollout.tensor_parallel_size,
         )
 
-    def train_sampling(self) -> SamplingConfig:
+    def train_sampling(self, draw: int = 0) -> SamplingConfig:
+        """Sampling of the step's generation batch number `draw` (dynamic sampling's refills are
+        draws 1, 2, ...): each its own seed, so a redrawn prompt is not sampled the same way
+        again (draw < algorithm.dynamic_sampling.max_tries <= 1000 keeps the seeds distinct)."""
         r = self.config.worker.rollout
         return SamplingConfig(
             n=r.n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
-            max_tokens=self.config.data.max_response_length, seed=r.seed + 1000 * self.global_step,
+            max_tokens=self.config.data.max_response_length, seed=r.seed + 1000 * self.global_step + draw,
             min_tokens=r.min_response_length,
         )
 
@@ -220,8 +236,15 @@ class RayPPOTrainer:
         return rollout, responses, scores, sr_output
 
     def compute_advantages(self, rollout: DataProto, scores: dict[str, torch.Tensor], metrics: dict) -> torch.Tensor:
-        """(bs, R) advantages of the configured estimator; for gae also the critic's targets,
-        stored as `rollout.batch["returns"]`."""
+        """(bs, R) advantages of the configured estimator, exactly 0 on dynamic sampling's filler
+        rows (their group has no spread in the sampling metric, but may have some in the trained
+        score, e.g. format); for gae also the critic's targets, stored as `rollout.batch["returns"]`."""
+        advantages = self._estimated_advantages(rollout, scores, metrics)
+        if "filler" in rollout.non_tensor_batch:
+            advantages[torch.as_tensor(rollout.non_tensor_batch["filler"].astype(bool))] = 0.0
+        return advantages
+
+    def _estimated_advantages(self, rollout: DataProto, scores: dict[str, torch.Tensor], metrics: dict) -> torch.Tensor:
         cfg = self.config.algorithm
         mask = rollout.batch["response_mask"]
         groups = group_index_of(rollout.non_tensor_batch["uid"])
@@ -229,6 +252,10 @@ class RayPPOTrainer:
         weights = dict(cfg.reward_weights)
         if sr.enable and sr.objective == "separate":
             weights = {"answer": sr.answer_advantage_weight, "visual": sr.visual_advantage_weight}
+        elif sr.enable and sr.objective == "paper_v2":
+            # The answer rollout's own GRPO advantage; its lambda weighs the whole term (policy
+            # and KL loss) in the actor, the visual advantage sits on the pass-2 rows.
+            weights = {"answer": 1.0}
         if weights:
             missing = set(weights) - set(scores)
             if missing:
@@ -287,10 +314,11 @@ class RayPPOTrainer:
         by_uid = dict(zip(greedy.non_tensor_batch["uid"], greedy_scores["overall"].tolist()))
         return torch.tensor([by_uid[uid] for uid in rollout.non_tensor_batch["uid"]], dtype=torch.float32)
 
-    def _sample(self, batch: DataProto, timing: dict):
-        """Rollout, self-reward, reward (+ shaping, + the ReMax baseline) for one batch of prompts."""
+    def _sample(self, batch: DataProto, timing: dict, draw: int = 0):
+        """Rollout, self-reward, reward (+ shaping, + the ReMax baseline) for one batch of
+        prompts, the step's generation batch number `draw`."""
         batch.non_tensor_batch["uid"] = np.array([uuid.uuid4().hex for _ in range(len(batch))], dtype=object)
-        rollout, _, scores, sr_output = self.generate_and_score(batch, self.train_sampling(), timing, False)
+        rollout, _, scores, sr_output = self.generate_and_score(batch, self.train_sampling(draw), timing, False)
         self._shape_scores(rollout, scores)
         if self.config.algorithm.adv_estimator == "remax":
             rollout.batch["remax_baseline"] = self._remax_baseline(batch, rollout, timing)
@@ -298,10 +326,12 @@ class RayPPOTrainer:
 
     def _sample_with_refill(self, batch: DataProto, timing: dict, metrics: dict):
         """`_sample`, and with DAPO dynamic sampling, more prompts from the data until the batch
-        holds `len(batch)` prompts whose responses' scores differ (or the tries run out, then
-        prompts without spread fill it: see `dapo.select_groups`). Returns the rows for the
-        update, their scores, the self-reward output of the first batch, and all rows drawn
-        with their scores (for the reward metrics, unbiased by the filter)."""
+        holds `len(batch)` prompts whose responses' scores differ. When the tries or the data
+        run out first: an error, or with `fill_after_max_tries` prompts without spread fill it
+        (see `dapo.select_groups`), flagged per row in `non_tensor_batch["filler"]` so that
+        `compute_advantages` gives them 0. Returns the rows for the update, their scores, the
+        self-reward output of the first batch, and all rows drawn with their scores (for the
+        reward metrics, unbiased by the filter)."""
         rollout, scores, sr_output = self._sample(batch, timing)
         dynamic = self.config.algorithm.dynamic_sampling
         if not dynamic.enable:
@@ -312,17 +342,34 @@ class RayPPOTrainer:
                            f"(the reward function returns {sorted(scores)})")
         tries = [(rollout, scores)]
         spread = [dapo.prompt_has_spread(scores[dynamic.metric], n)]
+        data_ran_out = False
         while not dapo.enough_informative(spread, len(batch)) and len(tries) < dynamic.max_tries:
             refill = next(self._batch_iter, None) if self._batch_iter is not None else None
-            if refill is None:  # the data ran out: fill with what was drawn
+            if refill is None:
+                data_ran_out = True
                 break
-            refill_rollout, refill_scores, _ = self._sample(refill, timing)
+            refill_rollout, refill_scores, _ = self._sample(refill, timing, draw=len(tries))
             tries.append((refill_rollout, refill_scores))
             spread.append(dapo.prompt_has_spread(refill_scores[dynamic.metric], n))
         selection = dapo.select_groups(spread, len(batch))
+        if selection.filler:
+            shortfall = (
+                f"step {self.global_step}: dynamic sampling found {selection.informative} of the {len(batch)} prompts "
+                f"whose {dynamic.metric} differs within the group, in {len(tries)} generation batches "
+                f"(algorithm.dynamic_sampling.max_tries={dynamic.max_tries})"
+            )
+            if not dynamic.fill_after_max_tries and data_ran_out:
+                raise DataExhaustedError(f"{shortfall}, and the training data ran out")
+            if not dynamic.fill_after_max_tries:
+                raise RuntimeError(
+                    f"{shortfall}; raise max_tries, or set algorithm.dynamic_sampling.fill_after_max_tries=true to "
+                    "fill the batch with prompts without spread (trained with advantage 0)"
+                )
+            print(f"{shortfall}; {selection.filler} prompts without spread fill the batch, advantage 0", flush=True)
         rows = [(prompts[:, None] * n + np.arange(n)).reshape(-1) for prompts in selection.prompts]
         names = list(scores)
         kept_rollout = DataProto.concat([drawn[keep] for (drawn, _), keep in zip(tries, rows)])
+        kept_rollout.non_tensor_batch["filler"] = np.repeat(np.concatenate(selection.is_filler), n)
         kept_scores = {name: torch.cat([drawn[name][keep] for (_, drawn), keep in zip(tries, rows)]) for name in names}
         all_rollout = DataProto.concat([drawn for drawn, _ in tries])
         all_scores = {name: torch.cat([drawn[name] for _, drawn in tries]) for name in names}
@@ -335,11 +382,13 @@ class RayPPOTrainer:
     def step(self, batch: DataProto) -> dict[str, float]:
         """One GRPO step on a batch of prompts."""
         cfg = self.config
-        timing: dict[str, float] = {}
+        step_start = time.perf_counter()
+        timing = StageTimes()
         metrics: dict[str, float] = {}
         rollout, scores, sr_output, drawn_rollout, drawn_scores = self._sample_with_refill(batch, timing, metrics)
         train_rows = rollout
-        separate = cfg.self_reward.enable and cfg.self_reward.objective == "separate"
+        # The objectives that train the re-answers (pass-2 rows) too.
+        trains_pass2 = cfg.self_reward.enable and cfg.self_reward.objective in ("separate", "paper_v2")
         need_ref = cfg.worker.actor.use_kl_loss or self.kl_controller is not None
         if not self.skip_old_log_probs:  # else the on-policy update reports entropy and the gap
             with timed("old_log_prob", timing):
@@ -358,7 +407,11 @@ class RayPPOTrainer:
         with timed("adv", timing):
             advantages = self.compute_advantages(train_rows, scores, metrics)
         train_rows.batch["advantages"] = advantages.float()
-        if separate and sr_output is not None and sr_output.pass2 is not None:
+        if cfg.self_reward.enable and cfg.self_reward.objective == "paper_v2":
+            train_rows = with_objective_term(
+                train_rows, OBJECTIVE_PARTS.index("answer"), cfg.self_reward.answer_advantage_weight
+            )
+        if trains_pass2 and sr_output is not None and sr_output.pass2 is not None:
             with timed("pass2_log_prob", timing):
                 train_rows = self._with_pass2_rows(train_rows, sr_output, scores, need_ref)
         metrics["actor/pass2_rows"] = float(len(train_rows) - len(rollout))
@@ -384,16 +437,22 @@ class RayPPOTrainer:
         metrics["timing_s/step"] = step_time
         metrics["perf/tokens_per_s"] = tokens / step_time
         metrics["perf/tokens_per_s_per_worker"] = tokens / step_time / self.workers.world_size
+        metrics.update(busy_metrics(timing, time.perf_counter() - step_start))
+        self.timeline.add_step(self.global_step, timing.spans)
         return metrics
 
     @property
     def skip_old_log_probs(self) -> bool:
-        """One mini-batch, one epoch, no KL in the reward: the update is exactly on-policy and
-        takes its own detached log-probs as the old ones (no separate forward pass)."""
+        """One mini-batch, one epoch, no KL in the reward, no MIS: the update is exactly
+        on-policy and takes its own detached log-probs as the old ones (no separate forward
+        pass). MIS needs the old log-probs before the update: the tokens it rejects leave the
+        loss's normaliser, counted over the whole mini-batch before its first backward."""
         actor = self.config.worker.actor
+        correction = actor.rollout_correction
+        mis = correction.mode == "mis" and correction.applies(self.config.worker.rollout.temperature)
         return (
             actor.skip_old_log_prob_when_on_policy and self.mini_batches_per_step == 1
-            and actor.ppo_epochs == 1 and self.kl_controller is None
+            and actor.ppo_epochs == 1 and self.kl_controller is None and not mis
         )
 
     def _dispatch_balanced(self, method: str, data: DataProto) -> DataProto:
@@ -405,7 +464,7 @@ class RayPPOTrainer:
         return self.workers.dispatch(method, data[order])[np.argsort(order)]
 
     def _actor_update_keys(self, train_rows: DataProto) -> list[str]:
-        keys = ["advantages"]
+        keys = ["advantages"] + [key for key in (OBJECTIVE_PART, OBJECTIVE_WEIGHT) if key in train_rows.batch]
         actor = self.config.worker.actor
         # The rollout log-probs feed the on-policy gap metric and the rollout correction.
         with_rollout = self.skip_old_log_probs or actor.rollout_correction.applies(self.config.worker.rollout.temperature)
@@ -441,27 +500,33 @@ class RayPPOTrainer:
     def _with_pass2_rows(
         self, train_rows: DataProto, sr_output: SelfRewardOutput, scores: dict[str, torch.Tensor], need_ref: bool
     ) -> DataProto:
-        """The paper's objective: re-answer (pass-2) rows join the update batch, each carrying
-        its parent response's visual advantage (weighted) on its own tokens."""
+        """The papers' objectives (separate, paper_v2): re-answer (pass-2) rows join the update
+        batch, each carrying its parent response's visual advantage on its own tokens (weighted
+        here for separate; as the visual term, weighted in the actor, for paper_v2)."""
         cfg = self.config
         pass2 = sr_output.pass2
         if not self.skip_old_log_probs:
             pass2 = pass2.union(self._dispatch_balanced("compute_log_probs", pass2))
         if need_ref:
             pass2 = pass2.union(self._dispatch_balanced("compute_ref_log_probs", pass2))
+        paper_v2 = cfg.self_reward.objective == "paper_v2"
         pass2.batch["advantages"] = pass2_advantages(
             scores["visual"],
             group_index_of(train_rows.non_tensor_batch["uid"]),
             torch.as_tensor(pass2.non_tensor_batch["parent_row"].astype(np.int64)),
             pass2.batch["response_mask"],
-            cfg.self_reward.visual_advantage_weight,
+            # paper_v2: the weight is the visual term's lambda, applied in the actor (to the KL too).
+            1.0 if paper_v2 else cfg.self_reward.visual_advantage_weight,
             cfg.algorithm.norm_adv_by_std_in_grpo,
         )
+        if paper_v2:
+            pass2 = with_objective_term(pass2, OBJECTIVE_PARTS.index("visual"), cfg.self_reward.visual_advantage_weight)
         prompt_len = max(train_rows.batch["prompts"].shape[1], pass2.batch["prompts"].shape[1])
         response_len = max(train_rows.batch["responses"].shape[1], pass2.batch["responses"].shape[1])
         pad = self.tokenizer.pad_token_id
         keys = ["prompts", "responses", "response_mask", "input_ids", "attention_mask", "advantages"]
-        optional = ["old_log_probs", "entropy", "rollout_log_probs"] + (["ref_log_probs"] if need_ref else [])
+        optional = ["old_log_probs", "entropy", "rollout_log_probs", OBJECTIVE_PART, OBJECTIVE_WEIGHT]
+        optional += ["ref_log_probs"] if need_ref else []
         keys += [key for key in optional if key in train_rows.batch and key in pass2.batch]
         parts = [
             pad_rows(rows.select(batch_keys=keys, non_tensor_batch_keys=["multi_modal_inputs"]), prompt_len, response_len, pad)
@@ -590,6 +655,7 @@ class RayPPOTrainer:
         accepted = {change.key for change in check_resume(path, settings, self.config)} if path else set()
         # Rows a crashed run logged past the point this run restarts from would repeat.
         self.tracker.drop_rows_from(checkpoint.step_of(path) + 1 if path is not None else 0)
+        self.timeline.drop_from(checkpoint.step_of(path) + 1 if path is not None else 0)
         if path is None:
             return
         self.global_step = checkpoint.step_of(path)
@@ -619,23 +685,31 @@ class RayPPOTrainer:
         saved_step = self.global_step
         while self.global_step < self.total_steps:
             batch = next(self._batch_iter, None)
-            if batch is None:  # dynamic sampling drew the last prompts as refills
+            metrics = None
+            if batch is not None:
+                self.global_step += 1
+                try:
+                    metrics = self.step(batch)
+                except DataExhaustedError as error:  # the step is dropped, as verl drops its partial batch
+                    self.global_step -= 1
+                    print(f"{error}; the step is dropped", flush=True)
+            if metrics is None:  # dynamic sampling drew the last prompts as refills
                 print(f"training data exhausted after step {self.global_step} (dynamic sampling refills)", flush=True)
                 if cfg.save_freq != 0 and self.global_step > saved_step:  # the run's end: keep its last step
                     self.save_checkpoint()
                 break
-            self.global_step += 1
-            metrics = self.step(batch)
             is_last = self.global_step >= self.total_steps
             if self.val_dataloader is not None and cfg.val_freq > 0 and (self.global_step % cfg.val_freq == 0 or is_last):
                 last_val = self.validate()
                 metrics.update(last_val)
             if cfg.save_freq != 0 and ((cfg.save_freq > 0 and self.global_step % cfg.save_freq == 0) or is_last):
-                with timed("save_checkpoint", metrics_timing := {}):
+                with timed("save_checkpoint", save_timing := StageTimes()):
                     self.save_checkpoint()
                 saved_step = self.global_step
-                metrics["timing_s/save_checkpoint"] = metrics_timing["save_checkpoint"]
+                metrics["timing_s/save_checkpoint"] = save_timing["save_checkpoint"]
+                self.timeline.add_step(self.global_step, save_timing.spans)
             self.tracker.log(metrics, step=self.global_step)
+            self.timeline.write()
             progress.update(1)
             progress.set_postfix(
                 reward=f"{metrics['train/reward/overall']:.3f}", tok_s=f"{metrics['perf/tokens_per_s']:.0f}"

@@ -18,18 +18,19 @@ from transformers import PreTrainedTokenizerBase
 
 from verl.data.format_prompt import build_reprompt
 from verl.protocol import DataProto
-from verl.rewards.format import extract_description
+from verl.rewards.format import extract_perception
 from verl.trainer.clipping import PASS2_CLIP_RATIO, clip_ratio
 from verl.trainer.config import SelfRewardConfig
 from verl.workers.rollout.base import SamplingConfig
 
-def perception_of(response: str, missing_description: str) -> str | None:
+def perception_of(response: str, missing_description: str, tags: str = "sr1") -> str | None:
     """The perception a response commits to, or None when it has none.
 
-    `zero`: a missing, unclosed or empty `<description>` block is no perception. `whole_response`
-    reproduces the reference code exactly: no block -> the whole response (which leaks the answer
-    into the re-answer), an empty block -> the empty string (the reference re-asks with "")."""
-    description = extract_description(response)
+    `zero`: a missing, unclosed or empty perception block (`<description>`, or `<visual
+    reasoning>` with tags=paper_v2) is no perception. `whole_response` reproduces the reference
+    code exactly: no block -> the whole response (which leaks the answer into the re-answer), an
+    empty block -> the empty string (the reference re-asks with "")."""
+    description = extract_perception(response, tags)
     if missing_description == "whole_response":
         return response if description is None else description
     return description or None
@@ -115,14 +116,14 @@ class SelfRewardStage:
     def run(self, responses: list[str], questions: list[str], validation: bool = False) -> SelfRewardOutput:
         """Re-answers every response's perception; `questions` are the `<image>`-free questions."""
         cfg = self.config
-        descriptions = [perception_of(r, cfg.missing_description) for r in responses]
+        descriptions = [perception_of(r, cfg.missing_description, cfg.tags) for r in responses]
         asked = [i for i, d in enumerate(descriptions) if d is not None]
         reanswers: list[list[str]] = [[] for _ in responses]
-        missing = sum(not extract_description(r) for r in responses)
+        missing = sum(not extract_perception(r, cfg.tags) for r in responses)
         metrics = {"self_reward/missing_description_rate": missing / max(len(responses), 1)}
         pass2 = None
         clipped: list[int] | None = None
-        texts = [build_reprompt(descriptions[i], questions[i]) for i in asked]
+        texts = [build_reprompt(descriptions[i], questions[i], cfg.tags) for i in asked]
         if self.judge is not None and asked:
             answers = self.judge.reanswer(texts, 1 if validation else cfg.n)
             errors = sum(a is None for a in answers)

@@ -18,7 +18,7 @@ from torch import nn
 
 from verl.models.qwen_vl import forward_in_step, merge_multi_modal_inputs, position_ids_for
 from verl.protocol import DataProto
-from verl.algorithms import core_algos
+from verl.algorithms import core_algos, papo
 from verl.algorithms.rollout_correction import rollout_importance_weights
 from verl.workers.config import ActorConfig
 from verl.workers.engine.shared_prefix import block_mask_for, pack_shared_prefix, packing_of, prompt_group_labels
@@ -175,12 +175,33 @@ def compute_log_probs(
     return log_probs, entropies
 
 
-def mini_batch_normalizer(mini: DataProto, loss_agg_mode: str) -> tuple[float, float]:
-    """The loss normaliser of a mini-batch, the same on every rank: its token count over all
-    ranks for token-mean, its sequence count for the seq-mean modes (at least 1: an all-padding
+LOSS_MASK = "loss_mask"
+"""Batch key of the tokens the loss trains, when it is not `response_mask`: MIS sets the tokens
+it rejects to 0 (`with_rejection_mask`)."""
+OBJECTIVE_PART, OBJECTIVE_WEIGHT = "objective_part", "objective_weight"
+"""Batch keys (bs,) of an objective with separately aggregated terms (self_reward.objective=
+paper_v2): the term a row belongs to (an index into `OBJECTIVE_PARTS`) and the term's weight."""
+OBJECTIVE_PARTS = ("answer", "visual")
+"""paper_v2's terms: the answer rollout (pass 1) and the visual re-answer rollout (pass 2); each
+has its own policy loss and KL loss, each aggregated over its own tokens, logged apart."""
+
+
+def loss_mask_of(data: DataProto, part: int | None = None) -> torch.Tensor:
+    """(bs, R) tokens the loss trains (`LOSS_MASK` when set, else `response_mask`), restricted
+    to the rows of objective term `part` when given."""
+    mask = data.batch[LOSS_MASK if LOSS_MASK in data.batch else "response_mask"]
+    if part is not None:
+        mask = mask * (data.batch[OBJECTIVE_PART] == part).unsqueeze(-1).to(mask.device)
+    return mask
+
+
+def mini_batch_normalizer(mini: DataProto, loss_agg_mode: str, part: int | None = None) -> tuple[float, float]:
+    """The loss normaliser of a mini-batch (of its rows of objective term `part`, when given),
+    the same on every rank: its trained-token count (`loss_mask_of`) over all ranks for
+    token-mean, its sequence count for the seq-mean modes (at least 1: an all-padding
     mini-batch has every loss term 0); and the gradient scale, the world size (FSDP averages
     gradients over ranks, the normaliser already divides by the global count)."""
-    mask = mini.batch["response_mask"]
+    mask = loss_mask_of(mini, part)
     local_counts = [float(mask.sum().item()), float((mask.sum(-1) > 0).sum().item())]
     global_tokens, global_sequences = sum_across_ranks(local_counts)
     normalizer = global_tokens if loss_agg_mode == "token-mean" else global_sequences
@@ -211,6 +232,21 @@ def mini_batch_metrics(sums: dict[str, float]) -> dict[str, float]:
     return result
 
 
+def with_masked_images(data: DataProto, ratio: float, generator: torch.Generator) -> DataProto:
+    """The same rows with `ratio` of each image's patches hidden (`papo.mask_patches`);
+    text-only rows unchanged."""
+    inputs = np.empty(len(data), dtype=object)
+    inputs[:] = [
+        {**row, "pixel_values": papo.mask_patches(row["pixel_values"], ratio, generator)}
+        if row and "pixel_values" in row else row
+        for row in data.non_tensor_batch["multi_modal_inputs"]
+    ]
+    return DataProto(
+        batch=dict(data.batch), non_tensor_batch={**data.non_tensor_batch, "multi_modal_inputs": inputs},
+        meta_info=dict(data.meta_info),
+    )
+
+
 class PPOActor:
     """The trainable policy on one rank: FSDP-sharded model, AdamW, lr schedule (`engine`).
 
@@ -236,6 +272,8 @@ class PPOActor:
         self.max_token_len = max_token_len
         self.max_token_len_for_experience = max_token_len_for_experience
         self.engine = Engine(model, config.optim, total_optimizer_steps, config.max_grad_norm, offload_optimizer)
+        # Chooses PAPO's hidden patches; the same sequence on every rank, each on its own rows.
+        self.papo_generator = torch.Generator().manual_seed(0)
 
     def compute_log_probs(self, data: DataProto) -> tuple[torch.Tensor, torch.Tensor]:
         log_probs, entropy = compute_log_probs(
@@ -252,7 +290,7 @@ class PPOActor:
     def _micro_batch_loss(
         self,
         micro: DataProto,
-        normalizer: float,
+        normalizers: list[float],
         grad_scale: float,
         max_response_length: int,
         sums: dict[str, float],
@@ -260,17 +298,21 @@ class PPOActor:
         groups: np.ndarray | None,
     ) -> torch.Tensor:
         """This micro-batch's share of the mini-batch loss: token (or sequence) sums divided by
-        the mini-batch's global count `normalizer` (the engine back-propagates it times the world
-        size `grad_scale`: FSDP averages gradients over ranks). Loss terms are added to `sums` as
-        shares of the global mini-batch loss. `groups`: the rows' prompt-group labels (None: no
-        packing)."""
+        the mini-batch's global count (the engine back-propagates it times the world size
+        `grad_scale`: FSDP averages gradients over ranks). `normalizers`: that count, one per
+        objective term (`OBJECTIVE_PARTS` when the rows carry `OBJECTIVE_PART`, else one). Loss
+        terms are added to `sums` as shares of the global mini-batch loss. `groups`: the rows'
+        prompt-group labels (None: no packing)."""
         cfg = self.config
-        mask = micro.batch["response_mask"].float()
+        mask = loss_mask_of(micro).float()
         on_policy = "old_log_probs" not in micro.batch
-        # The entropy bonus needs its gradient; the on-policy metric does not (`entropy_without_gradient`).
-        entropy_bonus = cfg.entropy_coeff != 0.0
+        # The entropy bonus and PAPO's double entropy need its gradient; the on-policy metric
+        # does not (`entropy_without_gradient`).
+        double_entropy = cfg.papo.enable and cfg.papo.entropy_coef > 0
+        entropy_gradient = cfg.entropy_coeff != 0.0 or double_entropy
         log_probs, entropy = forward_response_log_probs(
-            self.model, micro, self.temperature, entropy_bonus or on_policy, groups, entropy_gradient=entropy_bonus
+            self.model, micro, self.temperature, entropy_gradient or on_policy, groups,
+            entropy_gradient=entropy_gradient,
         )
         mask = mask.to(log_probs.device)
         tokens = float(mask.sum().item())
@@ -279,40 +321,78 @@ class PPOActor:
         old_log_probs = log_probs.detach() if on_policy else micro.batch["old_log_probs"].to(log_probs.device)
         token_weights = None
         correction = cfg.rollout_correction
-        if correction.applies(self.temperature) and "rollout_log_probs" in micro.batch:
+        # MIS acts through the loss mask (`with_rejection_mask`); TIS weights the token losses.
+        if correction.mode == "tis" and correction.applies(self.temperature) and "rollout_log_probs" in micro.batch:
             token_weights, correction_metrics = rollout_importance_weights(
                 old_log_probs, micro.batch["rollout_log_probs"].to(log_probs.device), mask,
                 correction.mode, correction.level, correction.threshold,
             )
             record_micro_batch_metrics(correction_metrics, tokens, sums)
-        pg_loss, pg_metrics = core_algos.compute_policy_loss_by_name(
-            name=cfg.policy_loss,
-            old_log_probs=old_log_probs,
-            log_probs=log_probs,
-            advantages=micro.batch["advantages"].to(log_probs.device),
-            response_mask=mask,
-            clip_ratio_low=cfg.clip_ratio_low,
-            clip_ratio_high=cfg.clip_ratio_high,
-            clip_ratio_dual=cfg.clip_ratio_dual,
-            loss_agg_mode=cfg.loss_agg_mode,
-            max_response_length=max_response_length,
-            normalizer=normalizer,
-            token_weights=token_weights,
-        )
-        loss = pg_loss
-        sums["actor/pg_loss"] += pg_loss.item() * grad_scale
-        record_micro_batch_metrics({f"actor/{key}": value for key, value in pg_metrics.items()}, tokens, sums)
-        if cfg.use_kl_loss:
-            kl_loss = core_algos.compute_kl_loss(
-                log_probs, micro.batch["ref_log_probs"].to(log_probs.device), mask, cfg.kl_loss_type,
-                cfg.loss_agg_mode, max_response_length, normalizer,
+        if OBJECTIVE_PART in micro.batch:
+            parts = micro.batch[OBJECTIVE_PART].to(log_probs.device)
+            weights = micro.batch[OBJECTIVE_WEIGHT].to(log_probs.device)
+            terms = [
+                (f"/{name}", mask * (parts == part).unsqueeze(-1), normalizers[part], weights[parts == part])
+                for part, name in enumerate(OBJECTIVE_PARTS)
+            ]
+        else:
+            terms = [("", mask, normalizers[0], None)]
+        loss = torch.zeros((), device=log_probs.device)
+        for suffix, term_mask, normalizer, row_weights in terms:
+            # A term's weight is the same on all its rows; a term without rows here adds 0.
+            weight = float(row_weights[0]) if row_weights is not None and len(row_weights) else 1.0
+            term_tokens = float(term_mask.sum().item())
+            pg_loss, pg_metrics = core_algos.compute_policy_loss_by_name(
+                name=cfg.policy_loss,
+                old_log_probs=old_log_probs,
+                log_probs=log_probs,
+                advantages=micro.batch["advantages"].to(log_probs.device),
+                response_mask=term_mask,
+                clip_ratio_low=cfg.clip_ratio_low,
+                clip_ratio_high=cfg.clip_ratio_high,
+                clip_ratio_dual=cfg.clip_ratio_dual,
+                loss_agg_mode=cfg.loss_agg_mode,
+                max_response_length=max_response_length,
+                normalizer=normalizer,
+                token_weights=token_weights,
             )
-            loss = loss + cfg.kl_loss_coef * kl_loss
-            sums["actor/kl_loss"] += kl_loss.item() * grad_scale
+            loss = loss + weight * pg_loss
+            sums["actor/pg_loss"] += weight * pg_loss.item() * grad_scale
+            if suffix:
+                sums[f"actor/pg_loss{suffix}"] += pg_loss.item() * grad_scale
+            # Token-weighted by the term's tokens: over the terms, the micro-batch's token mean.
+            record_micro_batch_metrics({f"actor/{key}": value for key, value in pg_metrics.items()}, term_tokens, sums)
+            if cfg.use_kl_loss:
+                kl_loss = core_algos.compute_kl_loss(
+                    log_probs, micro.batch["ref_log_probs"].to(log_probs.device), term_mask, cfg.kl_loss_type,
+                    cfg.loss_agg_mode, max_response_length, normalizer,
+                )
+                loss = loss + weight * cfg.kl_loss_coef * kl_loss
+                sums["actor/kl_loss"] += weight * kl_loss.item() * grad_scale
+                if suffix:
+                    sums[f"actor/kl_loss{suffix}"] += kl_loss.item() * grad_scale
         if cfg.entropy_coeff != 0.0:
-            entropy_loss = core_algos.agg_loss(entropy, mask, cfg.loss_agg_mode, max_response_length, normalizer)
+            entropy_loss = core_algos.agg_loss(entropy, mask, cfg.loss_agg_mode, max_response_length, sum(normalizers))
             loss = loss - cfg.entropy_coeff * entropy_loss
             sums["actor/entropy_loss"] += entropy_loss.item() * grad_scale
+        if cfg.papo.enable:
+            # Every rank runs the masked forward, images or not: FSDP's collectives run per forward.
+            masked_log_probs, masked_entropy = forward_response_log_probs(
+                self.model, with_masked_images(micro, cfg.papo.mask_ratio, self.papo_generator), self.temperature,
+                double_entropy, groups, entropy_gradient=True,
+            )
+            perception_kl = core_algos.compute_kl_loss(
+                log_probs, masked_log_probs, mask, "low_var_kl", cfg.loss_agg_mode, max_response_length,
+                sum(normalizers),
+            )
+            loss = loss - cfg.papo.kl_coef * perception_kl  # maximised
+            sums["actor/papo_kl"] += perception_kl.item() * grad_scale
+            if double_entropy:
+                entropies = core_algos.agg_loss(
+                    entropy + masked_entropy, mask, cfg.loss_agg_mode, max_response_length, sum(normalizers)
+                )
+                loss = loss + cfg.papo.entropy_coef * entropies  # minimised
+                sums["actor/papo_double_entropy"] += entropies.item() * grad_scale
         if on_policy:  # what the skipped old-log-prob pass would have reported
             with torch.no_grad():
                 sums["entropy_sum"] += core_algos.masked_sum(entropy.detach(), mask).item()
@@ -325,6 +405,29 @@ class PPOActor:
                         sums["gap_max"] = max(sums["gap_max"], gap.max().item())
         return loss
 
+    def with_rejection_mask(self, mini: DataProto, metrics: dict[str, list[float]]) -> DataProto:
+        """MIS (worker.actor.rollout_correction.mode=mis): the rows with `LOSS_MASK`, their
+        response tokens minus those (or the sequences) whose pi_old / pi_rollout leaves
+        [1/threshold, threshold]. A rejected token leaves the loss, its normaliser and the KL
+        loss alike (as verl's rejection sampling does), instead of counting as a zero-loss
+        token. Needs `old_log_probs`: the trainer keeps the old-log-prob pass under MIS."""
+        correction = self.config.rollout_correction
+        mis = correction.mode == "mis" and correction.applies(self.temperature)
+        if not (mis and "rollout_log_probs" in mini.batch):
+            return mini
+        if "old_log_probs" not in mini.batch:
+            raise ValueError("rollout_correction.mode=mis needs old_log_probs (the trainer's old-log-prob pass)")
+        mask = mini.batch["response_mask"]
+        accepted, correction_metrics = rollout_importance_weights(
+            mini.batch["old_log_probs"], mini.batch["rollout_log_probs"], mask,
+            correction.mode, correction.level, correction.threshold,
+        )
+        for key, value in correction_metrics.items():
+            metrics[key].append(value)
+        tensors = dict(mini.batch)
+        tensors[LOSS_MASK] = (mask * accepted.to(mask.dtype)).to(mask.dtype)
+        return DataProto(batch=tensors, non_tensor_batch=dict(mini.non_tensor_batch), meta_info=dict(mini.meta_info))
+
     def mini_batch_loss(
         self, mini: DataProto, metrics: dict[str, list[float]]
     ) -> tuple[list[tuple[np.ndarray, np.ndarray | None]], Callable[[tuple], torch.Tensor], Callable[[], None]]:
@@ -332,10 +435,14 @@ class PPOActor:
         dynamic micro-batch plans, the loss function of one plan (`_micro_batch_loss`), and a
         function that adds the mini-batch's metrics to `metrics` once every plan ran. Token-mean
         divides by the token count of the whole mini-batch over all ranks, the seq-mean modes by
-        its sequence count, so the gradient does not depend on how rows are split into ranks and
-        micro-batches."""
+        its sequence count (each objective term by its own), so the gradient does not depend on
+        how rows are split into ranks and micro-batches."""
         cfg = self.config
-        normalizer, grad_scale = mini_batch_normalizer(mini, cfg.loss_agg_mode)
+        mini = self.with_rejection_mask(mini, metrics)
+        parts = range(len(OBJECTIVE_PARTS)) if OBJECTIVE_PART in mini.batch else [None]
+        normalizers_and_scales = [mini_batch_normalizer(mini, cfg.loss_agg_mode, part) for part in parts]
+        normalizers = [normalizer for normalizer, _ in normalizers_and_scales]
+        grad_scale = normalizers_and_scales[0][1]
         # Dr. GRPO's constant: the configured response width, not a micro-batch's trimmed one.
         max_response_length = mini.batch["responses"].shape[1]
         sums: dict[str, float] = defaultdict(float)
@@ -344,13 +451,15 @@ class PPOActor:
         def loss_fn(plan: tuple[np.ndarray, np.ndarray | None]) -> torch.Tensor:
             indices, groups = plan
             micro = trim_padding(mini[indices])
-            return self._micro_batch_loss(micro, normalizer, grad_scale, max_response_length, sums, metrics, groups)
+            return self._micro_batch_loss(micro, normalizers, grad_scale, max_response_length, sums, metrics, groups)
 
         def record_metrics() -> None:
             metrics["actor/micro_batches"].append(float(len(plans)))
             for key, value in mini_batch_metrics(sums).items():
                 metrics[key].append(value)
-            for key in ("actor/pg_loss", "actor/kl_loss", "actor/entropy_loss"):
+            loss_keys = [f"actor/{term}/{name}" for term in ("pg_loss", "kl_loss") for name in OBJECTIVE_PARTS]
+            loss_keys += ["actor/pg_loss", "actor/kl_loss", "actor/entropy_loss", "actor/papo_kl", "actor/papo_double_entropy"]
+            for key in loss_keys:
                 if key in sums:
                     metrics[key].append(sums[key])
             if sums.get("entropy_tokens"):

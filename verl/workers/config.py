@@ -110,10 +110,27 @@ class RolloutCorrectionConfig:
 
 
 @dataclass
+class PAPOConfig:
+    """PAPO's implicit perception loss (verl.algorithms.papo; arXiv 2507.06448): one extra
+    forward per update micro-batch with part of every image hidden."""
+
+    RANGES: ClassVar[dict[str, Range]] = {"kl_coef": NON_NEGATIVE, "mask_ratio": FRACTION, "entropy_coef": NON_NEGATIVE}
+
+    enable: bool = False
+    """Maximise KL(policy given the image || policy given the masked image) with the policy loss."""
+    kl_coef: float = 0.01
+    """gamma: weight of the perception KL (subtracted from the loss)."""
+    mask_ratio: float = 0.6
+    """Share of each image's patches hidden (the paper's 0.6)."""
+    entropy_coef: float = 0.03
+    """eta: weight of the double entropy loss H[policy] + H[policy | masked image] (0 = off)."""
+
+
+@dataclass
 class ActorConfig:
     # Allowed values of the numeric fields (verl/utils/ranges.py), checked before Ray starts.
     RANGES: ClassVar[dict[str, Range]] = {
-        "ppo_epochs": AT_LEAST_ONE, "max_grad_norm": POSITIVE, "clip_ratio_low": Range(0, 1, high_open=True),
+        "ppo_epochs": AT_LEAST_ONE, "max_grad_norm": POSITIVE, "clip_ratio_low": Range(0, 1),
         "clip_ratio_high": NON_NEGATIVE, "clip_ratio_dual": Range(1, low_open=True),
         "kl_loss_coef": NON_NEGATIVE,
     }
@@ -151,13 +168,17 @@ class ActorConfig:
     gspo_token | cispo (clipped, stop-gradient IS weight on log pi). See docs/algorithms.md."""
     rollout_correction: RolloutCorrectionConfig = field(default_factory=RolloutCorrectionConfig)
     clip_ratio_low: float = 0.2
-    """PPO lower clip (1 - eps_low); gspo: on the sequence ratio; cispo: IS-weight lower bound."""
+    """PPO lower clip (1 - eps_low); gspo: on the sequence ratio; cispo: IS-weight lower bound;
+    1 = no lower bound (a ratio is never below 0). gspo/gspo_token/cispo choose their paper's
+    value unless this is set (POLICY_LOSS_DEFAULTS)."""
     clip_ratio_high: float = 0.3
-    """PPO upper clip (1 + eps_high); > low is DAPO's clip-higher; gspo/cispo as above."""
+    """PPO upper clip (1 + eps_high); > low is DAPO's clip-higher; gspo/cispo as above (gspo
+    chooses its paper's value unless this is set)."""
     clip_ratio_dual: float = 3.0
     """Dual-clip bound c for negative advantages (Ye et al. 2020)."""
     loss_agg_mode: str = "token-mean"
-    """token-mean | seq-mean-token-sum | seq-mean-token-mean | seq-mean-token-sum-norm."""
+    """token-mean | seq-mean-token-sum | seq-mean-token-mean | seq-mean-token-sum-norm (gspo
+    chooses seq-mean-token-mean unless this is set)."""
     use_kl_loss: bool = True
     """Add KL(actor || ref) as a loss term (GRPO); False puts KL in the reward if kl_coef > 0."""
     kl_loss_coef: float = 1e-2
@@ -166,6 +187,21 @@ class ActorConfig:
     """kl | abs | mse | low_var_kl | full."""
     entropy_coeff: float = 0.0
     """Entropy bonus weight (entropy is always logged)."""
+    papo: PAPOConfig = field(default_factory=PAPOConfig)
+
+
+POLICY_LOSS_DEFAULTS: dict[str, dict[str, float | str]] = {
+    # GSPO (arXiv 2507.18071, sec. 5.1): the sequence ratio is a per-token geometric mean, so
+    # its clip range is ~1e-4 wide; the objective averages sequences (verl: seq-mean-token-mean).
+    # Under PPO's 0.2/0.3 and token-mean it is a length-weighted, almost unclipped objective.
+    "gspo": {"loss_agg_mode": "seq-mean-token-mean", "clip_ratio_low": 3e-4, "clip_ratio_high": 4e-4},
+    "gspo_token": {"loss_agg_mode": "seq-mean-token-mean", "clip_ratio_low": 3e-4, "clip_ratio_high": 4e-4},
+    # CISPO (arXiv 2506.13585, sec. 3.1): only the upper bound of the IS weight is tuned; there
+    # is no floor (1 - 1 = 0, which a ratio never goes below).
+    "cispo": {"clip_ratio_low": 1.0},
+}
+"""worker.actor.policy_loss -> the values of ActorConfig fields its paper uses; a run that
+chooses the loss gets them for every field it did not set itself (`PPOConfig.apply_method_defaults`)."""
 
 
 @dataclass

@@ -328,21 +328,58 @@ def test_vllm_multimodal_caches_hold_one_step_and_are_emptied_by_each_sync(vllm_
         assert len(processor_cache) == 0 and len(encoder_cache.cached) == 0, step
 
 
-def test_hf_samples_from_one_shared_prefill_equal_generate_with_num_return_sequences(hf_engine, requests_):
-    """The HF engine computes each prompt (and image) once for its n samples; the samples and
-    log-probs are those of transformers' own `num_return_sequences` (which prefills n copies)."""
-    sampling = SamplingConfig(n=3, max_tokens=12, min_tokens=12, seed=7)
+def count_prefill_work(model) -> tuple[list[int], list[int], list]:
+    """Hooks recording each vision-tower call's patch count and each forward's input-id count."""
     vision_calls, prompt_tokens = [], []
-    model = hf_engine.model
     hooks = [
         model.model.visual.register_forward_hook(lambda module, args, output: vision_calls.append(args[0].shape[0])),
         model.register_forward_pre_hook(
             lambda module, args, kwargs: prompt_tokens.append(kwargs["input_ids"].numel()), with_kwargs=True
         ),
     ]
+    return vision_calls, prompt_tokens, hooks
+
+
+def test_hf_decode_loop_samples_n_from_one_prefill_as_if_from_n_copies(hf_engine, requests_):
+    """The decode loop computes each prompt (and image) once for its n samples; the samples and
+    log-probs are those of the same loop run on n copies of every prompt (n prefills)."""
+    assert hf_engine.uses_decode_loop
+    sampling = SamplingConfig(n=3, max_tokens=12, min_tokens=12, seed=7)
+    vision_calls, prompt_tokens, hooks = count_prefill_work(hf_engine.model)
     try:
         shared = hf_engine.generate(requests_, sampling)
     finally:
+        for hook in hooks:
+            hook.remove()
+    copies = [request for request in requests_ for _ in range(3)]
+    reference = hf_engine.generate(copies, SamplingConfig(n=1, max_tokens=12, min_tokens=12, seed=7))
+
+    assert [output.token_ids for outputs in shared for output in outputs] == [
+        outputs[0].token_ids for outputs in reference
+    ]
+    gap = max(
+        abs(a - b)
+        for outputs, (copy,) in zip((o for outs in shared for o in outs), reference)
+        for a, b in zip(outputs.logprobs, copy.logprobs)
+    )
+    assert gap < 1e-5
+    inputs = hf_engine._model_inputs(requests_)
+    assert vision_calls == [inputs["pixel_values"].shape[0]]
+    assert prompt_tokens[0] == inputs["input_ids"].numel()
+    assert len(prompt_tokens) == 12  # one prefill, then one forward of one token per row per step
+
+
+def test_hf_generate_fallback_samples_from_one_shared_prefill_equal_num_return_sequences(hf_engine, requests_):
+    """Models the decode loop does not serve go through `generate`, still prefilling each prompt
+    once: the samples and log-probs are those of transformers' own `num_return_sequences`."""
+    sampling = SamplingConfig(n=3, max_tokens=12, min_tokens=12, seed=7)
+    model = hf_engine.model
+    vision_calls, prompt_tokens, hooks = count_prefill_work(model)
+    hf_engine.uses_decode_loop = False
+    try:
+        shared = hf_engine.generate(requests_, sampling)
+    finally:
+        hf_engine.uses_decode_loop = True
         for hook in hooks:
             hook.remove()
     inputs = hf_engine._model_inputs(requests_)

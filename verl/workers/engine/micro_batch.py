@@ -30,7 +30,7 @@ from verl.workers.engine.shared_prefix import prompt_group_labels
 # (bs, R) tensors that live on response positions and are sliced with `responses`.
 RESPONSE_KEYS = (
     "responses", "response_mask", "old_log_probs", "ref_log_probs", "advantages", "rollout_log_probs", "entropy",
-    "values", "returns",
+    "values", "returns", "loss_mask",
 )
 
 

@@ -1,8 +1,9 @@
-"""Rollout on plain transformers `generate`, with its own full copy of the policy.
+"""Rollout on plain transformers models, with its own full copy of the policy.
 
 It mirrors the vLLM engine's role (a separate inference copy, synced after every update) with no
-extra dependency: the reference the vLLM engine is tested against, and a fallback where vLLM does
-not run.
+extra dependency: the reference the vLLM engine is tested against, and the default on CPU. Qwen2.5-VL
+and Qwen3-VL decode through the project's own loop (`decode.py`: one prefill per prompt, a
+preallocated KV cache, log-probs gathered per step); any other model through `generate`.
 
 Log-probs: each returned log-prob is `log_softmax(raw_logits)[sampled_token]`, the distribution at
 temperature 1 before any top-k/top-p/temperature or token suppression: exactly what the trainer
@@ -21,6 +22,7 @@ from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTo
 from verl.data.vision import expand_image_tokens, multimodal_token_types, processor_size_kwargs
 from verl.workers.rollout import RolloutTokenIds
 from verl.workers.rollout.base import GenerationOutput, GenerationRequest, RolloutEngine, SamplingConfig
+from verl.workers.rollout.decode import TokenFilter, decode, supports_decode_loop
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -39,10 +41,11 @@ def truncate_at_stop(
 
 
 class HFRolloutEngine(RolloutEngine):
-    """`RolloutEngine` on `AutoModelForImageTextToText.generate` (sdpa attention, eval mode).
+    """`RolloutEngine` on an `AutoModelForImageTextToText` (sdpa attention, eval mode).
 
     Requests are generated in micro-batches of at most `max_batch_size` sequences (prompts x n),
-    left-padded. Images go through the checkpoint's image processor pinned to
+    left-padded. `decode_loop=False` decodes with `generate` even where the project's loop could.
+    Images go through the checkpoint's image processor pinned to
     [`min_pixels`, `max_pixels`] (the trainer's range), prompt ids are expanded here, once.
     """
 
@@ -54,6 +57,7 @@ class HFRolloutEngine(RolloutEngine):
         dtype: str = "float32",
         max_batch_size: int = 64,
         device: str | None = None,
+        decode_loop: bool = True,
     ) -> None:
         if dtype not in TORCH_DTYPES:
             raise ValueError(f"dtype {dtype!r} not supported; expected one of {sorted(TORCH_DTYPES)}")
@@ -78,6 +82,9 @@ class HFRolloutEngine(RolloutEngine):
         )
         # Every parameter under each of its names (tied heads appear twice), for load_weights.
         self._parameters_by_name = dict(self.model.named_parameters(remove_duplicate=False))
+        # The project's decode loop where the model qualifies (`decode_loop=False`: always
+        # transformers' generate, the reference the loop is benchmarked against).
+        self.uses_decode_loop = decode_loop and supports_decode_loop(self.model)
 
     def generate(
         self, requests: list[GenerationRequest], sampling: SamplingConfig
@@ -86,6 +93,11 @@ class HFRolloutEngine(RolloutEngine):
         (for the same requests and `max_batch_size`) without touching the caller's RNG state."""
         prompts_per_batch = max(1, self.max_batch_size // (1 if sampling.greedy else sampling.n))
         outputs: list[list[GenerationOutput]] = []
+        generator = torch.Generator(self.device)
+        if sampling.seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(sampling.seed)
         rng_devices = []
         if self.device.type == "cuda":
             rng_devices = [torch.cuda.current_device() if self.device.index is None else self.device.index]
@@ -93,14 +105,46 @@ class HFRolloutEngine(RolloutEngine):
             if sampling.seed is not None:
                 torch.manual_seed(sampling.seed)
             for start in range(0, len(requests), prompts_per_batch):
-                outputs.extend(self._generate_batch(requests[start : start + prompts_per_batch], sampling))
+                outputs.extend(self._generate_batch(requests[start : start + prompts_per_batch], sampling, generator))
         return outputs
 
     def _generate_batch(
-        self, requests: list[GenerationRequest], sampling: SamplingConfig
+        self, requests: list[GenerationRequest], sampling: SamplingConfig, generator: torch.Generator
     ) -> list[list[GenerationOutput]]:
         inputs = self._model_inputs(requests)
         samples_per_prompt = 1 if sampling.greedy else sampling.n
+        if self.uses_decode_loop:
+            decoded = decode(
+                self.model,
+                inputs,
+                sampling,
+                TokenFilter(
+                    forbidden=torch.tensor(self.token_ids.forbidden, dtype=torch.long),
+                    stop=torch.tensor(self.token_ids.stop, dtype=torch.long),
+                    min_tokens=sampling.min_tokens,
+                ),
+                self.token_ids.pad,
+                samples_per_prompt,
+                generator,
+            )
+            generated, logprobs = decoded.tokens, decoded.logprobs
+        else:
+            generated, logprobs = self._transformers_generate(inputs, sampling, samples_per_prompt)
+        rows = [
+            truncate_at_stop(token_ids, row_logprobs, self.token_ids.stop)
+            for token_ids, row_logprobs in zip(generated.tolist(), logprobs.tolist())
+        ]
+        if sampling.greedy:
+            # Greedy decoding is deterministic: the n samples are n copies of one.
+            return [[row] * sampling.n for row in rows]
+        return [rows[index : index + sampling.n] for index in range(0, len(rows), sampling.n)]
+
+    def _transformers_generate(
+        self, inputs: dict[str, torch.Tensor], sampling: SamplingConfig, samples_per_prompt: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens, raw log-probs), both (rows, steps), from `transformers.generate`: the path for
+        models the decode loop does not serve (`supports_decode_loop`). Draws from torch's global
+        RNG, which `generate` seeds and forks around the call."""
         config = GenerationConfig(
             do_sample=not sampling.greedy,
             temperature=None if sampling.greedy else sampling.temperature,
@@ -129,15 +173,8 @@ class HFRolloutEngine(RolloutEngine):
                 for step, step_logits in enumerate(result.logits)
             ],
             dim=1,
-        )  # (rows, steps)
-        rows = [
-            truncate_at_stop(token_ids, row_logprobs, self.token_ids.stop)
-            for token_ids, row_logprobs in zip(generated.tolist(), logprobs.tolist())
-        ]
-        if sampling.greedy:
-            # Greedy decoding is deterministic: the n samples are n copies of one.
-            return [[row] * sampling.n for row in rows]
-        return [rows[index : index + sampling.n] for index in range(0, len(rows), sampling.n)]
+        )
+        return generated, logprobs
 
     def _generate_from_shared_prefill(self, inputs: dict[str, torch.Tensor], config: GenerationConfig, n: int):
         """`generate` for n samples per prompt with the prompt (and its images) computed ONCE.
