@@ -388,3 +388,24 @@ def test_the_dtype_choices_are_the_names_the_model_code_resolves():
 
     for name in DTYPES:
         assert resolve_dtype(name, torch.device("cpu")) in (torch.float32, torch.bfloat16)
+
+
+def _sft_choice_fields():
+    from verl.trainer.sft import SFTConfig
+
+    return sorted(_choice_fields(SFTConfig()))
+
+
+@pytest.mark.parametrize(("key", "valid", "is_list"), _sft_choice_fields(), ids=[k for k, _, _ in _sft_choice_fields()])
+def test_a_typo_in_an_sft_choice_field_names_the_key_and_the_valid_values(key, valid, is_list):
+    """SFT shares the RL model/optim/fsdp sections and their CHOICES; its own sections have theirs."""
+    from verl.trainer.sft import SFTConfig
+
+    typo = valid[-1].upper() + "x"
+    config = parse_cli(SFTConfig, ["model.model_path=m", "data.train_file=t.json", "trainer.output_dir=o",
+                                   f"{key}=[{valid[0]},{typo}]" if is_list else f"{key}={typo}"])
+    with pytest.raises(ConfigError) as error:
+        config.validate()
+    message = str(error.value)
+    assert message.startswith(f"{key}=") and repr(typo) in message, message
+    assert message.endswith(f"is not one of {', '.join(valid)}"), message

@@ -1,16 +1,22 @@
 import itertools
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from verl.toy.synthetic import generate_split, write_sft_file
 from verl.models.qwen_vl import position_ids_for
 from verl.trainer.config import ConfigError, parse_cli
+from verl.utils import checkpoint
+from verl.utils.model_merger import merge_checkpoint
 from verl.trainer.sft import (
     FINAL_TMP_DIR,
     IGNORE_INDEX,
@@ -27,6 +33,17 @@ from verl.trainer.sft import (
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SR1_PROMPT = os.path.join(REPO_ROOT, "configs", "format_prompt", "sr1.jinja")
 TEXT_ONLY_ANSWER = "<think> The description says the circle is red. </think> \\boxed{red}"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_rank_group_closed_after_the_module():
+    """SFT always shards, so a trainer in this process starts a one-rank process group; the
+    modules after this one (an in-process vLLM engine reads an open group as a launcher's) must
+    not find it."""
+    opened_here = not dist.is_initialized()
+    yield
+    if opened_here and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +65,15 @@ def sft_file(tmp_path_factory: pytest.TempPathFactory) -> str:
     return path
 
 
+def full(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of an FSDP shard (SFT always shards, one rank included)."""
+    return (tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor).detach()
+
+
+def weights(model) -> dict[str, torch.Tensor]:
+    return {name: full(weight) for name, weight in model.named_parameters()}
+
+
 def make_config(model_dir: str, train_file: str, output_dir: str, **overrides) -> SFTConfig:
     settings = {
         "model.model_path": model_dir,
@@ -57,7 +83,7 @@ def make_config(model_dir: str, train_file: str, output_dir: str, **overrides) -
         "data.max_pixels": 12544,
         "data.num_workers": 0,
         "optim.lr": 3e-3,
-        "optim.warmup_ratio": 0.0,
+        "optim.lr_warmup_ratio": 0.0,
         "optim.lr_scheduler": "constant",
         "trainer.output_dir": output_dir,
         "trainer.per_device_batch_size": 4,
@@ -76,7 +102,7 @@ def make_config(model_dir: str, train_file: str, output_dir: str, **overrides) -
 def trained(tiny_model_dir: str, sft_file: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[SFTTrainer, list]:
     """6 steps over the 8 conversations (3 epochs of 2 steps), checkpoint every 2 steps."""
     output_dir = str(tmp_path_factory.mktemp("sft_run") / "out")
-    config = make_config(tiny_model_dir, sft_file, output_dir, **{"trainer.num_epochs": 3, "trainer.save_steps": 2})
+    config = make_config(tiny_model_dir, sft_file, output_dir, **{"trainer.num_epochs": 3, "trainer.save_freq": 2})
     trainer = SFTTrainer(config)
     result = trainer.fit()
     return trainer, result.steps
@@ -127,11 +153,11 @@ def test_saved_folder_loads_with_the_trained_weights(trained):
     trainer, _ = trained
     output_dir = trainer.config.trainer.output_dir
     loaded = AutoModelForImageTextToText.from_pretrained(output_dir)
-    trained_weights = dict(trainer.model.named_parameters())
+    trained_weights = weights(trainer.model)
     loaded_weights = dict(loaded.named_parameters())
     assert loaded_weights.keys() == trained_weights.keys()
     for name, weight in trained_weights.items():
-        torch.testing.assert_close(loaded_weights[name], weight.detach(), rtol=0, atol=0, msg=name)
+        torch.testing.assert_close(loaded_weights[name], weight, rtol=0, atol=0, msg=name)
     initial = AutoModelForImageTextToText.from_pretrained(trainer.config.model.model_path)
     assert not torch.equal(
         initial.lm_head.weight, loaded.lm_head.weight
@@ -140,12 +166,13 @@ def test_saved_folder_loads_with_the_trained_weights(trained):
     assert processor.chat_template == trainer.processor.chat_template
     assert processor.tokenizer.get_vocab() == trainer.tokenizer.get_vocab()
     assert not os.path.exists(os.path.join(output_dir, FINAL_TMP_DIR))
-    # Checkpoints every 2 steps, except at the end where the final model is the save.
-    assert sorted(name for name in os.listdir(output_dir) if name.startswith("checkpoint-")) == [
-        "checkpoint-2",
-        "checkpoint-4",
-    ]
-    AutoModelForImageTextToText.from_pretrained(os.path.join(output_dir, "checkpoint-4"))
+    # Checkpoints every 2 steps and at the end, in the RL trainer's format; the merger turns the
+    # last one into the trained weights.
+    assert checkpoint.list_checkpoints(output_dir) == [2, 4, 6]
+    merged = merge_checkpoint(os.path.join(output_dir, "global_step_6", "actor"), output_dir + "_merged_6").target_dir
+    merged_weights = dict(AutoModelForImageTextToText.from_pretrained(merged).named_parameters())
+    for name, weight in trained_weights.items():
+        torch.testing.assert_close(merged_weights[name], weight, rtol=0, atol=0, msg=name)
     with open(os.path.join(output_dir, "metrics.jsonl"), encoding="utf-8") as file:
         logged = [json.loads(line) for line in file]
     assert [entry["step"] for entry in logged] == [1, 2, 3, 4, 5, 6]
@@ -156,11 +183,11 @@ def _first_step(
     model_dir: str, sft_file: str, output_dir: str, **overrides
 ) -> tuple[StepRecord, dict[str, torch.Tensor], list[int]]:
     """Step 1's record, its (unclipped) gradients and the label tokens of each micro-batch."""
-    config = make_config(model_dir, sft_file, output_dir, **{"optim.max_grad_norm": 1e9, **overrides})
+    config = make_config(model_dir, sft_file, output_dir, **{"trainer.max_grad_norm": 1e9, **overrides})
     trainer = SFTTrainer(config)
     micro_batches = list(itertools.islice(iter(trainer.loader), config.trainer.gradient_accumulation_steps))
     record = trainer.train_step(micro_batches, step=1)
-    gradients = {name: p.grad.clone() for name, p in trainer.model.named_parameters()}
+    gradients = {name: full(p.grad).clone() for name, p in trainer.model.named_parameters()}
     return record, gradients, [count_label_tokens(batch["labels"]) for batch in micro_batches]
 
 
@@ -182,11 +209,11 @@ def test_token_mean_does_not_depend_on_micro_batching(tiny_model_dir, sft_file, 
 
 
 def test_frozen_vision_tower_stays_fixed_under_gradient_checkpointing(tiny_model_dir, sft_file, tmp_path):
-    overrides = {"model.freeze_vision_tower": True, "model.gradient_checkpointing": True, "trainer.max_steps": 1}
+    overrides = {"model.freeze_vision_tower": True, "model.enable_gradient_checkpointing": True, "trainer.max_steps": 1}
     trainer = SFTTrainer(make_config(tiny_model_dir, sft_file, str(tmp_path / "out"), **overrides))
     trainer.fit()
     initial = dict(AutoModelForImageTextToText.from_pretrained(tiny_model_dir).named_parameters())
-    for name, weight in trainer.model.named_parameters():
+    for name, weight in weights(trainer.model).items():
         frozen = name.startswith(("model.visual.patch_embed.", "model.visual.blocks."))
         assert torch.equal(weight, initial[name]) == frozen, name
 
@@ -197,12 +224,14 @@ def test_bf16_source_checkpoint_is_saved_in_bf16(tiny_model_dir, sft_file, tmp_p
     AutoProcessor.from_pretrained(tiny_model_dir).save_pretrained(source)
     trainer = SFTTrainer(make_config(source, sft_file, str(tmp_path / "out"), **{"trainer.max_steps": 1}))
     assert trainer.model.dtype == torch.float32  # fp32 master weights while training
+    # The RL workers' precision path in one process too: FSDP2 shards, mixed precision in fsdp.torch_dtype.
+    assert all(hasattr(weight, "full_tensor") for weight in trainer.model.parameters())
     trainer.fit()
     saved = AutoModelForImageTextToText.from_pretrained(str(tmp_path / "out"), dtype="auto")
     assert saved.dtype == torch.bfloat16
     saved_weights = dict(saved.named_parameters())
-    for name, weight in trainer.model.named_parameters():
-        assert torch.equal(saved_weights[name], weight.detach().to(torch.bfloat16)), name
+    for name, weight in weights(trainer.model).items():
+        assert torch.equal(saved_weights[name], weight.to(torch.bfloat16)), name
 
 
 def test_total_optimizer_steps_counts_partial_last_step():
@@ -229,6 +258,9 @@ def test_publish_final_model_moves_config_last(tmp_path):
 def test_config_errors_name_the_key(tmp_path, capsys):
     with pytest.raises(ConfigError, match=r"unknown config key 'trainer.outptu_dir'.*'trainer.output_dir'"):
         parse_cli(SFTConfig, ["trainer.outptu_dir=x"])
+    # SFT's keys before it took the RL sections' names: the error names the new one.
+    with pytest.raises(ConfigError, match=r"unknown config key 'model.dtype' \(renamed to 'fsdp.torch_dtype'\)"):
+        parse_cli(SFTConfig, ["model.dtype=bf16"])
     with pytest.raises(ConfigError, match=r"'optim.lr'"):
         parse_cli(SFTConfig, ["optim.lr=fast"])
     config = make_config("m", "t.json", str(tmp_path / "o"), **{"trainer.gradient_accumulation_steps": 0})
@@ -243,7 +275,7 @@ def test_config_errors_name_the_key(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["model.model_path=m", "data.train_file=t.json", "trainer.output_dir=o", "optim.lr_scheduler=linear"])
     assert exit_info.value.code == 2
-    assert "optim.lr_scheduler='linear' is not one of cosine, constant" in capsys.readouterr().err
+    assert "optim.lr_scheduler='linear' is not one of constant, cosine" in capsys.readouterr().err
 
 
 def test_refuses_a_non_empty_output_dir(tiny_model_dir, sft_file, tmp_path):
@@ -287,23 +319,23 @@ def test_two_fsdp_ranks_match_one_process(tiny_model_dir, sft_file, tmp_path):
         assert entry["train/loss"] == pytest.approx(record.loss, rel=1e-5)
         assert entry["train/grad_norm"] == pytest.approx(record.grad_norm, rel=1e-4)
     sharded = dict(AutoModelForImageTextToText.from_pretrained(output_dir).named_parameters())
-    trained = dict(single.model.named_parameters())
+    trained = weights(single.model)
     assert sharded.keys() == trained.keys()
     # Adam turns float-rounding differences of near-zero gradients into visible (<< lr) weight
     # differences; a wrong weighting or scale shows up in the losses and gradient norms above.
     for name, weight in trained.items():
-        torch.testing.assert_close(sharded[name], weight.detach(), rtol=0, atol=5e-4, msg=name)
+        torch.testing.assert_close(sharded[name], weight, rtol=0, atol=5e-4, msg=name)
 
 
 def test_lora_sft_trains_adapters_only_and_saves_them_folded(tiny_model_dir, sft_file, tmp_path):
-    overrides = {"model.lora.rank": 4, "model.lora.alpha": 8, "model.gradient_checkpointing": True, "trainer.max_steps": 2}
+    overrides = {"model.lora.rank": 4, "model.lora.alpha": 8, "model.enable_gradient_checkpointing": True, "trainer.max_steps": 2}
     trainer = SFTTrainer(make_config(tiny_model_dir, sft_file, str(tmp_path / "out"), **overrides))
     assert all(name.endswith((".lora_A", ".lora_B")) for name, p in trainer.model.named_parameters() if p.requires_grad)
     trainer.fit()
     initial = dict(AutoModelForImageTextToText.from_pretrained(tiny_model_dir).named_parameters())
     saved = dict(AutoModelForImageTextToText.from_pretrained(trainer.config.trainer.output_dir).named_parameters())
     assert saved.keys() == initial.keys()
-    live = dict(trainer.model.named_parameters())
+    live = weights(trainer.model)
     for name, weight in saved.items():
         module = name.removesuffix(".weight")
         if f"{module}.lora_A" in live:  # adapted: base + alpha/r B A, and moved by training
@@ -326,3 +358,68 @@ def test_a_broken_data_file_is_one_message_with_the_traceback_in_a_log(tiny_mode
     assert lines[-2].startswith("(traceback of this error: ") and lines[-1].startswith("error: ")
     log = lines[-2].removeprefix("(traceback of this error: ").split(";")[0]
     assert "Traceback (most recent call last)" in open(log).read()
+
+
+# Runs `verl.trainer.sft.main` and SIGKILLs itself right after metrics.jsonl receives the row of
+# step $SFT_KILL_AT_STEP: no `finally`, no lock release, like a node that dies mid-run.
+KILLED_RUN = """
+import os, signal, sys
+from verl.trainer import sft
+from verl.utils.tracking import Tracker
+log = Tracker.log
+def log_then_die(self, metrics, step):
+    log(self, metrics, step)
+    if step == int(os.environ["SFT_KILL_AT_STEP"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+Tracker.log = log_then_die
+sft.main(sys.argv[1:])
+"""
+
+
+def _metrics(output_dir: str) -> list[dict]:
+    with open(os.path.join(output_dir, "metrics.jsonl"), encoding="utf-8") as file:
+        return [json.loads(line) for line in file]
+
+
+def test_a_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(tiny_model_dir, sft_file, tmp_path):
+    """6 steps of 2 micro-batches of 2 (2 steps per epoch), checkpoints at steps 3 and 6; the run
+    is killed (SIGKILL) after logging step 5, and the same command started again resumes from
+    step 3, mid-epoch (its first micro-batches skipped), and ends with the uninterrupted run's
+    per-step losses, grad norms, lrs and final weights."""
+    overrides = {
+        "trainer.num_epochs": 3, "trainer.per_device_batch_size": 2, "trainer.gradient_accumulation_steps": 2,
+        "trainer.save_freq": 3, "optim.lr_scheduler": "cosine", "optim.lr_warmup_ratio": 0.2,
+    }
+    def args(output_dir: str) -> list[str]:
+        return [f"{key}={value}" for key, value in {
+            "model.model_path": tiny_model_dir, "data.train_file": sft_file, "data.max_length": 512,
+            "data.min_pixels": 3136, "data.max_pixels": 12544, "data.num_workers": 0, "optim.lr": 3e-3,
+            "trainer.output_dir": output_dir, "trainer.logging_steps": 1, "trainer.device": "cpu",
+            "trainer.logger": "[file]", "trainer.seed": 0, **overrides,
+        }.items()]
+
+    # Both runs in processes alike (one thread each): float sums in the same order.
+    env = {**os.environ, "PYTHONPATH": REPO_ROOT, "SFT_KILL_AT_STEP": "5", "OMP_NUM_THREADS": "1"}
+    run = lambda *command: subprocess.run([sys.executable, *command], env=env, capture_output=True, text=True, cwd=REPO_ROOT)  # noqa: E731
+    output_dir, expected_dir = str(tmp_path / "resumed"), str(tmp_path / "uninterrupted")
+    killed = run("-c", KILLED_RUN, *args(output_dir))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert checkpoint.list_checkpoints(output_dir) == [3]
+    assert [row["step"] for row in _metrics(output_dir)] == [1, 2, 3, 4, 5]
+    assert not os.path.exists(os.path.join(output_dir, "config.json"))  # no final model: it died mid-run
+    assert os.path.getsize(os.path.join(output_dir, "run.lock")) > 0  # never released
+
+    resumed = run("-m", "verl.trainer.sft", *args(output_dir))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resumed from {os.path.join(output_dir, 'global_step_3')} (step 3)" in resumed.stdout
+    assert "taking over the lock of a run that did not release it" in resumed.stdout
+    uninterrupted = run("-m", "verl.trainer.sft", *args(expected_dir))
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-2000:]
+
+    expected, got = _metrics(expected_dir), _metrics(output_dir)
+    assert [row["step"] for row in got] == [1, 2, 3, 4, 5, 6]  # the killed run's rows 4 and 5 went to .superseded
+    for key in ("train/loss", "train/grad_norm", "train/lr", "train/label_tokens"):
+        assert [row[key] for row in got] == [row[key] for row in expected], key
+    final = dict(AutoModelForImageTextToText.from_pretrained(output_dir).named_parameters())
+    for name, weight in AutoModelForImageTextToText.from_pretrained(expected_dir).named_parameters():
+        assert torch.equal(final[name], weight), name

@@ -113,11 +113,11 @@ def test_one_update_moves_log_probs_with_advantage_sign(tiny_model_dir, batch):
     assert change[0] > 0 and change[2] > 0, change
     assert change[1] < 0 and change[3] < 0, change
     assert metrics["actor/grad_norm"] > 0 and np.isfinite(metrics["actor/pg_loss"])
-    assert actor.optimizer_steps == 1
+    assert actor.engine.optimizer_steps == 1
 
 
 def test_nan_advantages_raise_a_named_error(tiny_model_dir, batch):
-    from verl.workers.actor import NonFiniteLossError
+    from verl.workers.engine.engine import NonFiniteLossError
 
     model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32)
     actor = PPOActor(model, ActorConfig(micro_batch_size_per_device_for_update=4, use_kl_loss=False), 1, 1.0)

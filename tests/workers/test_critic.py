@@ -46,8 +46,7 @@ def trained(tiny_model_dir, padded_batch, tmp_path_factory):
     data = with_targets(padded_batch, initial)
     metrics = critic.update_critic(data, num_mini_batches=1, step=1)
     root = tmp_path_factory.mktemp("critic_ckpt") / "critic"
-    extra = {"scheduler": critic.scheduler.state_dict(), "optimizer_steps": critic.optimizer_steps}
-    checkpoint.save_rank_state(str(root), 1, 0, critic.model, critic.optimizer, extra)
+    critic.engine.save(str(root))
     checkpoint.save_hf_metadata(tiny_model_dir, str(root / "huggingface"))
     mark_value_checkpoint(str(root))
     saved_values = critic.compute_values(padded_batch)  # later tests train `critic` further
@@ -66,9 +65,8 @@ def test_gae_critic_starts_at_zero_and_one_update_moves_values_towards_returns(t
 def test_gae_critic_save_resume_restores_model_and_optimizer(trained, tiny_model_dir, padded_batch):
     critic, _, data, _, root, _ = trained
     resumed = make_critic(tiny_model_dir)
-    extra = checkpoint.load_rank_state(str(root), 1, 0, resumed.model, resumed.optimizer)
-    resumed.scheduler.load_state_dict(extra["scheduler"])
-    assert extra["optimizer_steps"] == 1
+    resumed.engine.resume(str(root))
+    assert resumed.engine.optimizer_steps == 1
     assert torch.equal(resumed.compute_values(padded_batch), critic.compute_values(padded_batch))
     # The next update matches only if the AdamW moments were restored too.
     fresh = make_critic(tiny_model_dir)

@@ -496,8 +496,9 @@ def _all_keys(schema: type, prefix: str = "") -> list[str]:
 def _explain(error: OmegaConfBaseException, schema: type, source: str) -> ConfigError:
     key = getattr(error, "full_key", None) or ""
     if isinstance(error, (ConfigKeyError, ConfigAttributeError)):
-        close = difflib.get_close_matches(key, _all_keys(schema), n=1, cutoff=0.5)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        renamed = getattr(schema, "RENAMED_KEYS", {}).get(key)
+        close = [renamed] if renamed else difflib.get_close_matches(key, _all_keys(schema), n=1, cutoff=0.5)
+        hint = f" ({'renamed to' if renamed else 'did you mean'} '{close[0]}'{'' if renamed else '?'})" if close else ""
         return ConfigError(f"{source}: unknown config key '{key}'{hint}")
     detail = str(error).splitlines()[0]
     return ConfigError(f"{source}: bad value for '{key}': {detail}")

@@ -4,8 +4,10 @@ The first stage of the Vision-SR1 recipe: supervised fine-tuning of Qwen2.5-VL o
 sharegpt conversations (``verl.data.sft_dataset``), loss on assistant tokens only. The result is a
 plain Hugging Face folder that the GRPO stage takes as ``worker.actor.model.model_path``.
 
-Single process (CPU or one GPU) or ``torchrun --nproc_per_node N -m verl.trainer.sft ...``
-(FSDP2, one shard per rank, gloo on CPU / nccl on GPU).
+Single process (CPU or one GPU) or ``torchrun --nproc_per_node N -m verl.trainer.sft ...``; either
+way FSDP2 shards (one per rank, a one-rank group alone; gloo on CPU / nccl on GPU) with the RL
+workers' mixed precision, and the optimizer step is the RL one (``verl.workers.engine.engine``).
+The ``model``, ``optim`` and ``fsdp`` sections are the RL actor's (``verl.workers.config``).
 
 Loss: token-mean over the global batch. Every optimizer step consumes
 ``gradient_accumulation_steps`` micro-batches of ``per_device_batch_size`` conversations on every
@@ -16,15 +18,21 @@ is split into ranks and micro-batches.
 Output directory layout::
 
     output_dir/
+      run.lock                            held by the run (verl.utils.folder_lock)
       metrics.jsonl, sft_config.yaml      run log and the resolved config
-      checkpoint-{step}/                  every trainer.save_steps steps (complete HF folders)
+      latest_global_step.txt, global_step_N/
+                                          every trainer.save_freq steps: the RL trainer's checkpoint
+                                          (actor/ shards, AdamW state, lr schedule, RNG; manifest.json)
       config.json, model*.safetensors,    the final model, tokenizer and processor
       tokenizer*, preprocessor_config.json, chat_template.jinja, ...
 
 Saves never leave a folder that looks complete but is not: a checkpoint is written to
-``checkpoint-{step}.tmp`` and renamed; the final model is written to ``.final.tmp`` and its files
-are moved into ``output_dir`` with ``config.json`` last (no ``config.json``, no loadable model).
-Checkpoints hold weights only (no optimizer state): they are for evaluation, not for resuming.
+``global_step_N.tmp``, its manifest last, and renamed (``verl.utils.checkpoint``); the final model
+is written to ``.final.tmp`` and its files are moved into ``output_dir`` with ``config.json`` last
+(no ``config.json``, no loadable model). Started again in the same output_dir (after a crash or
+a kill), a run resumes from the latest intact checkpoint and reproduces the uninterrupted run;
+``python3 -m verl.utils.model_merger --local_dir output_dir/global_step_N/actor`` turns a
+checkpoint into a Hugging Face folder.
 """
 
 from __future__ import annotations
@@ -50,22 +58,32 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy
 from torch.utils.data import DataLoader, DistributedSampler
 from transformers import AutoConfig, AutoProcessor, AutoTokenizer
 
 from verl.data.sft_dataset import IGNORE_INDEX, SFTDataset, collate_sft
-from verl.models.lora import LoRAConfig, fold_adapters, lora_scale
-from verl.models.qwen_vl import forward_in_step, position_ids_for, resolve_dtype
+from verl.models.lora import fold_adapters, lora_scale
+from verl.models.qwen_vl import forward_in_step, position_ids_for
 from verl.trainer.config import ConfigError, parse_cli_or_exit, to_yaml
+from verl.utils import checkpoint
 from verl.utils.cli_exit import exit_cleanly
+from verl.utils.folder_lock import LOCK_FILE, CheckpointFolderLock
+from verl.utils.manifest import digest_files, write_manifest
 from verl.utils.model_source import ModelPathError, check_model_path
-from verl.utils.ranges import FRACTION, NON_NEGATIVE, POSITIVE, Range, check_ranges
-from verl.utils.tracking import Tracker
-from verl.workers.engine.fsdp import shard_model
+from verl.utils.ranges import (
+    AT_LEAST_ONE,
+    DEFAULT_OR_AT_LEAST_ONE,
+    NON_NEGATIVE,
+    POSITIVE,
+    Choices,
+    Range,
+    check_ranges,
+)
+from verl.utils.tracking import SINKS, Tracker
 from verl.workers.engine.micro_batch import sum_across_ranks
-from verl.workers.engine.model import build_policy
-from verl.workers.engine.optim import build_optimizer, clip_and_step
+from verl.workers.engine.model import build_trained_policy
+from verl.workers.config import FSDPConfig, ModelConfig, OptimConfig
+from verl.workers.engine.engine import Engine, resume_policy, save_policy
 
 USAGE = """usage: python3 -m verl.trainer.sft config=CONFIG.yaml [section.key=value ...]
        torchrun --nproc_per_node N -m verl.trainer.sft config=CONFIG.yaml [...]
@@ -79,29 +97,19 @@ Keys and their defaults (see verl/trainer/sft.py for what each one means):
 
 FINAL_TMP_DIR = ".final.tmp"
 CONFIG_FILE = "config.json"
-RUN_FILES = ("metrics.jsonl", "sft_config.yaml")
-
-
-@dataclass
-class SFTModelConfig:
-    model_path: str = ""
-    """Hugging Face folder (or hub id on a machine with internet) of the model to fine-tune."""
-    dtype: str = "auto"
-    """Compute dtype: auto = bf16 on GPU, fp32 on CPU; or float32/bfloat16 (weights and optimizer stay fp32)."""
-    attn_implementation: str = "auto"
-    """auto = flash_attention_2 where installed on GPU, else sdpa."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in backward (needed for long sequences on big models)."""
-    freeze_vision_tower: bool = False
-    """Keep the vision encoder (patch embedding and blocks) fixed."""
-    freeze_multi_modal_projector: bool = False
-    """Keep the vision-to-language merger fixed."""
-    lora: LoRAConfig = field(default_factory=LoRAConfig)
-    """LoRA adapters instead of full fine-tuning (rank > 0); the saved model has them folded in."""
+DATA_SETTINGS_FILE = "sft_data_settings.pt"
+"""Beside a checkpoint's shards: the settings its step's data position depends on."""
 
 
 @dataclass
 class SFTDataConfig:
+    # Allowed values, checked with the shared sections' by check_ranges (verl/utils/ranges.py).
+    RANGES: ClassVar[dict[str, Range]] = {
+        "max_length": AT_LEAST_ONE, "min_pixels": AT_LEAST_ONE, "max_pixels": AT_LEAST_ONE,
+        "num_workers": NON_NEGATIVE,
+    }
+    CHOICES: ClassVar[dict[str, Choices]] = {"truncation": ("error", "right")}
+
     train_file: str = ""
     """LLaMA-Factory sharegpt .json (list) or .jsonl file; image paths relative to it."""
     max_length: int = 4096
@@ -118,33 +126,21 @@ class SFTDataConfig:
     """DataLoader worker processes per rank (image decoding and resizing); 0 = in the main process."""
 
 
-@dataclass
-class SFTOptimConfig:
-    # Ranges not checked in SFTConfig.validate (verl/utils/ranges.py); NaN is refused everywhere.
-    RANGES: ClassVar[dict[str, Range]] = {
-        "betas": Range(0, 1, high_open=True), "eps": POSITIVE, "weight_decay": NON_NEGATIVE, "min_lr_ratio": FRACTION,
-    }
-
-    lr: float = 1e-5
-    """Peak learning rate."""
-    betas: tuple[float, float] = (0.9, 0.999)
-    """AdamW betas."""
-    eps: float = 1e-8
-    """AdamW epsilon."""
-    weight_decay: float = 0.0
-    """AdamW decoupled weight decay."""
-    warmup_ratio: float = 0.1
-    """Fraction of the optimizer steps spent warming up linearly."""
-    lr_scheduler: str = "cosine"
-    """cosine (decay to min_lr_ratio after warm-up) or constant."""
-    min_lr_ratio: float = 0.0
-    """Cosine floor as a fraction of lr."""
-    max_grad_norm: float = 1.0
-    """Gradient clipping norm."""
+def sft_optim() -> OptimConfig:
+    """The RL optimizer section with SFT's defaults: a higher peak, no weight decay, 10% warm-up
+    then cosine decay."""
+    return OptimConfig(lr=1e-5, weight_decay=0.0, lr_warmup_ratio=0.1, lr_scheduler="cosine")
 
 
 @dataclass
 class SFTTrainerConfig:
+    RANGES: ClassVar[dict[str, Range]] = {
+        "per_device_batch_size": AT_LEAST_ONE, "gradient_accumulation_steps": AT_LEAST_ONE,
+        "num_epochs": AT_LEAST_ONE, "max_steps": DEFAULT_OR_AT_LEAST_ONE, "max_grad_norm": POSITIVE,
+        "save_freq": Range(-1), "save_limit": Range(-1), "logging_steps": AT_LEAST_ONE,
+    }
+    CHOICES: ClassVar[dict[str, Choices]] = {"device": ("auto", "cuda", "cpu"), "logger": SINKS}
+
     output_dir: str = ""
     """Run folder: metrics, checkpoints and, at the end, the fine-tuned Hugging Face model."""
     overwrite_output_dir: bool = False
@@ -159,8 +155,17 @@ class SFTTrainerConfig:
     """Stop after this many optimizer steps (when fewer than the epochs give)."""
     seed: int = 42
     """Seed of the data order and of torch/numpy/random."""
-    save_steps: int = 0
-    """Write output_dir/checkpoint-{step} every this many steps; 0 = only the final model."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
+    save_freq: int = 0
+    """Checkpoint (output_dir/global_step_N, the RL trainer's resumable format: weight shards,
+    AdamW state, lr schedule, RNG; `python3 -m verl.utils.model_merger` turns one into a Hugging
+    Face folder) every N steps; -1: only at the end; 0: never (only the final model)."""
+    save_limit: int = -1
+    """Keep the newest N checkpoints (-1: all)."""
+    find_last_checkpoint: bool = True
+    """Resume automatically from the latest intact checkpoint in output_dir (a run started again
+    after a crash continues where its last checkpoint left it)."""
     logging_steps: int = 10
     """Print and log metrics every this many steps (and at the last step)."""
     device: str = "auto"
@@ -175,14 +180,25 @@ class SFTTrainerConfig:
 
 @dataclass
 class SFTConfig:
-    model: SFTModelConfig = field(default_factory=SFTModelConfig)
+    # Keys of SFT configs before SFT took the RL sections' names: an old config's error names the new key.
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {
+        "model.dtype": "fsdp.torch_dtype",
+        "model.gradient_checkpointing": "model.enable_gradient_checkpointing",
+        "optim.warmup_ratio": "optim.lr_warmup_ratio",
+        "optim.max_grad_norm": "trainer.max_grad_norm",
+        "trainer.save_steps": "trainer.save_freq",
+    }
+
+    # The RL actor's model, optim and fsdp sections (verl.workers.config): same keys, same meaning.
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=sft_optim)
+    fsdp: FSDPConfig = field(default_factory=FSDPConfig)
     data: SFTDataConfig = field(default_factory=SFTDataConfig)
-    optim: SFTOptimConfig = field(default_factory=SFTOptimConfig)
     trainer: SFTTrainerConfig = field(default_factory=SFTTrainerConfig)
 
     def validate(self) -> None:
         """Checks values before anything is loaded; each message names the key."""
-        model, data, optim, trainer = self.model, self.data, self.optim, self.trainer
+        model, data, trainer = self.model, self.data, self.trainer
         try:
             check_ranges(self)
         except ValueError as error:
@@ -194,42 +210,12 @@ class SFTConfig:
         ):
             if not value:
                 raise ConfigError(f"{key} is empty")
-        _choice("model.dtype", model.dtype, ("auto", "float32", "fp32", "bfloat16", "bf16"))
-        _choice("data.truncation", data.truncation, ("error", "right"))
-        _choice("optim.lr_scheduler", optim.lr_scheduler, ("cosine", "constant"))
-        _choice("trainer.device", trainer.device, ("auto", "cuda", "cpu"))
-        for key, value in (
-            ("data.max_length", data.max_length),
-            ("data.min_pixels", data.min_pixels),
-            ("trainer.per_device_batch_size", trainer.per_device_batch_size),
-            ("trainer.gradient_accumulation_steps", trainer.gradient_accumulation_steps),
-            ("trainer.num_epochs", trainer.num_epochs),
-            ("trainer.logging_steps", trainer.logging_steps),
-        ):
-            if value < 1:
-                raise ConfigError(f"{key}={value} must be >= 1")
-        if trainer.max_steps is not None and trainer.max_steps < 1:
-            raise ConfigError(f"trainer.max_steps={trainer.max_steps} must be >= 1 (or null for no cap)")
-        for key, value in (("trainer.save_steps", trainer.save_steps), ("data.num_workers", data.num_workers)):
-            if value < 0:
-                raise ConfigError(f"{key}={value} must be >= 0")
         if data.min_pixels > data.max_pixels:
             raise ConfigError(f"data.min_pixels={data.min_pixels} > data.max_pixels={data.max_pixels}")
-        if optim.lr <= 0:
-            raise ConfigError(f"optim.lr={optim.lr} must be > 0")
-        if not 0.0 <= optim.warmup_ratio <= 1.0:
-            raise ConfigError(f"optim.warmup_ratio={optim.warmup_ratio} must be in [0, 1]")
-        if optim.max_grad_norm <= 0:
-            raise ConfigError(f"optim.max_grad_norm={optim.max_grad_norm} must be > 0")
         try:
             self.model.lora.check("model.lora")
         except ValueError as error:
             raise ConfigError(str(error)) from None
-
-
-def _choice(key: str, value: str, valid: tuple[str, ...]) -> None:
-    if value not in valid:
-        raise ConfigError(f"{key}={value!r} is not one of {', '.join(valid)}")
 
 
 @dataclass(frozen=True)
@@ -274,7 +260,8 @@ class DistributedContext:
 
 
 def init_distributed(device_name: str) -> DistributedContext:
-    """Reads RANK/WORLD_SIZE/LOCAL_RANK (torchrun) and starts the process group when world_size > 1."""
+    """Reads RANK/WORLD_SIZE/LOCAL_RANK (torchrun) and starts the process group; one process
+    without torchrun gets a one-rank group (in-process store), so it shards like the rest."""
     rank = int(os.environ.get("RANK", "0"))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -284,8 +271,12 @@ def init_distributed(device_name: str) -> DistributedContext:
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timedelta(minutes=30))
+    backend = "nccl" if use_cuda else "gloo"
+    if not dist.is_initialized():
+        if world_size > 1:
+            dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+        else:
+            dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
     return DistributedContext(rank, world_size, device)
 
 
@@ -348,14 +339,40 @@ def _format_duration(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def check_output_dir(trainer: SFTTrainerConfig) -> None:
-    """Refuses to mix two runs in one folder: output_dir must be absent or empty unless overwrite_output_dir."""
+def find_resume_checkpoint(trainer: SFTTrainerConfig) -> str | None:
+    """The checkpoint a run in `trainer.output_dir` continues from: its latest intact
+    global_step_N (with find_last_checkpoint, unless overwrite_output_dir), else None for a
+    fresh start. Refuses to mix two runs in one folder: a non-empty output_dir without a
+    checkpoint needs overwrite_output_dir, and one whose every checkpoint is damaged stops the
+    run naming them."""
     path = trainer.output_dir
-    if os.path.isdir(path) and os.listdir(path) and not trainer.overwrite_output_dir:
+    if trainer.overwrite_output_dir:
+        return None
+    if trainer.find_last_checkpoint and checkpoint.list_checkpoints(path):
+        found, warnings = checkpoint.find_latest_intact_checkpoint(path)
+        for warning in warnings:
+            print(f"WARNING: {warning}", file=sys.stderr, flush=True)
+        if found is None:
+            raise checkpoint.CheckpointError(
+                f"every checkpoint under {path} is damaged:\n  " + "\n  ".join(warnings)
+                + "\nRepair or remove them, or set trainer.overwrite_output_dir=true to start over"
+            )
+        return found
+    contents = sorted(set(os.listdir(path)) - {LOCK_FILE}) if os.path.isdir(path) else []
+    if contents:
         raise ConfigError(
-            f"trainer.output_dir={path} is not empty ({sorted(os.listdir(path))[:5]}); "
+            f"trainer.output_dir={path} is not empty ({contents[:5]}) and holds no checkpoint to resume; "
             "choose a new folder or set trainer.overwrite_output_dir=true to delete it"
         )
+    return None
+
+
+def clear_folder(path: str, keep: str) -> None:
+    """Removes everything in `path` except the entry `keep` (the run's lock, held while clearing)."""
+    for name in os.listdir(path):
+        if name != keep:
+            target = os.path.join(path, name)
+            shutil.rmtree(target) if os.path.isdir(target) and not os.path.islink(target) else os.remove(target)
 
 
 def publish_final_model(staging_dir: str, output_dir: str) -> None:
@@ -375,7 +392,9 @@ def publish_final_model(staging_dir: str, output_dir: str) -> None:
 
 
 class SFTTrainer:
-    """Builds model, data and optimizer from an `SFTConfig`; `fit()` trains and saves."""
+    """Builds model, data and the training engine from an `SFTConfig`; `fit()` trains, saves
+    checkpoints and the final model. In an output_dir with a checkpoint it resumes from the
+    latest intact one (`find_resume_checkpoint`)."""
 
     def __init__(self, config: SFTConfig, context: DistributedContext | None = None):
         config.validate()
@@ -385,19 +404,25 @@ class SFTTrainer:
             self.context, config.model, config.data, config.optim, config.trainer,
         )
         # Every rank checks before rank 0 writes anything, so a refusal stops all ranks alike.
-        check_output_dir(trainer_cfg)
+        self.resume_from = find_resume_checkpoint(trainer_cfg)
         if ctx.is_distributed:
             dist.barrier()
-        if ctx.is_main:
-            shutil.rmtree(trainer_cfg.output_dir, ignore_errors=True)
-            os.makedirs(trainer_cfg.output_dir)
+        # One run per output_dir (verl.utils.folder_lock), held until `fit` ends; a killed run's
+        # lock is dropped by the kernel and taken over by the run that resumes it.
+        self.folder_lock = CheckpointFolderLock(trainer_cfg.output_dir) if ctx.is_main else None
+        if self.folder_lock is not None:
+            self.folder_lock.acquire()
+            if self.resume_from is None:
+                clear_folder(trainer_cfg.output_dir, keep=LOCK_FILE)
             with open(os.path.join(trainer_cfg.output_dir, "sft_config.yaml"), "w", encoding="utf-8") as file:
                 file.write(to_yaml(config))
+        if ctx.is_distributed:
+            dist.barrier()
         set_seed(trainer_cfg.seed)
 
         check_model_path(model_cfg.model_path, "model.model_path")
-        self.tokenizer = AutoTokenizer.from_pretrained(model_cfg.model_path)
-        self.processor = AutoProcessor.from_pretrained(model_cfg.model_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_cfg.tokenizer_path or model_cfg.model_path)
+        self.processor = AutoProcessor.from_pretrained(model_cfg.tokenizer_path or model_cfg.model_path)
         self.dataset = SFTDataset(
             data_cfg.train_file,
             self.tokenizer,
@@ -413,104 +438,164 @@ class SFTTrainer:
         self.pad_token_id: int = self.tokenizer.pad_token_id
         if self.pad_token_id is None:
             self.pad_token_id = self.tokenizer.eos_token_id
-        self.loader = DataLoader(
-            self.dataset,
-            batch_size=trainer_cfg.per_device_batch_size,
-            sampler=self.sampler,
-            collate_fn=partial(collate_sft, pad_token_id=self.pad_token_id),
-            num_workers=data_cfg.num_workers,
-        )
+        self.loader = self._loader(self.sampler)
         self.total_steps = total_optimizer_steps(
             len(self.loader), trainer_cfg.gradient_accumulation_steps, trainer_cfg.num_epochs, trainer_cfg.max_steps
         )
 
         # The saved model keeps the source checkpoint's dtype (bf16 for Qwen's releases).
         self.save_dtype: torch.dtype = AutoConfig.from_pretrained(model_cfg.model_path).dtype or torch.float32
-        self.compute_dtype = resolve_dtype(model_cfg.dtype, ctx.device)
-        model = build_policy(
-            model_cfg.model_path,
-            ctx.device,
-            model_cfg.attn_implementation,
-            gradient_checkpointing=model_cfg.gradient_checkpointing,
-            freeze_vision_tower=model_cfg.freeze_vision_tower,
-            freeze_multi_modal_projector=model_cfg.freeze_multi_modal_projector,
-            lora=model_cfg.lora,
-            lora_key="model.lora",
+        # The RL actor's build and precision path, one process included.
+        fsdp_cfg = config.fsdp
+        mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
+        self.model = build_trained_policy(
+            model_cfg, fsdp_cfg, ctx.device, mesh, model_cfg.attn_implementation, "model.lora"
         )
-        if ctx.is_distributed:
-            mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
-            mixed_precision = MixedPrecisionPolicy(param_dtype=self.compute_dtype, reduce_dtype=torch.float32)
-            model = shard_model(model, mesh, mixed_precision)
-        self.model = model
-        self.trainable_parameters = [p for p in model.parameters() if p.requires_grad]
-        if not self.trainable_parameters:
-            raise ConfigError("every parameter is frozen: nothing to train")
-        self.optimizer, self.scheduler = build_optimizer(
-            self.trainable_parameters, optim_cfg.lr, optim_cfg.betas, optim_cfg.eps, optim_cfg.weight_decay,
-            self.total_steps, optim_cfg.warmup_ratio, optim_cfg.lr_scheduler, optim_cfg.min_lr_ratio,
+        try:
+            self.engine = Engine(
+                self.model, optim_cfg, self.total_steps, trainer_cfg.max_grad_norm,
+                offload_optimizer=fsdp_cfg.optimizer_offload and ctx.device.type == "cuda",
+            )
+        except ValueError as error:  # every parameter frozen
+            raise ConfigError(str(error)) from None
+        self.start_step = 0
+        if self.resume_from is not None:
+            self.start_step = self._resume(self.resume_from)
+
+    def _loader(self, sampler: Iterable[int]) -> DataLoader:
+        """Micro-batches of `per_device_batch_size` conversations in `sampler`'s order."""
+        return DataLoader(
+            self.dataset,
+            batch_size=self.config.trainer.per_device_batch_size,
+            sampler=sampler,
+            collate_fn=partial(collate_sft, pad_token_id=self.pad_token_id),
+            num_workers=self.config.data.num_workers,
         )
 
-    def _autocast(self):
-        """bf16 autocast for the unsharded model on GPU; FSDP's mixed-precision policy does it when sharded."""
-        enabled = not self.context.is_distributed and self.compute_dtype != torch.float32
-        return torch.autocast(self.context.device.type, dtype=self.compute_dtype, enabled=enabled)
+    def _epoch_micro_batches(self, epoch: int, skip: int) -> Iterable[dict[str, torch.Tensor]]:
+        """This rank's micro-batches of `epoch` after the first `skip` (a resume mid-epoch starts
+        where its checkpoint stopped, without loading the conversations it skips)."""
+        self.sampler.set_epoch(epoch)
+        if skip == 0:
+            return self.loader
+        order = list(self.sampler)[skip * self.config.trainer.per_device_batch_size :]
+        return self._loader(order)
 
     def train_step(self, micro_batches: list[dict[str, torch.Tensor]], step: int) -> StepRecord:
-        """One optimizer step over this rank's micro-batches of the global batch."""
+        """One optimizer step over this rank's micro-batches of the global batch
+        (`Engine.train_batch`: each micro-batch's loss is its token sum over the global batch's
+        label-token count)."""
         start = time.perf_counter()
         ctx = self.context
-        self.model.train()
         local_labels = sum(count_label_tokens(batch["labels"]) for batch in micro_batches)
         local_tokens = sum(int(batch["attention_mask"].sum()) for batch in micro_batches)
         global_labels, global_tokens = sum_across_ranks([local_labels, local_tokens])
         if global_labels == 0:
             raise ValueError(f"step {step}: the global batch has no supervised token")
-        # FSDP averages gradients over ranks; scaling by world_size turns that average back into
-        # the sum of the ranks' shares, i.e. the global token mean.
-        scale = ctx.world_size / global_labels
-        self.optimizer.zero_grad(set_to_none=True)
         local_loss_sum = 0.0
-        for batch in micro_batches:
-            with self._autocast():
-                loss_sum = supervised_loss_sum(self.model, batch, ctx.device)
-            (loss_sum * scale).backward()
+
+        def loss_fn(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            nonlocal local_loss_sum
+            loss_sum = supervised_loss_sum(self.model, batch, ctx.device)
             local_loss_sum += loss_sum.item()
+            return loss_sum / global_labels
+
+        result = self.engine.train_batch(
+            micro_batches, loss_fn,
+            lambda count: f"step {step}: non-finite SFT loss on {count} micro-batch(es); lower optim.lr or check "
+            "the data (e.g. with fsdp.torch_dtype=float32)",
+        )
+        if not result.stepped and ctx.is_main:  # one overflowing batch does not poison the weights
+            print(f"step {step}: gradient norm {result.grad_norm}, optimizer step skipped", file=sys.stderr, flush=True)
         (global_loss_sum,) = sum_across_ranks([local_loss_sum])
-        loss = global_loss_sum / global_labels
-        if not math.isfinite(loss):
-            raise FloatingPointError(
-                f"step {step}: non-finite SFT loss {loss}; lower optim.lr or check the data "
-                "(e.g. with model.dtype=float32)"
-            )
-        lr = self.scheduler.get_last_lr()[0]
-        grad_norm, stepped = clip_and_step(self.trainable_parameters, self.optimizer, self.config.optim.max_grad_norm)
-        if not stepped and ctx.is_main:  # one overflowing batch does not poison the weights
-            print(f"step {step}: gradient norm {grad_norm}, optimizer step skipped", file=sys.stderr, flush=True)
-        self.scheduler.step()
         return StepRecord(
             step=step,
-            loss=loss,
-            grad_norm=grad_norm,
-            lr=lr,
+            loss=global_loss_sum / global_labels,
+            grad_norm=result.grad_norm,
+            lr=result.lr,
             label_tokens=int(global_labels),
             tokens=int(global_tokens),
             seconds=time.perf_counter() - start,
         )
 
+    def _data_settings(self) -> dict[str, Any]:
+        """What the data position of a checkpoint (its step) depends on: a resume must see the same."""
+        trainer_cfg = self.config.trainer
+        return {
+            "trainer.per_device_batch_size": trainer_cfg.per_device_batch_size,
+            "trainer.gradient_accumulation_steps": trainer_cfg.gradient_accumulation_steps,
+            "trainer.seed": trainer_cfg.seed,
+            "data.shuffle": self.config.data.shuffle,
+            "world size": self.context.world_size,
+            "conversations": len(self.dataset),
+        }
+
+    def save_checkpoint(self, step: int) -> str:
+        """output_dir/global_step_{step} in the RL trainer's format (`save_policy`: the engine's
+        shards, AdamW state, lr schedule and RNG, the HF metadata), the data position's settings,
+        the manifest last, then published atomically (`verl.utils.checkpoint.commit_checkpoint`).
+        A collective: every rank calls it."""
+        ctx, root = self.context, self.config.trainer.output_dir
+        tmp_dir = checkpoint.step_dir(root, step) + ".tmp"
+        if ctx.is_main:
+            with checkpoint.naming_write_errors(root):
+                checkpoint.temporary_step_dir(root, step)
+        if ctx.is_distributed:
+            dist.barrier()
+        model_cfg = self.config.model
+        with checkpoint.naming_write_errors(tmp_dir):
+            written = save_policy(
+                self.engine, os.path.join(tmp_dir, "actor"), model_cfg.model_path, model_cfg.lora, model_cfg.model_path
+            )
+            digests = digest_files(tmp_dir, [f"actor/{name}" for name in written])
+        gathered = [None] * ctx.world_size
+        if ctx.is_distributed:
+            dist.all_gather_object(gathered, digests)
+        else:
+            gathered = [digests]
+        published = checkpoint.step_dir(root, step)
+        if ctx.is_main:
+            checkpoint.save_file(self._data_settings(), os.path.join(tmp_dir, DATA_SETTINGS_FILE))
+            with checkpoint.naming_write_errors(tmp_dir):
+                write_manifest(tmp_dir, {rel: entry for rank_digests in gathered for rel, entry in rank_digests.items()})
+            with checkpoint.naming_write_errors(root):
+                published = checkpoint.commit_checkpoint(root, step, tmp_dir, self.config.trainer.save_limit)
+        if ctx.is_distributed:
+            dist.barrier()
+        return published
+
+    def _resume(self, path: str) -> int:
+        """Loads checkpoint `path` into the engine; returns its step. Refuses a checkpoint whose
+        data position means other conversations here (`_data_settings` changed)."""
+        settings_path = os.path.join(path, DATA_SETTINGS_FILE)
+        if not os.path.isfile(settings_path):
+            raise checkpoint.CheckpointError(f"checkpoint {path} lacks {DATA_SETTINGS_FILE}: not an SFT checkpoint")
+        saved = torch.load(settings_path, weights_only=False)
+        changed = {key: (saved.get(key), value) for key, value in self._data_settings().items() if saved.get(key) != value}
+        if changed:
+            raise checkpoint.CheckpointError(
+                f"checkpoint {path} was written with other data settings, its step would skip other conversations: "
+                + ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changed.items())
+                + "; resume with the saved values or set trainer.overwrite_output_dir=true to start over"
+            )
+        model_cfg = self.config.model
+        resume_policy(self.engine, os.path.join(path, "actor"), model_cfg.lora, model_cfg.model_path, "model.model_path")
+        step = checkpoint.step_of(path)
+        if self.context.is_main:
+            print(f"resumed from {path} (step {step})", flush=True)
+        return step
+
     def save(self, target_dir: str) -> None:
         """Writes a complete HF folder (weights in the source dtype, config, generation config,
-        tokenizer, processor with chat template) to `target_dir` via a temporary folder.
-        A collective when sharded: every rank must call it."""
+        tokenizer, processor with chat template) to `target_dir` via a temporary folder, moved
+        in with config.json last (`publish_final_model`). A collective when sharded: every rank
+        must call it (a collective)."""
         ctx = self.context
-        if ctx.is_distributed:
-            state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        else:
-            state = self.model.state_dict()
+        state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if self.config.model.lora.enabled:  # the saved folder is the plain model, adapters folded in
             state = fold_adapters(state, lora_scale(self.config.model.lora))
         if ctx.is_main:
-            is_final = os.path.abspath(target_dir) == os.path.abspath(self.config.trainer.output_dir)
-            staging = os.path.join(target_dir, FINAL_TMP_DIR) if is_final else target_dir + ".tmp"
+            staging = os.path.join(target_dir, FINAL_TMP_DIR)
             shutil.rmtree(staging, ignore_errors=True)
             state = {name: tensor.detach().to("cpu", self.save_dtype) for name, tensor in state.items()}
             self.model.save_pretrained(staging, state_dict=state, safe_serialization=True)
@@ -520,15 +605,13 @@ class SFTTrainer:
                 config.dtype = self.save_dtype
             saved_config.save_pretrained(staging)
             self.processor.save_pretrained(staging)
-            if is_final:
-                publish_final_model(staging, target_dir)
-            else:
-                os.replace(staging, target_dir)
+            publish_final_model(staging, target_dir)
         if ctx.is_distributed:
             dist.barrier()
 
     def fit(self) -> SFTResult:
-        """Trains for the configured epochs/steps, logs, saves checkpoints and the final model."""
+        """Trains for the configured epochs/steps from `start_step`, logs, saves checkpoints and
+        the final model; releases the output_dir's lock at the end."""
         ctx, trainer_cfg = self.context, self.config.trainer
         tracker = None
         if ctx.is_main:
@@ -539,41 +622,48 @@ class SFTTrainer:
                 trainer_cfg.output_dir,
                 asdict(self.config),
             )
+            # Rows logged after the checkpoint by the run that died are logged again below.
+            tracker.drop_rows_from(self.start_step + 1)
             print(
                 f"SFT: {len(self.dataset)} conversations, {ctx.world_size} rank(s) on {ctx.device.type}, global batch "
                 f"{trainer_cfg.per_device_batch_size * trainer_cfg.gradient_accumulation_steps * ctx.world_size}, "
                 f"{self.total_steps} optimizer steps",
                 flush=True,
             )
-        steps_per_epoch = math.ceil(len(self.loader) / trainer_cfg.gradient_accumulation_steps)
+        accumulation = trainer_cfg.gradient_accumulation_steps
+        steps_per_epoch = math.ceil(len(self.loader) / accumulation)
         records: list[StepRecord] = []
         window: list[StepRecord] = []
         start = time.perf_counter()
-        step = 0
+        step = self.start_step
         try:
-            for epoch in itertools.count():
+            for epoch in itertools.count(step // steps_per_epoch):
                 if step >= self.total_steps:
                     break
-                self.sampler.set_epoch(epoch)
-                for micro_batches in chunks(self.loader, trainer_cfg.gradient_accumulation_steps):
+                skip = (step - epoch * steps_per_epoch) * accumulation
+                for micro_batches in chunks(self._epoch_micro_batches(epoch, skip), accumulation):
                     if step >= self.total_steps:
                         break
                     record = self.train_step(micro_batches, step + 1)
                     step += 1
                     records.append(record)
                     window.append(record)
-                    if step % trainer_cfg.logging_steps == 0 or step == self.total_steps:
+                    is_last = step == self.total_steps
+                    save_freq = trainer_cfg.save_freq
+                    if save_freq != 0 and ((save_freq > 0 and step % save_freq == 0) or is_last):
+                        self.save_checkpoint(step)
+                    if step % trainer_cfg.logging_steps == 0 or is_last:
                         if tracker is not None:
                             elapsed = time.perf_counter() - start
                             self._log(tracker, window, step, epoch_progress=step / steps_per_epoch, elapsed=elapsed)
                         window = []
-                    if trainer_cfg.save_steps and step % trainer_cfg.save_steps == 0 and step < self.total_steps:
-                        self.save(os.path.join(trainer_cfg.output_dir, f"checkpoint-{step}"))
             train_seconds = time.perf_counter() - start
             self.save(trainer_cfg.output_dir)
         finally:
             if tracker is not None:
                 tracker.close()
+            if self.folder_lock is not None:
+                self.folder_lock.release()
         if ctx.is_main:
             print(
                 f"SFT done: {step} steps in {_format_duration(train_seconds)}; model saved to {trainer_cfg.output_dir}",

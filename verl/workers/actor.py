@@ -9,6 +9,7 @@ KL loss `ref_log_probs`, and with rollout correction `rollout_log_probs` (bs, R)
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from verl.algorithms import core_algos, papo
 from verl.algorithms.rollout_correction import rollout_importance_weights
 from verl.workers.config import ActorConfig
 from verl.workers.engine.shared_prefix import block_mask_for, pack_shared_prefix, packing_of, prompt_group_labels
-from verl.workers.engine.optim import clip_and_step, count_on_all_ranks, optimizer_for
+from verl.workers.engine.engine import Engine
 from verl.workers.engine.micro_batch import (
     max_across_ranks,
     plan_micro_batches,
@@ -246,12 +247,8 @@ def with_masked_images(data: DataProto, ratio: float, generator: torch.Generator
     )
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The policy loss became NaN/inf; the message names the step and the loss terms."""
-
-
 class PPOActor:
-    """The trainable policy on one rank: FSDP-sharded model, AdamW, lr schedule.
+    """The trainable policy on one rank: FSDP-sharded model, AdamW, lr schedule (`engine`).
 
     `max_token_len` / `max_token_len_for_experience`: token budgets per micro-batch of the
     update / the no-grad log-prob pass (None: `micro_batch_size_per_device_*` rows each).
@@ -274,25 +271,9 @@ class PPOActor:
         self.share_prefix = share_prefix
         self.max_token_len = max_token_len
         self.max_token_len_for_experience = max_token_len_for_experience
-        self.trainable_parameters, self.optimizer, self.scheduler = optimizer_for(model, config.optim, total_optimizer_steps)
-        self.optimizer_steps = 0
+        self.engine = Engine(model, config.optim, total_optimizer_steps, config.max_grad_norm, offload_optimizer)
         # Chooses PAPO's hidden patches; the same sequence on every rank, each on its own rows.
         self.papo_generator = torch.Generator().manual_seed(0)
-        # AdamW moments stay on CPU except during the step: GPU memory for long rollouts.
-        self.offload_optimizer_between_steps = offload_optimizer
-
-    def _optimizer_step(self) -> None:
-        if self.offload_optimizer_between_steps:
-            self._move_optimizer_state(next(self.model.parameters()).device)
-        self.optimizer.step()
-        if self.offload_optimizer_between_steps:
-            self._move_optimizer_state(torch.device("cpu"))
-
-    def _move_optimizer_state(self, device: torch.device) -> None:
-        for state in self.optimizer.state.values():
-            for key, value in state.items():
-                if isinstance(value, torch.Tensor) and value.dim() > 0:
-                    state[key] = value.to(device, non_blocking=True)
 
     def compute_log_probs(self, data: DataProto) -> tuple[torch.Tensor, torch.Tensor]:
         log_probs, entropy = compute_log_probs(
@@ -316,12 +297,12 @@ class PPOActor:
         metrics: dict[str, list[float]],
         groups: np.ndarray | None,
     ) -> torch.Tensor:
-        """Backward of this micro-batch's share of the mini-batch loss: token (or sequence) sums
-        divided by the mini-batch's global count, times `grad_scale` (the world size: FSDP
-        averages gradients over ranks). `normalizers`: that count, one per objective term
-        (`OBJECTIVE_PARTS` when the rows carry `OBJECTIVE_PART`, else one). Loss terms are added
-        to `sums` as shares of the global mini-batch loss. `groups`: the rows' prompt-group
-        labels (None: no packing)."""
+        """This micro-batch's share of the mini-batch loss: token (or sequence) sums divided by
+        the mini-batch's global count (the engine back-propagates it times the world size
+        `grad_scale`: FSDP averages gradients over ranks). `normalizers`: that count, one per
+        objective term (`OBJECTIVE_PARTS` when the rows carry `OBJECTIVE_PART`, else one). Loss
+        terms are added to `sums` as shares of the global mini-batch loss. `groups`: the rows'
+        prompt-group labels (None: no packing)."""
         cfg = self.config
         mask = loss_mask_of(micro).float()
         on_policy = "old_log_probs" not in micro.batch
@@ -422,8 +403,7 @@ class PPOActor:
                     if gap.numel():
                         sums["gap_sum"] += gap.sum().item()
                         sums["gap_max"] = max(sums["gap_max"], gap.max().item())
-        (loss * grad_scale).backward()
-        return loss.detach()
+        return loss
 
     def with_rejection_mask(self, mini: DataProto, metrics: dict[str, list[float]]) -> DataProto:
         """MIS (worker.actor.rollout_correction.mode=mis): the rows with `LOSS_MASK`, their
@@ -448,14 +428,16 @@ class PPOActor:
         tensors[LOSS_MASK] = (mask * accepted.to(mask.dtype)).to(mask.dtype)
         return DataProto(batch=tensors, non_tensor_batch=dict(mini.non_tensor_batch), meta_info=dict(mini.meta_info))
 
-    def backward_mini_batch(self, mini: DataProto, metrics: dict[str, list[float]] | None = None) -> int:
-        """Accumulates the gradient of one mini-batch (this rank's rows of it) over dynamic
-        micro-batches; returns the number of micro-batches whose loss was not finite. Token-mean
+    def mini_batch_loss(
+        self, mini: DataProto, metrics: dict[str, list[float]]
+    ) -> tuple[list[tuple[np.ndarray, np.ndarray | None]], Callable[[tuple], torch.Tensor], Callable[[], None]]:
+        """The loss of one mini-batch (this rank's rows of it) for `Engine.train_batch`: its
+        dynamic micro-batch plans, the loss function of one plan (`_micro_batch_loss`), and a
+        function that adds the mini-batch's metrics to `metrics` once every plan ran. Token-mean
         divides by the token count of the whole mini-batch over all ranks, the seq-mean modes by
         its sequence count (each objective term by its own), so the gradient does not depend on
         how rows are split into ranks and micro-batches."""
         cfg = self.config
-        metrics = metrics if metrics is not None else defaultdict(list)
         mini = self.with_rejection_mask(mini, metrics)
         parts = range(len(OBJECTIVE_PARTS)) if OBJECTIVE_PART in mini.batch else [None]
         normalizers_and_scales = [mini_batch_normalizer(mini, cfg.loss_agg_mode, part) for part in parts]
@@ -464,25 +446,36 @@ class PPOActor:
         # Dr. GRPO's constant: the configured response width, not a micro-batch's trimmed one.
         max_response_length = mini.batch["responses"].shape[1]
         sums: dict[str, float] = defaultdict(float)
-        nonfinite = 0
         plans = micro_batches(mini, cfg.micro_batch_size_per_device_for_update, self.max_token_len, self.share_prefix)
-        for indices, groups in plans:
+
+        def loss_fn(plan: tuple[np.ndarray, np.ndarray | None]) -> torch.Tensor:
+            indices, groups = plan
             micro = trim_padding(mini[indices])
-            loss = self._micro_batch_loss(micro, normalizers, grad_scale, max_response_length, sums, metrics, groups)
-            nonfinite += int(not torch.isfinite(loss).item())
-        metrics["actor/micro_batches"].append(float(len(plans)))
-        for key, value in mini_batch_metrics(sums).items():
-            metrics[key].append(value)
-        loss_keys = [f"actor/{term}/{name}" for term in ("pg_loss", "kl_loss") for name in OBJECTIVE_PARTS]
-        loss_keys += ["actor/pg_loss", "actor/kl_loss", "actor/entropy_loss", "actor/papo_kl", "actor/papo_double_entropy"]
-        for key in loss_keys:
-            if key in sums:
-                metrics[key].append(sums[key])
-        if sums.get("entropy_tokens"):
-            metrics["actor/entropy"].append(sums["entropy_sum"] / sums["entropy_tokens"])
-            if "gap_sum" in sums:
-                metrics["rollout/logprob_gap_mean"].append(sums["gap_sum"] / sums["entropy_tokens"])
-                metrics["rollout/logprob_gap_max"].append(sums["gap_max"])
+            return self._micro_batch_loss(micro, normalizers, grad_scale, max_response_length, sums, metrics, groups)
+
+        def record_metrics() -> None:
+            metrics["actor/micro_batches"].append(float(len(plans)))
+            for key, value in mini_batch_metrics(sums).items():
+                metrics[key].append(value)
+            loss_keys = [f"actor/{term}/{name}" for term in ("pg_loss", "kl_loss") for name in OBJECTIVE_PARTS]
+            loss_keys += ["actor/pg_loss", "actor/kl_loss", "actor/entropy_loss", "actor/papo_kl", "actor/papo_double_entropy"]
+            for key in loss_keys:
+                if key in sums:
+                    metrics[key].append(sums[key])
+            if sums.get("entropy_tokens"):
+                metrics["actor/entropy"].append(sums["entropy_sum"] / sums["entropy_tokens"])
+                if "gap_sum" in sums:
+                    metrics["rollout/logprob_gap_mean"].append(sums["gap_sum"] / sums["entropy_tokens"])
+                    metrics["rollout/logprob_gap_max"].append(sums["gap_max"])
+
+        return plans, loss_fn, record_metrics
+
+    def backward_mini_batch(self, mini: DataProto, metrics: dict[str, list[float]] | None = None) -> int:
+        """Accumulates the gradient of one mini-batch without stepping (`Engine.accumulate` of
+        `mini_batch_loss`); returns this rank's number of micro-batches whose loss was not finite."""
+        plans, loss_fn, record_metrics = self.mini_batch_loss(mini, metrics if metrics is not None else defaultdict(list))
+        nonfinite = self.engine.accumulate(plans, loss_fn)
+        record_metrics()
         return nonfinite
 
     def update_policy(self, data: DataProto, num_mini_batches: int, step: int) -> dict[str, float]:
@@ -495,27 +488,25 @@ class PPOActor:
                 f"no old_log_probs: only an on-policy update (1 mini-batch, 1 epoch) may skip them, got "
                 f"{num_mini_batches} mini-batches x {cfg.ppo_epochs} epochs"
             )
-        self.model.train()
         metrics: dict[str, list[float]] = defaultdict(list)
         for _ in range(cfg.ppo_epochs):
             for indices in np.array_split(np.arange(len(data)), num_mini_batches):
-                self.optimizer.zero_grad(set_to_none=True)
-                nonfinite = count_on_all_ranks(self.backward_mini_batch(data[indices], metrics))
-                if nonfinite > 0:
-                    raise NonFiniteLossError(
-                        f"step {step}: non-finite actor loss on {nonfinite} micro-batch(es) "
+                plans, loss_fn, record_metrics = self.mini_batch_loss(data[indices], metrics)
+
+                def nonfinite_error(count: int) -> str:
+                    record_metrics()
+                    return (
+                        f"step {step}: non-finite actor loss on {count} micro-batch(es) "
                         f"(last pg_loss={metrics['actor/pg_loss'][-1]}); check rewards/advantages for NaN "
                         f"and lower worker.actor.optim.lr"
                     )
-                grad_norm, stepped = clip_and_step(
-                    self.trainable_parameters, self.optimizer, cfg.max_grad_norm, self._optimizer_step
-                )
-                if not stepped:  # a non-finite gradient norm skips the step; counted in metrics
+
+                result = self.engine.train_batch(plans, loss_fn, nonfinite_error)
+                record_metrics()
+                if not result.stepped:  # a non-finite gradient norm skips the step; counted in metrics
                     metrics["actor/skipped_steps"].append(1.0)
-                self.scheduler.step()
-                self.optimizer_steps += 1
-                metrics["actor/grad_norm"].append(grad_norm)
-        metrics["actor/lr"].append(self.scheduler.get_last_lr()[0])
+                metrics["actor/grad_norm"].append(result.grad_norm)
+        metrics["actor/lr"].append(self.engine.lr)
         result = {key: float(np.mean(values)) for key, values in metrics.items()}
         result["actor/optimizer_steps"] = float(len(metrics["actor/grad_norm"]))
         for key in ("rollout/logprob_gap_max", "rollout_corr/ratio_max"):

@@ -78,7 +78,7 @@ class ModelConfig:
     }
 
     model_path: str = ""
-    """Hugging Face folder (or hub id on a machine with internet) of the policy."""
+    """Hugging Face folder (or hub id on a machine with internet) of the policy (SFT: the model to fine-tune)."""
     tokenizer_path: str | None = None
     """Defaults to model_path."""
     attn_implementation: str = "auto"
@@ -86,7 +86,9 @@ class ModelConfig:
     enable_gradient_checkpointing: bool = False
     """Recompute activations in backward (saves memory on long responses)."""
     freeze_vision_tower: bool = False
-    """Train only the language model and merger."""
+    """Keep the vision encoder (patch embedding and blocks) fixed: train the language model and merger."""
+    freeze_multi_modal_projector: bool = False
+    """Keep the vision-to-language merger fixed too (with freeze_vision_tower: train the language model only)."""
     share_prompt_prefix: bool = True
     """Training-side forwards (log-probs, update, values) compute the responses of one prompt as
     ONE sequence [prompt | response 1 | ... | response n] with a block attention mask: the prompt

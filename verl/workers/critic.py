@@ -19,7 +19,7 @@ from verl.protocol import DataProto
 from verl.workers.actor import forward_response_logits, micro_batches, mini_batch_normalizer
 from verl.workers.config import CriticConfig
 from verl.workers.engine.micro_batch import trim_padding
-from verl.workers.engine.optim import clip_and_step, count_on_all_ranks, optimizer_for
+from verl.workers.engine.engine import Engine
 
 
 def forward_response_values(model: nn.Module, micro_batch: DataProto, groups: np.ndarray | None = None) -> torch.Tensor:
@@ -30,7 +30,7 @@ def forward_response_values(model: nn.Module, micro_batch: DataProto, groups: np
 
 
 class PPOCritic:
-    """The trainable value model on one rank: (FSDP-sharded) model, AdamW, lr schedule.
+    """The trainable value model on one rank: (FSDP-sharded) model, AdamW, lr schedule (`engine`).
 
     `max_token_len` / `max_token_len_for_experience`: token budgets per micro-batch of the update
     / the no-grad value pass (None: the configured row counts). `share_prefix`: rows with the
@@ -50,8 +50,7 @@ class PPOCritic:
         self.share_prefix = share_prefix
         self.max_token_len = max_token_len
         self.max_token_len_for_experience = max_token_len_for_experience
-        self.trainable_parameters, self.optimizer, self.scheduler = optimizer_for(model, config.optim, total_optimizer_steps)
-        self.optimizer_steps = 0
+        self.engine = Engine(model, config.optim, total_optimizer_steps, config.max_grad_norm)
 
     @torch.no_grad()
     def compute_values(self, data: DataProto) -> torch.Tensor:
@@ -72,17 +71,18 @@ class PPOCritic:
         gradient accumulated over micro-batches with the mini-batch's global normaliser (as
         the actor's update)."""
         cfg = self.config
-        self.model.train()
         metrics: dict[str, list[float]] = defaultdict(list)
         max_response_length = data.batch["responses"].shape[1]
         for _ in range(cfg.ppo_epochs):
             for mini_indices in np.array_split(np.arange(len(data)), num_mini_batches):
                 mini = data[mini_indices]
-                self.optimizer.zero_grad(set_to_none=True)
                 normalizer, grad_scale = mini_batch_normalizer(mini, cfg.loss_agg_mode)
-                loss_sum, nonfinite = 0.0, 0
+                loss_sum = 0.0
                 plans = micro_batches(mini, cfg.micro_batch_size_per_device_for_update, self.max_token_len, self.share_prefix)
-                for indices, groups in plans:
+
+                def loss_fn(plan: tuple[np.ndarray, np.ndarray | None]) -> torch.Tensor:
+                    nonlocal loss_sum
+                    indices, groups = plan
                     micro = trim_padding(mini[indices])
                     values = forward_response_values(self.model, micro, groups)
                     device = values.device
@@ -91,21 +91,18 @@ class PPOCritic:
                         values, micro.batch["values"].to(device), micro.batch["returns"].to(device), mask,
                         cfg.clip_range_value, cfg.loss_agg_mode, max_response_length, normalizer,
                     )
-                    (loss * grad_scale).backward()
                     loss_sum += loss.item() * grad_scale
-                    nonfinite += int(not torch.isfinite(loss).item())
                     metrics["critic/vf_clipfrac"].append(loss_metrics["vf_clipfrac"])
-                if count_on_all_ranks(nonfinite) > 0:
-                    raise FloatingPointError(
-                        f"step {step}: non-finite critic loss; check the rewards/returns for NaN and lower "
-                        "worker.critic.optim.lr"
-                    )
-                grad_norm, stepped = clip_and_step(self.trainable_parameters, self.optimizer, cfg.max_grad_norm)
-                if not stepped:
+                    return loss
+
+                result = self.engine.train_batch(
+                    plans, loss_fn,
+                    lambda count: f"step {step}: non-finite critic loss; check the rewards/returns for NaN and lower "
+                    "worker.critic.optim.lr",
+                )
+                if not result.stepped:
                     metrics["critic/skipped_steps"].append(1.0)
-                self.scheduler.step()
-                self.optimizer_steps += 1
                 metrics["critic/vf_loss"].append(loss_sum)
-                metrics["critic/grad_norm"].append(grad_norm)
-        metrics["critic/lr"].append(self.scheduler.get_last_lr()[0])
+                metrics["critic/grad_norm"].append(result.grad_norm)
+        metrics["critic/lr"].append(self.engine.lr)
         return {key: float(np.mean(values)) for key, values in metrics.items()}

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
 from datetime import timedelta
 
 import ray
@@ -16,7 +15,7 @@ from transformers import AutoConfig
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy
 
-from verl.models.lora import LORA_CONFIG_FILE, adapters_disabled, is_adapter_name, load_lora_config, save_lora_config
+from verl.models.lora import adapters_disabled
 from verl.models.qwen_vl import recurrent_layers, resolve_attn_implementation, resolve_dtype
 from verl.protocol import DataProto
 from verl.utils.network import find_free_port
@@ -26,9 +25,9 @@ from verl.utils.manifest import digest_files
 from verl.workers.actor import PPOActor, compute_log_probs
 from verl.workers.config import RankSetup, WorkerConfig
 from verl.workers.critic import PPOCritic
+from verl.workers.engine.engine import resume_policy, save_policy
 from verl.workers.engine.fsdp import shard_model
-from verl.workers.engine.model import build_policy
-from verl.workers.engine.optim import apply_configured_lr
+from verl.workers.engine.model import build_policy, build_trained_policy
 from verl.workers.engine.shared_prefix import plan_attention
 from verl.workers.rollout import make_rollout_engine
 from verl.workers.rollout.base import SamplingConfig
@@ -75,9 +74,6 @@ class FSDPWorker:
         cfg = self.config
         torch.manual_seed(self.setup.seed)
         model_cfg = cfg.actor.model
-        compute_dtype = resolve_dtype(cfg.actor.fsdp.torch_dtype, self.device)
-        # fp32 master weights; compute in bf16 on GPU through FSDP mixed precision.
-        mp_policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
         actor_fsdp = cfg.actor.fsdp
         # Actor, reference and critic attend alike: packed (and how) or one row each.
         self.attention = plan_attention(
@@ -86,17 +82,10 @@ class FSDPWorker:
             recurrent_layers(AutoConfig.from_pretrained(model_cfg.model_path).get_text_config()),
         )
         self.share_prefix = self.attention.packing is not None
-        actor_model = build_policy(
-            model_cfg.model_path,
-            self.device,
-            self.attention.model_attention,
-            gradient_checkpointing=model_cfg.enable_gradient_checkpointing,
-            freeze_vision_tower=model_cfg.freeze_vision_tower,  # the merger (projector) stays trainable
-            move_to_device=not actor_fsdp.param_offload,
-            lora=model_cfg.lora,
-            lora_key="worker.actor.model.lora",
+        # fp32 master weights; compute in bf16 on GPU through FSDP mixed precision.
+        self.actor_module = build_trained_policy(
+            model_cfg, actor_fsdp, self.device, self.mesh, self.attention.model_attention, "worker.actor.model.lora"
         )
-        self.actor_module = shard_model(actor_model, self.mesh, mp_policy, actor_fsdp.param_offload)
         actor_cfg = cfg.actor
         self.actor = PPOActor(
             self.actor_module,
@@ -253,45 +242,21 @@ class FSDPWorker:
     def update_critic(self, data: DataProto, num_mini_batches: int, step: int) -> dict[str, float]:
         return self._require_critic().update_critic(data, num_mini_batches, step)
 
-    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
-        """The actor's full (unsharded) state dict on rank 0, None elsewhere (a collective)."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        state = get_model_state_dict(self.actor_module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return state if self.rank == 0 else None
-
     # ---- checkpoints -------------------------------------------------------------------------
     def save_checkpoint(self, step_dir: str, hf_source_dir: str) -> dict[str, dict]:
         """Writes this rank's files; returns their sizes and SHA-256 for the manifest (each rank
         hashes its own files while they are in the page cache, all ranks at once)."""
         # A failed write (disk full, no permission) names the file and the OS cause, whichever file it was.
         with checkpoint.naming_write_errors(step_dir):
+            model_cfg = self.config.actor.model
             actor_dir = os.path.join(step_dir, "actor")
-            checkpoint.save_rank_state(
-                actor_dir,
-                self.world_size,
-                self.rank,
-                self.actor_module,
-                self.actor.optimizer,
-                {"scheduler": self.actor.scheduler.state_dict(), "optimizer_steps": self.actor.optimizer_steps},
-                keep=self._saved_actor_weights,
-            )
-            written = [f"actor/{checkpoint.shard_file(kind, self.world_size, self.rank)}" for kind in checkpoint.RANK_FILES]
-            if self.rank == 0:
-                hf_dir = os.path.join(actor_dir, "huggingface")
-                checkpoint.save_hf_metadata(hf_source_dir, hf_dir)
-                written += [f"actor/huggingface/{name}" for name in sorted(os.listdir(hf_dir))]
-                if self.config.actor.model.lora.enabled:  # the merger folds adapters into the base with it
-                    model_cfg = self.config.actor.model
-                    save_lora_config(actor_dir, model_cfg.lora, model_cfg.model_path)
-                    written.append(f"actor/{LORA_CONFIG_FILE}")
+            written = [
+                f"actor/{name}"
+                for name in save_policy(self.actor.engine, actor_dir, hf_source_dir, model_cfg.lora, model_cfg.model_path)
+            ]
             if self.critic is not None:
                 critic_dir = os.path.join(step_dir, "critic")
-                checkpoint.save_rank_state(
-                    critic_dir, self.world_size, self.rank, self.critic_module, self.critic.optimizer,
-                    {"scheduler": self.critic.scheduler.state_dict(), "optimizer_steps": self.critic.optimizer_steps},
-                )
-                written += [f"critic/{checkpoint.shard_file(kind, self.world_size, self.rank)}" for kind in checkpoint.RANK_FILES]
+                written += [f"critic/{name}" for name in self.critic.engine.save(critic_dir)]
                 if self.rank == 0:  # the merger rebuilds a value model from these
                     critic_source = self.config.critic.model_path or hf_source_dir
                     checkpoint.save_hf_metadata(critic_source, os.path.join(critic_dir, "huggingface"))
@@ -300,40 +265,17 @@ class FSDPWorker:
         dist.barrier()
         return digests
 
-    @property
-    def _saved_actor_weights(self) -> Callable[[str], bool] | None:
-        """Which actor weights a checkpoint holds: a LoRA run's adapters alone (its frozen base is
-        the model folder it starts from, and resume loads that first), else all."""
-        return is_adapter_name if self.config.actor.model.lora.enabled else None
-
     def load_checkpoint(self, step_dir: str) -> None:
-        actor_dir = os.path.join(step_dir, "actor")
         model_cfg = self.config.actor.model
-        saved_lora = load_lora_config(actor_dir)
-        if model_cfg.lora.enabled and saved_lora is not None and (
-            os.path.realpath(saved_lora.base_model) != os.path.realpath(model_cfg.model_path)
-        ):
-            raise ValueError(
-                f"{actor_dir}/{LORA_CONFIG_FILE}: the adapters were trained on base model {saved_lora.base_model}, "
-                f"but this run loads {model_cfg.model_path} (worker.actor.model.model_path); resume with that base"
-            )
-        extra = checkpoint.load_rank_state(
-            actor_dir, self.world_size, self.rank, self.actor_module, self.actor.optimizer,
-            keep=self._saved_actor_weights,
+        resume_policy(
+            self.actor.engine, os.path.join(step_dir, "actor"), model_cfg.lora, model_cfg.model_path,
+            "worker.actor.model.model_path",
         )
-        self.actor.scheduler.load_state_dict(extra["scheduler"])
-        apply_configured_lr(self.actor.optimizer, self.actor.scheduler, self.config.actor.optim.lr)
-        self.actor.optimizer_steps = extra["optimizer_steps"]
         if self.critic is not None:
             critic_dir = os.path.join(step_dir, "critic")
             if not os.path.isdir(critic_dir):
                 raise FileNotFoundError(
                     f"checkpoint {step_dir} has no critic/ (saved without algorithm.adv_estimator=gae?)"
                 )
-            extra = checkpoint.load_rank_state(
-                critic_dir, self.world_size, self.rank, self.critic_module, self.critic.optimizer
-            )
-            self.critic.scheduler.load_state_dict(extra["scheduler"])
-            apply_configured_lr(self.critic.optimizer, self.critic.scheduler, self.config.critic.optim.lr)
-            self.critic.optimizer_steps = extra["optimizer_steps"]
+            self.critic.engine.resume(critic_dir)
         self.sync_rollout_weights()

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.distributed.fsdp import MixedPrecisionPolicy
 
-from verl.models.qwen_vl import load_policy, resolve_attn_implementation, vision_parts
+from verl.models.qwen_vl import load_policy, resolve_attn_implementation, resolve_dtype, vision_parts
 from verl.models.lora import LoRAConfig, apply_lora
 from verl.models.value_head import attach_value_head, is_value_checkpoint, load_value_model
+from verl.workers.config import FSDPConfig, ModelConfig
+from verl.workers.engine.fsdp import shard_model
 
 
 def freeze_vision(model: nn.Module, vision_tower: bool, projector: bool) -> None:
@@ -60,3 +63,31 @@ def build_policy(
     else:
         model.requires_grad_(False)
     return model.to(device) if move_to_device else model
+
+
+def build_trained_policy(
+    model: ModelConfig,
+    fsdp: FSDPConfig,
+    device: torch.device,
+    mesh,
+    attn_implementation: str | dict[str, str],
+    lora_key: str,
+) -> nn.Module:
+    """The policy SFT and the RL actor train, from their `model` and `fsdp` sections: fp32
+    master weights (`build_policy` with the section's freezing, activation checkpointing and
+    LoRA), then FSDP2 shards computing in `fsdp.torch_dtype` with fp32 gradient reduction, the
+    parameters on CPU with `fsdp.param_offload`. One precision path, a one-rank mesh included.
+    `lora_key`: the LoRA section's config key, for errors."""
+    policy = build_policy(
+        model.model_path,
+        device,
+        attn_implementation,
+        gradient_checkpointing=model.enable_gradient_checkpointing,
+        freeze_vision_tower=model.freeze_vision_tower,
+        freeze_multi_modal_projector=model.freeze_multi_modal_projector,
+        move_to_device=not fsdp.param_offload,
+        lora=model.lora,
+        lora_key=lora_key,
+    )
+    mixed_precision = MixedPrecisionPolicy(param_dtype=resolve_dtype(fsdp.torch_dtype, device), reduce_dtype=torch.float32)
+    return shard_model(policy, mesh, mixed_precision, fsdp.param_offload)

@@ -1,4 +1,5 @@
-"""Optimizer, learning-rate schedule and the optimizer step with clipping: one rule for SFT and RL."""
+"""Optimizer and learning-rate schedule: one rule for SFT and RL (the step itself is
+`verl.workers.engine.engine.Engine.train_batch`)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import math
 from functools import partial
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 
@@ -74,26 +74,3 @@ def optimizer_for(
         total_steps, optim.lr_warmup_ratio, optim.lr_scheduler, optim.min_lr_ratio,
     )
     return params, optimizer, scheduler
-
-
-def count_on_all_ranks(local: int) -> int:
-    """Sum of `local` over ranks: every rank learns about a non-finite loss before any raises."""
-    if not dist.is_initialized():
-        return local
-    tensor = torch.tensor([float(local)])
-    if dist.get_backend() == "nccl":
-        tensor = tensor.cuda()
-    dist.all_reduce(tensor)
-    return int(tensor.item())
-
-
-def clip_and_step(params, optimizer: torch.optim.Optimizer, max_grad_norm: float, step=None) -> tuple[float, bool]:
-    """Clips gradients to `max_grad_norm` (over all shards), then steps the optimizer
-    (`step()` when given, e.g. with optimizer-state offload) unless the norm is not finite:
-    one bad batch must not poison the weights. Returns (grad norm, whether it stepped)."""
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-    if not math.isfinite(grad_norm):
-        return grad_norm, False
-    (step or optimizer.step)()
-    return grad_norm, True
