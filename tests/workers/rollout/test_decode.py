@@ -118,3 +118,23 @@ def test_rows_that_finish_early_leave_the_batch_and_the_rest_keep_the_trainers_l
     mask = batch.batch["response_mask"].bool()
     gap = (log_probs - batch.batch["rollout_log_probs"]).abs()[mask]
     assert gap.max() < 1e-4, gap.max()
+
+
+def test_grouped_sdpa_under_a_mask_equals_transformers_sdpa_that_repeats_the_heads():
+    from types import SimpleNamespace
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from verl.workers.rollout.decode import grouped_sdpa_attention
+
+    module = SimpleNamespace(num_key_value_groups=3, is_causal=True, training=False)
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(4, 6, 1, 16, generator=generator)
+    key, value = torch.randn(4, 2, 9, 16, generator=generator), torch.randn(4, 2, 9, 16, generator=generator)
+    mask = torch.ones(4, 1, 1, 9, dtype=torch.bool)
+    mask[:2, ..., :3] = False  # left padding of two rows
+    grouped, _ = grouped_sdpa_attention(module, query, key, value, mask, scaling=0.25)
+    repeated, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.25)
+    assert torch.allclose(grouped, repeated, atol=1e-6)
+    unmasked, _ = grouped_sdpa_attention(module, query, key, value, None, scaling=0.25)
+    assert not torch.allclose(unmasked[:2], repeated[:2], atol=1e-3)  # the mask did act

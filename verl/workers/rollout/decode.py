@@ -19,6 +19,12 @@ for a left-padded batch, and each new token one past its row's largest prompt po
 what the trainer computes over `[prompt | response]`; the rollout and the trainer therefore agree
 on positions by construction.
 
+Attention: the language model runs `grouped_sdpa` (registered below), sdpa that keeps
+grouped-query attention grouped when a mask is given. transformers' sdpa repeats every key and
+value head `num_key_value_groups` times (a copy of the whole cache, per step and layer) whenever a
+batch carries a mask, i.e. whenever its prompts differ in length; torch's sdpa takes the mask with
+`enable_gqa` and gives the same numbers (tests/workers/rollout/test_decode.py).
+
 The loop serves models whose language layers are all attention layers with a key/value cache and
 whose base model has `get_rope_index` (Qwen2.5-VL, Qwen3-VL). `supports_decode_loop` says whether
 a model qualifies; the engine falls back to `generate` for any other.
@@ -29,13 +35,35 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedModel
+import torch.nn.functional as F
+from transformers import AttentionInterface, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 from verl.models.qwen_vl import position_ids_for
 from verl.workers.rollout.base import SamplingConfig
 
-ATTENTION_LAYER_TYPES = {"full_attention", "sliding_attention"}
+GROUPED_SDPA = "grouped_sdpa"
+
+
+def grouped_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+    """transformers' sdpa attention, except that a masked batch of a grouped-query model calls
+    torch's sdpa with `enable_gqa` on the (batch, kv_heads, keys, head_dim) cache as it is,
+    instead of a copy repeated to every query head. query (batch, heads, queries, head_dim);
+    returns (batch, queries, heads, head_dim) and no weights, as sdpa_attention_forward does."""
+    if attention_mask is None or getattr(module, "num_key_value_groups", 1) == 1 or not torch.is_tensor(attention_mask):
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+        )
+    output = F.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling, enable_gqa=True
+    )
+    return output.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(GROUPED_SDPA, grouped_sdpa_attention)
+ALL_MASK_ATTENTION_FUNCTIONS.register(GROUPED_SDPA, sdpa_mask)
 
 
 def supports_decode_loop(model: PreTrainedModel) -> bool:
@@ -201,6 +229,10 @@ def decode(
     # single query sees every earlier key, so no causal part is needed and none is built per step.
     mask = torch.ones(rows, 1, 1, attention_mask.shape[1] + steps, dtype=torch.bool, device=device)
     mask[:, 0, 0, : attention_mask.shape[1]] = attention_mask.repeat_interleave(n, dim=0).bool()
+    # Without padding in the batch every key is visible: no mask at all, which also lets sdpa run
+    # grouped-query attention on the cache as it is (a mask makes transformers copy every key and
+    # value head n_rep times per step and layer: 0.29 of 1.44 s at the compute benchmark's shape).
+    padded = not bool(attention_mask.all())
 
     tokens = torch.full((rows, steps), pad_id, dtype=torch.long, device=device)
     logprobs = torch.zeros(rows, steps, dtype=torch.float32, device=device)
@@ -227,7 +259,7 @@ def decode(
             break
         output = model(
             input_ids=step_tokens[:, None],
-            attention_mask=mask[..., : prompt_length + step + 1],
+            attention_mask=mask[..., : prompt_length + step + 1] if padded else None,
             position_ids=(next_position + step).view(1, -1, 1).expand(3, -1, 1),
             past_key_values=cache,
             use_cache=True,

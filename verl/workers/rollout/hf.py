@@ -23,7 +23,7 @@ from verl.data.vision import expand_image_tokens, multimodal_token_types, proces
 from verl.models.qwen_vl import recurrent_layers
 from verl.workers.rollout import RolloutTokenIds
 from verl.workers.rollout.base import GenerationOutput, GenerationRequest, RolloutEngine, SamplingConfig
-from verl.workers.rollout.decode import TokenFilter, decode, supports_decode_loop
+from verl.workers.rollout.decode import GROUPED_SDPA, TokenFilter, decode, supports_decode_loop
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -87,6 +87,8 @@ class HFRolloutEngine(RolloutEngine):
         # The project's decode loop where the model qualifies (`decode_loop=False`: always
         # transformers' generate, the reference the loop is benchmarked against).
         self.uses_decode_loop = decode_loop and supports_decode_loop(self.model)
+        if self.uses_decode_loop:  # the language model keeps grouped-query attention grouped under a mask
+            self.model.set_attn_implementation({"text_config": GROUPED_SDPA, "vision_config": "sdpa"})
 
     def generate(
         self, requests: list[GenerationRequest], sampling: SamplingConfig
