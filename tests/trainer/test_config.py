@@ -191,7 +191,7 @@ def test_rank_setup_carries_what_a_worker_reads_from_the_other_sections():
         ("worker.actor.optim.betas", "[0.9,1.5]", r"worker.actor.optim.betas=.* must be in \[0, 1\)"),
         ("worker.rollout.top_p", "0", r"worker.rollout.top_p=0.0 must be in \(0, 1\]"),
         ("worker.rollout.temperature", "nan", r"worker.rollout.temperature=nan must be a finite number"),
-        ("trainer.save_freq", "0", r"trainer.save_freq=0 must be >= 1 or -1"),
+        ("trainer.save_freq", "-2", r"trainer.save_freq=-2 must be >= 1 or -1 or 0"),
         ("trainer.max_steps", "0", r"trainer.max_steps=0 must be >= 1 or null"),
         ("reward.timeout_s", "0", r"reward.timeout_s=0.0 must be > 0"),
         ("algorithm.gamma", "1.5", r"algorithm.gamma=1.5 must be in \[0, 1\]"),
@@ -409,3 +409,11 @@ def test_a_typo_in_an_sft_choice_field_names_the_key_and_the_valid_values(key, v
     message = str(error.value)
     assert message.startswith(f"{key}=") and repr(typo) in message, message
     assert message.endswith(f"is not one of {', '.join(valid)}"), message
+
+
+def test_save_freq_takes_its_documented_never_and_only_at_the_end():
+    """0 = never, -1 = only at the end (the docstring's meanings; 0 was refused by the range)."""
+    for value in (0, -1, 5):
+        parse_cli(PPOConfig, _valid(**{"trainer.save_freq": value})).validate()
+    with pytest.raises(ConfigError, match="trainer.save_freq=-2"):
+        parse_cli(PPOConfig, _valid(**{"trainer.save_freq": -2})).validate()

@@ -215,7 +215,7 @@ class TrainerConfig:
     # Allowed values of the numeric fields (verl/utils/ranges.py), checked before Ray starts.
     RANGES: ClassVar[dict[str, Range]] = {
         "total_epochs": AT_LEAST_ONE, "max_steps": DEFAULT_OR_AT_LEAST_ONE, "val_freq": OFF_OR_AT_LEAST_ONE,
-        "save_freq": OFF_OR_AT_LEAST_ONE, "save_limit": OFF_OR_AT_LEAST_ONE,
+        "save_freq": Range(1, also=(-1, 0)), "save_limit": OFF_OR_AT_LEAST_ONE,
         "val_generations_to_log": NON_NEGATIVE, "val_blank_image_prompts": Range(0, also=(-1,)),
         "ray_num_cpus": DEFAULT_OR_AT_LEAST_ONE, "worker_timeout_s": POSITIVE, "dry_run_gpu_memory_gib": POSITIVE,
         "nnodes": AT_LEAST_ONE, "n_gpus_per_node": AT_LEAST_ONE,
