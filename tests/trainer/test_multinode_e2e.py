@@ -78,7 +78,7 @@ def test_two_nodes_train_resume_and_merge(tiny_model_dir, synthetic_data_dir, tm
     stages = {(event["args"]["step"], event["name"]) for event in trace["traceEvents"] if event["ph"] == "X"}
     for step in (1, 2):
         assert {name for event_step, name in stages if event_step == step} == {
-            "gen", "reward", "ref", "adv", "update_actor", "sync", "save_checkpoint"}, stages
+            "gen", "rollout_sleep", "reward", "ref", "adv", "update_actor", "sync", "save_checkpoint"}, stages
     for step in (1, 2):
         files = set(os.listdir(ckpt / f"global_step_{step}" / "actor"))
         expected = {f"{kind}_world_size_2_rank_{rank}.pt" for kind in RANK_FILES for rank in (0, 1)}

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from verl.toy.synthetic import Split, SyntheticDatasetFiles, TaskRow, write_task_dataset
+from verl.toy.synthetic import Split, SyntheticDatasetFiles, TaskRow, draw_answer, write_task_dataset
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (215, 25, 30),
@@ -110,17 +110,6 @@ class SceneSample:
         return self.answer != self.prior_answer
 
 
-def _draw(rng: np.random.Generator, options, prior: str, strength: float | None) -> str:
-    """The prior answer with probability `strength` (else another option); uniform when None."""
-    options = tuple(options)
-    if strength is None:
-        return options[rng.integers(len(options))]
-    if rng.random() < strength:
-        return prior
-    others = [option for option in options if option != prior]
-    return others[rng.integers(len(others))]
-
-
 def _place(rng: np.random.Generator, width: int, height: int, sides: list[int]) -> list[tuple[float, float]] | None:
     """Non-overlapping centres (a 2-pixel gap) for squares of `sides`, anywhere in the image;
     None when rejection sampling gives up (the caller redraws the scene)."""
@@ -173,29 +162,29 @@ def make_sample(rng: np.random.Generator, question_type: str, split: Split, spec
     if question_type == "color":
         kind = KINDS[rng.integers(len(KINDS))]
         prior = PRIOR_COLOR_OF_KIND[kind]
-        answer = _draw(rng, COLORS, prior, strength)
+        answer = draw_answer(rng, tuple(COLORS), prior, strength)
         scene = _scene(rng, spec, count, [(kind, answer)], None)
         return SceneSample(scene, question_type, f"What color is the {kind}?", answer, prior, (_find(scene, kind),))
     if question_type == "shape":
         color = list(COLORS)[rng.integers(len(COLORS))]
         prior = PRIOR_KIND_OF_COLOR[color]
-        answer = _draw(rng, KINDS, prior, strength)
+        answer = draw_answer(rng, KINDS, prior, strength)
         scene = _scene(rng, spec, count, [(answer, color)], None)
         return SceneSample(scene, question_type, f"What shape is the {color} object?", answer, prior,
                            (_find(scene, color=color),))
     if question_type == "count":
-        answer = _draw(rng, COUNTS, PRIOR_COUNT, strength)
+        answer = draw_answer(rng, COUNTS, PRIOR_COUNT, strength)
         scene = _scene(rng, spec, int(answer), [], None)
         return SceneSample(scene, question_type, "How many objects are in the image?", answer, PRIOR_COUNT, ())
     if question_type == "exists":
         kind, color = KINDS[rng.integers(len(KINDS))], list(COLORS)[rng.integers(len(COLORS))]
-        answer = _draw(rng, YES_NO, PRIOR_YES_NO, strength)
+        answer = draw_answer(rng, YES_NO, PRIOR_YES_NO, strength)
         required = [(kind, color)] if answer == "yes" else []
         scene = _scene(rng, spec, count, required, None if answer == "yes" else (kind, color))
         return SceneSample(scene, question_type, f"Is there a {color} {kind} in the image?", answer, PRIOR_YES_NO, (),
                            (color, kind))
     if question_type == "left_of":
-        answer = _draw(rng, YES_NO, PRIOR_YES_NO, strength)
+        answer = draw_answer(rng, YES_NO, PRIOR_YES_NO, strength)
         while True:
             scene = _scene(rng, spec, max(count, 2), [], None)
             first, second = (scene.objects[i] for i in rng.permutation(len(scene.objects))[:2])

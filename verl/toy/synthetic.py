@@ -158,7 +158,7 @@ def prior_answer(question_type: str, subject_color: str | None, subject_kind: st
     raise ValueError(f"unknown question type {question_type!r}; expected one of {QUESTION_TYPES}")
 
 
-def _draw_answer(rng: np.random.Generator, options: tuple[str, ...], prior: str, strength: float | None) -> str:
+def draw_answer(rng: np.random.Generator, options: tuple[str, ...], prior: str, strength: float | None) -> str:
     """Prior answer with probability ``strength`` (else another option); uniform when ``strength`` is None."""
     if strength is None:
         return options[rng.integers(len(options))]
@@ -218,18 +218,18 @@ def make_sample(
     if question_type == "color":
         kind = SHAPES[rng.integers(len(SHAPES))]
         prior = prior_answer("color", None, kind)
-        answer = _draw_answer(rng, tuple(COLORS), prior, strength)
+        answer = draw_answer(rng, tuple(COLORS), prior, strength)
         shapes, subject = _place_shapes(rng, num_shapes, (kind, answer), None, spec)
         question = f"What color is the {kind}?"
     elif question_type == "shape":
         color = list(COLORS)[rng.integers(len(COLORS))]
         prior = prior_answer("shape", color, None)
-        answer = _draw_answer(rng, SHAPES, prior, strength)
+        answer = draw_answer(rng, SHAPES, prior, strength)
         shapes, subject = _place_shapes(rng, num_shapes, (answer, color), None, spec)
         question = f"What shape is the {color} object?"
     elif question_type == "count":
         prior = prior_answer("count", None, None)
-        answer = _draw_answer(rng, COUNTS, prior, strength)
+        answer = draw_answer(rng, COUNTS, prior, strength)
         shapes, _ = _place_shapes(rng, int(answer), None, None, spec)
         subject = None
         question = "How many shapes are in the image?"
@@ -237,7 +237,7 @@ def make_sample(
         kind = SHAPES[rng.integers(len(SHAPES))]
         color = list(COLORS)[rng.integers(len(COLORS))]
         prior = prior_answer("position", color, kind)
-        answer = _draw_answer(rng, SIDES, prior, strength)
+        answer = draw_answer(rng, SIDES, prior, strength)
         shapes, subject = _place_shapes(rng, num_shapes, (kind, color), answer, spec)
         question = f"Is the {color} {kind} on the left or on the right?"
     else:
