@@ -330,15 +330,20 @@ def _choice_fields(config, prefix=""):
 CHOICE_FIELDS = sorted(_choice_fields(PPOConfig()))
 
 
-@pytest.mark.parametrize(("key", "valid", "is_list"), CHOICE_FIELDS, ids=[key for key, _, _ in CHOICE_FIELDS])
-def test_a_typo_in_a_choice_field_stops_before_anything_starts_naming_the_key_and_the_valid_values(key, valid, is_list):
+def _assert_typo_is_named(schema, valid_args: list[str], key: str, valid: tuple[str, ...], is_list: bool) -> None:
+    """A near-miss value of `key` fails validation with `key=...` first and the valid values last."""
     typo = valid[-1].upper() + "x"  # close to a valid value, never one
-    config = parse_cli(PPOConfig, _valid(**{key: f"[{valid[0]},{typo}]" if is_list else typo}))
+    config = parse_cli(schema, valid_args + [f"{key}=[{valid[0]},{typo}]" if is_list else f"{key}={typo}"])
     with pytest.raises(ConfigError) as error:
         config.validate()
     message = str(error.value)
     assert message.startswith(f"{key}=") and repr(typo) in message, message
     assert message.endswith(f"is not one of {', '.join(valid)}"), message
+
+
+@pytest.mark.parametrize(("key", "valid", "is_list"), CHOICE_FIELDS, ids=[key for key, _, _ in CHOICE_FIELDS])
+def test_a_typo_in_a_choice_field_stops_before_anything_starts_naming_the_key_and_the_valid_values(key, valid, is_list):
+    _assert_typo_is_named(PPOConfig, _valid(), key, valid, is_list)
 
 
 def test_every_default_of_a_choice_field_is_one_of_its_choices():
@@ -401,14 +406,8 @@ def test_a_typo_in_an_sft_choice_field_names_the_key_and_the_valid_values(key, v
     """SFT shares the RL model/optim/fsdp sections and their CHOICES; its own sections have theirs."""
     from verl.trainer.sft import SFTConfig
 
-    typo = valid[-1].upper() + "x"
-    config = parse_cli(SFTConfig, ["model.model_path=m", "data.train_file=t.json", "trainer.output_dir=o",
-                                   f"{key}=[{valid[0]},{typo}]" if is_list else f"{key}={typo}"])
-    with pytest.raises(ConfigError) as error:
-        config.validate()
-    message = str(error.value)
-    assert message.startswith(f"{key}=") and repr(typo) in message, message
-    assert message.endswith(f"is not one of {', '.join(valid)}"), message
+    _assert_typo_is_named(SFTConfig, ["model.model_path=m", "data.train_file=t.json", "trainer.output_dir=o"],
+                          key, valid, is_list)
 
 
 def test_save_freq_takes_its_documented_never_and_only_at_the_end():

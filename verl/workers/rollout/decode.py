@@ -1,7 +1,7 @@
 """The HF engine's own decode loop: prefill each prompt once, then sample token by token.
 
-Why not `transformers.generate`: at the rollout shapes this project runs, three of its costs are
-not the model's.
+Why not `transformers.generate`: at the rollout shapes this project runs, much of its time and
+memory is not the model's.
 - `output_logits=True` (the only way `generate` returns raw log-probs) keeps a (rows, vocab)
   tensor per step: 64 rows x 1,024 steps x Qwen's 151,936-token vocabulary is ~40 GB in fp32.
   Here the sampled token's log-prob is gathered at each step and the logits are dropped.
@@ -229,9 +229,8 @@ def decode(
     # single query sees every earlier key, so no causal part is needed and none is built per step.
     mask = torch.ones(rows, 1, 1, attention_mask.shape[1] + steps, dtype=torch.bool, device=device)
     mask[:, 0, 0, : attention_mask.shape[1]] = attention_mask.repeat_interleave(n, dim=0).bool()
-    # Without padding in the batch every key is visible: no mask at all, which also lets sdpa run
-    # grouped-query attention on the cache as it is (a mask makes transformers copy every key and
-    # value head n_rep times per step and layer: 0.29 of 1.44 s at the compute benchmark's shape).
+    # Without padding in the batch every key is visible: no mask at all, so sdpa takes its unmasked
+    # kernel (a masked batch goes through grouped_sdpa above, which also keeps the heads grouped).
     padded = not bool(attention_mask.all())
 
     tokens = torch.full((rows, steps), pad_id, dtype=torch.long, device=device)
