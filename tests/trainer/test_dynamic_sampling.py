@@ -34,8 +34,8 @@ def trainer_with(**dynamic) -> tuple[RayPPOTrainer, list[int]]:
     trainer.kl_controller = None
     seeds: list[int] = []
 
-    def sample(batch, timing, draw=0):
-        seeds.append(trainer.train_sampling(draw).seed)
+    def sample(batch, timing, step, draw=0):
+        seeds.append(trainer.train_sampling(step, draw).seed)
         name = batch.non_tensor_batch["name"][0]
         rollout = DataProto.from_dict(
             tensors={"response_mask": torch.ones(2 * N, 3, dtype=torch.long)},
@@ -51,12 +51,12 @@ def test_running_out_of_tries_is_an_error_by_default():
     trainer, _ = trainer_with()
     with pytest.raises(RuntimeError, match=r"step 3: dynamic sampling found 1 of the 2 prompts whose accuracy differs.*"
                                            r"max_tries=2.*fill_after_max_tries=true"):
-        trainer._sample_with_refill(prompts("first"), iter([prompts("refill")]), {})
+        trainer._sample_with_refill(prompts("first"), iter([prompts("refill")]), {}, trainer.global_step)
 
 
 def test_asked_for_fill_gives_the_fillers_exactly_zero_advantage_and_redraws_new_seeds(capsys):
     trainer, seeds = trainer_with(fill_after_max_tries=True)
-    rollout, scores, _, drawn, _, metrics = trainer._sample_with_refill(prompts("first"), iter([prompts("refill")]), {})
+    rollout, scores, _, drawn, _, metrics = trainer._sample_with_refill(prompts("first"), iter([prompts("refill")]), {}, trainer.global_step)
     assert "1 prompts without spread fill the batch" in capsys.readouterr().out
     assert metrics["dynamic_sampling/filler_prompts"] == 1.0 and len(drawn) == 4 * N
     # Kept: prompt 1 of "first" (spread), then prompt 0 of "first" as the first filler.
@@ -74,4 +74,4 @@ def test_data_running_out_during_refills_ends_the_run_before_the_step():
     trainer, _ = trainer_with()
     trainer.config.algorithm.dynamic_sampling.max_tries = 4
     with pytest.raises(DataExhaustedError, match="found 1 of the 2 prompts.*and the training data ran out"):
-        trainer._sample_with_refill(prompts("first"), iter([prompts("refill")]), {})  # one refill, then no more data
+        trainer._sample_with_refill(prompts("first"), iter([prompts("refill")]), {}, trainer.global_step)  # one refill, then no more data

@@ -158,11 +158,13 @@ class RayWorkerGroup:
     blocks the driver forever.
 
     `ranks_per_engine` ranks share one rollout engine (tensor parallelism): `split_rows(...,
-    per_engine=True)` methods give each of them the same chunk."""
+    per_engine=True)` methods give each of them the same chunk. With `distributed` the ranks form
+    one torch.distributed group (the worker class provides `master_address` and
+    `init_distributed`); without it they are independent processes (rollout engines)."""
 
     def __init__(
         self, worker_cls: type, pool: ResourcePool, *init_args: Any, call_timeout_s: float | None = None,
-        ranks_per_engine: int = 1, **init_kwargs: Any,
+        ranks_per_engine: int = 1, distributed: bool = True, **init_kwargs: Any,
     ):
         for name, bound in group_methods(type(self)).items():
             if getattr(worker_cls, name, None) is not bound.method:
@@ -216,9 +218,9 @@ class RayWorkerGroup:
                 runtime_env={"env_vars": env},
             ).remote(*init_args, **init_kwargs)
             self.workers.append(worker)
-        # Rank 0 hosts the torch.distributed rendezvous on its own node.
-        master_addr, master_port = self._gather("master_address", [self.workers[0].master_address.remote()])[0]
-        self.execute_all("init_distributed", master_addr, master_port)
+        if distributed:  # rank 0 hosts the torch.distributed rendezvous on its own node
+            master_addr, master_port = self._gather("master_address", [self.workers[0].master_address.remote()])[0]
+            self.execute_all("init_distributed", master_addr, master_port)
 
     @property
     def world_size(self) -> int:

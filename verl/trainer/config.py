@@ -219,8 +219,11 @@ class TrainerConfig:
         "val_generations_to_log": NON_NEGATIVE, "val_blank_image_prompts": Range(0, also=(-1,)),
         "ray_num_cpus": DEFAULT_OR_AT_LEAST_ONE, "worker_timeout_s": POSITIVE, "dry_run_gpu_memory_gib": POSITIVE,
         "nnodes": AT_LEAST_ONE, "n_gpus_per_node": AT_LEAST_ONE,
+        "rollout_nnodes": AT_LEAST_ONE, "rollout_n_gpus_per_node": AT_LEAST_ONE,
     }
-    CHOICES: ClassVar[dict[str, Choices]] = {"logger": SINKS, "device": ("auto", "cuda", "cpu")}
+    CHOICES: ClassVar[dict[str, Choices]] = {
+        "logger": SINKS, "device": ("auto", "cuda", "cpu"), "rollout_mode": ("colocated", "one_step_off"),
+    }
 
     project_name: str = "vision_sr1"
     """Logger project."""
@@ -234,6 +237,16 @@ class TrainerConfig:
     """Worker processes per node (GPUs; on CPU, processes)."""
     device: str = "auto"
     """auto | cuda | cpu."""
+    rollout_mode: str = "colocated"
+    """colocated: each training rank also holds a rollout engine, and a step generates, then
+    trains (verl's hybrid engine). one_step_off: the engines are a worker group of their own
+    (trainer.rollout_nnodes x trainer.rollout_n_gpus_per_node processes) that generates step k+1's
+    batch, self-reward re-answers included, while step k trains; that batch comes from weights
+    one update old (docs/architecture.md, "One-step-off rollout")."""
+    rollout_nnodes: int = 1
+    """one_step_off: nodes of the rollout worker group."""
+    rollout_n_gpus_per_node: int = 1
+    """one_step_off: rollout engine processes per node (one GPU each; on CPU, one core each)."""
     ray_address: str | None = None
     """Existing Ray cluster address; None = start a local one."""
     ray_num_cpus: int | None = None
@@ -315,6 +328,7 @@ class PPOConfig:
             seed=self.trainer.seed,
             with_reference=self.worker.actor.use_kl_loss or self.algorithm.kl_coef > 0,
             with_critic=self.algorithm.adv_estimator == "gae",
+            with_rollout=self.trainer.rollout_mode == "colocated",
             min_pixels=data.min_pixels,
             max_pixels=data.max_pixels,
             longest_row=longest_row,
@@ -383,6 +397,11 @@ class PPOConfig:
                 f"{responses_per_update} responses per update / world size {self.world_size} = {per_device} per "
                 f"device, not a multiple of worker.actor.micro_batch_size_per_device_for_update="
                 f"{actor.micro_batch_size_per_device_for_update}"
+            )
+        if trainer.rollout_mode == "one_step_off" and rollout.tensor_parallel_size > 1:
+            raise ConfigError(
+                f"trainer.rollout_mode=one_step_off runs one engine per rollout process; worker.rollout."
+                f"tensor_parallel_size={rollout.tensor_parallel_size} needs colocated rollout"
             )
         if rollout.tensor_parallel_size > 1 and self.world_size % rollout.tensor_parallel_size != 0:
             raise ConfigError(

@@ -16,7 +16,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ from verl.algorithms import core_algos, dapo
 from verl.stages.clipping import RESPONSE_CLIP_RATIO, TRAINER_CAP_KEYS, clip_ratio, warn_on_clipping
 from verl.trainer.config import PPOConfig
 from verl.trainer.node_check import check_nodes
+from verl.trainer.one_step_off import OneStepOffStream, RolloutWorkerGroup
 from verl.trainer.resume_settings import check_resume, run_settings, write_run_settings
 from verl.data.vision import blank_like
 from verl.rewards.vision_control import blank_image_control
@@ -43,6 +44,7 @@ from verl.workers.actor import OBJECTIVE_PART, OBJECTIVE_PARTS, OBJECTIVE_WEIGHT
 from verl.workers.engine.micro_batch import rank_order
 from verl.workers.fsdp_worker import FSDPWorker
 from verl.workers.rollout.base import SamplingConfig
+from verl.workers.rollout_worker import RolloutWorker
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +79,21 @@ def pass2_advantages(
         torch.ones(len(visual_scores), 1), norm_adv_by_std,
     )[:, 0]
     return (per_response[parent_rows][:, None] * pass2_response_mask).float()
+
+
+@dataclass
+class SampledBatch:
+    """A step's generation side, what its training side needs: the rows to train on and their
+    reward scores, the self-reward's output, every row drawn with its scores (dynamic sampling's
+    refills included: the reward metrics), the sampling metrics and the stages' times."""
+
+    rollout: DataProto
+    scores: dict[str, torch.Tensor]
+    sr_output: SelfRewardOutput | None
+    drawn_rollout: DataProto
+    drawn_scores: dict[str, torch.Tensor]
+    metrics: dict[str, float]
+    timing: StageTimes
 
 
 class DataExhaustedError(Exception):
@@ -130,6 +147,7 @@ class HybridWorkerGroup(RayWorkerGroup):
     compute_values = split_rows(FSDPWorker.compute_values)
     update_actor = split_each(FSDPWorker.update_actor)
     update_critic = split_each(FSDPWorker.update_critic)
+    publish_weights = on_all_ranks(FSDPWorker.publish_weights)
     save_checkpoint = on_all_ranks(FSDPWorker.save_checkpoint)
     load_checkpoint = on_all_ranks(FSDPWorker.load_checkpoint)
 
@@ -161,6 +179,10 @@ class RayPPOTrainer:
             else:
                 self.kl_controller = core_algos.FixedKLController(config.algorithm.kl_coef)
         self.workers: HybridWorkerGroup | None = None
+        # Where generation runs: the hybrid ranks (colocated) or the standalone engines (one_step_off).
+        self.engines: HybridWorkerGroup | RolloutWorkerGroup | None = None
+        self.stream: OneStepOffStream[SampledBatch] | None = None
+        self.resumed_from: str | None = None
         correction = config.worker.actor.rollout_correction
         if correction.mode != "off" and not correction.applies(config.worker.rollout.temperature):
             logger.warning(
@@ -192,26 +214,41 @@ class RayPPOTrainer:
             FSDPWorker, pool, cfg.worker, cfg.rank_setup(), self.total_optimizer_steps,
             call_timeout_s=cfg.trainer.worker_timeout_s, ranks_per_engine=cfg.worker.rollout.tensor_parallel_size,
         )
+        self.engines = self.workers
+        if cfg.trainer.rollout_mode == "one_step_off":
+            rollout_pool = ResourcePool(
+                nnodes=cfg.trainer.rollout_nnodes, procs_per_node=cfg.trainer.rollout_n_gpus_per_node,
+                gpus_per_proc=1 if use_gpu else 0, cpus_per_proc=1,
+            )
+            self.engines = RolloutWorkerGroup(
+                RolloutWorker, rollout_pool, cfg.worker, cfg.rank_setup(),
+                call_timeout_s=cfg.trainer.worker_timeout_s, distributed=False,
+            )
         # Before the models load: a node that does not see the run's folders fails the run now.
         print(check_nodes(self.workers, cfg), flush=True)
+        if self.engines is not self.workers:
+            print(f"rollout engines: {check_nodes(self.engines, cfg)}", flush=True)
         attention = self.workers.init_model()[0]
         print(f"training forwards: {attention}", flush=True)
+        if self.engines is not self.workers:
+            print(f"rollout: {self.engines.init_model()[0]}", flush=True)
+            self.stream = OneStepOffStream(self.engines, self._produce, lambda: self.workers.publish_weights()[0][0])
         if cfg.self_reward.enable:
             generate = None if self.judge is not None else self._generate
             self.self_reward = SelfRewardStage(cfg.self_reward, self.tokenizer, generate, self.judge)
 
     def _generate(self, prompts: DataProto, sampling: SamplingConfig, max_response_length: int) -> DataProto:
         prompts.meta_info["pad_token_id"] = self.tokenizer.pad_token_id
-        return self.workers.generate_sequences(prompts, sampling, max_response_length)
+        return self.engines.generate_sequences(prompts, sampling, max_response_length)
 
-    def train_sampling(self, draw: int = 0) -> SamplingConfig:
-        """Sampling of the step's generation batch number `draw` (dynamic sampling's refills are
-        draws 1, 2, ...): each its own seed, so a redrawn prompt is not sampled the same way
+    def train_sampling(self, step: int, draw: int = 0) -> SamplingConfig:
+        """Sampling of step `step`'s generation batch number `draw` (dynamic sampling's refills
+        are draws 1, 2, ...): each its own seed, so a redrawn prompt is not sampled the same way
         again (draw < algorithm.dynamic_sampling.max_tries <= 1000 keeps the seeds distinct)."""
         r = self.config.worker.rollout
         return SamplingConfig(
             n=r.n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
-            max_tokens=self.config.data.max_response_length, seed=r.seed + 1000 * self.global_step + draw,
+            max_tokens=self.config.data.max_response_length, seed=r.seed + 1000 * step + draw,
             min_tokens=r.min_response_length,
         )
 
@@ -223,19 +260,20 @@ class RayPPOTrainer:
         )
 
     # ---- stages ------------------------------------------------------------------------------
-    def generate_and_score(self, batch: DataProto, sampling: SamplingConfig, timing: dict, validation: bool):
-        """Rollout, self-reward and reward stages: the part shared by training and validation."""
+    def generate_and_score(self, batch: DataProto, sampling: SamplingConfig, timing: dict, validation: bool, step: int):
+        """Rollout, self-reward and reward stages of step `step`'s batch: the part shared by
+        training and validation."""
         with timed("gen", timing):
             rollout = self._generate(batch, sampling, self.config.data.max_response_length)
         responses = decode_responses(rollout, self.tokenizer)
         sr_output: SelfRewardOutput | None = None
         if self.self_reward is not None:
-            calls_before = self.workers.num_generate_calls()
+            calls_before = self.engines.num_generate_calls()
             with timed("self_reward", timing):
                 sr_output = self.self_reward.run(
                     responses, [str(q) for q in rollout.non_tensor_batch["problem"]], validation=validation
                 )
-            calls = [after - before for after, before in zip(self.workers.num_generate_calls(), calls_before)]
+            calls = [after - before for after, before in zip(self.engines.num_generate_calls(), calls_before)]
             # The re-prompt pass must be one batched engine call per rank, never one per prompt.
             sr_output.metrics["self_reward/engine_calls_per_rank"] = float(max(calls))
         with timed("reward", timing):
@@ -245,7 +283,7 @@ class RayPPOTrainer:
                 rollout,
                 sr_output.reanswers if sr_output else None,
                 sr_output.descriptions if sr_output else None,
-                batch=f"{'validation' if validation else 'training'} step {self.global_step}",
+                batch=f"{'validation' if validation else 'training'} step {step}",
             )
         return rollout, responses, scores, sr_output
 
@@ -324,27 +362,27 @@ class RayPPOTrainer:
             scores["overlong_penalty"] = penalty
             scores["overall"] = scores["overall"] + penalty
 
-    def _remax_baseline(self, batch: DataProto, rollout: DataProto, timing: dict) -> torch.Tensor:
+    def _remax_baseline(self, batch: DataProto, rollout: DataProto, timing: dict, step: int) -> torch.Tensor:
         """ReMax: one greedy response per prompt through the same engine and reward (shaping
         included); returns its score for every row of `rollout`, matched by prompt uid."""
-        greedy_sampling = replace(self.train_sampling(), n=1, temperature=0.0, top_p=1.0, top_k=-1)
+        greedy_sampling = replace(self.train_sampling(step), n=1, temperature=0.0, top_p=1.0, top_k=-1)
         with timed("remax_greedy", timing):
-            greedy, _, greedy_scores, _ = self.generate_and_score(batch, greedy_sampling, {}, False)
+            greedy, _, greedy_scores, _ = self.generate_and_score(batch, greedy_sampling, {}, False, step)
         self._shape_scores(greedy, greedy_scores)
         by_uid = dict(zip(greedy.non_tensor_batch["uid"], greedy_scores["overall"].tolist()))
         return torch.tensor([by_uid[uid] for uid in rollout.non_tensor_batch["uid"]], dtype=torch.float32)
 
-    def _sample(self, batch: DataProto, timing: dict, draw: int = 0):
+    def _sample(self, batch: DataProto, timing: dict, step: int, draw: int = 0):
         """Rollout, self-reward, reward (+ shaping, + the ReMax baseline) for one batch of
-        prompts, the step's generation batch number `draw`."""
+        prompts, step `step`'s generation batch number `draw`."""
         batch.non_tensor_batch["uid"] = np.array([uuid.uuid4().hex for _ in range(len(batch))], dtype=object)
-        rollout, _, scores, sr_output = self.generate_and_score(batch, self.train_sampling(draw), timing, False)
+        rollout, _, scores, sr_output = self.generate_and_score(batch, self.train_sampling(step, draw), timing, False, step)
         self._shape_scores(rollout, scores)
         if self.config.algorithm.adv_estimator == "remax":
-            rollout.batch["remax_baseline"] = self._remax_baseline(batch, rollout, timing)
+            rollout.batch["remax_baseline"] = self._remax_baseline(batch, rollout, timing, step)
         return rollout, scores, sr_output
 
-    def _sample_with_refill(self, batch: DataProto, refills: Iterator[DataProto] | None, timing: dict):
+    def _sample_with_refill(self, batch: DataProto, refills: Iterator[DataProto] | None, timing: dict, step: int):
         """`_sample`, and with DAPO dynamic sampling, more prompts from `refills` until the batch
         holds `len(batch)` prompts whose responses' scores differ. When the tries or the refills
         run out first: an error, or with `fill_after_max_tries` prompts without spread fill it
@@ -352,7 +390,7 @@ class RayPPOTrainer:
         `compute_advantages` gives them 0. Returns the rows for the update, their scores, the
         self-reward output of the first batch, all rows drawn with their scores (for the reward
         metrics, unbiased by the filter), and the dynamic sampling metrics."""
-        rollout, scores, sr_output = self._sample(batch, timing)
+        rollout, scores, sr_output = self._sample(batch, timing, step)
         dynamic = self.config.algorithm.dynamic_sampling
         if not dynamic.enable:
             return rollout, scores, sr_output, rollout, scores, {}
@@ -368,13 +406,13 @@ class RayPPOTrainer:
             if refill is None:
                 data_ran_out = True
                 break
-            refill_rollout, refill_scores, _ = self._sample(refill, timing, draw=len(tries))
+            refill_rollout, refill_scores, _ = self._sample(refill, timing, step, draw=len(tries))
             tries.append((refill_rollout, refill_scores))
             spread.append(dapo.prompt_has_spread(refill_scores[dynamic.metric], n))
         selection = dapo.select_groups(spread, len(batch))
         if selection.filler:
             shortfall = (
-                f"step {self.global_step}: dynamic sampling found {selection.informative} of the {len(batch)} prompts "
+                f"step {step}: dynamic sampling found {selection.informative} of the {len(batch)} prompts "
                 f"whose {dynamic.metric} differs within the group, in {len(tries)} generation batches "
                 f"(algorithm.dynamic_sampling.max_tries={dynamic.max_tries})"
             )
@@ -401,19 +439,62 @@ class RayPPOTrainer:
         }
         return kept_rollout, kept_scores, sr_output, all_rollout, all_scores, metrics
 
-    def step(self, batch: DataProto, refills: Iterator[DataProto] | None = None) -> dict[str, float]:
-        """One GRPO step on a batch of prompts; returns the step's metrics. `refills`: where DAPO
-        dynamic sampling draws more prompts from (fit passes its own batch iterator, so a refill
-        batch is not trained on as a step of its own); None: no refills."""
-        cfg = self.config
-        step_start = time.perf_counter()
+    def sample_batch(self, batch: DataProto, refills: Iterator[DataProto] | None, step: int) -> SampledBatch:
+        """The generation side of step `step`: rollout, self-reward, rewards, DAPO refills."""
         timing = StageTimes()
         rollout, scores, sr_output, drawn_rollout, drawn_scores, metrics = self._sample_with_refill(
-            batch, refills, timing
+            batch, refills, timing, step
         )
+        return SampledBatch(rollout, scores, sr_output, drawn_rollout, drawn_scores, metrics, timing)
+
+    def step(self, batch: DataProto, refills: Iterator[DataProto] | None = None) -> dict[str, float]:
+        """One colocated GRPO step on a batch of prompts; returns the step's metrics. `refills`:
+        where DAPO dynamic sampling draws more prompts from (fit passes its own batch iterator, so
+        a refill batch is not trained on as a step of its own); None: no refills."""
+        step_start = time.perf_counter()
+        sampled = self.sample_batch(batch, refills, self.global_step)
         # Generation (and the self-reward pass) is over for this step: the engine frees its memory.
-        with timed("rollout_sleep", timing):
+        with timed("rollout_sleep", sampled.timing):
             self.workers.sleep_rollout()
+        return self.train_on(sampled, step_start)
+
+    def one_step_off_step(self) -> dict[str, float] | None:
+        """One step of trainer.rollout_mode=one_step_off (verl/trainer/one_step_off.py): takes the
+        batch generated while the last step trained, lets the engines load the newest weights and
+        start on the next batch, then trains on this one. None: the data ran out."""
+        stream = self.stream
+        step_start, wait_start = time.perf_counter(), time.time()
+        sampled, weights, waited_s = stream.take()
+        if sampled is None:
+            return None
+        self.global_step += 1
+        generation_s = sum(sampled.timing.values())
+        sampled.timing.add("wait_rollout", wait_start, waited_s)
+        with timed("sync", sampled.timing):
+            sync_metrics = stream.load_pending()
+        stream.next_batch_weights = stream.engine_weights
+        stream.dataloader_state = self.train_dataloader.state_dict()
+        if self.global_step < self.total_steps:
+            stream.submit(self.global_step + 1)
+        metrics = self.train_on(sampled, step_start)
+        metrics.update(sync_metrics)
+        # Updates the trainer's weights are ahead of the ones that generated this batch: 1 from step 2 on.
+        metrics["async/weights_staleness"] = float(self.global_step - 1 - weights.version)
+        metrics["async/generation_hidden_share"] = max(0.0, 1.0 - waited_s / generation_s) if generation_s > 0 else 0.0
+        return metrics
+
+    def _produce(self, step: int) -> SampledBatch | None:
+        """one_step_off's generation thread: step `step`'s batch from the run's batch iterator."""
+        batch = next(self._train_batches, None)
+        return None if batch is None else self.sample_batch(batch, self._train_batches, step)
+
+    def train_on(self, sampled: SampledBatch, step_start: float) -> dict[str, float]:
+        """The training side of a step on `sampled`: log-probs, advantages, update, weight hand-off
+        (sync into the colocated engines, or publish for the standalone ones); returns the step's
+        metrics, timed from `step_start`."""
+        cfg = self.config
+        rollout, scores, sr_output = sampled.rollout, sampled.scores, sampled.sr_output
+        drawn_rollout, drawn_scores, metrics, timing = sampled.drawn_rollout, sampled.drawn_scores, sampled.metrics, sampled.timing
         train_rows = rollout
         # The objectives that train the re-answers (pass-2 rows) too.
         trains_pass2 = cfg.self_reward.enable and cfg.self_reward.objective in ("separate", "paper_v2")
@@ -451,9 +532,12 @@ class RayPPOTrainer:
                 metrics.update(self._update(self.workers.update_critic, train_rows, ["values", "returns"]))
         with timed("update_actor", timing):
             metrics.update(self._update(self.workers.update_actor, train_rows, self._actor_update_keys(train_rows)))
-        with timed("sync", timing):
-            sync = self.workers.sync_rollout_weights()
-        metrics["perf/sync_bytes"] = sync[0]["bytes"]
+        if self.stream is None:
+            with timed("sync", timing):
+                metrics["perf/sync_bytes"] = self.workers.sync_rollout_weights()[0]["bytes"]
+        else:
+            with timed("publish", timing):
+                self.stream.publish(self.global_step)
         metrics.update(self._rollout_metrics(drawn_rollout, drawn_scores, sr_output, "train"))
         warn_on_clipping(
             {name: metrics.get(f"train/{name}") for name in TRAINER_CAP_KEYS}, TRAINER_CAP_KEYS, f"training step {self.global_step}"
@@ -463,12 +547,13 @@ class RayPPOTrainer:
             spread = dapo.prompt_has_spread(values, cfg.worker.rollout.n)
             metrics[f"train/group_spread/{name}"] = float(spread.mean())
         metrics.update({f"timing_s/{k}": v for k, v in timing.items()})
-        step_time = sum(timing.values())
+        # The step's wall time: in one_step_off its generation overlapped the previous step.
+        step_time = time.perf_counter() - step_start
         tokens = drawn_rollout.batch["attention_mask"].sum().item()
         metrics["timing_s/step"] = step_time
         metrics["perf/tokens_per_s"] = tokens / step_time
         metrics["perf/tokens_per_s_per_worker"] = tokens / step_time / self.workers.world_size
-        metrics.update(busy_metrics(timing, time.perf_counter() - step_start))
+        metrics.update(busy_metrics(timing, step_time))
         self.timeline.add_step(self.global_step, timing.spans)
         return metrics
 
@@ -482,7 +567,8 @@ class RayPPOTrainer:
         correction = actor.rollout_correction
         mis = correction.mode == "mis" and correction.applies(self.config.worker.rollout.temperature)
         return (
-            actor.skip_old_log_prob_when_on_policy and self.mini_batches_per_step == 1
+            self.config.trainer.rollout_mode == "colocated"  # one_step_off's batches are one update old
+            and actor.skip_old_log_prob_when_on_policy and self.mini_batches_per_step == 1
             and actor.ppo_epochs == 1 and self.kl_controller is None and not mis
         )
 
@@ -591,7 +677,9 @@ class RayPPOTrainer:
         for batch_dict in self.val_dataloader:
             batch = DataProto.from_dict(*batch_dict)
             batch.non_tensor_batch["uid"] = np.array([uuid.uuid4().hex for _ in range(len(batch))], dtype=object)
-            rollout, responses, scores, sr_output = self.generate_and_score(batch, self.val_sampling(), timing, True)
+            rollout, responses, scores, sr_output = self.generate_and_score(
+                batch, self.val_sampling(), timing, True, self.global_step
+            )
             if control_budget != 0 and "images" in batch.non_tensor_batch:
                 take = len(batch) if control_budget < 0 else min(control_budget, len(batch))
                 with timed("blank_image_control", timing):
@@ -649,14 +737,18 @@ class RayPPOTrainer:
         with checkpoint.naming_write_errors(root):
             os.makedirs(root, exist_ok=True)
             tmp_dir = checkpoint.temporary_step_dir(root, self.global_step)
+        # one_step_off: the weights that generate the batch in flight, so a resume regenerates it.
+        in_flight = {} if self.stream is None else self.stream.in_flight_weights_to_save()
         try:
-            digests = self.workers.save_checkpoint(tmp_dir, self.config.worker.actor.model.model_path)
+            digests = self.workers.save_checkpoint(tmp_dir, self.config.worker.actor.model.model_path, **in_flight)
         except WorkerDiedError as error:
             cause = getattr(error.__cause__, "cause", None)  # the worker's own exception, through Ray
             if isinstance(cause, checkpoint.CheckpointWriteError):
                 raise cause from error
             raise
-        checkpoint.save_file(self.train_dataloader.state_dict(), os.path.join(tmp_dir, "dataloader.pt"))
+        # one_step_off: the position after this step's batch (the next one is in flight).
+        dataloader_state = self.train_dataloader.state_dict() if self.stream is None else self.stream.dataloader_state
+        checkpoint.save_file(dataloader_state, os.path.join(tmp_dir, "dataloader.pt"))
         with checkpoint.naming_write_errors(tmp_dir):
             write_run_settings(tmp_dir, run_settings(self.config, self.total_optimizer_steps))
             write_manifest(tmp_dir, {rel: entry for rank_digests in digests for rel, entry in rank_digests.items()})
@@ -692,6 +784,7 @@ class RayPPOTrainer:
         if path is None:
             return
         self.global_step = checkpoint.step_of(path)
+        self.resumed_from = path
         self.workers.load_checkpoint(path)
         dataloader_state = os.path.join(path, "dataloader.pt")
         if not os.path.isfile(dataloader_state):
@@ -714,18 +807,13 @@ class RayPPOTrainer:
             if cfg.val_only:
                 return last_val
         progress = tqdm(total=self.total_steps, initial=self.global_step, desc="GRPO", dynamic_ncols=True)
-        batches = self._batches()
+        self._train_batches = self._batches()
+        if self.stream is not None and self.global_step < self.total_steps:
+            print(self.stream.start(self.global_step, self.resumed_from), flush=True)
+            self.stream.submit(self.global_step + 1)
         saved_step = self.global_step
         while self.global_step < self.total_steps:
-            batch = next(batches, None)
-            metrics = None
-            if batch is not None:
-                self.global_step += 1
-                try:
-                    metrics = self.step(batch, refills=batches)
-                except DataExhaustedError as error:  # the step is dropped, as verl drops its partial batch
-                    self.global_step -= 1
-                    print(f"{error}; the step is dropped", flush=True)
+            metrics = self._next_step()
             if metrics is None:  # dynamic sampling drew the last prompts as refills
                 print(f"training data exhausted after step {self.global_step} (dynamic sampling refills)", flush=True)
                 if cfg.save_freq != 0 and self.global_step > saved_step:  # the run's end: keep its last step
@@ -733,6 +821,9 @@ class RayPPOTrainer:
                 break
             is_last = self.global_step >= self.total_steps
             if self.val_dataloader is not None and cfg.val_freq > 0 and (self.global_step % cfg.val_freq == 0 or is_last):
+                if self.stream is not None:  # validate this step's weights: engines idle, then load them
+                    self.stream.drain()
+                    self.stream.load_pending()
                 last_val = self.validate()
                 metrics.update(last_val)
             if cfg.save_freq != 0 and ((cfg.save_freq > 0 and self.global_step % cfg.save_freq == 0) or is_last):
@@ -750,6 +841,25 @@ class RayPPOTrainer:
         progress.close()
         self.tracker.close()
         return last_val
+
+    def _next_step(self) -> dict[str, float] | None:
+        """The next step's metrics, in either rollout mode; None when the data ran out (a step
+        whose dynamic-sampling refills ran out is dropped, as verl drops its partial batch)."""
+        try:
+            if self.stream is not None:
+                return self.one_step_off_step()
+            batch = next(self._train_batches, None)
+            if batch is None:
+                return None
+            self.global_step += 1
+            try:
+                return self.step(batch, refills=self._train_batches)
+            except DataExhaustedError:
+                self.global_step -= 1
+                raise
+        except DataExhaustedError as error:
+            print(f"{error}; the step is dropped", flush=True)
+            return None
 
     def _batches(self):
         epoch = 0

@@ -1,9 +1,10 @@
 """Where a step's time goes: each stage call as a span, per-step busy time of each side, and a
 timeline file in the Chrome trace format (open it in chrome://tracing or ui.perfetto.dev).
 
-Today a step runs its stages one after another, so the step's wall time is about the generation
-side's busy time plus the training side's. A one-step-off (asynchronous) rollout would overlap the
-two; these numbers and the timeline show how much there is to overlap, and later whether it did.
+Colocated, a step runs its stages one after another, so the step's wall time is about the
+generation side's busy time plus the training side's. With one-step-off rollout the generation of
+step k+1 runs while step k trains: its spans, logged with step k+1, lie beside step k's on the
+timeline, and the trainer's wait for them (`wait_rollout`) is what generation did not hide.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ SIDES: dict[str, tuple[str, ...]] = {
     "generation": ("gen", "self_reward", "remax_greedy"),
     "training": ("old_log_prob", "ref", "values", "pass2_log_prob", "update_critic", "update_actor"),
     "driver": ("reward", "adv"),
-    "sync": ("sync",),
+    "sync": ("sync", "publish"),
 }
-# The timeline's rows: the sides, the checkpoint save (after the step, not part of its wall time)
-# and any stage of no known side.
-LANES = (*SIDES, "checkpoint", "other")
-SIDE_OF = {stage: side for side, stages in SIDES.items() for stage in stages} | {"save_checkpoint": "checkpoint"}
+# The timeline's rows: the sides, the trainer waiting for a one-step-off batch (idle, not busy),
+# the checkpoint save (after the step, not part of its wall time) and any stage of no known side.
+LANES = (*SIDES, "waiting", "checkpoint", "other")
+SIDE_OF = {stage: side for side, stages in SIDES.items() for stage in stages} | {
+    "save_checkpoint": "checkpoint", "wait_rollout": "waiting",
+}
 TIMELINE_FILE = "timeline.json"
 
 
@@ -71,7 +74,8 @@ def busy_metrics(timing: dict[str, float], wall_s: float) -> dict[str, float]:
     busy = {side: 0.0 for side in (*SIDES, "other")}
     for stage, seconds in timing.items():
         side = SIDE_OF.get(stage, "other")
-        busy[side if side in busy else "other"] += seconds
+        if side != "waiting":
+            busy[side if side in busy else "other"] += seconds
     metrics = {f"timing_s/{side}_busy": seconds for side, seconds in busy.items()}
     metrics["timing_s/step_wall"] = wall_s
     metrics["timing_s/generation_share"] = busy["generation"] / wall_s if wall_s > 0 else 0.0

@@ -360,6 +360,9 @@ class RankSetup:
     """Build a frozen reference model (a KL loss or an in-reward KL penalty)."""
     with_critic: bool
     """Build a value model (the GAE estimator)."""
+    with_rollout: bool
+    """Build a rollout engine in the rank (colocated); false when engines run as their own
+    worker group (trainer.rollout_mode=one_step_off)."""
     min_pixels: int
     """Image sizing of the rollout engine's processor (data.min_pixels)."""
     max_pixels: int

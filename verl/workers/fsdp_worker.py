@@ -1,10 +1,11 @@
 """One rank of the hybrid engine: the FSDP actor, the frozen FSDP reference and the rollout
-engine live in one process (verl's colocated layout). The worker executes; it never decides
-the algorithm: every quantity it computes is asked for by the trainer."""
+engine live in one process (verl's colocated layout; with trainer.rollout_mode=one_step_off the
+engines live in `RolloutWorker`s instead, and this rank publishes its weights for them). The
+worker executes; it never decides the algorithm: every quantity it computes is asked for by the
+trainer."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from datetime import timedelta
 
@@ -29,19 +30,12 @@ from verl.workers.engine.engine import resume_policy, save_policy
 from verl.workers.engine.fsdp import shard_model
 from verl.workers.engine.model import build_policy, build_trained_policy
 from verl.workers.engine.shared_prefix import plan_attention
-from verl.workers.rollout import make_rollout_engine
-from verl.workers.rollout.base import SamplingConfig
-from verl.workers.rollout.batching import build_rollout_batch, requests_from_batch
-from verl.workers.weight_sync import sync_weights
+from verl.workers.rollout_host import RolloutHost, worker_device
+from verl.workers.rollout_worker import rollout_weights_path, save_rollout_weights
+from verl.workers.weight_sync import gather_policy_weights, sync_weights
 
 
-def _device(wanted: str) -> torch.device:
-    if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda", 0)  # Ray exposes exactly one GPU per worker
-    return torch.device("cpu")
-
-
-class FSDPWorker:
+class FSDPWorker(RolloutHost):
     """A Ray actor (wrapped by RayWorkerGroup); torch.distributed rank from the environment."""
 
     def __init__(self, config: WorkerConfig, setup: RankSetup, total_optimizer_steps: int):
@@ -50,12 +44,10 @@ class FSDPWorker:
         self.total_optimizer_steps = total_optimizer_steps
         self.rank = int(os.environ["RANK"])
         self.world_size = int(os.environ["WORLD_SIZE"])
-        self.device = _device(setup.device)
+        self.device = worker_device(setup.device)
         if self.device.type == "cpu":
             # Ray gives each CPU worker a slice of the cores; more threads only contend.
             torch.set_num_threads(max(1, int(os.environ.get("VERL_CPU_THREADS_PER_WORKER", "1"))))
-        self.rollout_generate_calls = 0
-        self.rollout_awake = True
 
     def master_address(self) -> tuple[str, int]:
         """This node's address and a free port, for rank 0 to host the rendezvous."""
@@ -111,7 +103,8 @@ class FSDPWorker:
                 ref_model, self.mesh, MixedPrecisionPolicy(param_dtype=ref_dtype), cfg.ref.fsdp.param_offload
             )
         self.critic = self._build_critic() if self.setup.with_critic else None
-        self.rollout = make_rollout_engine(cfg.rollout.name, model_cfg.model_path, **self._engine_kwargs())
+        if self.setup.with_rollout:
+            self.build_rollout()
         return self.attention.reason
 
     def _build_critic(self) -> PPOCritic:
@@ -147,61 +140,20 @@ class FSDPWorker:
             return None
         return configured if configured is not None else micro_batch_size * self.setup.longest_row
 
-    def _engine_kwargs(self) -> dict:
-        rollout = self.config.rollout
-        dtype = resolve_dtype(rollout.dtype, self.device)
-        kwargs = {
-            "min_pixels": self.setup.min_pixels,
-            "max_pixels": self.setup.max_pixels,
-            "dtype": {torch.float32: "float32", torch.bfloat16: "bfloat16"}[dtype],
-        }
-        if rollout.name == "hf":
-            return {**kwargs, "max_batch_size": rollout.max_batch_size, "device": str(self.device)}
-        return {
-            **kwargs,
-            "max_model_len": rollout.max_model_len or self.setup.longest_row,
-            "gpu_memory_utilization": rollout.gpu_memory_utilization,
-            "enforce_eager": rollout.enforce_eager,
-            "max_num_batched_tokens": rollout.max_num_batched_tokens,
-            "enable_chunked_prefill": rollout.enable_chunked_prefill,
-            "tensor_parallel_size": rollout.tensor_parallel_size,
-            "free_cache_engine": rollout.free_cache_engine,
-            "seed": rollout.seed,
-            "cpu_kv_cache_space_gib": rollout.cpu_kvcache_space_gib,
-            "max_images_per_prompt": rollout.limit_images,
-        }
-
     # ---- rollout ---------------------------------------------------------------------------
-    def generate_sequences(self, prompts: DataProto, sampling: SamplingConfig, max_response_length: int) -> DataProto:
-        """n responses per prompt row through the rollout engine, in one engine call."""
-        # Ranks of one tensor-parallel engine share inputs and seed; data-parallel engines differ.
-        dp_rank = self.rank // self.config.rollout.tensor_parallel_size
-        sampling = dataclasses.replace(sampling, seed=None if sampling.seed is None else sampling.seed + dp_rank)
-        self._set_rollout_awake(True)
-        outputs = self.rollout.generate(requests_from_batch(prompts), sampling)
-        self.rollout_generate_calls += 1
-        return build_rollout_batch(prompts, outputs, max_response_length, prompts.meta_info["pad_token_id"])
-
-    def num_generate_calls(self) -> int:
-        return self.rollout_generate_calls
-
-    def _set_rollout_awake(self, awake: bool) -> None:
-        """The engine sleeps (frees its GPU memory) while the actor trains, and wakes for weight
-        sync and generation; with free_cache_engine off, or on CPU, both are no-ops."""
-        if awake != self.rollout_awake:
-            (self.rollout.wake_up if awake else self.rollout.sleep)()
-            self.rollout_awake = awake
-
-    def sleep_rollout(self) -> None:
-        """Generation (and the self-reward pass) is over for this step: the engine frees its GPU
-        memory for the training passes (the trainer calls this between sampling and log-probs;
-        the next weight sync or generation wakes it)."""
-        self._set_rollout_awake(False)
-
     def sync_rollout_weights(self) -> dict[str, float]:
         """Actor weights -> rollout engine (a collective: every rank streams the same order)."""
         self._set_rollout_awake(True)
         return sync_weights(self.actor_module, self.rollout)
+
+    def publish_weights(self) -> list:
+        """trainer.rollout_mode=one_step_off: the actor's weights, in the engines' dtype, put into
+        Ray's object store by rank 0, where the rollout workers fetch them (not through the
+        driver). Returns `[reference]` on rank 0 and `[]` elsewhere: in a list, Ray hands the
+        driver the reference, not the tensors. Collective: every rank gathers."""
+        dtype = resolve_dtype(self.config.rollout.dtype, self.device)
+        weights = gather_policy_weights(self.actor_module, dtype, keep=self.rank == 0)
+        return [ray.put(weights)] if self.rank == 0 else []
 
     # ---- log-probs and update ----------------------------------------------------------------
     def compute_log_probs(self, data: DataProto) -> DataProto:
@@ -243,9 +195,16 @@ class FSDPWorker:
         return self._require_critic().update_critic(data, num_mini_batches, step)
 
     # ---- checkpoints -------------------------------------------------------------------------
-    def save_checkpoint(self, step_dir: str, hf_source_dir: str) -> dict[str, dict]:
+    def save_checkpoint(
+        self, step_dir: str, hf_source_dir: str, rollout_weights: list | None = None, rollout_version: int = 0
+    ) -> dict[str, dict]:
         """Writes this rank's files; returns their sizes and SHA-256 for the manifest (each rank
-        hashes its own files while they are in the page cache, all ranks at once)."""
+        hashes its own files while they are in the page cache, all ranks at once).
+
+        one_step_off: `rollout_weights` = `[reference]` to the published weights (version
+        `rollout_version`) that generate the batch in flight; rank 0, which published them and
+        holds them in its object store, writes them (in a list, Ray passes the reference, and
+        the other ranks never fetch the tensors)."""
         # A failed write (disk full, no permission) names the file and the OS cause, whichever file it was.
         with checkpoint.naming_write_errors(step_dir):
             model_cfg = self.config.actor.model
@@ -261,6 +220,9 @@ class FSDPWorker:
                     critic_source = self.config.critic.model_path or hf_source_dir
                     checkpoint.save_hf_metadata(critic_source, os.path.join(critic_dir, "huggingface"))
                     mark_value_checkpoint(critic_dir)
+            if rollout_weights is not None and self.rank == 0:
+                save_rollout_weights(ray.get(rollout_weights[0]), rollout_version, step_dir)
+                written.append(os.path.relpath(rollout_weights_path(step_dir), step_dir))
         digests = digest_files(step_dir, written)
         dist.barrier()
         return digests
@@ -278,4 +240,5 @@ class FSDPWorker:
                     f"checkpoint {step_dir} has no critic/ (saved without algorithm.adv_estimator=gae?)"
                 )
             self.critic.engine.resume(critic_dir)
-        self.sync_rollout_weights()
+        if self.setup.with_rollout:
+            self.sync_rollout_weights()

@@ -77,3 +77,16 @@ def sync_weights(model: nn.Module, engine: RolloutEngine) -> dict[str, float]:
     with torch.no_grad():
         loaded_bytes = engine.load_weights(iter_full_state_dict(model))
     return {"time_s": time.perf_counter() - start, "bytes": float(loaded_bytes)}
+
+
+def gather_policy_weights(model: nn.Module, dtype: torch.dtype, keep: bool) -> dict[str, torch.Tensor]:
+    """`model`'s weights as an engine loads them (`iter_full_state_dict`: LoRA merged), cast to
+    `dtype` and copied to the CPU, for engines in other processes (trainer.rollout_mode=
+    one_step_off). Collective when `model` is FSDP-sharded: every rank calls it and gathers one
+    parameter at a time; only a rank with `keep` holds the result (the others return {})."""
+    weights: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for name, tensor in iter_full_state_dict(model):
+            if keep:
+                weights[name] = tensor.to(device="cpu", dtype=dtype).contiguous()
+    return weights
