@@ -416,3 +416,11 @@ def test_save_freq_takes_its_documented_never_and_only_at_the_end():
         parse_cli(PPOConfig, _valid(**{"trainer.save_freq": value})).validate()
     with pytest.raises(ConfigError, match="trainer.save_freq=-2"):
         parse_cli(PPOConfig, _valid(**{"trainer.save_freq": -2})).validate()
+
+
+def test_one_step_off_refuses_tensor_parallel_engines_and_leaves_the_training_ranks_without_one():
+    with pytest.raises(ConfigError, match=r"one_step_off runs one engine per rollout process.*tensor_parallel_size=2"):
+        parse_cli(PPOConfig, _valid(**{"trainer.rollout_mode": "one_step_off", "worker.rollout.tensor_parallel_size": 2})).validate()
+    config = parse_cli(PPOConfig, _valid(**{"trainer.rollout_mode": "one_step_off"}))
+    assert config.rank_setup().with_rollout is False
+    assert parse_cli(PPOConfig, _valid()).rank_setup().with_rollout is True

@@ -27,6 +27,7 @@ def test_dapo_refills_exhausting_the_data_stop_the_loop_and_save_the_last_step(c
     trainer.tracker = RecordingTracker()
     trainer.timeline = Timeline(str(tmp_path))
     trainer.maybe_resume = lambda: None
+    trainer.stream = None  # colocated
     trainer._batches = lambda: iter(["b1", "b2", "b3"])
     consumed, saved = [], []
 
@@ -54,6 +55,7 @@ def test_a_step_whose_refills_exhaust_the_data_is_dropped_and_the_last_full_step
     trainer.val_dataloader = None
     trainer.tracker = RecordingTracker()
     trainer.maybe_resume = lambda: None
+    trainer.stream = None  # colocated
     trainer._batches = lambda: iter(["b1", "b2"])
     saved = []
 

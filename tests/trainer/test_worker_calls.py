@@ -7,8 +7,11 @@ import inspect
 from pathlib import Path
 
 from verl.single_controller.worker_group import RayWorkerGroup, group_methods
+from verl.trainer import one_step_off, ray_trainer
+from verl.trainer.one_step_off import RolloutWorkerGroup
 from verl.trainer.ray_trainer import HybridWorkerGroup, RayPPOTrainer
 from verl.workers.fsdp_worker import FSDPWorker
+from verl.workers.rollout_worker import RolloutWorker
 
 TRAINER = Path(__file__).resolve().parents[2] / "verl" / "trainer"
 STRING_DISPATCH = {"execute_all", "dispatch", "dispatch_each", "dispatch_per_engine"}
@@ -54,7 +57,23 @@ def test_each_bound_call_is_the_worker_method_of_its_name():
         assert bound.method is getattr(FSDPWorker, name), name
     assert {"init_model", "generate_sequences", "sleep_rollout", "compute_log_probs", "compute_ref_log_probs",
             "compute_values", "update_actor", "update_critic", "sync_rollout_weights", "save_checkpoint",
-            "load_checkpoint", "num_generate_calls"} == set(group_methods(HybridWorkerGroup))
+            "load_checkpoint", "num_generate_calls", "publish_weights"} == set(group_methods(HybridWorkerGroup))
+
+
+def test_the_standalone_engines_calls_are_rollout_worker_methods_and_cover_the_trainers_engine_calls():
+    """one_step_off: `self.engines` is a RolloutWorkerGroup; colocated, the hybrid group. Every
+    `engines.X` the trainer and the stream make must be bound on the groups that can stand there."""
+    for name, bound in group_methods(RolloutWorkerGroup).items():
+        assert bound.method is getattr(RolloutWorker, name), name
+    used = set()
+    for module in (ray_trainer, one_step_off):
+        used |= {
+            node.attr for node in ast.walk(ast.parse(inspect.getsource(module)))
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and node.value.attr == "engines"
+        }
+    stream_only = {"load_weights", "load_weights_file"}
+    assert used - stream_only <= set(group_methods(HybridWorkerGroup)) & set(group_methods(RolloutWorkerGroup))
+    assert stream_only <= used <= set(group_methods(RolloutWorkerGroup)) | set(group_methods(HybridWorkerGroup))
 
 
 def test_step_takes_its_refill_source_and_returns_its_metrics():

@@ -233,6 +233,7 @@ def dry_run(config: PPOConfig) -> DryRunReport:
     plan = gpu_attention_plan(config)
     lines.append(f"training forwards (on GPU): {plan.reason}")
     with_reference = (actor.use_kl_loss or config.algorithm.kl_coef > 0) and not actor.model.lora.enabled
+    colocated = trainer.rollout_mode == "colocated"
     settings = StepSettings(
         world_size=config.world_size,
         max_prompt_length=data.max_prompt_length,
@@ -244,13 +245,20 @@ def dry_run(config: PPOConfig) -> DryRunReport:
         optimizer_offload=actor.fsdp.optimizer_offload,
         with_reference=with_reference,
         reference_offload=config.worker.ref.fsdp.param_offload,
-        gpu_memory_utilization=rollout.gpu_memory_utilization if rollout.name == "vllm" else 0.0,
+        # one_step_off: the engines sit on GPUs of their own, not beside the training state.
+        gpu_memory_utilization=rollout.gpu_memory_utilization if rollout.name == "vllm" and colocated else 0.0,
         gpu_memory_gib=trainer.dry_run_gpu_memory_gib,
         packed_group_tokens=packed_group_tokens(config, plan),
         entropy_gradient=actor.entropy_coeff != 0.0,
     )
     memory = estimate_memory(shape, settings)
     lines += memory_lines(memory, trainer.dry_run_gpu_memory_gib, rollout.name)
+    if not colocated:
+        engines = trainer.rollout_nnodes * trainer.rollout_n_gpus_per_node
+        lines.append(
+            f"rollout engines (one_step_off): {engines} GPU(s) of their own, each holding the whole model "
+            f"({2 * shape.parameters / 2**30:.1f} GiB in bf16, worker.rollout.dtype={rollout.dtype}) and its KV cache"
+        )
     if config.algorithm.adv_estimator == "gae":
         # The critic is a second full model with its own fp32 master weights, gradients and AdamW moments.
         critic_gib = 16.0 * shape.parameters / config.world_size / 2**30
