@@ -552,7 +552,8 @@ class RayPPOTrainer:
         tokens = drawn_rollout.batch["attention_mask"].sum().item()
         metrics["timing_s/step"] = step_time
         metrics["perf/tokens_per_s"] = tokens / step_time
-        metrics["perf/tokens_per_s_per_worker"] = tokens / step_time / self.workers.world_size
+        workers = self.workers.world_size + (self.engines.world_size if self.stream is not None else 0)
+        metrics["perf/tokens_per_s_per_worker"] = tokens / step_time / workers
         metrics.update(busy_metrics(timing, step_time))
         self.timeline.add_step(self.global_step, timing.spans)
         return metrics
