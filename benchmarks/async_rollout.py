@@ -120,6 +120,44 @@ def predict_speedup(generation_s: float, training_s: float, gpus: int, decode_sc
     return best
 
 
+def summarize(rounds: list[dict], work_line: str) -> dict:
+    """Prints the speed-ups over the valid rounds and the cost model; returns the JSON summary."""
+    valid = [r for r in rounds if not r["void"]]
+    summary: dict = {"work": work_line, "rounds": rounds, "valid_rounds": len(valid)}
+    if valid:
+        def ratio(a: str, b: str) -> float:
+            return statistics.median(r[a]["step_s"]["median"] / r[b]["step_s"]["median"] for r in valid)
+
+        summary["one_step_off_speedup"] = ratio("colocated", "one_step_off")
+        summary["one_step_off_speedup_self_reward"] = ratio("colocated+self_reward", "one_step_off+self_reward")
+        summary["self_reward_ratio_one_step_off"] = ratio("one_step_off+self_reward", "one_step_off")
+        summary["self_reward_ratio_colocated"] = ratio("colocated+self_reward", "colocated")
+        print(f"one_step_off vs colocated (median over {len(valid)} valid rounds): "
+              f"{summary['one_step_off_speedup']:.2f}x; with the self-reward {summary['one_step_off_speedup_self_reward']:.2f}x")
+        print(f"self-reward step / step without: one_step_off {summary['self_reward_ratio_one_step_off']:.3f}x, "
+              f"colocated {summary['self_reward_ratio_colocated']:.3f}x")
+        measured = valid[-1]["colocated+self_reward"]
+        stages = measured["stage_median_s"]
+        handoff = valid[-1]["one_step_off+self_reward"]["stage_median_s"]
+        handoff_s = handoff.get("timing_s/publish", 0.0) + handoff.get("timing_s/sync", 0.0)
+        overhead_s = stages.get("timing_s/rollout_sleep", 0.0) + stages.get("timing_s/sync", 0.0)
+        print("\ncost model (predict_speedup): this run's colocated self-reward step scaled to an 8-GPU node")
+        print(f"  measured: generation {measured['generation_s']:.3f} s, training {measured['training_s']:.3f} s, "
+              f"colocated overhead (sleep + sync) {overhead_s:.3f} s, one-step-off hand-off {handoff_s:.3f} s")
+        model = []
+        for decode_scaling in (1.0, 0.7, 0.5):
+            speedup, rollout_gpus = predict_speedup(
+                measured["generation_s"], measured["training_s"], 8, decode_scaling, handoff_s, overhead_s
+            )
+            model.append({"decode_scaling": decode_scaling, "speedup": speedup, "rollout_gpus": rollout_gpus})
+            print(f"  decode scaling {decode_scaling:.1f}: best split {rollout_gpus} rollout + {8 - rollout_gpus} training "
+                  f"GPUs, predicted {speedup:.2f}x")
+        summary["cost_model_8_gpus"] = model
+    else:
+        print("no valid round: the machine was never idle; nothing to report")
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="tiny", choices=["tiny", "compute"])
@@ -164,39 +202,7 @@ def main() -> None:
             print(f"{index:5d} {name:26s} {s['min']:10.3f} {s['median']:8.3f} {s['max']:8.3f} {r['generation_s']:7.3f} "
                   f"{r['training_s']:8.3f} {r['wait_s']:7.3f} {r['hidden_share']:7.2f} {r['load_average_before']:12.2f}"
                   + ("  VOID (machine busy)" if r["void"] else ""))
-    valid = [r for r in rounds if not r["void"]]
-    summary: dict = {"work": work_line, "rounds": rounds, "valid_rounds": len(valid)}
-    if valid:
-        def ratio(a: str, b: str) -> float:
-            return statistics.median(r[a]["step_s"]["median"] / r[b]["step_s"]["median"] for r in valid)
-
-        summary["one_step_off_speedup"] = ratio("colocated", "one_step_off")
-        summary["one_step_off_speedup_self_reward"] = ratio("colocated+self_reward", "one_step_off+self_reward")
-        summary["self_reward_ratio_one_step_off"] = ratio("one_step_off+self_reward", "one_step_off")
-        summary["self_reward_ratio_colocated"] = ratio("colocated+self_reward", "colocated")
-        print(f"one_step_off vs colocated (median over {len(valid)} valid rounds): "
-              f"{summary['one_step_off_speedup']:.2f}x; with the self-reward {summary['one_step_off_speedup_self_reward']:.2f}x")
-        print(f"self-reward step / step without: one_step_off {summary['self_reward_ratio_one_step_off']:.3f}x, "
-              f"colocated {summary['self_reward_ratio_colocated']:.3f}x")
-        measured = valid[-1]["colocated+self_reward"]
-        stages = measured["stage_median_s"]
-        handoff = valid[-1]["one_step_off+self_reward"]["stage_median_s"]
-        handoff_s = handoff.get("timing_s/publish", 0.0) + handoff.get("timing_s/sync", 0.0)
-        overhead_s = stages.get("timing_s/rollout_sleep", 0.0) + stages.get("timing_s/sync", 0.0)
-        print("\ncost model (predict_speedup): this run's colocated self-reward step scaled to an 8-GPU node")
-        print(f"  measured: generation {measured['generation_s']:.3f} s, training {measured['training_s']:.3f} s, "
-              f"colocated overhead (sleep + sync) {overhead_s:.3f} s, one-step-off hand-off {handoff_s:.3f} s")
-        model = []
-        for decode_scaling in (1.0, 0.7, 0.5):
-            speedup, rollout_gpus = predict_speedup(
-                measured["generation_s"], measured["training_s"], 8, decode_scaling, handoff_s, overhead_s
-            )
-            model.append({"decode_scaling": decode_scaling, "speedup": speedup, "rollout_gpus": rollout_gpus})
-            print(f"  decode scaling {decode_scaling:.1f}: best split {rollout_gpus} rollout + {8 - rollout_gpus} training "
-                  f"GPUs, predicted {speedup:.2f}x")
-        summary["cost_model_8_gpus"] = model
-    else:
-        print("no valid round: the machine was never idle; nothing to report")
+    summary = summarize(rounds, work_line)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         json.dump(summary, f, indent=2)
