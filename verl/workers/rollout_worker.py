@@ -41,19 +41,17 @@ class RolloutWorker(RolloutHost):
         self.device = worker_device(setup.device)
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, int(os.environ.get("VERL_CPU_THREADS_PER_WORKER", "1"))))
-        self.weights_version = 0
 
     def init_model(self) -> str:
-        """Builds the engine on the model folder (version 0 of the weights); returns its name."""
+        """Builds the engine on the model folder; returns what it built, for the trainer to print."""
         torch.manual_seed(self.setup.seed)
         self.build_rollout()
         return f"{self.config.rollout.name} rollout engine on {self.device}"
 
     def load_weights(self, weights: dict[str, torch.Tensor], version: int) -> dict[str, float]:
         """New policy weights (Ray resolves the published reference into `weights` here) tagged
-        with `version`; returns the bytes loaded and the version, for the trainer's checks."""
+        with `version`; returns the bytes loaded (perf/sync_bytes) and the version now held."""
         loaded = self.rollout.load_weights(weights.items())
-        self.weights_version = version
         return {"bytes": float(loaded), "version": float(version)}
 
     def load_weights_file(self, step_dir: str) -> int:
