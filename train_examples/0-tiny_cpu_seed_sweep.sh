@@ -6,7 +6,7 @@
 #
 #   bash train_examples/0-tiny_cpu_seed_sweep.sh [key=value GRPO overrides, passed to every run]
 #
-# Environment: SEEDS ("1 2 3"), ROOT (outputs/sweep), ENGINE (vllm, the recipe's; hf is the
+# Environment: SEEDS ("1 2 3"), VARIANTS ("selfReward visionR1"), ROOT (outputs/sweep), ENGINE (vllm, the recipe's; hf is the
 # bit-reproducible engine but ~5x slower to generate on CPU), SFT_DIR (another run's OUT whose SFT
 # model and evals every run reuses; default: the first run trains it), and whatever
 # 0-tiny_cpu_selfReward.sh reads (STEPS, MODEL, DATA, SYNTHETIC_ARGS, PYTHON, ...).
@@ -14,14 +14,16 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/help.sh" "$@"
 cd "$(dirname "$0")/.."
 SEEDS=${SEEDS:-"1 2 3"}
+VARIANTS=${VARIANTS:-"selfReward visionR1"}
 ROOT=${ROOT:-outputs/sweep}
 export ENGINE=${ENGINE:-vllm}
 source scripts/find_python.sh
 read -r -a seeds <<< "$SEEDS"
-SFT_RUN=${SFT_DIR:-"$ROOT/selfReward_seed${seeds[0]}"}  # its cold-start SFT serves every run
+read -r -a variants <<< "$VARIANTS"
+SFT_RUN=${SFT_DIR:-"$ROOT/${variants[0]}_seed${seeds[0]}"}  # its cold-start SFT serves every run
 unset SFT_DIR
 for seed in "${seeds[@]}"; do
-  for variant in selfReward visionR1; do
+  for variant in "${variants[@]}"; do
     out="$ROOT/${variant}_seed${seed}"
     if [ -f "$out/summary.json" ]; then echo "=== $out done, skipped"; continue; fi
     echo "=== $variant seed $seed -> $out"
