@@ -110,3 +110,21 @@ def test_one_step_off_overlaps_and_resumes_mid_stream_to_the_uninterrupted_run(
     assert resumed_weights.keys() == straight_weights.keys()
     for name, weight in straight_weights.items():
         assert torch.equal(resumed_weights[name], weight), name
+
+
+def test_training_ranks_and_engines_that_do_not_fit_together_stop_at_start_naming_both(
+    tiny_model_dir, synthetic_data_dir, tmp_path
+):
+    """2 training ranks + 1 engine on a 2-CPU Ray: each group alone fits, together they do not;
+    without the joint check the engines' placement would wait for resources the ranks hold."""
+    result = subprocess.run(
+        cli_command("configs/tiny_cpu.yaml", *common(tiny_model_dir, synthetic_data_dir, str(tmp_path / "ckpt")),
+                    "trainer.rollout_mode=one_step_off", "trainer.n_gpus_per_node=2", "trainer.max_steps=1"),
+        cwd=REPO_ROOT, env=CLI_ENV, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: trainer.rollout_mode=one_step_off needs 3 CPU (2 training ranks + 1 rollout engines, "
+        "trainer.rollout_nnodes x trainer.rollout_n_gpus_per_node); the Ray cluster has 2 (trainer.ray_num_cpus, "
+        "or the nodes' resources)"
+    ), result.stderr[-3000:]

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
+import ray
 import torch
 from tqdm import tqdm
 
@@ -220,6 +221,7 @@ class RayPPOTrainer:
                 nnodes=cfg.trainer.rollout_nnodes, procs_per_node=cfg.trainer.rollout_n_gpus_per_node,
                 gpus_per_proc=1 if use_gpu else 0, cpus_per_proc=1,
             )
+            check_both_groups_fit(pool, rollout_pool)
             self.engines = RolloutWorkerGroup(
                 RolloutWorker, rollout_pool, cfg.worker, cfg.rank_setup(),
                 call_timeout_s=cfg.trainer.worker_timeout_s, distributed=False,
@@ -870,6 +872,21 @@ class RayPPOTrainer:
             epoch += 1
             if epoch >= self.config.trainer.total_epochs and self.config.trainer.max_steps is None:
                 return
+
+
+def check_both_groups_fit(training: ResourcePool, rollout: ResourcePool) -> None:
+    """one_step_off: the training ranks and the rollout engines together must fit the Ray cluster
+    (each group checks only itself, and the second one's placement would otherwise wait for
+    resources the first one holds)."""
+    available = ray.cluster_resources()
+    for resource, per_proc in (("CPU", "cpus_per_proc"), ("GPU", "gpus_per_proc")):
+        needed = training.world_size * getattr(training, per_proc) + rollout.world_size * getattr(rollout, per_proc)
+        if needed > available.get(resource, 0):
+            raise ValueError(
+                f"trainer.rollout_mode=one_step_off needs {needed:g} {resource} ({training.world_size} training ranks "
+                f"+ {rollout.world_size} rollout engines, trainer.rollout_nnodes x trainer.rollout_n_gpus_per_node); "
+                f"the Ray cluster has {available.get(resource, 0):g} (trainer.ray_num_cpus, or the nodes' resources)"
+            )
 
 
 def start_fresh_over_damaged(root: str, warnings: list[str], allowed: bool) -> None:
