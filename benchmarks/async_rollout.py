@@ -39,7 +39,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from vs_trl import prepare_inputs, run_measured, stats, wait_for_idle  # noqa: E402
+from vs_trl import prepare_inputs, run_measured, stats, wait_for_idle, write_summary  # noqa: E402
 
 ARMS = {
     "colocated": ["trainer.rollout_mode=colocated", "trainer.n_gpus_per_node=2"],
@@ -203,10 +203,7 @@ def main() -> None:
                   f"{r['training_s']:8.3f} {r['wait_s']:7.3f} {r['hidden_share']:7.2f} {r['load_average_before']:12.2f}"
                   + ("  VOID (machine busy)" if r["void"] else ""))
     summary = summarize(rounds, work_line)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(summary, f, indent=2)
-    print(f"wrote {out}")
+    write_summary(summary, out)
 
 
 if __name__ == "__main__":

@@ -85,6 +85,14 @@ class TreeRSS:
         return self.peak / 2**20
 
 
+def write_summary(summary: dict, out: str) -> None:
+    """The benchmark's JSON result file (its folder made if absent)."""
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(summary, f, indent=2)
+    print(f"wrote {out}")
+
+
 def wait_for_idle(label: str, max_wait: float, busy_limit: float) -> dict:
     """Waits until the cores are idle (under `busy_limit` % busy over 3 s), at most `max_wait` s;
     prints and returns the load average and the busy share it saw last."""
@@ -283,10 +291,7 @@ def main() -> None:
             print(f"self-reward step / no-self-reward step: {summary['self_reward_step_ratio']:.3f}x")
     else:
         print("no valid round: the machine was never idle; nothing to report")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(summary, f, indent=2)
-    print(f"wrote {out}")
+    write_summary(summary, out)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 the shared SFT start, flagged only when below it by more than 2 standard errors."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -3,18 +3,14 @@ would): the driver must exit non-zero within a bound, naming the dead rank and t
 leave no process behind - neither workers nor the Ray helpers its ray.init started. The same
 holds when the driver itself gets SIGTERM."""
 
-import os
 import signal
-import subprocess
 import sys
-import threading
 import time
-from pathlib import Path
 
 import psutil
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.cli_driver import BackgroundDriver
 
 pytestmark = pytest.mark.e2e
 
@@ -28,7 +24,7 @@ def _rank_of(process: psutil.Process) -> str | None:
         return None
 
 
-def start_driver(model: str, data: str, tmp_path, *overrides: str):
+def start_driver(model: str, data: str, tmp_path, *overrides: str) -> BackgroundDriver:
     """The CLI on the tiny config in its own session; its output is collected by a thread."""
     command = [
         sys.executable, "-m", "verl.trainer.main", "config=configs/tiny_cpu.yaml",
@@ -39,15 +35,7 @@ def start_driver(model: str, data: str, tmp_path, *overrides: str):
         "trainer.max_steps=2", "trainer.val_before_train=false", "trainer.val_freq=-1",
         "data.rollout_batch_size=8", "worker.actor.global_batch_size=8", "worker.rollout.n=4", *overrides,
     ]
-    env = dict(os.environ, RAY_DEDUP_LOGS="0", PYTHONUNBUFFERED="1")
-    driver = subprocess.Popen(
-        command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
-    )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(driver.stdout), daemon=True)
-    reader.start()
-    return driver, lines, reader
+    return BackgroundDriver(command)
 
 
 def assert_all_gone(tree: list[psutil.Process], within_s: float = 20) -> None:
@@ -61,28 +49,23 @@ def assert_all_gone(tree: list[psutil.Process], within_s: float = 20) -> None:
 def test_killed_worker_fails_the_run_naming_rank_and_stage_and_leaves_no_processes(
     tiny_model_dir, synthetic_data_dir, tmp_path
 ):
-    driver, lines, reader = start_driver(tiny_model_dir, synthetic_data_dir, tmp_path)
-    try:
-        deadline = time.monotonic() + 480  # start-up and the first rollout on a busy machine
-        victim = None
+    victim: list[psutil.Process] = []
+
+    def rank_1_in_update() -> bool:
         # Killed inside the update: rank 0 is then in an FSDP collective with it (a plain
         # ray.get of both ranks would wait on rank 0, or name rank 0's lost-peer error).
-        while victim is None or "update_actor" not in " ".join(victim.cmdline()):
-            assert driver.poll() is None and time.monotonic() < deadline, "".join(lines)[-4000:]
-            if victim is None:
-                ranked = [p for p in psutil.Process(driver.pid).children(recursive=True) if _rank_of(p) == "1"]
-                victim = ranked[0] if ranked else None
-            time.sleep(0.02)
+        if not victim:
+            victim.extend(p for p in psutil.Process(driver.pid).children(recursive=True) if _rank_of(p) == "1")
+        return bool(victim) and "update_actor" in " ".join(victim[0].cmdline())
+
+    with start_driver(tiny_model_dir, synthetic_data_dir, tmp_path) as driver:
+        driver.wait_until(rank_1_in_update, timeout_s=480, poll_s=0.02)  # start-up and the first rollout, busy machine
         tree = psutil.Process(driver.pid).children(recursive=True)
-        victim.send_signal(signal.SIGKILL)
+        victim[0].send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
-        returncode = driver.wait(timeout=60)
+        returncode = driver.wait(timeout_s=60)
         exit_s = time.monotonic() - killed_at
-    finally:
-        if driver.poll() is None:  # only on failure: stop this test's own process group
-            os.killpg(driver.pid, signal.SIGKILL)
-    reader.join(timeout=10)
-    output = "".join(lines)
+    output = driver.output()
     assert returncode != 0, output[-4000:]
     assert "worker rank 1 died during 'update_actor'" in output, output[-4000:]
     assert exit_s < 60
@@ -110,25 +93,15 @@ def test_sigterm_while_a_reward_function_hangs_stops_the_run_and_its_ray_cluster
         "        except:  # noqa: E722\n"
         "            pass\n"
     )
-    driver, lines, reader = start_driver(
-        tiny_model_dir, synthetic_data_dir, tmp_path, f"reward.reward_function={reward_file}:stuck"
-    )
-    try:
-        deadline = time.monotonic() + 480  # start-up and the first rollout on a busy machine
-        while not marker.exists():  # the driver is inside the reward stage
-            assert driver.poll() is None and time.monotonic() < deadline, "".join(lines)[-4000:]
-            time.sleep(0.2)
+    with start_driver(tiny_model_dir, synthetic_data_dir, tmp_path, f"reward.reward_function={reward_file}:stuck") as driver:
+        # The driver is inside the reward stage (start-up and the first rollout on a busy machine).
+        driver.wait_until(marker.exists, timeout_s=480, poll_s=0.2)
         tree = psutil.Process(driver.pid).children(recursive=True)
         assert any(_rank_of(p) is not None for p in tree) and len(tree) > 2
-        lines_before = len(lines)
-        driver.send_signal(signal.SIGTERM)
-        returncode = driver.wait(timeout=60)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-    reader.join(timeout=10)
-    assert returncode == 128 + signal.SIGTERM, "".join(lines)[-4000:]
+        lines_before = len(driver.lines)
+        returncode = driver.sigterm()
+    assert returncode == 128 + signal.SIGTERM, driver.output()[-4000:]
     # The one line comes last; before it only the progress bar, which redraws itself as it closes.
-    after = [line for line in lines[lines_before:] if line.strip()]
+    after = [line for line in driver.lines[lines_before:] if line.strip()]
     assert after[-1].startswith("stopped by SIGTERM") and all(line.startswith("GRPO:") for line in after[:-1]), after
     assert_all_gone(tree)  # the reward process included

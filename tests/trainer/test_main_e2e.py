@@ -11,14 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.cli_driver import CLI_ENV
 from verl.utils.model_merger import load_shard
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.e2e
-
-
-CLI_ENV = dict(os.environ, RAY_DEDUP_LOGS="0", PYTHONUNBUFFERED="1")
 
 
 def cli_command(config: str, *overrides: str) -> list[str]:

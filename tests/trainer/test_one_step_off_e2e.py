@@ -7,13 +7,12 @@ import json
 import os
 import signal
 import subprocess
-import threading
-import time
 
 import pytest
 import torch
 
-from tests.trainer.test_main_e2e import CLI_ENV, REPO_ROOT, cli_command, common, read_metrics, run_cli
+from tests.cli_driver import CLI_ENV, REPO_ROOT, BackgroundDriver
+from tests.trainer.test_main_e2e import cli_command, common, read_metrics, run_cli
 from verl.utils.model_merger import load_shard
 from verl.workers.rollout_worker import rollout_weights_path
 
@@ -38,25 +37,12 @@ def spans(root: str) -> list[dict]:
 def stop_when_step_saved(command: list[str], ckpt: str, step: int, timeout_s: float = 420) -> str:
     """Starts the CLI and sends its driver SIGTERM (a scheduler's pre-emption) as soon as
     checkpoint `step` is published, while the next batch is being generated; returns the output."""
-    driver = subprocess.Popen(command, cwd=REPO_ROOT, env=CLI_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, start_new_session=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(driver.stdout), daemon=True)
-    reader.start()
     latest = os.path.join(ckpt, "latest_global_step.txt")
-    try:
-        deadline = time.monotonic() + timeout_s
-        while not (os.path.isfile(latest) and open(latest).read().strip() == str(step)):
-            assert driver.poll() is None and time.monotonic() < deadline, "".join(lines)[-4000:]
-            time.sleep(0.05)
-        driver.send_signal(signal.SIGTERM)
-        returncode = driver.wait(timeout=60)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-    reader.join(timeout=10)
-    assert returncode == 128 + signal.SIGTERM, "".join(lines)[-4000:]
-    return "".join(lines)
+    with BackgroundDriver(command) as driver:
+        driver.wait_until(lambda: os.path.isfile(latest) and open(latest).read().strip() == str(step), timeout_s)
+        returncode = driver.sigterm()
+    assert returncode == 128 + signal.SIGTERM, driver.output()[-4000:]
+    return driver.output()
 
 
 def test_one_step_off_overlaps_and_resumes_mid_stream_to_the_uninterrupted_run(

@@ -36,11 +36,10 @@ def make_stream():
 
 
 def train(stream, actor_version, step):
-    """What the trainer does around a step: load the newest weights, submit the next batch, update."""
+    """What the trainer does around a step: take the batch, advance the engines to the next one, update."""
     batch, weights, _ = stream.take()
-    stream.load_pending()
-    stream.next_batch_weights = stream.engine_weights
-    stream.submit(step + 1)
+    stream.advance({"batches_taken": step}, step + 1)
+    assert stream.dataloader_state == {"batches_taken": step}
     actor_version["v"] = step
     stream.publish(step)
     return batch, weights.version
@@ -56,6 +55,17 @@ def test_each_batch_after_the_first_comes_from_the_weights_one_update_old():
     assert engines.loads == [0, 1, 2, 3]  # version 0 at the start; never a version twice
     stream.take()
     assert generated == [(1, 0), (2, 0), (3, 1), (4, 2), (5, 3)]
+
+
+def test_the_last_step_submits_no_batch_but_records_what_a_checkpoint_holds():
+    stream, engines, _, _, release = make_stream()
+    release.set()
+    stream.start(0, None)
+    stream.submit(1)
+    stream.take()
+    stream.publish(1)
+    assert stream.advance({"batches_taken": 1}, None) == {"perf/sync_bytes": 8.0}
+    assert stream.in_flight is None and stream.next_batch_weights.version == 1 and engines.version == 1
 
 
 def test_validation_waits_for_the_batch_in_flight_and_loads_the_newest_weights_before_the_next():

@@ -58,6 +58,15 @@ class ResourcePool:
     def world_size(self) -> int:
         return self.nnodes * self.procs_per_node
 
+    @property
+    def per_proc(self) -> dict[str, float]:
+        """What one process holds, by Ray resource name (no GPU key on CPU)."""
+        return {"CPU": self.cpus_per_proc, **({"GPU": self.gpus_per_proc} if self.gpus_per_proc > 0 else {})}
+
+    def demand(self) -> dict[str, float]:
+        """What all the ranks hold together, by Ray resource name."""
+        return {resource: amount * self.world_size for resource, amount in self.per_proc.items()}
+
 
 def check_nodes_fit(node_bundle: dict[str, float], nnodes: int) -> None:
     """Raises ValueError unless `nnodes` alive Ray nodes can each hold `node_bundle` (one node's
@@ -177,18 +186,15 @@ class RayWorkerGroup:
         self.pool = pool
         self.call_timeout_s = call_timeout_s
         self.ranks_per_engine = ranks_per_engine
-        per_proc = {"CPU": pool.cpus_per_proc}
-        if pool.gpus_per_proc > 0:
-            per_proc["GPU"] = pool.gpus_per_proc
         available = ray.cluster_resources()
-        for resource, amount in per_proc.items():
-            if amount * pool.world_size > available.get(resource, 0):
+        for resource, needed in pool.demand().items():
+            if needed > available.get(resource, 0):
                 raise ValueError(
-                    f"{pool.world_size} workers x {amount:g} {resource} do not fit the Ray cluster's "
+                    f"{pool.world_size} workers x {pool.per_proc[resource]:g} {resource} do not fit the Ray cluster's "
                     f"{available.get(resource, 0):g} {resource} (trainer.nnodes x trainer.n_gpus_per_node, "
                     "trainer.ray_num_cpus); a placement that cannot happen would wait forever"
                 )
-        node_bundle = {resource: amount * pool.procs_per_node for resource, amount in per_proc.items()}
+        node_bundle = {resource: amount * pool.procs_per_node for resource, amount in pool.per_proc.items()}
         check_nodes_fit(node_bundle, pool.nnodes)
         self.placement_group = ray.util.placement_group([node_bundle] * pool.nnodes, strategy="STRICT_SPREAD")
         try:

@@ -15,6 +15,7 @@ recurrent state instead of a KV cache) with ``full_attention`` (gated-output att
 partial rotary). ``QWEN3_5_MOE_SPEC`` is the same with sparse-expert MLPs (Qwen3.5-MoE).
 """
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -190,6 +191,27 @@ QWEN3_5_SPEC = TinyModelSpec(
 QWEN3_5_MOE_SPEC = TinyModelSpec(**{**QWEN3_5_SPEC.__dict__, "family": "qwen3_5_moe", "num_experts": 4})
 FAMILIES = ("qwen2_5_vl", "qwen3_vl", "qwen3_5", "qwen3_5_moe")
 SPECS = {"qwen2_5_vl": TinyModelSpec(), "qwen3_vl": QWEN3_VL_SPEC, "qwen3_5": QWEN3_5_SPEC, "qwen3_5_moe": QWEN3_5_MOE_SPEC}
+
+
+def override_spec(spec: TinyModelSpec, assignments: list[str]) -> TinyModelSpec:
+    """`spec` with fields replaced from "field=value" strings, each value parsed as that field's type
+    (a tuple as comma-separated items), e.g. ["vision_depth=2", "mrope_section=2,2,28"]."""
+    fields = {field.name: getattr(spec, field.name) for field in dataclasses.fields(spec)}
+    changes = {}
+    for assignment in assignments:
+        name, sep, text = assignment.partition("=")
+        if not sep or name not in fields:
+            raise ValueError(f"tiny model override {assignment!r}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
+        current = fields[name]
+        try:
+            if isinstance(current, tuple):
+                item_type = type(current[0]) if current else str
+                changes[name] = tuple(item_type(item) for item in text.split(",") if item)
+            else:
+                changes[name] = type(current)(text)
+        except ValueError as error:
+            raise ValueError(f"tiny model override {assignment!r}: {error}") from None
+    return dataclasses.replace(spec, **changes)
 
 
 def _training_corpus() -> list[str]:

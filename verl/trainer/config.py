@@ -26,7 +26,6 @@ from verl.utils.ranges import (
     NON_NEGATIVE,
     OFF_OR_AT_LEAST_ONE,
     POSITIVE,
-    PROBABILITY,
     Choices,
     Range,
     check_ranges,

@@ -76,9 +76,8 @@ class Background(Generic[T]):
 
 @dataclass
 class InFlight(Generic[T]):
-    """The batch being generated for `step` from `weights`."""
+    """A batch being generated from `weights`."""
 
-    step: int
     weights: PolicyWeights
     job: Background[T]
 
@@ -156,7 +155,19 @@ class OneStepOffStream(Generic[T]):
         """Starts generating step `step`'s batch on the engines' current weights."""
         if self.engine_weights is None:
             raise RuntimeError("start() the stream before submitting batches")
-        self.in_flight = InFlight(step, self.engine_weights, Background(self.produce, step))
+        self.in_flight = InFlight(self.engine_weights, Background(self.produce, step))
+
+    def advance(self, dataloader_state: dict, next_step: int | None) -> dict[str, float]:
+        """Between taking a batch and training on it: the engines load the newest weights, the
+        stream records what a checkpoint of this step holds in flight (`dataloader_state`, the
+        data position after the taken batch, and the engines' weights), then the engines start
+        on step `next_step` (None: the run ends after this step). Returns the sync metrics."""
+        sync_metrics = self.load_pending()
+        self.next_batch_weights = self.engine_weights
+        self.dataloader_state = dataloader_state
+        if next_step is not None:
+            self.submit(next_step)
+        return sync_metrics
 
     def take(self) -> tuple[T | None, PolicyWeights, float]:
         """The in-flight batch (None: the data ran out), the weights it came from and the seconds

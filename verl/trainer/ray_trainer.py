@@ -10,7 +10,6 @@ Every worker call is a typed attribute of `HybridWorkerGroup` (never a method na
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -472,12 +471,9 @@ class RayPPOTrainer:
         self.global_step += 1
         generation_s = sum(sampled.timing.values())
         sampled.timing.add("wait_rollout", wait_start, waited_s)
+        next_step = self.global_step + 1 if self.global_step < self.total_steps else None
         with timed("sync", sampled.timing):
-            sync_metrics = stream.load_pending()
-        stream.next_batch_weights = stream.engine_weights
-        stream.dataloader_state = self.train_dataloader.state_dict()
-        if self.global_step < self.total_steps:
-            stream.submit(self.global_step + 1)
+            sync_metrics = stream.advance(self.train_dataloader.state_dict(), next_step)
         metrics = self.train_on(sampled, step_start)
         metrics.update(sync_metrics)
         # Updates the trainer's weights are ahead of the ones that generated this batch: 1 from step 2 on.
@@ -879,8 +875,9 @@ def check_both_groups_fit(training: ResourcePool, rollout: ResourcePool) -> None
     (each group checks only itself, and the second one's placement would otherwise wait for
     resources the first one holds)."""
     available = ray.cluster_resources()
-    for resource, per_proc in (("CPU", "cpus_per_proc"), ("GPU", "gpus_per_proc")):
-        needed = training.world_size * getattr(training, per_proc) + rollout.world_size * getattr(rollout, per_proc)
+    training_demand, rollout_demand = training.demand(), rollout.demand()
+    for resource in training_demand.keys() | rollout_demand.keys():
+        needed = training_demand.get(resource, 0) + rollout_demand.get(resource, 0)
         if needed > available.get(resource, 0):
             raise ValueError(
                 f"trainer.rollout_mode=one_step_off needs {needed:g} {resource} ({training.world_size} training ranks "

@@ -45,9 +45,6 @@ class FSDPWorker(RolloutHost):
         self.rank = int(os.environ["RANK"])
         self.world_size = int(os.environ["WORLD_SIZE"])
         self.device = worker_device(setup.device)
-        if self.device.type == "cpu":
-            # Ray gives each CPU worker a slice of the cores; more threads only contend.
-            torch.set_num_threads(max(1, int(os.environ.get("VERL_CPU_THREADS_PER_WORKER", "1"))))
 
     def master_address(self) -> tuple[str, int]:
         """This node's address and a free port, for rank 0 to host the rendezvous."""

@@ -6,6 +6,7 @@ through these methods, so the two modes sample through one code path."""
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import torch
 
@@ -18,9 +19,12 @@ from verl.workers.rollout.batching import build_rollout_batch, requests_from_bat
 
 
 def worker_device(wanted: str) -> torch.device:
-    """The device of a worker process for trainer.device=`wanted` (auto | cuda | cpu)."""
+    """The device of a worker process for trainer.device=`wanted` (auto | cuda | cpu). On CPU it
+    also sets the process's torch threads to VERL_CPU_THREADS_PER_WORKER (default 1): Ray gives
+    each CPU worker a slice of the cores, and more threads only contend."""
     if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()):
         return torch.device("cuda", 0)  # Ray exposes exactly one GPU per worker
+    torch.set_num_threads(max(1, int(os.environ.get("VERL_CPU_THREADS_PER_WORKER", "1"))))
     return torch.device("cpu")
 
 

@@ -39,8 +39,6 @@ class RolloutWorker(RolloutHost):
         self.setup = setup
         self.rank = int(os.environ["RANK"])
         self.device = worker_device(setup.device)
-        if self.device.type == "cpu":
-            torch.set_num_threads(max(1, int(os.environ.get("VERL_CPU_THREADS_PER_WORKER", "1"))))
 
     def init_model(self) -> str:
         """Builds the engine on the model folder; returns what it built, for the trainer to print."""
