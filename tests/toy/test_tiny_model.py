@@ -16,7 +16,7 @@ from transformers import (
     Qwen2Tokenizer,
 )
 
-from verl.toy.tiny_model import FORMAT_PROMPT, SPECIAL_TOKENS, build_tiny_model
+from verl.toy.tiny_model import FORMAT_PROMPT, SPECIAL_TOKENS, TinyModelSpec, build_tiny_model, override_spec
 
 IMAGE_QUESTION = [
     {
@@ -210,3 +210,13 @@ def test_vllm_text_prompt_greedy_equals_transformers(vllm_engine, processor, mod
     params = vllm.SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
     (output,) = vllm_engine.generate([text], params)
     assert list(output.outputs[0].token_ids) == hf_greedy(model, processor, TEXT_QUESTION, None, 16)
+
+
+def test_spec_overrides_parse_each_field_as_its_type_and_name_the_bad_one():
+    spec = override_spec(TinyModelSpec(), ["vision_depth=2", "rope_theta=10", "mrope_section=4,4,24"])
+    assert (spec.vision_depth, spec.rope_theta, spec.mrope_section) == (2, 10.0, (4, 4, 24))
+    assert spec.text_hidden_size == TinyModelSpec().text_hidden_size
+    with pytest.raises(ValueError, match="'vision_dpth=2': expected FIELD=VALUE"):
+        override_spec(TinyModelSpec(), ["vision_dpth=2"])
+    with pytest.raises(ValueError, match="'vision_depth=two'"):
+        override_spec(TinyModelSpec(), ["vision_depth=two"])
