@@ -13,6 +13,8 @@
 # MODEL (tiny model folder), DATA (synthetic data folder): a folder you name is used as it is and
 # built only if absent; the defaults (models/tiny_qwen25vl, data/tiny_shapes) are the recipe's own and
 # also rebuilt when their build_stamp.json records other arguments (an older checkout's defaults),
+# RESPONSE_LENGTH (GRPO's and the evals' response budget; default: scripts/response_budget.py, the
+# longest SFT answer rounded up to 32 tokens, at least the config's 96),
 # SFT_ARGS (extra key=value overrides for the SFT stage, e.g. "trainer.max_steps=4"),
 # SYNTHETIC_ARGS (extra scripts/make_synthetic_dataset.py flags, used when DATA is built, e.g.
 # "--vague-description-rate 0.5": cold-start descriptions that cannot answer the question, the
@@ -56,6 +58,9 @@ elif [ ! -f "$MODEL/config.json" ]; then "$PYTHON" scripts/make_tiny_model.py --
 if [ -z "$DATA_GIVEN" ]; then "$PYTHON" scripts/make_synthetic_dataset.py --out "$DATA" --seed 0 --reuse "${SYNTHETIC_EXTRA[@]}"
 elif [ ! -f "$DATA/train.parquet" ]; then "$PYTHON" scripts/make_synthetic_dataset.py --out "$DATA" --seed 0 "${SYNTHETIC_EXTRA[@]}"; fi
 mkdir -p "$OUT"
+# GRPO's and the evals' response budget fits the data's longest SFT answer (96 on the shapes task).
+RESPONSE_LENGTH=${RESPONSE_LENGTH:-$("$PYTHON" scripts/response_budget.py --model "$MODEL" --sft "$DATA/sft.json")}
+export MAX_RESPONSE_LENGTH=$RESPONSE_LENGTH
 
 if [ -n "${SFT_DIR:-}" ]; then
   step "reusing cold-start SFT model and its evals from $SFT_DIR"
@@ -82,6 +87,7 @@ step "GRPO ($VARIANT, $STEPS steps)"
   data.train_files="$DATA/train.parquet" data.val_files="$DATA/val.parquet" \
   trainer.experiment_name="tiny_cpu_${VARIANT}_seed${SEED}" trainer.max_steps="$STEPS" \
   worker.rollout.name="$ENGINE" trainer.seed="$SEED" data.seed="$SEED" worker.rollout.seed="$SEED" \
+  data.max_response_length="$RESPONSE_LENGTH" \
   "${GRPO_ARGS[@]}" "$@" > "$OUT/grpo.log" 2>&1 || { tail -40 "$OUT/grpo.log"; exit 1; }
 grep -aoE "step:[0-9]+ - .*" "$OUT/grpo.log" | grep -oE "step:[0-9]+|train/reward/(accuracy|visual):[0-9.e-]+" | paste -sd' ' | tail -c 400 || true
 
