@@ -16,6 +16,7 @@ from verl.toy.scenes import (
     QUESTION_TYPES,
     SceneTaskSpec,
     describe,
+    description_accuracy,
     generate_split,
     render,
 )
@@ -138,3 +139,17 @@ def test_the_cli_writes_the_recipes_files_for_the_scenes_task(tmp_path):
     assert list(val.columns) == ["problem", "answer", "images", "distractor", "question_type"]
     assert set(val.question_type) == set(QUESTION_TYPES)
     assert (out / "sft.json").exists() and len(list((out / "images").iterdir())) == 12
+
+
+def test_description_accuracy_scores_each_perception_of_the_scene():
+    sample = next(s for s in generate_split(30, seed=3, split="val") if len(s.scene.objects) >= 2)
+    reference = f"<description> {describe(sample)} </description> <think> ... </think> \\boxed{{{sample.answer}}}"
+    assert all(description_accuracy(reference, sample).values())
+    first, second = sample.scene.objects[:2]
+    swapped = reference.replace(f"{first.color} {first.kind}", f"{second.color} {first.kind}", 1)
+    assert description_accuracy(swapped, sample) == {
+        "count": True, "colors": False, "kinds": True, "pairs": False, "exact": False,
+    }
+    dropped = reference.replace(f"a {first.size_word} {first.color} {first.kind}", "", 1)
+    assert not any(description_accuracy(dropped, sample).values())
+    assert not any(description_accuracy(f"\\boxed{{{sample.answer}}}", sample).values())

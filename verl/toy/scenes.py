@@ -29,6 +29,8 @@ columns, SFT file and text-only re-prompt records, so the recipe runs on this ta
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -259,6 +261,31 @@ def describe(sample: SceneSample) -> str:
     listing = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
     return f"From left to right, the image shows {listing}."
 
+
+
+DESCRIBED_OBJECT = re.compile(r"\b(small|medium|large) (" + "|".join(COLORS) + r") (" + "|".join(KINDS) + r")\b")
+DESCRIPTION_CHECKS = ("count", "colors", "kinds", "pairs", "exact")
+
+
+def description_accuracy(response: str, sample: SceneSample) -> dict[str, bool]:
+    """Which parts of the scene a response's <description> gets right: the number of objects, the
+    multiset of their colours, of their kinds, of (colour, kind) pairs, and the whole left-to-right
+    list with size words ("exact"). The perceptions themselves, on every prompt whatever its
+    question, read from the description format `describe` writes (no description: all wrong)."""
+    found = re.search(r"<description>(.*?)</description>", response, re.S)
+    described = DESCRIBED_OBJECT.findall(found.group(1)) if found else []
+    truth = [(o.size_word, o.color, o.kind) for o in sample.scene.objects]
+
+    def same(part) -> bool:
+        return Counter(map(part, described)) == Counter(map(part, truth))
+
+    return {
+        "count": len(described) == len(truth),
+        "colors": same(lambda obj: obj[1]),
+        "kinds": same(lambda obj: obj[2]),
+        "pairs": same(lambda obj: obj[1:]),
+        "exact": described == truth,
+    }
 
 def vague_description(sample: SceneSample) -> str:
     count = len(sample.scene.objects)
