@@ -148,7 +148,7 @@ def test_description_accuracy_scores_each_perception_of_the_scene():
     first, second = sample.scene.objects[:2]
     swapped = reference.replace(f"{first.color} {first.kind}", f"{second.color} {first.kind}", 1)
     assert description_accuracy(swapped, sample) == {
-        "count": True, "colors": False, "kinds": True, "pairs": False, "exact": False,
+        "count": True, "colors": False, "kinds": True, "pairs": False, "full": False, "exact": False,
     }
     dropped = reference.replace(f"a {first.size_word} {first.color} {first.kind}", "", 1)
     assert not any(description_accuracy(dropped, sample).values())

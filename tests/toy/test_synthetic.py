@@ -19,6 +19,7 @@ from verl.toy.synthetic import (
     SLOTS,
     SyntheticTaskSpec,
     describe,
+    description_accuracy,
     generate_split,
     reasoning,
     render_image,
@@ -311,3 +312,19 @@ def test_cli_reuse_keeps_a_current_build_and_rebuilds_a_stale_one(tmp_path):
     refused = build(foreign, "2")
     assert refused.returncode != 0 and "has no build_stamp.json" in refused.stderr
     assert (foreign / "train.parquet").read_bytes() == b"not ours"
+
+
+def test_description_accuracy_tells_a_moved_shape_from_a_recoloured_one():
+    sample = next(s for s in generate_split(40, seed=2, split="val") if len(s.shapes) >= 2)
+    reference = f"<description> {describe(sample)} </description> <think> ... </think> \\boxed{{{sample.answer}}}"
+    assert all(description_accuracy(reference, sample).values())
+    first, second = sample.shapes[:2]
+    # Both shapes keep colour and kind but trade places: only the slots (full, exact) are wrong.
+    moved = reference.replace(f"{first.color} {first.kind}", "FIRST", 1).replace(
+        f"{second.color} {second.kind}", f"{first.color} {first.kind}", 1).replace("FIRST", f"{second.color} {second.kind}", 1)
+    assert description_accuracy(moved, sample) == {
+        "count": True, "colors": True, "kinds": True, "pairs": True, "full": False, "exact": False,
+    }
+    recoloured = reference.replace(f"{first.color} {first.kind}", f"{second.color} {first.kind}", 1)
+    assert description_accuracy(recoloured, sample)["colors"] is False
+    assert description_accuracy(recoloured, sample)["kinds"] is True

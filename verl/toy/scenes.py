@@ -30,13 +30,19 @@ columns, SFT file and text-only re-prompt records, so the recipe runs on this ta
 from __future__ import annotations
 
 import re
-from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from verl.toy.synthetic import Split, SyntheticDatasetFiles, TaskRow, draw_answer, write_task_dataset
+from verl.toy.synthetic import (
+    Split,
+    SyntheticDatasetFiles,
+    TaskRow,
+    draw_answer,
+    score_description,
+    write_task_dataset,
+)
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (215, 25, 30),
@@ -263,29 +269,16 @@ def describe(sample: SceneSample) -> str:
 
 
 
-DESCRIBED_OBJECT = re.compile(r"\b(small|medium|large) (" + "|".join(COLORS) + r") (" + "|".join(KINDS) + r")\b")
-DESCRIPTION_CHECKS = ("count", "colors", "kinds", "pairs", "exact")
+
+DESCRIBED_OBJECT = re.compile(
+    rf"\b(?P<where>small|medium|large) (?P<color>{'|'.join(COLORS)}) (?P<kind>{'|'.join(KINDS)})\b"
+)
 
 
 def description_accuracy(response: str, sample: SceneSample) -> dict[str, bool]:
-    """Which parts of the scene a response's <description> gets right: the number of objects, the
-    multiset of their colours, of their kinds, of (colour, kind) pairs, and the whole left-to-right
-    list with size words ("exact"). The perceptions themselves, on every prompt whatever its
-    question, read from the description format `describe` writes (no description: all wrong)."""
-    found = re.search(r"<description>(.*?)</description>", response, re.S)
-    described = DESCRIBED_OBJECT.findall(found.group(1)) if found else []
-    truth = [(o.size_word, o.color, o.kind) for o in sample.scene.objects]
-
-    def same(part) -> bool:
-        return Counter(map(part, described)) == Counter(map(part, truth))
-
-    return {
-        "count": len(described) == len(truth),
-        "colors": same(lambda obj: obj[1]),
-        "kinds": same(lambda obj: obj[2]),
-        "pairs": same(lambda obj: obj[1:]),
-        "exact": described == truth,
-    }
+    """`score_description` on the scenes task: size word, colour and kind of each object, left to right."""
+    truth = [(o.color, o.kind, o.size_word) for o in sample.scene.objects]
+    return score_description(response, DESCRIBED_OBJECT, truth)
 
 def vague_description(sample: SceneSample) -> str:
     count = len(sample.scene.objects)

@@ -28,6 +28,8 @@ anti-aliasing, so a seed always gives the same rows and the same PNG bytes.
 import io
 import json
 import os
+import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -292,6 +294,45 @@ def describe(sample: SyntheticSample) -> str:
     listing = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
     return f"The image shows {listing}."
 
+
+
+DESCRIPTION_CHECKS = ("count", "colors", "kinds", "pairs", "full", "exact")
+DescribedObject = tuple[str, str, str]
+"""(colour, kind, where): `where` is the slot phrase on the shapes task, the size word on scenes."""
+
+
+def score_description(response: str, object_pattern: re.Pattern, truth: list[DescribedObject]) -> dict[str, bool]:
+    """Which perceptions a response's <description> gets right against the scene's objects `truth`:
+    their number, the multisets of their colours, kinds, (colour, kind) pairs and whole
+    (colour, kind, where) objects ("full"), and the whole list in order ("exact"). `object_pattern`
+    finds one described object with named groups color, kind and where. No description: all wrong.
+    Measured on every prompt whatever its question, so a perception GRPO unlearns shows here
+    even where no question asks for it."""
+    found = re.search(r"<description>(.*?)</description>", response, re.S)
+    described = [(m["color"], m["kind"], m["where"]) for m in object_pattern.finditer(found.group(1))] if found else []
+
+    def same(part) -> bool:
+        return Counter(map(part, described)) == Counter(map(part, truth))
+
+    return {
+        "count": len(described) == len(truth),
+        "colors": same(lambda obj: obj[0]),
+        "kinds": same(lambda obj: obj[1]),
+        "pairs": same(lambda obj: obj[:2]),
+        "full": same(lambda obj: obj),
+        "exact": described == truth,
+    }
+
+
+DESCRIBED_SHAPE = re.compile(
+    rf"\b(?P<color>{'|'.join(COLORS)}) (?P<kind>{'|'.join(SHAPES)}) (?P<where>{'|'.join(SLOT_PHRASES.values())})\b"
+)
+
+
+def description_accuracy(response: str, sample: SyntheticSample) -> dict[str, bool]:
+    """`score_description` on the shapes task: colour, kind and slot of each shape, in `describe`'s order."""
+    truth = [(shape.color, shape.kind, SLOT_PHRASES[shape.slot]) for shape in sample.shapes]
+    return score_description(response, DESCRIBED_SHAPE, truth)
 
 def reasoning(sample: SyntheticSample) -> str:
     """Short reasoning from the description to the answer."""
