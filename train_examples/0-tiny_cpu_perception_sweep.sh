@@ -10,6 +10,5 @@
 # whatever 0-tiny_cpu_seed_sweep.sh reads (SEEDS, SFT_DIR, ENGINE, STEPS, MODEL, DATA, ...).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/help.sh" "$@"
-cd "$(dirname "$0")/.."
 ARMS=${ARMS:-"none sr_summed sr_paper_v2 papo sr_papo"} ROOT=${ROOT:-outputs/perception} \
-  TABLE=scripts/perception_table.py exec bash train_examples/0-tiny_cpu_seed_sweep.sh "$@"
+  TABLE=scripts/perception_table.py exec bash "$(dirname "$0")/0-tiny_cpu_seed_sweep.sh" "$@"

@@ -43,6 +43,6 @@ def test_every_shell_entry_point_runs_the_python_find_python_picks(script):
     bare python3 / ray (which, without an activated venv, lack the project's packages)."""
     text = script.read_text()
     code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
-    delegates = re.search(r'exec bash "\$\(dirname [^)]*\)/(run_grpo|0-tiny_cpu_selfReward)\.sh"', code)
+    delegates = re.search(r'exec bash "\$\(dirname [^)]*\)/(run_grpo|0-tiny_cpu_selfReward|0-tiny_cpu_seed_sweep)\.sh"', code)
     assert "scripts/find_python.sh" in code or delegates, f"{script.name} neither finds the venv nor delegates"
     assert not re.search(r"(^|[\s;(|&])(python3?|ray) ", code), f"{script.name} runs a bare python3 or ray"
