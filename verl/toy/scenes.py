@@ -271,7 +271,7 @@ def describe(sample: SceneSample) -> str:
 
 
 DESCRIBED_OBJECT = re.compile(
-    rf"\b(?P<where>small|medium|large) (?P<color>{'|'.join(COLORS)}) (?P<kind>{'|'.join(KINDS)})\b"
+    rf"\b(?P<where>{'|'.join(word for _, word in SIZE_WORDS)}) (?P<color>{'|'.join(COLORS)}) (?P<kind>{'|'.join(KINDS)})\b"
 )
 
 
